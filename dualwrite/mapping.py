@@ -1,0 +1,334 @@
+"""Compile a table spec against the two live schemas into the plan the data path executes.
+
+A :class:`TableMapping` says, for every target column, where its value comes from on the source (a
+column, a SQL expression, a constant, or a Python transform), which columns form the key on each side,
+and which column carries the row version. Compiling collects every problem instead of stopping at the
+first one, so ``dualwrite check`` can print them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from dualwrite.errors import Problem
+from dualwrite.spec import TableSpec
+from dualwrite.store import ColumnInfo, Kind, TableInfo
+
+# For each *target* kind, the source kinds that may feed it without losing meaning. Text may feed UUID,
+# JSON, dates and times because engines without those types store them as text (MySQL has no UUID, SQLite
+# keeps dates as ISO text); text never silently becomes a number or a boolean: that is a change of meaning
+# the spec must spell out (an ``expr`` cast or a transform).
+_COMPATIBLE: dict[Kind, set[Kind]] = {
+    Kind.INT: {Kind.INT, Kind.BOOL},
+    Kind.BOOL: {Kind.BOOL, Kind.INT},
+    Kind.DECIMAL: {Kind.DECIMAL, Kind.INT, Kind.BOOL},
+    Kind.FLOAT: {Kind.FLOAT, Kind.INT, Kind.DECIMAL},
+    Kind.TEXT: {Kind.TEXT, Kind.UUID, Kind.JSON, Kind.INT, Kind.DECIMAL, Kind.DATE, Kind.TIMESTAMP,
+                Kind.TIMESTAMPTZ, Kind.TIME, Kind.BOOL, Kind.FLOAT},
+    Kind.BYTES: {Kind.BYTES},
+    Kind.DATE: {Kind.DATE, Kind.TEXT},
+    Kind.TIME: {Kind.TIME, Kind.TEXT},
+    Kind.TIMESTAMP: {Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.TEXT},
+    Kind.TIMESTAMPTZ: {Kind.TIMESTAMPTZ, Kind.TIMESTAMP, Kind.TEXT},
+    Kind.JSON: {Kind.JSON, Kind.TEXT},
+    Kind.UUID: {Kind.UUID, Kind.TEXT},
+}
+
+
+class SourceKind(StrEnum):
+    COLUMN = "column"
+    EXPR = "expr"
+    DEFAULT = "default"
+    TRANSFORM = "transform"
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How one target column is filled."""
+
+    target: str
+    kind: SourceKind
+    source: str | None = None  # source column (COLUMN, or the input of a TRANSFORM)
+    expr: str | None = None
+    value: Any = None
+    transform: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    """The executable plan for one table: immutable, cheap to share between threads."""
+
+    source_table: str
+    target_table: str
+    source_key: tuple[str, ...]
+    target_key: tuple[str, ...]
+    columns: tuple[ColumnPlan, ...]
+    source_info: TableInfo
+    target_info: TableInfo
+    version: tuple[str, str] | None = None  # (source column, target column)
+    batch_size: int = 50_000
+    tenant_column: str | None = None
+    key_kinds: tuple[Kind, ...] = field(default=())
+
+    @property
+    def target_columns(self) -> tuple[str, ...]:
+        return tuple(c.target for c in self.columns)
+
+    @property
+    def key_positions(self) -> tuple[int, ...]:
+        """Positions of the key columns inside a target row tuple."""
+        names = self.target_columns
+        return tuple(names.index(k) for k in self.target_key)
+
+    @property
+    def version_position(self) -> int | None:
+        return None if self.version is None else self.target_columns.index(self.version[1])
+
+    @property
+    def needs_python(self) -> bool:
+        return any(c.kind is SourceKind.TRANSFORM for c in self.columns)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when every target column is a same-named source column: rows can travel untouched."""
+        return all(c.kind is SourceKind.COLUMN and c.source == c.target for c in self.columns)
+
+    def target_kinds(self) -> tuple[Kind, ...]:
+        return tuple(self.target_info.columns[c].kind for c in self.target_columns)
+
+    def reversed(self) -> TableMapping:
+        """The plan for mirroring new -> old (after write cutover): only plain column maps can reverse."""
+        cols = []
+        for c in self.columns:
+            if c.kind is not SourceKind.COLUMN or c.source is None:
+                raise ValueError(f"column {c.target!r} is computed ({c.kind}); it cannot be mirrored back")
+            cols.append(ColumnPlan(target=c.source, kind=SourceKind.COLUMN, source=c.target))
+        return TableMapping(
+            source_table=self.target_table, target_table=self.source_table, source_key=self.target_key,
+            target_key=self.source_key, columns=tuple(cols), source_info=self.target_info,
+            target_info=self.source_info,
+            version=None if self.version is None else (self.version[1], self.version[0]),
+            batch_size=self.batch_size, tenant_column=self.tenant_column, key_kinds=self.key_kinds,
+        )
+
+
+def load_callable(dotted: str) -> Callable[[Any], Any]:
+    """Import ``pkg.module:function`` (or ``pkg.module.function``)."""
+    module, sep, attr = dotted.partition(":")
+    if not sep:
+        module, _, attr = dotted.rpartition(".")
+    obj = getattr(importlib.import_module(module), attr)
+    if not callable(obj):
+        raise TypeError(f"{dotted} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _type_problem(src: ColumnInfo, dst: ColumnInfo) -> str | None:
+    if src.kind is Kind.OTHER or dst.kind is Kind.OTHER:
+        return None
+    if src.kind not in _COMPATIBLE.get(dst.kind, {dst.kind}):
+        return (f"type mismatch: source {src.name} is {src.sql_type} ({src.kind}) but target {dst.name} is "
+                f"{dst.sql_type} ({dst.kind}); convert it deliberately with 'expr' (a CAST) or a 'transform'")
+    if src.kind is Kind.TEXT and dst.kind is Kind.TEXT and src.max_length is None and dst.max_length:
+        return f"unbounded text {src.name} ({src.sql_type}) into {dst.name} {dst.sql_type} may truncate"
+    if src.kind is dst.kind is Kind.TEXT and src.max_length and dst.max_length and dst.max_length < src.max_length:
+        return f"narrowing: {src.name} {src.sql_type} into {dst.name} {dst.sql_type} may truncate"
+    if src.kind is dst.kind is Kind.DECIMAL and src.precision and dst.precision:
+        s_int = src.precision - (src.scale or 0)
+        d_int = dst.precision - (dst.scale or 0)
+        if d_int < s_int or (dst.scale or 0) < (src.scale or 0):
+            return f"narrowing: {src.name} {src.sql_type} into {dst.name} {dst.sql_type} may lose digits"
+    return None
+
+
+def _did_you_mean(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _default_problem(value: Any, dst: ColumnInfo) -> str | None:
+    """A constant that the target column cannot hold would fail every batch of the backfill."""
+    if value is None:
+        return None if dst.nullable else f"default is null but target column {dst.name} is NOT NULL"
+    if isinstance(value, dict | list):
+        return None if dst.kind in (Kind.JSON, Kind.TEXT, Kind.OTHER) else (
+            f"default is a {type(value).__name__} but target column {dst.name} is {dst.sql_type}")
+    if dst.kind in (Kind.INT, Kind.DECIMAL, Kind.FLOAT) and not isinstance(value, bool):
+        try:
+            float(value) if dst.kind is Kind.FLOAT else Decimal(str(value))
+        except (ArithmeticError, ValueError, TypeError):
+            return f"default {value!r} is not a number but target column {dst.name} is {dst.sql_type}"
+        if dst.kind is Kind.INT and Decimal(str(value)) != Decimal(str(value)).to_integral_value():
+            return f"default {value!r} is not a whole number but target column {dst.name} is {dst.sql_type}"
+    return None
+
+
+def compile_table(
+    spec: TableSpec, source: TableInfo, target: TableInfo, where: str = ""
+) -> tuple[TableMapping | None, list[Problem]]:
+    """Check one table spec against both schemas; return the plan, or None and every problem found."""
+    problems: list[Problem] = []
+    at = where or f"table {spec.source}"
+
+    def bad(sub: str, msg: str) -> None:
+        problems.append(Problem(f"{at}{sub}", msg))
+
+    # keys (DESIGN rule 5): rows must be told apart on the source, or no write can be mirrored
+    def not_null(cols: Sequence[str]) -> bool:
+        return all(c in source.columns and not source.columns[c].nullable for c in cols)
+
+    uniques = [list(source.primary_key)] if source.primary_key else []
+    uniques += sorted((list(u) for u in source.unique_keys if u), key=lambda u: not not_null(u))
+    source_key = list(spec.key) if spec.key else list(next(iter(uniques), []))
+    if not uniques:
+        bad(".key", f"source table {spec.source} has no primary or unique key: its rows cannot be told apart, "
+                    "so writes cannot be mirrored, copied or verified; add a primary key to it first")
+    missing_key = [k for k in source_key if k not in source.columns]
+    for k in missing_key:
+        bad(".key", f"key column {k!r} does not exist in source table {spec.source}"
+                    f"{_did_you_mean(k, list(source.columns))}")
+    if uniques and source_key and not missing_key:
+        covered = [u for u in uniques if set(u) <= set(source_key)]
+        if not covered:
+            known = "; ".join(", ".join(u) for u in uniques)
+            bad(".key", f"key ({', '.join(source_key)}) is not unique in source table {spec.source}: name its "
+                        f"primary key or a unique key ({known})")
+        elif not any(u == list(source.primary_key) or not_null(u) for u in covered):
+            # a unique key on nullable columns admits any number of rows whose key is NULL
+            nullable = [k for k in covered[0] if source.columns[k].nullable]
+            bad(".key", f"key column(s) {', '.join(nullable)} of source table {spec.source} may be NULL, and rows "
+                        "with a NULL key cannot be told apart: make them NOT NULL or use the primary key")
+
+    # column plans: explicit mappings first, then same-named columns
+    plans: list[ColumnPlan] = []
+    used_sources: set[str] = set()
+    guessing = False  # a mapping names a missing column: which source column it meant is unknown
+    for tcol, cmap in spec.columns.items():
+        sub = f".columns.{tcol}"
+        if tcol not in target.columns:
+            bad(sub, f"column {tcol!r} does not exist in target table {spec.target_table}"
+                     f"{_did_you_mean(tcol, list(target.columns))}")
+            if cmap.from_:
+                used_sources.add(cmap.from_)  # the source side is spoken for; one complaint is enough
+            continue
+        if cmap.transform:
+            try:
+                fn = load_callable(cmap.transform)
+            except Exception as exc:  # noqa: BLE001 - report any import failure as a problem
+                bad(sub, f"cannot import transform {cmap.transform!r}: {exc}")
+                fn = None
+            if cmap.from_ and cmap.from_ not in source.columns:
+                bad(sub, f"column {cmap.from_!r} does not exist in source table {spec.source}"
+                         f"{_did_you_mean(cmap.from_, list(source.columns))}")
+                guessing = True
+            if cmap.from_:
+                used_sources.add(cmap.from_)
+            plans.append(ColumnPlan(tcol, SourceKind.TRANSFORM, source=cmap.from_, transform=fn))
+        elif cmap.from_ is not None:
+            if cmap.from_ not in source.columns:
+                bad(sub, f"column {cmap.from_!r} does not exist in source table {spec.source}"
+                         f"{_did_you_mean(cmap.from_, list(source.columns))}")
+                guessing = True
+                continue
+            msg = _type_problem(source.columns[cmap.from_], target.columns[tcol])
+            if msg:
+                bad(sub, msg)
+            used_sources.add(cmap.from_)
+            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=cmap.from_))
+        elif cmap.expr is not None:
+            plans.append(ColumnPlan(tcol, SourceKind.EXPR, expr=cmap.expr))
+        else:
+            msg = _default_problem(cmap.default, target.columns[tcol])
+            if msg:
+                bad(sub, msg)
+            plans.append(ColumnPlan(tcol, SourceKind.DEFAULT, value=cmap.default))
+    mapped_targets = {p.target for p in plans} | set(spec.columns)
+    for tcol in target.columns:
+        if tcol in mapped_targets:
+            continue
+        if tcol in source.columns and tcol not in spec.drop:
+            msg = _type_problem(source.columns[tcol], target.columns[tcol])
+            if msg:
+                bad(f".columns.{tcol}", msg)
+            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=tcol))
+            used_sources.add(tcol)
+        elif not target.columns[tcol].nullable and not target.columns[tcol].has_default:
+            bad(f".columns.{tcol}", f"target column {tcol!r} is NOT NULL without a default and nothing fills it "
+                                    "(map it with from / expr / default / transform)")
+    for d in spec.drop:
+        if d not in source.columns:
+            bad(".drop", f"column {d!r} does not exist in source table {spec.source}"
+                         f"{_did_you_mean(d, list(source.columns))}")
+        elif d in used_sources:
+            bad(".drop", f"column {d!r} is both dropped and mapped")
+    for scol in [] if guessing else source.columns:
+        if scol not in used_sources and scol not in spec.drop and not any(
+            p.kind is SourceKind.TRANSFORM and p.source is None for p in plans
+        ) and not any(p.kind is SourceKind.EXPR for p in plans):
+            bad(".columns", f"source column {scol!r} is not migrated: map it or list it under 'drop:'")
+
+    # target key = the mapped names of the source key columns; not checked when the source key is already
+    # wrong, since the target would be measured against the wrong columns
+    key_targets: list[str] = []
+    for k in source_key:
+        hit = [p.target for p in plans if p.kind is SourceKind.COLUMN and p.source == k]
+        if hit:
+            key_targets.append(hit[0])
+        elif k in source.columns:
+            bad(".key", f"key column {k!r} must be copied as a plain column (renaming is fine)")
+    source_key_ok = not any(p.where == f"{at}.key" for p in problems)
+    target_uniques = [set(target.primary_key)] if target.primary_key else []
+    target_uniques += [set(u) for u in target.unique_keys]
+    if source_key_ok and key_targets and set(key_targets) not in target_uniques:
+        if target.primary_key:
+            bad(".key", f"target key {key_targets} is not the primary key {target.primary_key} or a unique key "
+                        f"of {spec.target_table}: upserts need one")
+        else:
+            bad(".key", f"target table {spec.target_table} has no primary or unique key on {key_targets}")
+
+    version: tuple[str, str] | None = None
+    if spec.version_column:
+        vsrc = spec.version_column
+        hit = [p.target for p in plans if p.kind is SourceKind.COLUMN and p.source == vsrc]
+        if vsrc not in source.columns:
+            bad(".version_column", f"column {vsrc!r} does not exist in source table {spec.source}"
+                                   f"{_did_you_mean(vsrc, list(source.columns))}")
+        elif not hit:
+            bad(".version_column", f"version column {vsrc!r} must be copied as a plain column")
+        else:
+            version = (vsrc, hit[0])
+            if source.columns[vsrc].kind not in (Kind.INT, Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.DECIMAL):
+                bad(".version_column", f"version column {vsrc!r} must be a number or a timestamp")
+    if spec.tenant_column and spec.tenant_column not in source.columns:
+        bad(".tenant_column", f"column {spec.tenant_column!r} does not exist in source table {spec.source}")
+
+    if problems:
+        return None, problems
+    order = {name: i for i, name in enumerate(target.columns)}
+    plans.sort(key=lambda p: order[p.target])
+    mapping = TableMapping(
+        source_table=spec.source, target_table=spec.target_table, source_key=tuple(source_key),
+        target_key=tuple(key_targets), columns=tuple(plans), source_info=source, target_info=target,
+        version=version, batch_size=spec.batch_size, tenant_column=spec.tenant_column,
+        key_kinds=tuple(source.columns[k].kind for k in source_key),
+    )
+    return mapping, []
+
+
+def identity_mapping(info_src: TableInfo, info_dst: TableInfo, key: Sequence[str] | None = None,
+                     version: str | None = None, batch_size: int = 50_000) -> TableMapping:
+    """A same-columns mapping, handy for tests and for tables moved unchanged."""
+    spec = TableSpec(source=info_src.name, target=info_dst.name, key=list(key) if key else None,
+                     version_column=version, batch_size=batch_size)
+    mapping, problems = compile_table(spec, info_src, info_dst)
+    if mapping is None:
+        from dualwrite.errors import SchemaError  # noqa: PLC0415
+
+        raise SchemaError(problems, "schema mismatch")
+    return mapping

@@ -1,0 +1,70 @@
+"""Repair: make the differing keys of a verification equal the authoritative store, then prove it.
+
+Every difference is settled by the one mirror primitive (DESIGN rule 1) with ``force=True``: the row
+image of the authoritative store wins even where a version guard would refuse it, because a verifier
+has just shown the target to be wrong. Pass ``mapping.reversed()`` (and the stores swapped) after write
+cutover, when the new store is the authority.
+
+A repair is only as good as its re-verification: the mismatching chunk ranges of the report are verified
+again (or, for a report without ranges, its keys), and that report is returned. A report whose list of
+differences was capped is repaired in further rounds, each fed by the previous re-verification, while
+every round still reduces the number of differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dualwrite.mapping import TableMapping
+from dualwrite.mirror import MirrorResult, mirror_keys
+from dualwrite.store import Store
+from dualwrite.verify import VerifyReport, verify_keys, verify_ranges
+
+#: hard stop for capped reports: rounds x max_differences keys at most per repair call
+MAX_ROUNDS = 50
+
+
+@dataclass
+class RepairResult:
+    repaired_keys: int
+    upserted: int
+    deleted: int
+    after: VerifyReport
+
+    def summary(self) -> dict[str, object]:
+        """Counts only (no keys or values): safe for logs and Temporal history."""
+        return {"repaired_keys": self.repaired_keys, "upserted": self.upserted, "deleted": self.deleted,
+                "after": self.after.summary()}
+
+
+def _reverify(source: Store, target: Store, mapping: TableMapping, report: VerifyReport) -> VerifyReport:
+    method = report.method if report.method in ("pushdown", "python") else None
+    if report.mismatched_ranges:
+        return verify_ranges(source, target, mapping, report.mismatched_ranges, allow_empty=True,
+                             max_differences=report.max_differences, method=method)
+    return verify_keys(source, target, mapping, report.keys(), allow_empty=True,
+                       max_differences=report.max_differences)
+
+
+def repair(source: Store, target: Store, mapping: TableMapping, report: VerifyReport) -> RepairResult:
+    """Mirror every differing key of ``report`` from ``source`` to ``target``, then re-verify.
+
+    ``after`` is the re-verification of the affected chunk ranges (or keys); ``after.ok`` means the
+    repair held. Under live traffic ``after`` may show rows written since, which the next verification
+    or the mirror path settles.
+    """
+    total = MirrorResult()
+    current = report
+    for _ in range(MAX_ROUNDS):
+        keys = current.keys()
+        if not keys:
+            break
+        total += mirror_keys(source, target, mapping, keys, force=True)
+        after = _reverify(source, target, mapping, current)
+        progressed = after.total_differences < current.total_differences
+        current = after
+        if after.ok or not report.truncated or not progressed:
+            break
+    if current is report:  # nothing to repair: still prove the ranges (or keys) are equal
+        current = _reverify(source, target, mapping, report)
+    return RepairResult(repaired_keys=total.keys, upserted=total.upserted, deleted=total.deleted, after=current)

@@ -1,0 +1,435 @@
+"""The migration spec: a YAML file validated by pydantic.
+
+The spec names stores, never URLs: a spec is checked into repositories and travels through Temporal
+history, so it must never carry a credential. Validation errors are reported all at once, each with the
+file line it came from, because the YAML is what the operator edits.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dualwrite.errors import Problem, SpecError
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_STORE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_TABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+_DOTTED_RE = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
+_SQL_STRING_RE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`")
+
+
+class _CrossFieldError(ValueError):
+    """A rule across fields (old != new, one writer per target table).
+
+    Pydantic only runs model validators once every field is valid, so :func:`read_spec_text` checks these
+    rules on the raw document itself and reports them beside the field errors; this marker lets it drop
+    the model validator's copy of the same complaint.
+    """
+
+
+class Strategy(StrEnum):
+    SYNC = "sync"
+    OUTBOX = "outbox"
+    TRIGGERS = "triggers"
+
+
+class Mode(StrEnum):
+    MANUAL = "manual"
+    AUTO = "auto"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ColumnMap(_Strict):
+    """How one target column gets its value. Exactly one of from/expr/default/transform, except that a
+    transform may name the source column it receives with ``from``."""
+
+    from_: str | None = Field(default=None, alias="from", description="source column (a rename)")
+    expr: str | None = Field(default=None, description="SQL expression evaluated on the source")
+    default: Any = Field(default=None, description="constant for a new column")
+    has_default: bool = Field(default=False, exclude=True)
+    transform: str | None = Field(default=None, description="python callable 'pkg.module:function'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"from": value}
+        if isinstance(value, dict) and "default" in value:
+            value = {**value, "has_default": True}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ColumnMap:
+        given = [n for n, v in (("from", self.from_), ("expr", self.expr), ("transform", self.transform)) if v]
+        if self.has_default:
+            given.append("default")
+        if self.transform and self.expr:
+            raise ValueError("a column takes either 'expr' or 'transform', not both")
+        if self.transform and self.has_default:
+            raise ValueError("a column takes either 'default' or 'transform', not both")
+        if not self.transform and len(given) != 1:
+            raise ValueError(f"give exactly one of from / expr / default / transform (got {given or 'none'})")
+        if self.from_ is not None and not _IDENT_RE.match(self.from_):
+            raise ValueError(f"{self.from_!r} is not a column name")
+        if self.transform is not None and not _DOTTED_RE.match(self.transform):
+            raise ValueError(f"transform {self.transform!r} must look like 'package.module:function'")
+        if self.expr is not None and ";" in _SQL_STRING_RE.sub("", self.expr):
+            # the expression is pasted into a SELECT list; a statement separator is a mistake or an attack
+            raise ValueError("an expression must not contain ';' (one SQL expression, not statements)")
+        return self
+
+
+class TableSpec(_Strict):
+    source: str
+    target: str | None = None
+    key: list[str] | None = Field(default=None, description="key columns in the source; default: primary key")
+    columns: dict[str, ColumnMap] = Field(default_factory=dict, description="target column -> mapping")
+    drop: list[str] = Field(default_factory=list, description="source columns deliberately not migrated")
+    version_column: str | None = Field(default=None, description="source column that grows on every write")
+    batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
+    tenant_column: str | None = None
+
+    @field_validator("source", "target")
+    @classmethod
+    def _table_name(cls, v: str | None) -> str | None:
+        if v is not None and not _TABLE_NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a table name (use schema.table or table)")
+        return v
+
+    @field_validator("key", "drop")
+    @classmethod
+    def _idents(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or []:
+            if not _IDENT_RE.match(name):
+                raise ValueError(f"{name!r} is not a column name")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("columns are listed twice")
+        return v
+
+    @property
+    def target_table(self) -> str:
+        return self.target or self.source
+
+
+class Gates(_Strict):
+    shadow_match_rate: float = Field(default=0.999, ge=0, le=1)
+    min_shadow_samples: int = Field(default=1000, ge=0)
+    secondary_write_success_rate: float = Field(default=0.9995, ge=0, le=1)
+    min_write_samples: int = Field(default=1000, ge=0)
+    p99_latency_increase: float = Field(default=0.20, ge=0)
+    window_seconds: int = Field(default=300, ge=1)
+    require_approval: bool = False
+
+
+class MigrationSpec(_Strict):
+    name: str
+    old: str = Field(description="name of the store that is authoritative today")
+    new: str = Field(description="name of the store the application moves to")
+    control_store: str | None = Field(
+        default=None, description="store holding the control tables applications poll; default: old")
+    strategy: Strategy = Strategy.SYNC
+    mode: Mode = Mode.MANUAL
+    tables: list[TableSpec] = Field(min_length=1)
+    backfill_concurrency: int = Field(default=4, ge=1, le=256)
+    verify_interval_seconds: int = Field(default=0, ge=0, description="continuous verification; 0 = off")
+    auto_cleanup: bool = False
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter (at most 63)")
+        return v
+
+    @field_validator("old", "new", "control_store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v or "@" in v:
+            raise ValueError("name a store, not a URL: URLs live in DUALWRITE_STORE_<NAME> or the config file")
+        if not _STORE_NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a store name")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MigrationSpec:
+        if self.old == self.new:
+            raise _CrossFieldError("old and new name the same store")
+        targets = [t.target_table for t in self.tables]
+        dupes = sorted({t for t in targets if targets.count(t) > 1})
+        if dupes:
+            raise _CrossFieldError(f"target tables written by more than one entry: {', '.join(dupes)}")
+        return self
+
+    @property
+    def control(self) -> str:
+        return self.control_store or self.old
+
+    def table(self, source: str) -> TableSpec:
+        for t in self.tables:
+            if t.source == source:
+                return t
+        raise KeyError(source)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    lines = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        lines[key] = key_node.start_mark.line + 1
+    mapping_with_lines = _LinedDict(mapping)
+    mapping_with_lines.lines = lines
+    mapping_with_lines.line = node.start_mark.line + 1
+    return mapping_with_lines
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> list[Any]:
+    seq = _LinedList(loader.construct_sequence(node, deep=True))
+    seq.lines = [item.start_mark.line + 1 for item in node.value]
+    seq.line = node.start_mark.line + 1
+    return seq
+
+
+class _LinedDict(dict[Any, Any]):
+    lines: dict[Any, int]
+    line: int
+
+
+class _LinedList(list[Any]):
+    lines: list[int]
+    line: int
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
+    node, line = doc, getattr(doc, "line", None)
+    for part in loc:
+        if isinstance(node, _LinedDict) and part in node:
+            line = node.lines.get(part, line)
+            node = node[part]
+        elif isinstance(node, _LinedList) and isinstance(part, int) and part < len(node):
+            line = node.lines[part]
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Strip line bookkeeping so pydantic sees ordinary dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+Loc = tuple[int | str, ...]
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """Which model an unknown field at ``loc`` was written into, to suggest the field meant."""
+    if len(loc) == 1:
+        return MigrationSpec
+    if loc[0] == "gates" and len(loc) == 2:
+        return Gates
+    if loc[0] == "tables" and len(loc) == 3:
+        return TableSpec
+    if loc[0] == "tables" and len(loc) == 5 and loc[2] == "columns":
+        return ColumnMap
+    return None
+
+
+def _unknown_field(loc: Loc) -> str:
+    model = _model_at(loc)
+    if model is None:
+        return "unknown field"
+    names = _field_names(model)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field (did you mean '{close[0]}'?)"
+    return f"unknown field; expected one of: {', '.join(names)}"
+
+
+def _cross_field_problems(doc: dict[Any, Any]) -> list[tuple[Loc, str]]:
+    """Rules across fields, checked on the raw document so they are reported even beside field errors."""
+    out: list[tuple[Loc, str]] = []
+    old, new = doc.get("old"), doc.get("new")
+    if isinstance(old, str) and old and old == new:
+        out.append((("new",), f"old and new name the same store {old!r}"))
+    tables = doc.get("tables")
+    if isinstance(tables, list):
+        first: dict[str, int] = {}
+        for i, t in enumerate(tables):
+            if not isinstance(t, dict):
+                continue
+            which = "target" if t.get("target") else "source"
+            name = t.get(which)
+            if not isinstance(name, str):
+                continue
+            if name in first:
+                out.append((("tables", i, which),
+                            f"target table {name} is already written by tables[{first[name]}]"))
+            else:
+                first[name] = i
+    return out
+
+
+@dataclass
+class SpecDocument:
+    """A spec file read leniently, for ``dualwrite check``.
+
+    Holds every problem found (each with its line) and, besides the whole spec when it is valid, every
+    part that validated on its own: a typo in one table must not hide the schema problems of the others,
+    because the operator wants the complete list in one run.
+    """
+
+    source: str
+    problems: list[Problem] = field(default_factory=list)
+    spec: MigrationSpec | None = None
+    #: role ('old', 'new', 'control_store') -> store name, for each role whose value is a valid name
+    stores: dict[str, str] = field(default_factory=dict)
+    #: (position in the file, entry) for every table entry that validated on its own
+    tables: list[tuple[int, TableSpec]] = field(default_factory=list)
+    #: (position, source, target) for entries that did not validate; the names are None when unusable
+    broken_tables: list[tuple[int, str | None, str | None]] = field(default_factory=list)
+    doc: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: MigrationSpec, source: str = "") -> SpecDocument:
+        """Wrap an already validated spec (no file, so locations are paths without line numbers)."""
+        stores = {"old": spec.old, "new": spec.new}
+        if spec.control_store:
+            stores["control_store"] = spec.control_store
+        return cls(source=source, spec=spec, stores=stores, tables=list(enumerate(spec.tables)))
+
+    def line(self, loc: Loc) -> int | None:
+        return _line_of(self.doc, loc) if self.doc is not None else None
+
+    def where(self, loc: Loc) -> str:
+        """``orders.yaml:14 tables[1].columns.total``: the file line (when known) and the path."""
+        line = self.line(loc)
+        head = f"{self.source}:{line}" if line and self.source else self.source
+        return f"{head} {_loc_text(loc)}".strip()
+
+
+def read_spec_text(text: str, source: str = "<spec>") -> SpecDocument:
+    """Parse spec text without raising: every problem with its line, plus the parts that validated."""
+    out = SpecDocument(source=source)
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        out.problems.append(Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}"))
+        return out
+    if not isinstance(doc, dict):
+        out.problems.append(Problem(source, "the spec must be a YAML mapping"))
+        return out
+    out.doc = doc
+    found: list[tuple[int, Problem]] = []
+    try:
+        out.spec = MigrationSpec.model_validate(_plain(doc))
+    except ValidationError as exc:
+        for err in exc.errors():
+            if isinstance((err.get("ctx") or {}).get("error"), _CrossFieldError):
+                continue  # reported below from the raw document, with its exact line
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            # pydantic adds the model name of unions/validators to loc; keep the path the user wrote
+            loc = tuple(p for p in loc if p not in ("str", "dict[str,any]"))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = _unknown_field(loc)
+            found.append((out.line(loc) or 0, Problem(out.where(loc), msg)))
+    for loc, msg in _cross_field_problems(doc):
+        found.append((out.line(loc) or 0, Problem(out.where(loc), msg)))
+    found.sort(key=lambda item: item[0])  # stable: file order, then the order pydantic reported
+    out.problems = [p for _, p in found]
+    if out.spec is not None:
+        full = SpecDocument.from_spec(out.spec, source)
+        out.stores, out.tables = full.stores, full.tables
+        return out
+    # salvage what validated on its own, so the live checks can still run on it
+    for role in ("old", "new", "control_store"):
+        value = doc.get(role)
+        if isinstance(value, str) and _STORE_NAME_RE.match(value):
+            out.stores[role] = value
+    raw_tables = doc.get("tables")
+    for i, raw in enumerate(raw_tables if isinstance(raw_tables, list) else []):
+        try:
+            out.tables.append((i, TableSpec.model_validate(_plain(raw))))
+        except ValidationError:
+            names: list[str | None] = []
+            for key in ("source", "target"):
+                value = raw.get(key) if isinstance(raw, dict) else None
+                names.append(value if isinstance(value, str) and _TABLE_NAME_RE.match(value) else None)
+            out.broken_tables.append((i, names[0], names[1] or names[0]))
+    return out
+
+
+def read_spec(path: str | Path) -> SpecDocument:
+    """Read a spec file leniently (see :func:`read_spec_text`); locations name the file, not its path."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        return SpecDocument(source=str(p), problems=[Problem(str(p), f"cannot read the spec: {exc.strerror}")])
+    except UnicodeDecodeError:
+        return SpecDocument(source=str(p), problems=[Problem(str(p), "cannot read the spec: not UTF-8 text")])
+    return read_spec_text(text, source=p.name)
+
+
+def _strict(doc: SpecDocument) -> MigrationSpec:
+    if doc.problems or doc.spec is None:
+        raise SpecError(doc.problems or [Problem(doc.source, "invalid spec")], "invalid spec")
+    return doc.spec
+
+
+def parse_spec(text: str, source: str = "<spec>") -> MigrationSpec:
+    """Parse and validate spec text; raise :class:`SpecError` naming every problem with its line."""
+    return _strict(read_spec_text(text, source))
+
+
+def load_spec(path: str | Path) -> MigrationSpec:
+    """Load and validate a spec file; raise :class:`SpecError` naming every problem with its line."""
+    return _strict(read_spec(path))

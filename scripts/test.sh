@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install dualwrite with its test tools into ./.venv and run the whole test suite (lint, types, tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! pkg-config --exists libmariadb 2>/dev/null && ! pkg-config --exists mariadb 2>/dev/null; then
+  # mysqlclient builds against MariaDB's client library
+  apt-get update -qq && apt-get install -y -qq libmariadb-dev pkg-config >/dev/null
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/pytest -q -p no:cacheprovider "$@"

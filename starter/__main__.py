@@ -1,0 +1,5 @@
+"""``python -m starter``: the same as the ``dualwrite`` command."""
+
+from starter.cli import main
+
+main()
