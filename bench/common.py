@@ -223,6 +223,9 @@ class Timer:
     def best(self, label: str) -> float:
         return min(self.samples[label])
 
+    def last(self, label: str) -> float:
+        return self.samples[label][-1]
+
     def spread(self, label: str) -> str:
         xs = sorted(self.samples[label])
         return f"best {xs[0]:.2f}s median {xs[len(xs) // 2]:.2f}s worst {xs[-1]:.2f}s (n={len(xs)})"

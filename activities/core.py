@@ -1,0 +1,465 @@
+"""The activities: thin adapters from Temporal to the dualwrite core.
+
+They own two things the core does not know about:
+
+- **heartbeats**: long-running activities (a whole key range, a whole table verification, a repair
+  long-poll) heartbeat their cursor after every committed batch, and watch cancellation and worker
+  shutdown between batches;
+- **error mapping**: a bad spec, a schema mismatch or an unknown store is permanent and becomes a
+  non-retryable ``ApplicationError`` whose type is the dualwrite error class; an unreachable store is
+  retryable. Messages that reach history are redacted and cut to their first line, because database
+  errors append row images ("Failing row contains ...") in their detail lines (DESIGN rules 6 and 7).
+
+Every activity is synchronous (the drivers block) and runs on the worker's thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.stores import StoreCache
+from dualwrite import control, sqlgen
+from dualwrite import rows as rowio
+from dualwrite.config import StoreResolver, redact
+from dualwrite.copy import CopyProgress, copy_range
+from dualwrite.errors import ConfigError, DualwriteError, SchemaError, StoreUnavailableError, VerificationError
+from dualwrite.keys import decode_key, encode_key
+from dualwrite.mirror import mirror_keys
+from dualwrite.spec import MigrationSpec
+from dualwrite.store import Dialect, Store
+from workflows import phases
+from workflows.models import (
+    ActivityNames,
+    BarrierStatus,
+    CheckpointScope,
+    ControlInput,
+    CopyRangeInput,
+    GateInput,
+    GateResult,
+    KeyRange,
+    PlanRangesInput,
+    PrepareInput,
+    PrepareResult,
+    RangeCheckpoint,
+    RangePlan,
+    RangeResult,
+    RepairDrainInput,
+    RepairDrainResult,
+    TableProgress,
+    TableVerification,
+    VerifyTableInput,
+)
+
+log = logging.getLogger("dualwrite.activities")
+
+T = TypeVar("T")
+
+LIVE_SECONDS_ENV = "DUALWRITE_INSTANCE_LIVE_SECONDS"
+REPAIR_ROUNDS = 3
+
+
+def safe_message(exc: BaseException, limit: int = 400) -> str:
+    """First line of an error, redacted and bounded: fit for history and logs."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = redact(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def to_application_error(exc: BaseException) -> ApplicationError:
+    """Map a dualwrite (or driver) error to the ApplicationError Temporal records."""
+    if isinstance(exc, ApplicationError):
+        return exc
+    if isinstance(exc, ConfigError):
+        # every problem, one per line: names of tables / columns / stores, never a URL or row value
+        return ApplicationError(redact(str(exc))[:4000], type=type(exc).__name__, non_retryable=True)
+    if isinstance(exc, VerificationError):
+        return ApplicationError(safe_message(exc), type="VerificationError", non_retryable=True)
+    if isinstance(exc, StoreUnavailableError):
+        return ApplicationError(safe_message(exc), type="StoreUnavailable")
+    if isinstance(exc, DualwriteError):
+        return ApplicationError(safe_message(exc), type=type(exc).__name__)
+    return ApplicationError(f"{type(exc).__name__}: {safe_message(exc)}", type=type(exc).__name__)
+
+
+@contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Re-raise anything as a mapped ApplicationError *without* its cause chain (which may hold rows)."""
+    try:
+        yield
+    except ApplicationError:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        if type(exc).__name__ == "CancelledError":
+            raise
+        mapped = to_application_error(exc)
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        log.warning("activity %s failed%s: %s", activity.info().activity_type, where, mapped.message)
+        raise mapped from None
+
+
+def _stopping() -> bool:
+    return activity.is_cancelled() or activity.is_worker_shutdown()
+
+
+def _raise_if_stopping() -> None:
+    if activity.is_cancelled():
+        from temporalio.exceptions import CancelledError  # noqa: PLC0415
+
+        raise CancelledError("activity cancelled")
+    if activity.is_worker_shutdown():
+        # retryable: another worker picks the range up from the last checkpoint
+        raise ApplicationError("worker shutting down; the work resumes from its checkpoint elsewhere",
+                               type="WorkerShutdown")
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep in small steps so cancellation and shutdown are noticed quickly."""
+    end = time.monotonic() + seconds
+    while not _stopping():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(0.2, left))
+
+
+class DualwriteActivities:
+    """All activities of the project, sharing one :class:`StoreCache` per worker."""
+
+    def __init__(self, resolver: StoreResolver, *, pool_size: int = 8, live_seconds: float | None = None) -> None:
+        self.stores = StoreCache(resolver, pool_size=pool_size)
+        env = os.environ.get(LIVE_SECONDS_ENV)
+        self.live_seconds = live_seconds if live_seconds is not None else float(env) if env else \
+            control.DEFAULT_LIVE_SECONDS
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.prepare, self.publish_state, self.await_barrier, self.plan_ranges, self.copy_range,
+                self.clear_checkpoints, self.verify_table, self.drain_repairs, self.evaluate_gate]
+
+    def close(self) -> None:
+        self.stores.close()
+
+    def _control(self, name: str) -> Store:
+        store = self.stores.store(name)
+        if not self.stores.control_ready(name):
+            control.ensure_schema(store)
+            self.stores.mark_control_ready(name)
+        return store
+
+    # -- PREPARE ----------------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityNames.PREPARE, no_thread_cancel_exception=True)
+    def prepare(self, inp: PrepareInput) -> PrepareResult:
+        """Check the spec against the live stores (every problem at once), create the control tables and
+        estimate each table's size. Permanent problems fail the workflow before anything is written."""
+        with mapped_errors():
+            from dualwrite.preflight import preflight  # noqa: PLC0415 - heavy, and only here
+
+            spec = inp.spec
+            report = preflight(spec, self.stores.resolver)
+            if report.problems:
+                raise SchemaError(report.problems, "preflight failed")
+            counted = {t.source: t.rows for t in report.tables}
+            tables: list[TableProgress] = []
+            for t in spec.tables:
+                old, _, mapping = self.stores.mapping(spec, t.source, refresh=True)
+                rows = counted.get(t.source)
+                tables.append(TableProgress(source=t.source, target=t.target_table,
+                                            rows_estimate=rows if rows is not None else
+                                            _count_rows(old, mapping.source_table)))
+            self._control(spec.control)
+            return PrepareResult(ok=True, tables=tables)
+
+    # -- control plane ----------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityNames.PUBLISH_STATE, no_thread_cancel_exception=True)
+    def publish_state(self, inp: ControlInput) -> None:
+        """Publish (phase, epoch, paused, overrides) for applications; idempotent, never rewinds."""
+        with mapped_errors():
+            store = self._control(inp.control_store)
+            control.publish_state(store, inp.migration, inp.phase.value, inp.epoch, paused=inp.paused,
+                                  overrides=inp.overrides)
+
+    @activity.defn(name=ActivityNames.AWAIT_BARRIER, no_thread_cancel_exception=True)
+    def await_barrier(self, inp: ControlInput) -> BarrierStatus:
+        """Poll until every live instance has seen the epoch, for at most ``max_wait_seconds``.
+
+        Polling inside one activity keeps a slow barrier at a handful of history events."""
+        with mapped_errors():
+            store = self._control(inp.control_store)
+            live = inp.live_seconds if inp.live_seconds is not None else self.live_seconds
+            deadline = time.monotonic() + inp.max_wait_seconds
+            while True:
+                state = control.barrier(store, inp.migration, inp.epoch, live)
+                status = BarrierStatus(passed=state.passed, epoch=inp.epoch, live_instances=state.live,
+                                       lagging=state.lagging[:20])
+                if state.passed or time.monotonic() >= deadline:
+                    return status
+                activity.heartbeat(status)
+                _sleep(0.5)
+                _raise_if_stopping()
+
+    # -- BACKFILL ---------------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityNames.PLAN_RANGES, no_thread_cancel_exception=True)
+    def plan_ranges(self, inp: PlanRangesInput) -> RangePlan:
+        """Split a table's key space into ``ranges`` ranges of about equal row counts.
+
+        Boundaries are found by chained offset queries on the source key (each scans one range's worth
+        of index entries), so only a few key values reach history."""
+        with mapped_errors():
+            src, _, mapping = self.stores.mapping(inp.table.spec, inp.table.source, reverse=inp.table.reverse)
+            total = _estimate_rows(src, mapping.source_table)
+            activity.heartbeat(0)
+            n = max(1, min(inp.ranges, math.ceil(total / max(1, min(mapping.batch_size, 1000)))))
+            step = math.ceil(total / n) if total else 0
+            side = sqlgen.source_side(mapping, src)
+            bounds: list[list[Any] | None] = []
+            lo = None
+            with src.connect() as conn:
+                for _ in range(n - 1):
+                    found = rowio.fetch(conn, *sqlgen.nth_key_sql(side, lo, None, step - 1))
+                    if not found:
+                        break
+                    lo = tuple(found[0])
+                    bounds.append(encode_key(lo))
+                    activity.heartbeat(len(bounds))
+                conn.rollback()
+            edges: list[list[Any] | None] = [None, *bounds, None]
+            ranges = [KeyRange(index=i, lo=edges[i], hi=edges[i + 1]) for i in range(len(edges) - 1)]
+            return RangePlan(rows_estimate=total, ranges=ranges)
+
+    @activity.defn(name=ActivityNames.COPY_RANGE, no_thread_cancel_exception=True)
+    def copy_range(self, inp: CopyRangeInput) -> RangeResult:
+        """Copy one key range batch by batch; checkpoint and heartbeat the cursor after every commit.
+
+        The checkpoint is written to the control store right after each batch commits, and also sent as
+        heartbeat details (which Temporal throttles). On a retry the further of the two wins, so a worker
+        killed at any instant redoes at most the batch that was in flight."""
+        with mapped_errors():
+            info = activity.info()
+            spec = inp.table.spec
+            src, dst, mapping = self.stores.mapping(spec, inp.table.source, reverse=inp.table.reverse)
+            ctl = self._control(spec.control)
+            scope = f"{info.workflow_id}/{inp.table.source}"
+            start = RangeCheckpoint(cursor=inp.range.lo)
+            if info.heartbeat_details:
+                start = _checkpoint_from(info.heartbeat_details[0]) or start
+            saved = control.load_checkpoint(ctl, spec.name, scope, inp.range.index)
+            if saved is not None and saved.batches > start.batches:
+                start = RangeCheckpoint(cursor=saved.cursor, rows=saved.rows, batches=saved.batches)
+            resumed = start.batches > 0 or info.attempt > 1
+            kinds = mapping.key_kinds
+            prog = CopyProgress(cursor=decode_key(start.cursor, kinds), rows=start.rows, batches=start.batches,
+                                conflict_batches=0, fixed_keys=start.fixed_keys)
+            if resumed:
+                log.info("range %s of %s resumes after %d batches (attempt %d)", inp.range.index,
+                         inp.table.source, start.batches, info.attempt)
+
+            def on_batch(p: CopyProgress) -> None:
+                wire = encode_key(p.cursor)
+                control.save_checkpoint(ctl, spec.name, scope, inp.range.index, wire, p.rows, p.batches)
+                activity.heartbeat(RangeCheckpoint(cursor=wire, rows=p.rows, batches=p.batches,
+                                                   conflict_batches=p.conflict_batches,
+                                                   fixed_keys=p.fixed_keys, attempt=info.attempt))
+
+            began = time.monotonic()
+            done = copy_range(src, dst, mapping, lo=decode_key(inp.range.lo, kinds),
+                              hi=decode_key(inp.range.hi, kinds), batch_size=inp.batch_size,
+                              on_batch=on_batch, should_stop=_stopping, progress=prog)
+            if not done.done:
+                _raise_if_stopping()
+                raise ApplicationError("the range copy stopped before its end", type="CopyInterrupted")
+            return RangeResult(index=inp.range.index, rows=done.rows, batches=done.batches,
+                               conflict_batches=done.conflict_batches, fixed_keys=done.fixed_keys,
+                               seconds=time.monotonic() - began, attempts=info.attempt, resumed=resumed,
+                               redone_batches=done.conflict_batches if resumed else 0)
+
+    @activity.defn(name=ActivityNames.CLEAR_CHECKPOINTS, no_thread_cancel_exception=True)
+    def clear_checkpoints(self, inp: CheckpointScope) -> int:
+        with mapped_errors():
+            ctl = self._control(inp.control_store)
+            return control.clear_checkpoints(ctl, inp.migration, inp.scope)
+
+    # -- verification -----------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityNames.VERIFY_TABLE, no_thread_cancel_exception=True)
+    def verify_table(self, inp: VerifyTableInput) -> TableVerification:
+        """Verify one table chunk by chunk; repair what differs and verify again.
+
+        Returns counts by class (missing / extra / field-different) and the names of differing columns;
+        never a row value. Comparing zero rows raises VerificationError: a verifier must prove it looked."""
+        with mapped_errors():
+            from dualwrite.repair import repair  # noqa: PLC0415 - heavy, and only here
+            from dualwrite.verify import verify_range  # noqa: PLC0415
+
+            spec = inp.table.spec
+            src, dst, mapping = self.stores.mapping(spec, inp.table.source, reverse=inp.table.reverse)
+            chunks = [0]
+
+            def on_chunk(*_args: Any, **_kwargs: Any) -> None:
+                chunks[0] += 1
+                activity.heartbeat({"chunks": chunks[0]})
+                if activity.is_cancelled():
+                    _raise_if_stopping()
+
+            report = verify_range(src, dst, mapping, chunk_size=inp.chunk_size, on_chunk=on_chunk)
+            out = TableVerification(
+                source=inp.table.source, target=mapping.target_table, rows_source=report.rows_source,
+                rows_target=report.rows_target, chunks=report.chunks, mismatched_chunks=report.mismatched_chunks,
+                missing=report.missing, extra=report.extra, field_different=report.field_different,
+                fields=sorted(report.field_counts), ok=report.ok)
+            if not report.ok and inp.repair:
+                # Under live traffic a re-verification can catch a write between its authoritative commit
+                # and its mirror; such a difference settles within moments, so repair again a few times.
+                after = report
+                for attempt in range(REPAIR_ROUNDS):
+                    if attempt:
+                        _sleep(0.5 * attempt)
+                        activity.heartbeat({"repair_round": attempt + 1})
+                    fixed = repair(src, dst, mapping, after)
+                    out.repaired += fixed.repaired_keys
+                    after = fixed.after
+                    if after.ok or _stopping():
+                        break
+                out.ok = after.ok
+                if not out.ok:
+                    out.error = (f"still different after repair: missing {after.missing}, extra {after.extra}, "
+                                 f"field-different {after.field_different}")
+            return out
+
+    # -- repair queue -----------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityNames.DRAIN_REPAIRS, no_thread_cancel_exception=True)
+    def drain_repairs(self, inp: RepairDrainInput) -> RepairDrainResult:
+        """Long-poll the repair queue and mirror due keys, with exponential backoff on failure.
+
+        Per key only the newest entry counts: it names the side that was authoritative when the latest
+        write failed, so a key queued before and after a rollback is mirrored in the right direction."""
+        with mapped_errors():
+            spec = inp.spec
+            ctl = self._control(spec.control)
+            out = RepairDrainResult()
+            started = time.monotonic()
+            worked = False
+            while not _stopping():
+                entries = control.due_repairs(ctl, spec.name, inp.batch)
+                if entries:
+                    worked = True
+                    self._repair_batch(spec, ctl, entries, inp, out)
+                    activity.heartbeat(out)
+                    if time.monotonic() - started > inp.max_seconds:
+                        break
+                    continue
+                if worked or time.monotonic() - started > inp.max_idle_seconds:
+                    break
+                activity.heartbeat(out)
+                _sleep(inp.poll_seconds)
+            out.remaining = control.repair_queue_depth(ctl, spec.name)
+            out.due_in_seconds = control.next_repair_due_in(ctl, spec.name)
+            return out
+
+    def _repair_batch(self, spec: MigrationSpec, ctl: Store, entries: list[control.RepairEntry],
+                      inp: RepairDrainInput, out: RepairDrainResult) -> None:
+        latest: dict[tuple[str, str], control.RepairEntry] = {}
+        ids: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for e in entries:
+            k = (e.table, repr(e.key))
+            ids[k].append(e.id)
+            if k not in latest or e.id > latest[k].id:
+                latest[k] = e
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        for k, e in latest.items():
+            groups[(e.table, e.authoritative)].append(k)
+        for (table, side), keys in groups.items():
+            all_ids = [i for k in keys for i in ids[k]]
+            try:
+                src, dst, mapping = self.stores.mapping(spec, table, reverse=side == "new")
+                decoded = [decode_key(latest[k].key, mapping.key_kinds) for k in keys]
+                mirror_keys(src, dst, mapping, [d for d in decoded if d is not None], force=False)
+            except Exception as exc:  # noqa: BLE001 - one bad group must not stop the drain
+                attempts = max(latest[k].attempts for k in keys)
+                delay = min(inp.max_backoff_seconds, inp.base_backoff_seconds * 2 ** attempts)
+                delay *= 0.8 + 0.4 * random.random()  # noqa: S311 - jitter, not crypto
+                control.defer_repairs(ctl, all_ids, delay)
+                out.failed += len(keys)
+                msg = f"table {table}: {safe_message(exc, 200)}"
+                if msg not in out.errors and len(out.errors) < 5:
+                    out.errors.append(msg)
+                log.warning("repair of %d keys of %s failed, retry in %.0fs: %s", len(keys), table, delay, msg)
+                continue
+            control.complete_repairs(ctl, all_ids)
+            out.mirrored += len(keys)
+
+    # -- gates ------------------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityNames.EVALUATE_GATE, no_thread_cancel_exception=True)
+    def evaluate_gate(self, inp: GateInput) -> GateResult:
+        """Decide a gate. Today a pure function of the workflow's evidence; the seam where the windowed
+        application statistics (shadow match rate, write success, latency) join in later."""
+        with mapped_errors():
+            return phases.evaluate_gate(inp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _count_rows(store: Store, table: str) -> int:
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT COUNT(*) FROM {store.quote(table)}")
+        (n,) = cur.fetchone()
+        cur.close()
+        conn.rollback()
+    return int(n)
+
+
+EXACT_COUNT_BELOW = 5_000_000
+
+
+def _estimate_rows(store: Store, table: str) -> int:
+    """The catalog's row estimate for big tables (an exact COUNT(*) of a billion rows takes minutes and
+    cannot heartbeat), an exact count below ``EXACT_COUNT_BELOW``. Ranges only need to be roughly even."""
+    estimate = -1
+    with store.connect() as conn:
+        cur = conn.cursor()
+        if store.dialect is Dialect.POSTGRESQL:
+            cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (store.quote(table),))
+            row = cur.fetchone()
+            estimate = int(row[0]) if row and row[0] is not None else -1
+        elif store.dialect is Dialect.MYSQL:
+            schema, _, name = table.rpartition(".")
+            cur.execute("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
+                        "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s", (schema or None, name))
+            row = cur.fetchone()
+            estimate = int(row[0]) if row and row[0] is not None else -1
+        cur.close()
+        conn.rollback()
+    return estimate if estimate >= EXACT_COUNT_BELOW else _count_rows(store, table)
+
+
+def _checkpoint_from(raw: Any) -> RangeCheckpoint | None:
+    """Heartbeat details come back as plain dicts: rebuild the model (or ignore what is not one)."""
+    if isinstance(raw, RangeCheckpoint):
+        return raw
+    if isinstance(raw, dict):
+        try:
+            return RangeCheckpoint.model_validate(raw)
+        except Exception:  # noqa: BLE001 - details from an older worker version: start over
+            return None
+    return None

@@ -1,0 +1,722 @@
+"""Operator commands: ``worker``, ``start``, ``list``, ``status``, and the transitions (``advance``,
+``rollback``, ``pause``, ``resume``, ``approve``, ``verify``).
+
+Each transition is a Temporal Update on the migration's workflow, so the workflow's validator decides and
+a refusal comes back at once with its reason; the CLI only prints it and exits 1. The CLI never decides
+what is legal itself (beyond parsing), so it cannot drift from the phase machine.
+
+Errors an operator can meet at 3 a.m. (server down, no worker polling, unknown migration, a refused
+transition) are turned into one plain sentence and an exit code; a traceback here means a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import getpass
+import inspect
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from starter.cli import EXIT_BAD_INPUT, EXIT_FAILED, app
+
+if TYPE_CHECKING:
+    from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
+
+    from workflows.models import MigrationStatus, Phase, TransitionResult
+
+T = TypeVar("T")
+
+DEFAULT_ADDRESS = "localhost:7233"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TASK_QUEUE = "dualwrite"
+WORKFLOW_TYPE = "MigrationWorkflow"
+CONNECT_TIMEOUT_S = 10.0
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# ---------------------------------------------------------------------------------------------------------
+# Options shared by every command that talks to Temporal
+
+Address = Annotated[str, typer.Option(
+    "--address", envvar="DUALWRITE_TEMPORAL_ADDRESS", show_envvar=True,
+    help="Temporal frontend (host:port).")]
+Namespace = Annotated[str, typer.Option(
+    "--namespace", envvar="DUALWRITE_NAMESPACE", show_envvar=True, help="Temporal namespace.")]
+TaskQueue = Annotated[str, typer.Option(
+    "--task-queue", envvar="DUALWRITE_TASK_QUEUE", show_envvar=True,
+    help="Task queue the workers poll.")]
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", envvar="DUALWRITE_CONFIG", show_envvar=True,
+    help="Config file naming store URLs (default ./dualwrite.yaml).")]
+Name = Annotated[str, typer.Argument(metavar="NAME", help="Migration name (the spec's 'name').",
+                                     show_default=False)]
+Timeout = Annotated[float, typer.Option(
+    "--timeout", min=1.0, help="Seconds to wait for the workflow to answer (a worker must be running).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why; recorded in the transition history.")]
+
+
+def unwrap(doc: str | None) -> str:
+    """A docstring as help text: typer keeps single line breaks, so join each paragraph's lines and let
+    the terminal width decide where lines break."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.command`` with the docstring (unwrapped) as help text."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kwargs.setdefault("help", unwrap(fn.__doc__))
+        return app.command(name, **kwargs)(fn)
+
+    return register
+
+
+class CliFailure(Exception):
+    """A failure to report as one sentence with an exit code, never as a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the CLI talks to: kept together so every error message can name it."""
+
+    address: str
+    namespace: str
+    timeout: float = 30.0
+
+    async def connect(self) -> Client:
+        from temporalio.client import Client
+        from temporalio.contrib.pydantic import pydantic_data_converter
+
+        try:
+            return await asyncio.wait_for(
+                Client.connect(self.address, namespace=self.namespace, data_converter=pydantic_data_converter),
+                timeout=CONNECT_TIMEOUT_S)
+        except (TimeoutError, RuntimeError) as exc:
+            raise CliFailure(unreachable(self.address, exc)) from None
+
+
+def unreachable(address: str, exc: BaseException | None = None) -> str:
+    detail = ""
+    text = str(exc or "")
+    if "dns error" in text or "failed to lookup" in text:
+        detail = " (unknown host)"
+    elif "refused" in text.lower():
+        detail = " (connection refused)"
+    elif isinstance(exc, TimeoutError):
+        detail = f" (no answer within {CONNECT_TIMEOUT_S:.0f}s)"
+    return f"cannot reach Temporal at {address}{detail} — start one with `dualwrite dev`"
+
+
+def operator() -> str:
+    """Who asks: recorded with every transition (the OS user; containers may have no passwd entry)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # getpass raises various errors when there is no passwd entry
+        return os.environ.get("USER") or "unknown"
+
+
+def workflow_id(name: str) -> str:
+    from workflows.models import workflow_id as wid
+
+    return wid(name)
+
+
+def parse_phase(text: str | None) -> Phase | None:
+    """``cutover-reads`` / ``CUTOVER_READS`` → Phase; anything else is bad input (exit 2)."""
+    from workflows.models import PHASE_ORDER, Phase
+
+    if text is None:
+        return None
+    key = text.strip().upper().replace("-", "_")
+    try:
+        return Phase(key)
+    except ValueError:
+        raise CliFailure(f"unknown phase {text!r}: expected one of {', '.join(p.value for p in PHASE_ORDER)}",
+                         EXIT_BAD_INPUT) from None
+
+
+def run(target: Target, body: Callable[[Client], Awaitable[T]], *, interrupt_ok: bool = False) -> T:
+    """Connect, run ``body``, and turn every expected failure into a message and an exit code.
+
+    ``interrupt_ok``: Ctrl-C is the normal way out (``status --watch``), so it exits 0 silently.
+    """
+
+    async def main() -> T:
+        client = await target.connect()
+        return await body(client)
+
+    code: int | None = None
+    message = ""
+    try:
+        result = asyncio.run(main())
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except CliFailure as exc:
+        message, code = exc.message, exc.code
+    except KeyboardInterrupt:
+        message, code = ("", 0) if interrupt_ok else ("interrupted", 130)
+    except Exception as exc:
+        message, code = _explain(exc, target)
+    # Collect the client now, while the interpreter is whole: left to interpreter teardown, the SDK's
+    # Rust threads crash the process about one exit in five (PyGILState_Release, temporalio/sdk-python#300),
+    # which would turn a clean exit code into 134.
+    gc.collect()
+    if code is not None:
+        if message:
+            fail(message, code)
+        raise typer.Exit(code)
+    return result
+
+
+def _explain(exc: Exception, target: Target) -> tuple[str, int]:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if isinstance(exc, RPCError):
+        if exc.status == RPCStatusCode.UNAVAILABLE:
+            return unreachable(target.address, exc), EXIT_FAILED
+        if exc.status == RPCStatusCode.NOT_FOUND and "amespace" in exc.message:
+            return (f"namespace {target.namespace!r} does not exist at {target.address} "
+                    f"(`temporal operator namespace create {target.namespace}`)"), EXIT_BAD_INPUT
+        if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            return no_answer(target), EXIT_FAILED
+        return f"Temporal refused the request: {exc.message} ({exc.status.name})", EXIT_FAILED
+    raise exc
+
+
+def no_answer(target: Target, task_queue: str | None = None) -> str:
+    where = f" on task queue {task_queue!r}" if task_queue else ""
+    return (f"no answer from the workflow within {target.timeout:.0f}s: is a worker running{where}? "
+            "start one with `dualwrite worker`")
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}" if code != 130 else escape(message))
+    raise typer.Exit(code)
+
+
+async def describe(client: Client, name: str, target: Target) -> tuple[WorkflowHandle[Any, Any],
+                                                                        WorkflowExecutionDescription]:
+    """The migration's workflow handle and description; an unknown name is bad input (exit 2)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows.models import MigrationStatus
+
+    handle = client.get_workflow_handle(workflow_id(name), result_type=MigrationStatus)
+    try:
+        desc = await handle.describe(rpc_timeout=timedelta(seconds=target.timeout))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND and "amespace" not in exc.message:
+            raise CliFailure(f"no migration named {name!r} (workflow {workflow_id(name)}) in namespace "
+                             f"{target.namespace!r} at {target.address}; `dualwrite list` shows them",
+                             EXIT_BAD_INPUT) from None
+        raise
+    # no run id: queries and updates follow the latest run across continue-as-new
+    return handle, desc
+
+
+def _completed(desc: WorkflowExecutionDescription) -> bool:
+    from temporalio.client import WorkflowExecutionStatus
+
+    return desc.status == WorkflowExecutionStatus.COMPLETED
+
+
+def _status_name(desc: WorkflowExecutionDescription) -> str:
+    return desc.status.name if desc.status is not None else "UNKNOWN"
+
+
+async def query_status(handle: WorkflowHandle[Any, Any], target: Target, task_queue: str,
+                       *, completed: bool = False) -> MigrationStatus:
+    """The status query; for a completed migration its result (the final status), which needs no worker."""
+    from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows.models import MigrationStatus
+
+    if completed:
+        return cast(MigrationStatus, await handle.result(rpc_timeout=timedelta(seconds=target.timeout)))
+    try:
+        return cast(MigrationStatus, await handle.query("status", result_type=MigrationStatus,
+                                                        rpc_timeout=timedelta(seconds=target.timeout)))
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as exc:
+        raise CliFailure(f"the status query failed: {exc}") from None
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise CliFailure(no_answer(target, task_queue)) from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker
+
+
+@command(rich_help_panel="Run")
+def worker(
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    task_queue: TaskQueue = DEFAULT_TASK_QUEUE,
+    config: ConfigFile = None,
+    max_activities: Annotated[int | None, typer.Option(
+        "--max-activities", min=1, envvar="DUALWRITE_MAX_ACTIVITIES", show_envvar=True, show_default="8",
+        help="Concurrent activities (backfill ranges, verifications) on this worker.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=1, max=65535, envvar="DUALWRITE_METRICS_PORT", show_envvar=True,
+        help="Serve Temporal runtime metrics for Prometheus on this port.")] = None,
+) -> None:
+    """Run a worker: executes the migration workflows and their activities; store names are resolved to
+    URLs here (DUALWRITE_STORE_<NAME> or --config), and only here.
+
+    Start as many as you like on any machines, all on the same task queue: backfill ranges spread over
+    them. Stops gracefully on Ctrl-C or SIGTERM, checkpointing the batches in flight.
+    """
+    import logging
+
+    if config is not None and not config.is_file():
+        fail(f"config file {config} does not exist", EXIT_BAD_INPUT)
+    import worker as worker_module
+
+    cfg = worker_module.WorkerConfig.from_env(
+        address=address, namespace=namespace, task_queue=task_queue,
+        config_file=str(config) if config is not None else None, max_activities=max_activities,
+        metrics_port=metrics_port)
+    logging.basicConfig(level=os.environ.get("DUALWRITE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    err.print(f"worker on task queue {escape(task_queue)} at {escape(address)} (namespace {escape(namespace)})"
+              " — Ctrl-C to stop")
+    message = ""
+    try:
+        asyncio.run(worker_module.run_worker(cfg))
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        if "client connect" not in str(exc).lower():
+            raise
+        message = unreachable(address, exc)
+    except Exception as exc:
+        message, _code = _explain(exc, Target(address, namespace))
+    gc.collect()  # see run(): collect the client before interpreter teardown
+    if message:
+        fail(message)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# start
+
+
+def ui_url(address: str, namespace: str, wid: str | None = None) -> str | None:
+    """The Web UI link for a workflow, when it can be known: ``DUALWRITE_UI_URL`` or a local dev server
+    (whose UI listens on the gRPC port + 1000, as ``dualwrite dev`` and ``temporal server start-dev`` do)."""
+    base = os.environ.get("DUALWRITE_UI_URL")
+    if not base:
+        host, _, port = address.rpartition(":")
+        if host not in ("localhost", "127.0.0.1") or not port.isdigit():
+            return None
+        base = f"http://{host}:{int(port) + 1000}"
+    url = f"{base.rstrip('/')}/namespaces/{namespace}/workflows"
+    return f"{url}/{wid}" if wid else url
+
+
+@command(rich_help_panel="Migrations")
+def start(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Migration spec (YAML).", show_default=False)],
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    task_queue: TaskQueue = DEFAULT_TASK_QUEUE,
+) -> None:
+    """Start the migration described by SPEC (workflow id dualwrite-<name>).
+
+    The spec is validated here first and every problem is printed (exit 2). Store names are resolved by
+    the workers, so no URL or secret leaves this machine. A migration that is already running is not
+    started twice (exit 1).
+    """
+    from dualwrite.errors import SpecError
+    from dualwrite.spec import load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        err.print(f"[bold red]error:[/] {escape(spec_path.name)}: {escape(exc.headline)} "
+                  f"({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''})")
+        for p in exc.problems:
+            err.print(f"  - {escape(str(p))}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    target = Target(address, namespace)
+
+    async def body(client: Client) -> None:
+        from temporalio.exceptions import WorkflowAlreadyStartedError
+        from temporalio.service import RPCError, RPCStatusCode
+
+        from workflows.client import start_migration
+        from workflows.models import MigrationInput
+
+        wid = workflow_id(spec.name)
+        try:
+            # the one way migrations are started: static summary for the UI, search attributes from event 1
+            handle = await start_migration(client, MigrationInput(spec=spec, started_by=operator()),
+                                           task_queue=task_queue)
+        except WorkflowAlreadyStartedError:
+            raise CliFailure(f"migration {spec.name!r} is already running (workflow {wid}); "
+                             f"see `dualwrite status {spec.name}`") from None
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in exc.message.lower():
+                raise CliFailure(
+                    f"the server has no search attribute MigrationPhase/BackfillPercent: {exc.message}. "
+                    "Start it with `dualwrite dev`, or register them with `temporal operator search-attribute "
+                    "create --name MigrationPhase --type Keyword` (and BackfillPercent Int)") from None
+            raise
+        out.print(f"started migration [bold]{escape(spec.name)}[/]: workflow {wid} (run {handle.result_run_id}) "
+                  f"on task queue {escape(task_queue)}", soft_wrap=True)
+        link = ui_url(address, namespace, wid)
+        if link:
+            out.print(f"Web UI: {link}", soft_wrap=True)
+        out.print(f"follow it with `dualwrite status {escape(spec.name)} --watch`", soft_wrap=True)
+
+    run(target, body)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# list
+
+
+@command("list", rich_help_panel="Migrations")
+def list_(
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    running: Annotated[bool, typer.Option("--running", help="Only running migrations.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one array) instead of a table.")] = False,
+) -> None:
+    """List migrations (from the visibility store): name, phase, backfill, status, start time."""
+    from workflows.models import BACKFILL_PERCENT, MIGRATION_PHASE, WORKFLOW_ID_PREFIX
+
+    target = Target(address, namespace)
+    query = f'WorkflowType="{WORKFLOW_TYPE}" AND ExecutionStatus!="ContinuedAsNew"'
+    if running:
+        query += ' AND ExecutionStatus="Running"'
+
+    async def body(client: Client) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        async for wf in client.list_workflows(query, limit=limit, rpc_timeout=timedelta(seconds=target.timeout)):
+            sa = wf.typed_search_attributes
+            rows.append({
+                "name": wf.id.removeprefix(WORKFLOW_ID_PREFIX),
+                "workflow_id": wf.id,
+                "run_id": wf.run_id,
+                "phase": sa.get(MIGRATION_PHASE),
+                "backfill_percent": sa.get(BACKFILL_PERCENT),
+                "status": wf.status.name if wf.status is not None else None,
+                "start_time": wf.start_time,
+                "close_time": wf.close_time,
+                "task_queue": wf.task_queue,
+            })
+        return rows
+
+    rows = run(target, body)
+    if as_json:
+        print(json.dumps(rows, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v), indent=2))
+        return
+    if not rows:
+        out.print(f"no migrations in namespace {escape(namespace)} at {escape(address)}"
+                  + (" (running)" if running else ""), soft_wrap=True)
+        return
+    from starter.render import migrations_table
+
+    out.print(migrations_table(rows, console=out))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# status
+
+
+def _status_json(status: MigrationStatus, desc: WorkflowExecutionDescription) -> str:
+    doc = status.model_dump(mode="json")
+    doc["workflow_id"] = desc.id
+    doc["run_id"] = desc.run_id
+    doc["workflow_status"] = _status_name(desc)
+    return json.dumps(doc)
+
+
+@command(rich_help_panel="Migrations")
+def status(
+    name: Name,
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON (with --watch: one line "
+                                                         "per change).")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until the migration is DONE or "
+                                                              "Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes.")] = 2.0,
+    history: Annotated[int, typer.Option("--history", min=0, help="Transitions shown.")] = 8,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Show a migration: phase, per-table backfill progress, counters, last verification, gate evidence
+    and the transitions with who and why. Needs a running worker (the status is a workflow query), except
+    for a completed migration, whose final status is the workflow's result."""
+    from starter.render import render_status
+
+    target = Target(address, namespace, timeout)
+
+    async def once(client: Client) -> None:
+        handle, desc = await describe(client, name, target)
+        st = await query_status(handle, target, desc.task_queue, completed=_completed(desc))
+        if as_json:
+            print(_status_json(st, desc))
+        else:
+            out.print(render_status(st, workflow_status=_status_name(desc), history=history, console=out))
+
+    async def watching(client: Client) -> None:
+        from rich.console import Group
+        from rich.live import Live
+        from rich.text import Text
+
+        from workflows.models import Phase
+
+        handle, desc = await describe(client, name, target)
+        last = ""
+        live = Live(console=out, auto_refresh=False, transient=False) if out.is_terminal and not as_json \
+            else None
+        if live is not None:
+            live.start()
+        try:
+            while True:
+                try:
+                    desc = await handle.describe(rpc_timeout=timedelta(seconds=target.timeout))
+                    st = await query_status(handle, target, desc.task_queue, completed=_completed(desc))
+                    problem = None
+                except CliFailure as exc:  # a worker restarting: keep watching, say so
+                    st, problem = None, exc.message
+                wf_status = _status_name(desc)
+                if st is not None:
+                    text = _status_json(st, desc)
+                    if as_json:
+                        if text != last:
+                            print(text, flush=True)
+                    elif live is not None:
+                        stamp = Text(f"updated {time.strftime('%H:%M:%S')} — Ctrl-C to stop", style="grey50")
+                        live.update(Group(render_status(st, workflow_status=wf_status, history=history,
+                                                        console=out, compact=True), stamp), refresh=True)
+                    elif text != last:
+                        out.rule(time.strftime("%H:%M:%S"))
+                        out.print(render_status(st, workflow_status=wf_status, history=history, console=out))
+                    last = text
+                    if st.phase == Phase.DONE:
+                        return
+                elif problem is not None:
+                    if live is not None:
+                        live.update(Text(f"{problem} (retrying)", style="yellow"), refresh=True)
+                    else:
+                        err.print(f"{escape(problem)} (retrying)")
+                if wf_status != "RUNNING":
+                    err.print(f"workflow {desc.id} is {wf_status}")
+                    raise typer.Exit(0 if wf_status == "COMPLETED" else EXIT_FAILED)
+                await asyncio.sleep(interval)
+        finally:
+            if live is not None:
+                live.stop()
+
+    run(target, watching if watch else once, interrupt_ok=watch)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# transitions
+
+
+def transition(update: str, name: str, target: Target, *, to: str | None = None, reason: str = "",
+               force: bool = False, dry_run: bool = False) -> TransitionResult:
+    """Send one operator Update and print its result; a refusal prints the validator's reason, exit 1."""
+    from workflows.models import TransitionRequest, TransitionResult
+
+    phase = parse_phase_or_exit(to)
+
+    async def body(client: Client) -> TransitionResult:
+        from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+        from temporalio.service import RPCError, RPCStatusCode
+
+        handle, desc = await describe(client, name, target)
+        wf_status = _status_name(desc)
+        if wf_status != "RUNNING":
+            raise CliFailure(f"migration {name!r} is not running (workflow {desc.id} is {wf_status})")
+        req = TransitionRequest(to=phase, reason=reason, by=operator(), force=force, dry_run=dry_run)
+        try:
+            return cast(TransitionResult, await handle.execute_update(
+                update, req, result_type=TransitionResult, rpc_timeout=timedelta(seconds=target.timeout)))
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            raise CliFailure(f"{update} refused: {getattr(cause, 'message', None) or cause}") from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise CliFailure(no_answer(target, desc.task_queue)) from None
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise CliFailure(f"migration {name!r} is no longer running: {exc.message}") from None
+            raise
+
+    result = run(target, body)
+    prefix = "dry run: " if dry_run and "dry run" not in result.message else ""
+    line = (f"{prefix}{update} {escape(name)}: {escape(result.message)} "
+            f"(phase {result.phase.value}, epoch {result.epoch})")
+    if result.ok:
+        out.print(line, soft_wrap=True)
+    else:  # refused by the handler (a failing gate, a rollback that could not level the stores)
+        err.print(f"[bold red]refused:[/] {line}")
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+    return result
+
+
+def parse_phase_or_exit(text: str | None) -> Phase | None:
+    try:
+        return parse_phase(text)
+    except CliFailure as exc:
+        fail(exc.message, exc.code)
+
+
+PhaseOpt = Annotated[str | None, typer.Option(
+    "--to", metavar="PHASE", show_default=False,
+    help="Target phase (PREPARE, DUAL_WRITE, BACKFILL, SHADOW_READ, CUTOVER_READS, CUTOVER_WRITES, CLEANUP, "
+         "DONE; case-insensitive).")]
+
+
+@command(rich_help_panel="Steer")
+def advance(
+    name: Name,
+    to: PhaseOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Ask whether the move is allowed; change "
+                                                            "nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Move even though the cutover gate does not pass "
+                                                        "(needs --reason; recorded).")] = False,
+    reason: Reason = "",
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Move a migration to its next phase (or --to a later one the phase machine allows).
+
+    Entering CUTOVER_* is gated; entering CLEANUP is the point of no return. A refused move prints the
+    workflow's reason and exits 1; nothing is recorded for it.
+    """
+    if force and not reason.strip():
+        fail("--force needs --reason TEXT: a forced move is recorded with why", EXIT_BAD_INPUT)
+    transition("advance", name, Target(address, namespace, timeout), to=to, reason=reason, force=force,
+               dry_run=dry_run)
+
+
+@command(rich_help_panel="Steer")
+def rollback(
+    name: Name,
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded).", show_default=False)],
+    to: PhaseOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Ask whether the move is allowed; change "
+                                                            "nothing.")] = False,
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Roll a migration back to the previous phase (or --to an earlier one), old store authoritative again
+    as the phase requires. Possible from every phase before CLEANUP."""
+    if not reason.strip():
+        fail("--reason must say why: a rollback is recorded with its reason", EXIT_BAD_INPUT)
+    transition("rollback", name, Target(address, namespace, timeout), to=to, reason=reason, dry_run=dry_run)
+
+
+@command(rich_help_panel="Steer")
+def pause(
+    name: Name,
+    reason: Reason = "",
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Pause a migration: phase work (backfill, verification) stops at a checkpoint; no phase moves until
+    `resume`. Dual writes keep flowing."""
+    transition("pause", name, Target(address, namespace, timeout), reason=reason)
+
+
+@command(rich_help_panel="Steer")
+def resume(
+    name: Name,
+    reason: Reason = "",
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Resume a paused migration from its checkpoints."""
+    transition("resume", name, Target(address, namespace, timeout), reason=reason)
+
+
+@command(rich_help_panel="Steer")
+def approve(
+    name: Name,
+    reason: Reason = "",
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Approve the pending gated step (for specs with gates.require_approval, and the hold before CLEANUP
+    in auto mode)."""
+    transition("approve", name, Target(address, namespace, timeout), reason=reason)
+
+
+@command(rich_help_panel="Steer")
+def verify(
+    name: Name,
+    reason: Reason = "",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the verification to finish; exit 1 if it "
+                                                      "found drift or compared nothing.")] = False,
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Run a full verification (chunked compare, repair, re-verify) now."""
+    target = Target(address, namespace, timeout)
+    before = _last_verification_at(name, target) if wait else None
+    transition("verify", name, target, reason=reason)
+    if wait:
+        _wait_for_verification(name, target, before)
+
+
+def _last_verification_at(name: str, target: Target) -> Any:
+    async def body(client: Client) -> Any:
+        handle, desc = await describe(client, name, target)
+        st = await query_status(handle, target, desc.task_queue, completed=_completed(desc))
+        return st.last_verification.at if st.last_verification else None
+
+    return run(target, body)
+
+
+def _wait_for_verification(name: str, target: Target, before: Any) -> None:
+    from starter.render import verification_section
+
+    async def body(client: Client) -> MigrationStatus:
+        handle, desc = await describe(client, name, target)
+        with err.status("verifying…"):
+            while True:
+                st = await query_status(handle, target, desc.task_queue, completed=_completed(desc))
+                v = st.last_verification
+                if v is not None and (before is None or v.at > before):
+                    return st
+                await asyncio.sleep(1.0)
+
+    st = run(target, body)
+    section = verification_section(st)
+    if section is not None:
+        out.print(section)
+    if st.last_verification is None or not st.last_verification.ok:
+        raise typer.Exit(EXIT_FAILED)

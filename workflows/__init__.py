@@ -1,0 +1,1 @@
+"""Deterministic orchestration: the migration phase machine and its backfill / verify / repair children."""

@@ -1,0 +1,62 @@
+"""Connecting to Temporal the one way this project does it: with the pydantic data converter."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from workflows.models import (
+    BACKFILL_PERCENT,
+    MIGRATION_PHASE,
+    TASK_QUEUE,
+    MigrationInput,
+    MigrationStatus,
+    Phase,
+    workflow_id,
+)
+
+DEFAULT_ADDRESS = "localhost:7233"
+DEFAULT_NAMESPACE = "default"
+
+
+def default_address() -> str:
+    return os.environ.get("DUALWRITE_TEMPORAL_ADDRESS", DEFAULT_ADDRESS)
+
+
+def default_namespace() -> str:
+    return os.environ.get("DUALWRITE_NAMESPACE", DEFAULT_NAMESPACE)
+
+
+async def connect(address: str | None = None, namespace: str | None = None) -> Client:
+    """A client whose payloads are pydantic models: every workflow, update and query here expects that."""
+    return await Client.connect(
+        address or default_address(),
+        namespace=namespace or default_namespace(),
+        data_converter=pydantic_data_converter,
+    )
+
+
+async def start_migration(client: Client, inp: MigrationInput, *, task_queue: str = TASK_QUEUE,
+                          ) -> WorkflowHandle[Any, MigrationStatus]:
+    """Start ``MigrationWorkflow`` the standard way: id ``dualwrite-<name>``, a static summary for the Web
+    UI, and the search attributes set from the first event. Raises ``WorkflowAlreadyStartedError`` if a
+    migration of that name is running."""
+    spec = inp.spec
+    tables = ", ".join(t.source if t.target_table == t.source else f"{t.source}→{t.target_table}"
+                       for t in spec.tables)
+    return await client.start_workflow(
+        "MigrationWorkflow",
+        inp,
+        id=workflow_id(spec.name),
+        task_queue=task_queue,
+        result_type=MigrationStatus,
+        static_summary=f"dualwrite {spec.name}: {spec.old} → {spec.new} ({spec.mode.value}, {spec.strategy.value})",
+        static_details=(f"**{spec.name}**: move {len(spec.tables)} table(s) from store `{spec.old}` to "
+                        f"`{spec.new}`\n\ntables: {tables}\n\nstarted by: {inp.started_by or '?'}"),
+        search_attributes=TypedSearchAttributes([SearchAttributePair(MIGRATION_PHASE, Phase.PREPARE.value),
+                                                 SearchAttributePair(BACKFILL_PERCENT, 0)]),
+    )

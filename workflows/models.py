@@ -1,0 +1,433 @@
+"""The data that crosses Temporal: workflow inputs, update/signal arguments, query results.
+
+Everything here is a pydantic model so that ``pydantic_data_converter`` can round-trip it, and every
+workflow, activity, update and signal takes exactly one model (the Web UI's forms send one JSON value).
+These models are the contract between the workflows, the activities and the ``dualwrite`` CLI.
+
+Rules that shape them (DESIGN rules 6 and 7):
+- no row data: only names, key-range bounds (wire keys, see :mod:`dualwrite.keys`), counts, checkpoints;
+- no secrets: stores are named, never given by URL.
+
+This module is imported by workflow code, so it imports only the stdlib, pydantic, temporalio and the
+spec models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.common import SearchAttributeKey
+
+from dualwrite.spec import MigrationSpec
+
+TASK_QUEUE = "dualwrite"
+WORKFLOW_ID_PREFIX = "dualwrite-"
+
+
+def workflow_id(name: str) -> str:
+    """The workflow id of a migration: one running MigrationWorkflow per migration name."""
+    return f"{WORKFLOW_ID_PREFIX}{name}"
+
+
+class Phase(StrEnum):
+    """The phases of DESIGN.md, in order."""
+
+    PREPARE = "PREPARE"
+    DUAL_WRITE = "DUAL_WRITE"
+    BACKFILL = "BACKFILL"
+    SHADOW_READ = "SHADOW_READ"
+    CUTOVER_READS = "CUTOVER_READS"
+    CUTOVER_WRITES = "CUTOVER_WRITES"
+    CLEANUP = "CLEANUP"
+    DONE = "DONE"
+
+    @property
+    def rank(self) -> int:
+        """Position in the phase order (PREPARE is 0)."""
+        return PHASE_ORDER.index(self)
+
+
+PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
+
+# Search attributes (register them on the server: `dualwrite dev` and the tests do).
+MIGRATION_PHASE = SearchAttributeKey.for_keyword("MigrationPhase")
+BACKFILL_PERCENT = SearchAttributeKey.for_int("BackfillPercent")
+SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (MIGRATION_PHASE, BACKFILL_PERCENT)
+"""The custom search attributes, as keys (``key.name``, ``key.indexed_value_type``)."""
+
+SEARCH_ATTRIBUTE_CLI_ARGS: tuple[str, ...] = ("MigrationPhase=Keyword", "BackfillPercent=Int")
+"""The same, spelled for ``temporal server start-dev --search-attribute``."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public contract: workflow input, updates / signals, query
+
+
+class Tuning(_Model):
+    """Timing knobs of the orchestration. The defaults suit production; tests shorten them."""
+
+    heartbeat_timeout_seconds: float = Field(default=30.0, ge=1, description="long activities heartbeat "
+                                             "at least this often; a dead worker is noticed after this long")
+    barrier_poll_seconds: float = Field(default=60.0, ge=1, description="one barrier activity waits this long")
+    gate_recheck_seconds: float = Field(default=300.0, ge=1, description="auto mode: re-evaluate a failing "
+                                        "gate at least this often")
+    repair_idle_seconds: float = Field(default=300.0, ge=1, description="an idle repair long-poll returns "
+                                       "after this long")
+    verify_chunk_size: int | None = Field(default=None, ge=1)
+    backfill_ranges: int | None = Field(default=None, ge=1, description="key ranges per table; default "
+                                        "2 x backfill_concurrency")
+
+
+class MigrationInput(_Model):
+    """Start argument of ``MigrationWorkflow``.
+
+    ``carry`` is internal: the state a run hands to its continue-as-new successor. Starters leave it None.
+    """
+
+    spec: MigrationSpec
+    started_by: str = ""
+    tuning: Tuning = Field(default_factory=Tuning)
+    carry: MigrationCarry | None = None
+
+
+class TransitionRequest(_Model):
+    """Argument of every operator update / signal (advance, rollback, pause, resume, approve, verify)."""
+
+    to: Phase | None = Field(default=None, description="target phase; default: the next (advance) or "
+                                                       "the previous (rollback) phase")
+    reason: str = Field(default="", description="why; required for rollback and force")
+    by: str = Field(default="", description="who asks (recorded in the transition history)")
+    force: bool = Field(default=False, description="advance even though the gate does not pass")
+    dry_run: bool = Field(default=False, description="validate and report, change nothing")
+
+
+class TransitionResult(_Model):
+    ok: bool
+    phase: Phase
+    epoch: int
+    message: str
+
+
+class TableProgress(_Model):
+    source: str
+    target: str
+    rows_copied: int = 0
+    rows_estimate: int = 0
+    percent: int = 0
+    ranges_done: int = 0
+    ranges_total: int = 0
+    eta_seconds: float | None = None
+    done: bool = False
+
+
+class TableVerification(_Model):
+    """One table's verification outcome: counts only, never row values."""
+
+    source: str
+    target: str
+    rows_source: int = 0
+    rows_target: int = 0
+    chunks: int = 0
+    mismatched_chunks: int = 0
+    missing: int = 0
+    extra: int = 0
+    field_different: int = 0
+    fields: list[str] = Field(default_factory=list, description="target columns that differed")
+    repaired: int = 0
+    ok: bool = False
+    error: str = ""
+
+
+class VerificationSummary(_Model):
+    at: datetime
+    ok: bool
+    rows_compared: int
+    missing: int = 0
+    extra: int = 0
+    field_different: int = 0
+    repaired: int = 0
+    direction: str = "old->new"
+    tables: list[TableVerification] = Field(default_factory=list)
+
+
+class TransitionRecord(_Model):
+    from_phase: Phase
+    to_phase: Phase
+    at: datetime
+    by: str = ""
+    reason: str = ""
+    kind: str = Field(description="advance | auto | rollback | force | pause | resume | approve")
+
+
+class MigrationStatus(_Model):
+    name: str
+    phase: Phase
+    paused: bool
+    mode: str
+    strategy: str
+    epoch: int
+    tables: list[TableProgress] = Field(default_factory=list)
+    counters: dict[str, int] = Field(default_factory=dict)
+    last_verification: VerificationSummary | None = None
+    gate: dict[str, Any] | None = None
+    transitions: list[TransitionRecord] = Field(default_factory=list)
+    repair_queue_depth: int = 0
+    waiting_for: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Internal: continue-as-new carry, child workflows, activities
+
+
+class MigrationCarry(_Model):
+    """Everything a MigrationWorkflow run hands to its successor on continue-as-new."""
+
+    phase: Phase = Phase.PREPARE
+    epoch: int = 0
+    paused: bool = False
+    published_epoch: int = 0
+    phase_work_done: bool = False
+    approved_for: Phase | None = None
+    tables: list[TableProgress] = Field(default_factory=list)
+    counters: dict[str, int] = Field(default_factory=dict)
+    last_verification: VerificationSummary | None = None
+    gate: dict[str, Any] | None = None
+    transitions: list[TransitionRecord] = Field(default_factory=list)
+    repair_queue_depth: int = 0
+    next_verify_at: datetime | None = None
+    verify_requested: bool = False
+    backfill_runs: int = 0
+    verify_runs: int = 0
+    backfill_done: bool = False
+    backfill_percent_step: int = 0
+    phase_entered_at: datetime | None = None
+    work_state: str = ""
+    started_by: str = ""
+    runs: int = 1
+
+
+class KeyRange(_Model):
+    """``lo < key <= hi`` in wire form (:func:`dualwrite.keys.encode_key`); None is open."""
+
+    index: int
+    lo: list[Any] | None = None
+    hi: list[Any] | None = None
+
+
+class RangeCheckpoint(_Model):
+    """Heartbeat details of a range copy: enough to resume after a crash, and to report progress."""
+
+    cursor: list[Any] | None = None
+    rows: int = 0
+    batches: int = 0
+    conflict_batches: int = 0
+    fixed_keys: int = 0
+    attempt: int = 1
+    redone_batches: int = 0
+
+
+class RangeResult(_Model):
+    index: int
+    rows: int = 0
+    batches: int = 0
+    conflict_batches: int = 0
+    fixed_keys: int = 0
+    seconds: float = 0.0
+    attempts: int = 1
+    resumed: bool = False
+    redone_batches: int = Field(default=0, description="batches copied again after a resume (<= 1 each)")
+
+
+class TableRef(_Model):
+    """Which table of which migration, by names only: activities resolve and compile it themselves."""
+
+    spec: MigrationSpec
+    source: str
+    reverse: bool = Field(default=False, description="new -> old (after write cutover)")
+
+
+class PlanRangesInput(_Model):
+    table: TableRef
+    ranges: int
+
+
+class RangePlan(_Model):
+    rows_estimate: int
+    ranges: list[KeyRange]
+
+
+class CopyRangeInput(_Model):
+    table: TableRef
+    range: KeyRange
+    batch_size: int | None = None
+
+
+class BackfillInput(_Model):
+    """Input of the per-table ``BackfillWorkflow``; ``carry`` is its continue-as-new state."""
+
+    table: TableRef
+    concurrency: int
+    ranges: int | None = None
+    tuning: Tuning = Field(default_factory=Tuning)
+    carry: BackfillCarry | None = None
+
+
+class BackfillCarry(_Model):
+    plan: RangePlan
+    done: list[RangeResult] = Field(default_factory=list)
+    started_at: datetime | None = None
+    last_percent_step: int = -1
+    continued_as_new: int = 0
+
+
+class BackfillResult(_Model):
+    source: str
+    target: str
+    rows: int
+    rows_estimate: int
+    ranges: int
+    batches: int
+    redone_batches: int
+    resumed_ranges: int
+    continued_as_new: int = 0
+    seconds: float = 0.0
+    range_results: list[RangeResult] = Field(default_factory=list)
+
+
+class PauseState(_Model):
+    """Signal to a BackfillWorkflow: hold (finish running ranges, start no new ones) or go on."""
+
+    paused: bool
+
+
+class BackfillProgress(_Model):
+    """Signal from a BackfillWorkflow to its parent: coarse progress of one table."""
+
+    source: str
+    rows_copied: int
+    rows_estimate: int
+    ranges_done: int
+    ranges_total: int
+    eta_seconds: float | None = None
+    done: bool = False
+
+
+class VerifyInput(_Model):
+    """Input of ``VerificationWorkflow`` and of the per-table verify activity."""
+
+    spec: MigrationSpec
+    reverse: bool = False
+    repair: bool = True
+    tables: list[str] | None = Field(default=None, description="source tables; default: all")
+    reason: str = ""
+    tuning: Tuning = Field(default_factory=Tuning)
+
+
+class VerifyTableInput(_Model):
+    table: TableRef
+    repair: bool = True
+    chunk_size: int | None = None
+
+
+class ControlInput(_Model):
+    """Publish the state of one migration, or wait for its phase barrier."""
+
+    migration: str
+    control_store: str
+    phase: Phase = Phase.PREPARE
+    epoch: int = 0
+    paused: bool = False
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    live_seconds: float | None = Field(default=None, description="liveness window; default: the worker's")
+    max_wait_seconds: float = Field(default=60.0, description="barrier: return (not passed) after this long")
+
+
+class PrepareInput(_Model):
+    spec: MigrationSpec
+
+
+class CheckpointScope(_Model):
+    migration: str
+    control_store: str
+    scope: str
+
+
+class BarrierStatus(_Model):
+    passed: bool
+    epoch: int
+    live_instances: int = 0
+    lagging: list[str] = Field(default_factory=list, description="instance ids that have not seen the epoch")
+
+
+class PrepareResult(_Model):
+    ok: bool
+    problems: list[str] = Field(default_factory=list)
+    tables: list[TableProgress] = Field(default_factory=list)
+
+
+class RepairDrainInput(_Model):
+    """One long-poll of the repair queue: returns after draining what was due, or after ``max_idle_seconds``
+    with nothing to do, so the workflow's status (queue depth) stays fresh at a few events per poll."""
+
+    spec: MigrationSpec
+    max_seconds: float = 60.0
+    max_idle_seconds: float = 300.0
+    poll_seconds: float = 1.0
+    batch: int = 1000
+    base_backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 300.0
+
+
+class RepairDrainResult(_Model):
+    mirrored: int = 0
+    failed: int = 0
+    remaining: int = 0
+    due_in_seconds: float | None = None
+    errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
+
+
+class ActivityNames:
+    """Activity names: workflows call activities by name so they never import the data path."""
+
+    PREPARE = "prepare"
+    PUBLISH_STATE = "publish_state"
+    AWAIT_BARRIER = "await_barrier"
+    PLAN_RANGES = "plan_ranges"
+    COPY_RANGE = "copy_range"
+    CLEAR_CHECKPOINTS = "clear_checkpoints"
+    VERIFY_TABLE = "verify_table"
+    DRAIN_REPAIRS = "drain_repairs"
+    EVALUATE_GATE = "evaluate_gate"
+
+
+class GateInput(_Model):
+    spec: MigrationSpec
+    phase: Phase
+    to: Phase
+    backfill_percent: int
+    backfill_done: bool
+    last_verification: VerificationSummary | None = None
+    phase_entered_at: datetime | None = None
+    repair_queue_depth: int = 0
+    approved: bool = False
+
+
+class GateResult(_Model):
+    """A gate decision and its evidence (recorded in history: counts and thresholds only)."""
+
+    passed: bool
+    to: Phase
+    checks: dict[str, bool] = Field(default_factory=dict)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+
+
+MigrationInput.model_rebuild()
+BackfillInput.model_rebuild()
