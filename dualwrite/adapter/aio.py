@@ -1,0 +1,182 @@
+"""The asyncio flavour of the Core API: the same routing and strategies on SQLAlchemy ``AsyncConnection``.
+
+The authoritative transaction runs on the application's ``AsyncEngine``; everything after the commit
+(the sync strategy's mirror, its repair path) and the shadow read of the other store run on the writer's
+threads, because they share the synchronous mirror primitive with every other path. ``await`` returns when
+the sync mirror is done, as in the sync flavour; the event loop never blocks on the other store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from dualwrite import stats as st
+from dualwrite.adapter.phase import Routing, Side
+from dualwrite.adapter.writer import (
+    DualWriter,
+    Key,
+    KeyLike,
+    RoutingError,
+    Statement,
+    UnitOfWorkBase,
+    _entity_of,
+    error_class,
+)
+
+
+class AsyncUnitOfWork(UnitOfWorkBase):
+    """:class:`dualwrite.adapter.writer.UnitOfWork` on an ``AsyncConnection``."""
+
+    def __init__(self, writer: DualWriter, routing: Routing, connection: Any) -> None:
+        super().__init__(writer, routing)
+        self.connection = connection
+        self._last_rowcount = 0
+
+    async def _execute(self, st_: Statement) -> Key | None:
+        res = await self.connection.exec_driver_sql(st_.sql, tuple(st_.params))
+        rows = res.fetchall() if st_.mode == "returning" else None
+        n = len(rows) if rows is not None else int(res.rowcount or 0)
+        self._last_rowcount = n
+        return self.record_result(st_, n, rows)
+
+    async def insert(self, table: str, values: Mapping[str, Any]) -> Key:
+        key = await self._execute(self.plan_insert(table, values))
+        assert key is not None
+        return key
+
+    async def update(self, table: str, key: KeyLike, values: Mapping[str, Any]) -> int:
+        await self._execute(self.plan_update(table, key, values))
+        return self._last_rowcount
+
+    async def upsert(self, table: str, values: Mapping[str, Any]) -> Key:
+        key = await self._execute(self.plan_upsert(table, values))
+        assert key is not None
+        return key
+
+    async def delete(self, table: str, key: KeyLike) -> int:
+        await self._execute(self.plan_delete(table, key))
+        return self._last_rowcount
+
+    async def _before_commit(self) -> None:
+        pending = self.pending_log()
+        if pending is not None:
+            sql, rows = pending
+            await self.connection.exec_driver_sql(sql, rows if len(rows) > 1 else rows[0])
+
+
+def _async_engine_for(writer: DualWriter, side: Side) -> Any:
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415 - needs greenlet
+
+    store = writer.old_store if side is Side.OLD else writer.new_store
+    if store.dialect.value != "postgresql":
+        raise RoutingError(f"no async driver is known for the {store.dialect.value} store {store.name!r}: "
+                           "pass an AsyncEngine (old_engine= / new_engine=)")
+    return create_async_engine(store.ref.url, connect_args={"options": "-c TimeZone=UTC"})
+
+
+class AsyncDualWriter:
+    """The asyncio face of a :class:`DualWriter` (which it shares: phase cache, stats, shadow, repairs)."""
+
+    def __init__(self, writer: DualWriter, *, old_engine: Any = None, new_engine: Any = None) -> None:
+        self.writer = writer
+        self._own: list[Any] = []
+        self.engines: dict[Side, Any] = {}
+        for side, given in ((Side.OLD, old_engine), (Side.NEW, new_engine)):
+            if given is None:
+                given = _async_engine_for(writer, side)
+                self._own.append(given)
+            self.engines[side] = given
+
+    async def route(self, tenant: str | None = None, entity: str | None = None) -> Routing:
+        cache = self.writer.phase
+        if cache.is_fresh():
+            return cache.route(tenant, entity)
+        await asyncio.to_thread(cache.refresh)
+        return cache.route(tenant, entity)
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self, *, tenant: str | None = None, entity: str | None = None,
+                           routing: Routing | None = None) -> AsyncIterator[AsyncUnitOfWork]:
+        route = routing or await self.route(tenant, entity)
+        w = self.writer
+        started = time.perf_counter()
+        try:
+            async with self.engines[route.authoritative].connect() as conn:
+                uow = AsyncUnitOfWork(w, route, conn)
+                yield uow
+                await uow._before_commit()
+                await conn.commit()
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                w.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
+            raise
+        committed = time.perf_counter()
+        if w.strategy.value == "sync" and route.mirror_to is not None and uow.touched:
+            await asyncio.get_running_loop().run_in_executor(
+                w.executor, w.finish, route, uow.touched, started, committed)
+        else:
+            w.finish(route, uow.touched, started, committed)
+
+    async def insert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
+        rt = self.writer.table(table)
+        async with self.unit_of_work(tenant=self.writer._tenant(rt, values, tenant),  # noqa: SLF001
+                                     entity=self.writer._entity(rt, values)) as uow:  # noqa: SLF001
+            return await uow.insert(table, values)
+
+    async def update(self, table: str, key: KeyLike, values: Mapping[str, Any], *, tenant: str | None = None
+                     ) -> int:
+        rt = self.writer.table(table)
+        k = rt.key_of(key)
+        async with self.unit_of_work(tenant=self.writer._tenant(rt, values, tenant),  # noqa: SLF001
+                                     entity=_entity_of(rt, k)) as uow:
+            return await uow.update(table, k, values)
+
+    async def upsert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
+        rt = self.writer.table(table)
+        async with self.unit_of_work(tenant=self.writer._tenant(rt, values, tenant),  # noqa: SLF001
+                                     entity=self.writer._entity(rt, values)) as uow:  # noqa: SLF001
+            return await uow.upsert(table, values)
+
+    async def delete(self, table: str, key: KeyLike, *, tenant: str | None = None) -> int:
+        rt = self.writer.table(table)
+        k = rt.key_of(key)
+        async with self.unit_of_work(tenant=tenant, entity=_entity_of(rt, k)) as uow:
+            return await uow.delete(table, k)
+
+    async def read(self, table: str, key: KeyLike, *, tenant: str | None = None) -> dict[str, Any] | None:
+        """Read by key from the serving store; shadow-compare with the other store off the request path."""
+        w = self.writer
+        rt = w.table(table)
+        k = rt.key_of(key)
+        route = await self.route(tenant, _entity_of(rt, k))
+        side = w.read_side(rt, route, k)
+        handoff = w.shadow.start(rt.name, k, side.value) if w.shadow_enabled(route) and w.shadow.sampled() else None
+        s = rt.sides[side]
+        sql = rt.read_sql.get(side)
+        if sql is None:
+            sql = rt.read_sql[side] = f"SELECT {s.returning_all} FROM {s.qtable} WHERE {s.where_key}"
+        started = time.perf_counter()
+        try:
+            async with self.engines[side].connect() as conn:
+                r = (await conn.exec_driver_sql(sql, tuple(k))).first()
+        except BaseException:
+            if handoff is not None:
+                handoff.cancel()
+            raise
+        w.stats.observe(st.LAT_READ, (time.perf_counter() - started) * 1000)
+        row = None if r is None else dict(zip(s.columns, r, strict=True))
+        if handoff is not None:
+            handoff.set(row)
+        if row is None:
+            return None
+        return {s.col_to_app.get(c, c): v for c, v in row.items()}
+
+    async def close(self, *, close_writer: bool = False) -> None:
+        for e in self._own:
+            await e.dispose()
+        if close_writer:
+            await asyncio.to_thread(self.writer.close)

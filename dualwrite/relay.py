@@ -1,0 +1,258 @@
+"""The relay's core: drain key logs (outbox, change log) and the repair queue through the mirror primitive.
+
+A relay reads the oldest entries of a key log in id order, mirrors their keys from the store holding the log
+(the store that was authoritative for the write) to the other store with :func:`dualwrite.mirror.mirror_keys`,
+and deletes the entries it handled in the same transaction that held them locked. A crash anywhere leaves the
+entries in place, so they are mirrored again: harmless, because a mirror copies the row as it is *now*.
+
+Failures are split by kind. An unreachable store stops the drain (the caller backs off and retries; the log
+keeps everything). A key the target rejects (a constraint, a value out of range) must not block the keys
+behind it: it goes to the durable repair queue, where it is retried with backoff and counted.
+
+The lag of a log is the age of its oldest entry when read (database clock): it is what the relay records.
+No Temporal imports: the activities in ``activities/relay.py`` are thin wrappers around these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dualwrite import control
+from dualwrite.errors import StoreUnavailableError
+from dualwrite.keys import Key, decode_key
+from dualwrite.mapping import TableMapping
+from dualwrite.mirror import mirror_keys
+from dualwrite.outbox import CHANGELOG, OUTBOX, delete_entries, read_batch
+from dualwrite.stats import RELAY, RELAY_LAG, Stats
+from dualwrite.store import Dialect, Store, is_transient
+
+log = logging.getLogger("dualwrite.relay")
+
+#: (source table of the spec, reverse) -> the mapping from the store holding the log to the other store
+MappingFor = Callable[[str, bool], TableMapping]
+
+
+@dataclass
+class RelayResult:
+    entries: int = 0
+    mirrored: int = 0
+    discarded: int = 0
+    failed: int = 0
+    batches: int = 0
+    lag_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def __iadd__(self, other: RelayResult) -> RelayResult:
+        self.entries += other.entries
+        self.mirrored += other.mirrored
+        self.discarded += other.discarded
+        self.failed += other.failed
+        self.batches += other.batches
+        self.lag_seconds = max(self.lag_seconds, other.lag_seconds)
+        for e in other.errors:
+            if e not in self.errors and len(self.errors) < 5:
+                self.errors.append(e)
+        return self
+
+
+def _short(exc: BaseException) -> str:
+    from dualwrite.config import redact  # noqa: PLC0415
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {redact(text)[:200]}"
+
+
+def _mirror_isolated(source: Store, target: Store, mapping: TableMapping, keys: Sequence[Key]
+                     ) -> tuple[int, list[Key], list[str]]:
+    """Mirror keys one by one after a batch failed: (mirrored, failed keys, error texts)."""
+    done, failed, errors = 0, [], []
+    for key in keys:
+        try:
+            mirror_keys(source, target, mapping, [key])
+            done += 1
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+            failed.append(key)
+            msg = _short(exc)
+            if msg not in errors:
+                errors.append(msg)
+    return done, failed, errors
+
+
+def drain_log_batch(log_store: Store, other: Store, migration: str, mapping_for: MappingFor, *, reverse: bool,
+                    log_table: str = OUTBOX, limit: int = 500, discard: bool = False,
+                    control_store: Store | None = None) -> RelayResult:
+    """Handle the oldest ``limit`` entries of one key log; returns what was done (entries 0 = log empty).
+
+    ``reverse``: the log is in the new store (written while new was authoritative): mirror new -> old.
+    ``discard``: drop the entries without mirroring (the other store is retired).
+    """
+    out = RelayResult()
+    sqlite = log_store.dialect is Dialect.SQLITE
+    with log_store.connect() as conn:
+        entries = read_batch(conn, log_store, migration, log=log_table, limit=limit, lock=not sqlite)
+        if not entries:
+            conn.rollback()
+            return out
+        if sqlite:
+            conn.rollback()  # no row locks there; a long read transaction would only block writers
+        out.entries, out.batches = len(entries), 1
+        out.lag_seconds = max(e.age_seconds for e in entries)
+        if not discard:
+            by_table: dict[str, list[Key]] = defaultdict(list)
+            for e in entries:
+                by_table[e.table].append(tuple(e.key))
+            for table, wire_keys in by_table.items():
+                try:
+                    mapping = mapping_for(table, reverse)
+                except Exception as exc:  # noqa: BLE001 - a table no longer in the spec: nothing to mirror to
+                    log.warning("relay %s: dropping %d entries of table %s: %s", migration, len(wire_keys), table,
+                                _short(exc))
+                    out.discarded += len(wire_keys)
+                    continue
+                keys = [k for k in (decode_key(list(w), mapping.key_kinds) for w in wire_keys) if k is not None]
+                try:
+                    res = mirror_keys(log_store, other, mapping, keys)
+                    out.mirrored += res.keys
+                except StoreUnavailableError:
+                    raise
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # a deadlock: the whole batch is retried, nothing was deleted
+                    done, failed, errors = _mirror_isolated(log_store, other, mapping, keys)
+                    out.mirrored += done
+                    if failed:
+                        if control_store is None:
+                            raise
+                        control.enqueue_repair(control_store, migration, table, failed,
+                                               reason=f"relay: {errors[0] if errors else _short(exc)}",
+                                               authoritative="new" if reverse else "old")
+                        out.failed += len(failed)
+                        out.errors += [e for e in errors if e not in out.errors][:5 - len(out.errors)]
+        else:
+            out.discarded += len(entries)
+        delete_entries(conn, log_store, [e.id for e in entries], log=log_table)
+        conn.commit()
+    return out
+
+
+def drain(old: Store, new: Store, migration: str, mapping_for: MappingFor, *,
+          logs: Sequence[str] = (OUTBOX, CHANGELOG), directions: Sequence[str] = ("old", "new"),
+          discard: Sequence[str] = (), limit: int = 500, max_seconds: float = 0.0,
+          control_store: Store | None = None, stats: Stats | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          on_batch: Callable[[RelayResult], None] | None = None) -> RelayResult:
+    """Drain the key logs until they are empty (or ``max_seconds`` passed, or ``should_stop``).
+
+    ``directions``: which stores' logs to drain ('old': mirror old -> new; 'new': new -> old).
+    ``discard``: directions whose entries are dropped unmirrored. Logs that do not exist are skipped.
+    """
+    total = RelayResult()
+    started = time.monotonic()
+    stores = {"old": (old, new), "new": (new, old)}
+    pending = [(side, lg) for side in directions for lg in logs]
+    missing: set[tuple[str, str]] = set()
+    while pending:
+        progressed = False
+        for side, lg in pending:
+            if (side, lg) in missing:
+                continue
+            if should_stop is not None and should_stop():
+                return total
+            source, target = stores[side]
+            try:
+                res = drain_log_batch(source, target, migration, mapping_for, reverse=side == "new", log_table=lg,
+                                      limit=limit, discard=side in discard, control_store=control_store)
+            except Exception as exc:
+                if _is_missing_table(exc):
+                    missing.add((side, lg))
+                    continue
+                raise
+            if res.entries:
+                progressed = True
+                total += res
+                if stats is not None:
+                    stats.record(counts=[(RELAY, "entries", res.entries), (RELAY, "mirrored", res.mirrored),
+                                         (RELAY, "failed", res.failed), (RELAY, "discarded", res.discarded)])
+                    stats.gauge(RELAY_LAG, res.lag_seconds)
+                if on_batch is not None:
+                    on_batch(total)
+        if not progressed:
+            break
+        if max_seconds and time.monotonic() - started > max_seconds:
+            break
+    return total
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return ("does not exist" in text or "doesn't exist" in text or "no such table" in text) and (
+        OUTBOX in text or CHANGELOG in text or "relation" in text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the repair queue
+
+
+@dataclass
+class RepairDrainResult:
+    mirrored: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def drain_repairs(control_store: Store, old: Store, new: Store, migration: str, mapping_for: MappingFor, *,
+                  batch: int = 1000, base_backoff_seconds: float = 2.0, max_backoff_seconds: float = 300.0,
+                  max_rounds: int = 0) -> RepairDrainResult:
+    """Mirror every *due* key of the repair queue; failures are deferred with exponential backoff + jitter.
+
+    Per key only the newest entry decides the direction: it names the side that was authoritative when
+    the latest write failed, so a key queued before and after a rollback is mirrored the right way.
+    ``max_rounds`` bounds the number of batches (0: until nothing is due).
+    """
+    out = RepairDrainResult()
+    rounds = 0
+    while True:
+        entries = control.due_repairs(control_store, migration, batch)
+        if not entries:
+            return out
+        rounds += 1
+        latest: dict[tuple[str, str], control.RepairEntry] = {}
+        ids: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for e in entries:
+            k = (e.table, repr(e.key))
+            ids[k].append(e.id)
+            if k not in latest or e.id > latest[k].id:
+                latest[k] = e
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        for k, e in latest.items():
+            groups[(e.table, e.authoritative)].append(k)
+        for (table, side), keys in groups.items():
+            all_ids = [i for k in keys for i in ids[k]]
+            try:
+                reverse = side == "new"
+                mapping = mapping_for(table, reverse)
+                source, target = (new, old) if reverse else (old, new)
+                decoded = [decode_key(latest[k].key, mapping.key_kinds) for k in keys]
+                mirror_keys(source, target, mapping, [d for d in decoded if d is not None])
+            except Exception as exc:  # noqa: BLE001 - one bad group must not stop the drain
+                attempts = max(latest[k].attempts for k in keys)
+                delay = min(max_backoff_seconds, base_backoff_seconds * 2 ** attempts)
+                delay *= 0.8 + 0.4 * random.random()  # noqa: S311 - jitter, not crypto
+                control.defer_repairs(control_store, all_ids, delay)
+                out.failed += len(keys)
+                msg = f"table {table}: {_short(exc)}"
+                if msg not in out.errors and len(out.errors) < 5:
+                    out.errors.append(msg)
+                log.warning("repair of %d keys of %s failed, retry in %.0fs: %s", len(keys), table, delay, msg)
+                continue
+            control.complete_repairs(control_store, all_ids)
+            out.mirrored += len(keys)
+        if max_rounds and rounds >= max_rounds:
+            return out

@@ -1,0 +1,215 @@
+"""Change capture with database triggers, for applications that cannot be changed (strategy ``triggers``).
+
+Row-level AFTER triggers on a migrated table append the key of every inserted, updated or deleted row to
+``dualwrite_changelog`` in the same store, inside the writing transaction (an UPDATE that moves a row to
+another key logs both keys). A relay mirrors the logged keys with the one mirror primitive, exactly as for
+the outbox. Only keys are logged; the key is rendered as the same JSON list :func:`dualwrite.keys.encode_key`
+produces, so the relay decodes it with the mapping's key kinds.
+
+Triggers can be installed on both stores (the new one captures writes after write cutover, to keep the old
+store in sync for rollback). Writes made by dualwrite itself (relay mirrors, backfill, repair) must not be
+captured again, or every mirrored row would bounce back: connections of a store passed to
+:func:`mark_replica` set a session flag (``dualwrite.replica`` on PostgreSQL, ``@dualwrite_replica`` on
+MariaDB) that the triggers check. SQLite has no session state a trigger can read: there a mirrored write
+is captured once more and mirrored back as a no-op (the images are equal, and the version guard refuses it).
+
+TRUNCATE and DDL are not captured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualwrite.errors import DualwriteError
+from dualwrite.outbox import CHANGELOG, ensure_log
+from dualwrite.store import Dialect, Kind, Store
+
+
+class TriggerError(DualwriteError):
+    """Triggers cannot capture this table on this store (an unsupported key type)."""
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _names(migration: str, table: str) -> tuple[str, str]:
+    digest = hashlib.blake2s(f"{migration}\0{table}".encode(), digest_size=4).hexdigest()
+    base = "".join(ch if ch.isalnum() else "_" for ch in table.rsplit(".", 1)[-1])[:24]
+    return f"dw_cap_{base}_{digest}", f"dw_capfn_{base}_{digest}"
+
+
+def _key_columns(store: Store, table: str, key: Sequence[str]) -> list[tuple[str, Kind]]:
+    info = store.describe(table)
+    return [(k, info.columns[k].kind) for k in key]
+
+
+def _pg_key_json(row: str, store: Store, cols: Sequence[tuple[str, Kind]]) -> str:
+    parts = []
+    for name, kind in cols:
+        c = f"{row}.{store.quote(name)}"
+        if kind in (Kind.INT, Kind.BOOL, Kind.FLOAT, Kind.TEXT):
+            parts.append(c)
+        elif kind is Kind.TIMESTAMP:
+            parts.append(f"to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
+        elif kind is Kind.TIMESTAMPTZ:
+            parts.append(f"to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
+        elif kind is Kind.BYTES:
+            parts.append(f"'b64:' || translate(encode({c}, 'base64'), E'\\n', '')")
+        else:  # decimal, uuid, date, time, other: their text form decodes exactly
+            parts.append(f"({c})::text")
+    return f"json_build_array({', '.join(parts)})::text"
+
+
+def _my_key_json(row: str, store: Store, cols: Sequence[tuple[str, Kind]]) -> str:
+    parts = []
+    for name, kind in cols:
+        c = f"{row}.{store.quote(name)}"
+        if kind in (Kind.INT, Kind.BOOL, Kind.FLOAT, Kind.TEXT):
+            parts.append(c)
+        elif kind in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
+            parts.append(f"DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s.%f')")
+        elif kind is Kind.BYTES:
+            parts.append(f"CONCAT('b64:', REPLACE(TO_BASE64({c}), CHAR(10), ''))")
+        else:
+            parts.append(f"CAST({c} AS CHAR)")
+    return f"JSON_ARRAY({', '.join(parts)})"
+
+
+def _sqlite_key_json(row: str, store: Store, cols: Sequence[tuple[str, Kind]]) -> str:
+    for name, kind in cols:
+        if kind is Kind.BYTES:
+            raise TriggerError(f"key column {name!r} is binary: SQLite triggers cannot log it as JSON")
+    return f"json_array({', '.join(f'{row}.{store.quote(n)}' for n, _ in cols)})"
+
+
+def trigger_sql(store: Store, migration: str, table: str, key: Sequence[str], *, log: str = CHANGELOG
+                ) -> list[str]:
+    """The statements that (re)install capture triggers on ``table`` (``table`` as the spec names it)."""
+    cols = _key_columns(store, table, key)
+    trig, fn = _names(migration, table)
+    qt = store.quote(table)
+    head = f"INSERT INTO {log} (migration, table_name, key_json) VALUES ({_lit(migration)}, {_lit(table)}, "
+    if store.dialect is Dialect.POSTGRESQL:
+        moved = " OR ".join(f"OLD.{store.quote(n)} IS DISTINCT FROM NEW.{store.quote(n)}" for n, _ in cols)
+        body = (
+            f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $dw$\n"
+            "BEGIN\n"
+            "  IF coalesce(current_setting('dualwrite.replica', true), '') = 'on' THEN RETURN NULL; END IF;\n"
+            f"  IF TG_OP <> 'INSERT' THEN {head}{_pg_key_json('OLD', store, cols)}); END IF;\n"
+            f"  IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND ({moved})) THEN "
+            f"{head}{_pg_key_json('NEW', store, cols)}); END IF;\n"
+            "  RETURN NULL;\n"
+            "END $dw$"
+        )
+        return [body, f"DROP TRIGGER IF EXISTS {trig} ON {qt}",
+                f"CREATE TRIGGER {trig} AFTER INSERT OR UPDATE OR DELETE ON {qt} FOR EACH ROW EXECUTE FUNCTION {fn}()"]
+    if store.dialect is Dialect.MYSQL:
+        moved = " OR ".join(f"NOT (OLD.{store.quote(n)} <=> NEW.{store.quote(n)})" for n, _ in cols)
+        new_key, old_key = _my_key_json("NEW", store, cols), _my_key_json("OLD", store, cols)
+        guard = "IF @dualwrite_replica IS NULL THEN"
+        return [
+            f"DROP TRIGGER IF EXISTS {trig}_i", f"DROP TRIGGER IF EXISTS {trig}_u", f"DROP TRIGGER IF EXISTS {trig}_d",
+            f"CREATE TRIGGER {trig}_i AFTER INSERT ON {qt} FOR EACH ROW BEGIN {guard} {head}{new_key}); END IF; END",
+            f"CREATE TRIGGER {trig}_u AFTER UPDATE ON {qt} FOR EACH ROW BEGIN {guard} {head}{old_key}); "
+            f"IF {moved} THEN {head}{new_key}); END IF; END IF; END",
+            f"CREATE TRIGGER {trig}_d AFTER DELETE ON {qt} FOR EACH ROW BEGIN {guard} {head}{old_key}); END IF; END",
+        ]
+    moved = " OR ".join(f"NOT (OLD.{store.quote(n)} IS NEW.{store.quote(n)})" for n, _ in cols)
+    new_key, old_key = _sqlite_key_json("NEW", store, cols), _sqlite_key_json("OLD", store, cols)
+    sel = f"INSERT INTO {log} (migration, table_name, key_json) SELECT {_lit(migration)}, {_lit(table)}, "
+    return [
+        f"DROP TRIGGER IF EXISTS {trig}_i", f"DROP TRIGGER IF EXISTS {trig}_u", f"DROP TRIGGER IF EXISTS {trig}_d",
+        f"CREATE TRIGGER {trig}_i AFTER INSERT ON {qt} BEGIN {head}{new_key}); END",
+        f"CREATE TRIGGER {trig}_u AFTER UPDATE ON {qt} BEGIN {head}{old_key}); {sel}{new_key} WHERE {moved}; END",
+        f"CREATE TRIGGER {trig}_d AFTER DELETE ON {qt} BEGIN {head}{old_key}); END",
+    ]
+
+
+def drop_sql(store: Store, migration: str, table: str) -> list[str]:
+    trig, fn = _names(migration, table)
+    if store.dialect is Dialect.POSTGRESQL:
+        return [f"DROP TRIGGER IF EXISTS {trig} ON {store.quote(table)}", f"DROP FUNCTION IF EXISTS {fn}()"]
+    return [f"DROP TRIGGER IF EXISTS {trig}_{s}" for s in "iud"]
+
+
+def _run(store: Store, statements: Sequence[str]) -> None:
+    with store.connect() as conn:
+        cur = conn.cursor()
+        for sql in statements:
+            cur.execute(sql)
+        cur.close()
+        conn.commit()
+
+
+def install_triggers(store: Store, migration: str, table: str, key: Sequence[str], *, log: str = CHANGELOG) -> None:
+    """Create the change log (if missing) and (re)install the capture triggers of one table. Idempotent."""
+    ensure_log(store, log)
+    _run(store, trigger_sql(store, migration, table, key, log=log))
+
+
+def remove_triggers(store: Store, migration: str, table: str) -> None:
+    """Drop the capture triggers of one table (the change log itself is left for the relay to finish)."""
+    _run(store, drop_sql(store, migration, table))
+
+
+def installed(store: Store, migration: str, table: str) -> bool:
+    """Are the capture triggers of ``table`` present?"""
+    trig, _ = _names(migration, table)
+    with store.connect() as conn:
+        cur = conn.cursor()
+        if store.dialect is Dialect.POSTGRESQL:
+            cur.execute("SELECT COUNT(*) FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal", (trig,))
+        elif store.dialect is Dialect.MYSQL:
+            cur.execute("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+                        "AND TRIGGER_NAME LIKE %s", (trig + "\\_%",))
+        else:
+            cur.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?", (trig + "_%",))
+        (n,) = cur.fetchone()
+        cur.close()
+        conn.rollback()
+    return bool(n)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# replica marking: dualwrite's own writes are not captured
+
+_marked: set[int] = set()
+_marked_lock = threading.Lock()
+
+
+def _set_replica_flag(dialect: Dialect) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if dialect is Dialect.POSTGRESQL:
+            cur.execute("SET dualwrite.replica = 'on'")
+        elif dialect is Dialect.MYSQL:
+            cur.execute("SET @dualwrite_replica = 1")
+        cur.close()
+        if dialect is not Dialect.SQLITE:
+            dbapi_conn.commit()
+
+    return on_connect
+
+
+def mark_replica(store: Store) -> None:
+    """Make every connection of ``store`` a replica session: capture triggers ignore its writes.
+
+    Use it on the stores of the worker (relay, backfill, repair), never on the stores an application writes
+    through. Existing pooled connections are replaced so none of them writes unmarked.
+    """
+    with _marked_lock:
+        if id(store.engine) in _marked:
+            return
+        sa.event.listen(store.engine, "connect", _set_replica_flag(store.dialect))
+        _marked.add(id(store.engine))
+    store.engine.dispose()
+
+
+def is_replica(store: Store) -> bool:
+    return id(store.engine) in _marked

@@ -1,0 +1,209 @@
+"""RelayWorkflow: one per migration with the ``outbox`` or ``triggers`` strategy (id ``dualwrite-<name>-relay``).
+
+It keeps one long-running activity draining the key logs (the outbox written by the adapter, the change log
+written by triggers) of both stores through the mirror primitive, continuously: the activity polls the logs,
+mirrors what it finds, heartbeats its counters, and returns after ``max_activity_seconds`` so its result (a
+few counts and the lag) lands in history at a bounded rate. The workflow continues as new when Temporal
+suggests it. Rows never pass through here: the activity moves them store to store (DESIGN rule 6).
+
+It first sets capture up (the log tables; for ``triggers`` the triggers on both stores, idempotently), so
+starting it before the application writes in DUAL_WRITE is enough. The ``finish`` signal (sent at CLEANUP)
+drains what is left, removes the triggers and completes the workflow.
+
+Models live here (not in workflows.models) so the relay can be added without touching the migration's
+contract; the activities import them from this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from dualwrite.spec import MigrationSpec
+
+RELAY_SETUP = "relay_setup"
+RELAY_DRAIN = "relay_drain"
+RELAY_TEARDOWN = "relay_teardown"
+FINISH_SIGNAL = "finish"
+
+PERMANENT_ERRORS = ["SchemaError", "SpecError", "UnknownStoreError", "ConfigError", "TriggerError"]
+
+
+def relay_workflow_id(migration: str) -> str:
+    return f"dualwrite-{migration}-relay"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class RelayCounters(_Model):
+    entries: int = 0
+    mirrored: int = 0
+    failed: int = Field(default=0, description="keys the target rejected: sent to the repair queue")
+    discarded: int = Field(default=0, description="entries dropped unmirrored (the other store is retired)")
+    batches: int = 0
+
+    def add(self, other: RelayCounters) -> None:
+        self.entries += other.entries
+        self.mirrored += other.mirrored
+        self.failed += other.failed
+        self.discarded += other.discarded
+        self.batches += other.batches
+
+
+class RelayInput(_Model):
+    """Start argument of ``RelayWorkflow``; ``carry`` is its continue-as-new state (starters leave it None)."""
+
+    spec: MigrationSpec
+    poll_seconds: float = Field(default=0.2, gt=0, description="idle poll interval of the logs")
+    max_activity_seconds: float = Field(default=60.0, gt=0, description="one drain activity returns after this")
+    heartbeat_timeout_seconds: float = Field(default=30.0, ge=1)
+    batch: int = Field(default=500, ge=1, le=10_000)
+    remove_triggers_on_finish: bool = True
+    carry: RelayCarry | None = None
+
+
+class RelayCarry(_Model):
+    totals: RelayCounters = Field(default_factory=RelayCounters)
+    runs: int = 1
+    last_lag_seconds: float = 0.0
+    finishing: bool = False
+
+
+class RelaySetupInput(_Model):
+    spec: MigrationSpec
+
+
+class RelaySetupResult(_Model):
+    logs: list[str] = Field(default_factory=list, description="store/log pairs made ready")
+    triggers: list[str] = Field(default_factory=list, description="store/table pairs with capture triggers")
+
+
+class RelayDrainInput(_Model):
+    spec: MigrationSpec
+    max_seconds: float = 60.0
+    poll_seconds: float = 0.2
+    batch: int = 500
+    finish: bool = Field(default=False, description="return as soon as every log is empty")
+
+
+class RelayDrainResult(_Model):
+    counters: RelayCounters = Field(default_factory=RelayCounters)
+    lag_seconds: float = Field(default=0.0, description="age of the oldest entry met (database clock)")
+    remaining: int = Field(default=0, description="entries still waiting when the activity returned")
+    phase: str = ""
+    errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
+
+
+class RelayStatus(_Model):
+    migration: str
+    totals: RelayCounters
+    last_lag_seconds: float
+    remaining: int
+    runs: int
+    finishing: bool
+
+
+RelayInput.model_rebuild()
+
+
+def _retry() -> RetryPolicy:
+    return RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                       maximum_interval=timedelta(seconds=30), non_retryable_error_types=PERMANENT_ERRORS)
+
+
+@workflow.defn(name="RelayWorkflow")
+class RelayWorkflow:
+    """Drains a migration's key logs continuously until told to finish."""
+
+    def __init__(self) -> None:
+        self._carry = RelayCarry()
+        self._remaining = 0
+        self._migration = ""
+        self._drain: asyncio.Task[Any] | None = None
+
+    @workflow.signal(name=FINISH_SIGNAL, description="Drain what is left, remove the triggers, and complete.")
+    def finish(self) -> None:
+        self._carry.finishing = True
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()
+
+    @workflow.query(name="status", description="Counters, lag and backlog of the relay.")
+    def status(self) -> RelayStatus:
+        return RelayStatus(migration=self._migration, totals=self._carry.totals,
+                           last_lag_seconds=self._carry.last_lag_seconds, remaining=self._remaining,
+                           runs=self._carry.runs, finishing=self._carry.finishing)
+
+    @workflow.run
+    async def run(self, inp: RelayInput) -> RelayStatus:
+        self._migration = inp.spec.name
+        if inp.carry is not None:
+            self._carry = inp.carry
+        else:
+            await workflow.execute_activity(
+                RELAY_SETUP, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
+                retry_policy=_retry(), result_type=RelaySetupResult, summary="set up capture")
+        hb = timedelta(seconds=inp.heartbeat_timeout_seconds)
+        self._details()
+        while not self._carry.finishing:
+            self._drain = asyncio.ensure_future(workflow.execute_activity(
+                RELAY_DRAIN,
+                RelayDrainInput(spec=inp.spec, max_seconds=inp.max_activity_seconds, poll_seconds=inp.poll_seconds,
+                                batch=inp.batch),
+                start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                retry_policy=_retry(), result_type=RelayDrainResult, summary="relay drain"))
+            try:
+                res: RelayDrainResult = await self._drain
+            except (ActivityError, asyncio.CancelledError) as exc:
+                if self._carry.finishing:
+                    break  # finish() cancelled the drain: go on to the final one
+                if isinstance(exc, asyncio.CancelledError) or is_cancelled_exception(exc):
+                    raise  # the workflow itself is being cancelled
+                workflow.logger.warning("relay drain failed: %s", exc)
+                await workflow.sleep(timedelta(seconds=10))
+                continue
+            finally:
+                self._drain = None
+            self._absorb(res)
+            if workflow.info().is_continue_as_new_suggested() and not self._carry.finishing:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                self._carry.runs += 1
+                workflow.continue_as_new(inp.model_copy(update={"carry": self._carry}))
+        # finishing: drain what is left, then take capture down
+        res = await workflow.execute_activity(
+            RELAY_DRAIN, RelayDrainInput(spec=inp.spec, max_seconds=inp.max_activity_seconds,
+                                         poll_seconds=inp.poll_seconds, batch=inp.batch, finish=True),
+            start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
+            retry_policy=_retry(), result_type=RelayDrainResult, summary="final drain")
+        self._absorb(res)
+        if inp.remove_triggers_on_finish and inp.spec.strategy.value == "triggers":
+            await workflow.execute_activity(
+                RELAY_TEARDOWN, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
+                retry_policy=_retry(), summary="remove triggers")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    def _absorb(self, res: RelayDrainResult) -> None:
+        self._carry.totals.add(res.counters)
+        self._carry.last_lag_seconds = res.lag_seconds
+        self._remaining = res.remaining
+        self._details()
+
+    def _details(self) -> None:
+        t = self._carry.totals
+        workflow.set_current_details(
+            f"**Relay {self._migration}**\n\n"
+            "| mirrored | entries | sent to repair | discarded | lag | backlog |\n|---:|---:|---:|---:|---:|---:|\n"
+            f"| {t.mirrored:,} | {t.entries:,} | {t.failed:,} | {t.discarded:,} | "
+            f"{self._carry.last_lag_seconds:.2f} s | {self._remaining:,} |"
+            + ("\n\n*finishing: final drain*" if self._carry.finishing else ""))
