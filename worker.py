@@ -8,7 +8,11 @@ verifications spread over them. Configuration comes from the environment (or ``W
     DUALWRITE_TASK_QUEUE         task queue (default "dualwrite")
     DUALWRITE_MAX_ACTIVITIES     concurrent activities (default 8): backfill ranges, verifications
     DUALWRITE_MAX_WORKFLOW_TASKS concurrent workflow tasks (default 16)
-    DUALWRITE_METRICS_PORT       serve the Temporal runtime's Prometheus metrics on this port
+    DUALWRITE_METRICS_PORT       serve Prometheus metrics on this port: dualwrite's (activities, failures by
+                                 type, per-migration phase / backfill / repair / gate gauges, see
+                                 dualwrite.metrics) and the Temporal runtime's, on one /metrics endpoint
+    DUALWRITE_METRICS_INTERVAL   seconds between refreshes of the per-migration gauges (default 15)
+    DUALWRITE_LOG_FORMAT         json | console (default: console on a terminal, JSON otherwise)
     DUALWRITE_SHUTDOWN_SECONDS   graceful shutdown window on SIGTERM (default 30)
     DUALWRITE_CONFIG             config file with store URLs (default ./dualwrite.yaml)
     DUALWRITE_STORE_<NAME>       URL of store NAME (wins over the config file)
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import gc
 import logging
 import os
 import signal
@@ -35,20 +41,32 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.core import DualwriteActivities
+from activities.observe import MigrationMonitor, ObservabilityInterceptor
+from activities.relay import RelayActivities
+from activities.stores import StoreCache
 from dualwrite.config import StoreResolver
+from dualwrite.metrics import MetricsServer, WorkerMetrics
 from workflows.backfill import BackfillWorkflow
 from workflows.migration import MigrationWorkflow
 from workflows.models import TASK_QUEUE
+from workflows.relay import RelayWorkflow
 from workflows.verify import VerificationWorkflow
 
 log = logging.getLogger("dualwrite.worker")
 
-WORKFLOWS: tuple[type, ...] = (MigrationWorkflow, BackfillWorkflow, VerificationWorkflow)
+WORKFLOWS: tuple[type, ...] = (MigrationWorkflow, BackfillWorkflow, VerificationWorkflow, RelayWorkflow)
 
 # Modules the workflow sandbox passes through instead of re-importing per run: the models (pydantic and
 # the spec) are deterministic data, and re-importing them per workflow run is what makes runs slow.
@@ -101,37 +119,75 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
 def build_worker(client: Client, activities: DualwriteActivities, *, task_queue: str = TASK_QUEUE,
                  max_activities: int = 8, max_workflow_tasks: int = 16, shutdown_seconds: float = 30.0,
                  executor: concurrent.futures.ThreadPoolExecutor | None = None,
-                 identity: str | None = None) -> Worker:
-    """A worker for every dualwrite workflow and activity (used by ``run_worker`` and by the tests)."""
+                 identity: str | None = None, metrics: WorkerMetrics | None = None) -> Worker:
+    """A worker for every dualwrite workflow and activity (used by ``run_worker`` and by the tests).
+
+    Every activity runs inside :class:`ObservabilityInterceptor`: its log lines carry the migration, phase
+    and activity ids, and (with ``metrics``) its outcome and failure type are counted."""
     pool = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max_activities + 2,
                                                              thread_name_prefix="dualwrite-activity")
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities.all(),
+        activities=[*activities.all(), *RelayActivities(activities.stores).all()],
         activity_executor=pool,
         max_concurrent_activities=max_activities,
         max_concurrent_workflow_tasks=max_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=shutdown_seconds),
         workflow_runner=sandbox_runner(),
         identity=identity,
+        interceptors=[ObservabilityInterceptor(metrics)],
     )
 
 
-def make_runtime(metrics_port: int | None, host: str = "0.0.0.0") -> Runtime | None:  # noqa: S104
-    if not metrics_port:
+def make_runtime(metrics_port: int | None, host: str = "0.0.0.0", *,  # noqa: S104
+                 forward_logs: bool = False) -> Runtime | None:
+    """A Temporal runtime serving its metrics on ``metrics_port`` and/or sending the SDK core's own log
+    lines (warnings about failing workflow tasks, ...) through Python logging, so they get the same JSON
+    format and redaction as every other line instead of going raw to stderr."""
+    if not metrics_port and not forward_logs:
         return None
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{metrics_port}")))
+    logging_cfg = LoggingConfig.default
+    if forward_logs:
+        logging_cfg = LoggingConfig(filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                                    forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")))
+    metrics = PrometheusConfig(bind_address=f"{host}:{metrics_port}") if metrics_port else None
+    return Runtime(telemetry=TelemetryConfig(logging=logging_cfg, metrics=metrics))
+
+
+def _free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_metrics(cfg: WorkerConfig) -> tuple[Runtime | None, WorkerMetrics | None, MetricsServer | None]:
+    """With a metrics port: the Temporal runtime serves its metrics on a private loopback port, and one
+    endpoint on ``metrics_port`` serves dualwrite's metrics with the runtime's appended, so Prometheus
+    scrapes one target per worker."""
+    if not cfg.metrics_port:
+        return make_runtime(None, forward_logs=True), None, None
+    internal = _free_local_port()
+    runtime = make_runtime(internal, "127.0.0.1", forward_logs=True)
+    metrics = WorkerMetrics()
+    server = MetricsServer(cfg.metrics_port, cfg.metrics_host, [metrics.registry],
+                           upstream=f"http://127.0.0.1:{internal}/metrics")
+    return runtime, metrics, server
 
 
 async def run_worker(config: WorkerConfig | None = None, *, resolver: StoreResolver | None = None,
                      stop: asyncio.Event | None = None, install_signal_handlers: bool = True) -> None:
     """Connect, run until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
     cfg = config or WorkerConfig.from_env()
-    runtime = make_runtime(cfg.metrics_port, cfg.metrics_host)
-    client = await Client.connect(cfg.address, namespace=cfg.namespace, data_converter=pydantic_data_converter,
-                                  runtime=runtime)
+    runtime, metrics, metrics_server = start_metrics(cfg)
+    try:
+        client = await Client.connect(cfg.address, namespace=cfg.namespace,
+                                      data_converter=pydantic_data_converter, runtime=runtime)
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.close()
+        raise
     acts = DualwriteActivities(resolver or StoreResolver(cfg.config_file))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,25 +196,41 @@ async def run_worker(config: WorkerConfig | None = None, *, resolver: StoreResol
             loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, acts, task_queue=cfg.task_queue, max_activities=cfg.max_activities,
                           max_workflow_tasks=cfg.max_workflow_tasks, shutdown_seconds=cfg.shutdown_seconds,
-                          identity=cfg.identity)
+                          identity=cfg.identity, metrics=metrics)
+    monitor_stores = StoreCache(acts.stores.resolver, pool_size=2) if metrics is not None else None
+    monitor: asyncio.Task[None] | None = None
     log.info("worker %s polling %s on %s/%s (metrics: %s)", cfg.identity, cfg.task_queue, cfg.address,
              cfg.namespace, f":{cfg.metrics_port}/metrics" if cfg.metrics_port else "off")
     try:
         async with worker:
+            if metrics is not None and monitor_stores is not None:
+                interval = float(os.environ.get("DUALWRITE_METRICS_INTERVAL", "15"))
+                monitor = asyncio.create_task(
+                    MigrationMonitor(client, metrics, monitor_stores, interval=interval).run(stop))
             await stop.wait()
             log.info("shutting down (waiting up to %.0f s for running activities)", cfg.shutdown_seconds)
     finally:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        if monitor is not None:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await monitor
+        if monitor_stores is not None:
+            monitor_stores.close()
+        if metrics_server is not None:
+            metrics_server.close()
         acts.close()
     log.info("worker stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("DUALWRITE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dualwrite.logs import configure
+
+    configure()
     asyncio.run(run_worker())
+    gc.collect()  # collect the client while the interpreter is whole (temporalio/sdk-python#300)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.stores import StoreCache
-from dualwrite import control, sqlgen
+from dualwrite import control, gates, sqlgen
 from dualwrite import rows as rowio
 from dualwrite.config import StoreResolver, redact
 from dualwrite.copy import CopyProgress, copy_range
@@ -57,8 +58,13 @@ from workflows.models import (
     RangeResult,
     RepairDrainInput,
     RepairDrainResult,
+    RetiredTable,
+    RetireInput,
+    RetireResult,
     TableProgress,
     TableVerification,
+    TriggerWatchInput,
+    TriggerWatchResult,
     VerifyTableInput,
 )
 
@@ -148,7 +154,8 @@ class DualwriteActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.prepare, self.publish_state, self.await_barrier, self.plan_ranges, self.copy_range,
-                self.clear_checkpoints, self.verify_table, self.drain_repairs, self.evaluate_gate]
+                self.clear_checkpoints, self.verify_table, self.drain_repairs, self.evaluate_gate,
+                self.watch_rollback_triggers, self.retire_old_store]
 
     def close(self) -> None:
         self.stores.close()
@@ -304,8 +311,9 @@ class DualwriteActivities:
         Returns counts by class (missing / extra / field-different) and the names of differing columns;
         never a row value. Comparing zero rows raises VerificationError: a verifier must prove it looked."""
         with mapped_errors():
-            from dualwrite.repair import repair  # noqa: PLC0415 - heavy, and only here
-            from dualwrite.verify import verify_range  # noqa: PLC0415
+            from dualwrite import tenancy  # noqa: PLC0415 - heavy, and only here
+            from dualwrite.repair import repair  # noqa: PLC0415
+            from dualwrite.verify import verify_keys, verify_range  # noqa: PLC0415
 
             spec = inp.table.spec
             src, dst, mapping = self.stores.mapping(spec, inp.table.source, reverse=inp.table.reverse)
@@ -317,12 +325,32 @@ class DualwriteActivities:
                 if activity.is_cancelled():
                     _raise_if_stopping()
 
-            report = verify_range(src, dst, mapping, chunk_size=inp.chunk_size, on_chunk=on_chunk)
+            if inp.tenant is not None:
+                report = tenancy.verify_tenant(src, dst, mapping, inp.tenant)
+                activity.heartbeat({"tenant_keys": report.rows_source + report.rows_target})
+            else:
+                report = verify_range(src, dst, mapping, chunk_size=inp.chunk_size, on_chunk=on_chunk)
+                # rows of tenants whose authority runs the other way are theirs to verify, never ours to repair
+                report = tenancy.without_tenants(report, src, dst, mapping, inp.exclude_tenants)
             out = TableVerification(
                 source=inp.table.source, target=mapping.target_table, rows_source=report.rows_source,
                 rows_target=report.rows_target, chunks=report.chunks, mismatched_chunks=report.mismatched_chunks,
                 missing=report.missing, extra=report.extra, field_different=report.field_different,
                 fields=sorted(report.field_counts), ok=report.ok)
+            if not report.ok and not inp.repair:
+                # compare only (a gate's evidence): a write caught between its two commits settles within
+                # moments, so only differences that persist on a re-check count as unresolved
+                after = report
+                for attempt in range(REPAIR_ROUNDS - 1):
+                    _sleep(0.5 * (attempt + 1))
+                    activity.heartbeat({"recheck": attempt + 1})
+                    after = verify_keys(src, dst, mapping, after.keys(), allow_empty=True)
+                    if after.ok or _stopping():
+                        break
+                unseen = max(0, report.total_differences - len(report.differences))
+                out.unresolved = after.total_differences + unseen
+                out.sample_keys = tenancy.describe_keys(after.keys() or report.keys())
+                out.ok = out.unresolved == 0
             if not report.ok and inp.repair:
                 # Under live traffic a re-verification can catch a write between its authoritative commit
                 # and its mirror; such a difference settles within moments, so repair again a few times.
@@ -337,7 +365,9 @@ class DualwriteActivities:
                     if after.ok or _stopping():
                         break
                 out.ok = after.ok
+                out.unresolved = after.total_differences
                 if not out.ok:
+                    out.sample_keys = tenancy.describe_keys(after.keys())
                     out.error = (f"still different after repair: missing {after.missing}, extra {after.extra}, "
                                  f"field-different {after.field_different}")
             return out
@@ -409,14 +439,171 @@ class DualwriteActivities:
 
     @activity.defn(name=ActivityNames.EVALUATE_GATE, no_thread_cancel_exception=True)
     def evaluate_gate(self, inp: GateInput) -> GateResult:
-        """Decide a gate. Today a pure function of the workflow's evidence; the seam where the windowed
-        application statistics (shadow match rate, write success, latency) join in later."""
+        """Decide a gate: read the live statistics of the window (every application instance's flushed
+        windows, merged; the tenant's own scope when there is one) and apply the pure rules to them and to
+        the workflow's evidence. The result, with every metric's value / threshold / samples / verdict, is
+        what history records."""
         with mapped_errors():
-            return phases.evaluate_gate(inp)
+            traffic = None
+            if inp.to in phases.TRAFFIC_GATED:
+                store = self._control(inp.spec.control)
+                traffic = gates.read_traffic(store, inp.spec.name, inp.spec.gates.window_seconds, inp.tenant)
+            return phases.evaluate_gate(inp, traffic)
+
+    @activity.defn(name=ActivityNames.WATCH_TRIGGERS, no_thread_cancel_exception=True)
+    def watch_rollback_triggers(self, inp: TriggerWatchInput) -> TriggerWatchResult:
+        """Read the statistics every ``check_seconds`` and return as soon as a rollback trigger trips (or,
+        quietly, after ``max_seconds``), so a healthy cutover costs a few history events per period.
+
+        Statistics flushed before a scope entered its phase are left out (the window shrinks to the time
+        since); too few samples never trips."""
+        with mapped_errors():
+            cfg = inp.spec.rollback_triggers
+            store = self._control(inp.spec.control)
+            started = time.monotonic()
+            out = TriggerWatchResult()
+            while True:
+                now = datetime.now(UTC)
+                for scope in inp.scopes:
+                    since = scope.since if scope.since.tzinfo else scope.since.replace(tzinfo=UTC)
+                    seconds = min(float(cfg.window_seconds), max(1.0, (now - since).total_seconds()))
+                    traffic = gates.read_traffic(store, inp.spec.name, seconds, scope.tenant,
+                                                 ensure_schema=not out.checks)
+                    evaluation = gates.evaluate_triggers(traffic, scope.phase.value, cfg)
+                    out.evaluation, out.tenant, out.phase = evaluation, scope.tenant, scope.phase
+                    if evaluation.tripped:
+                        out.tripped = True
+                        return out
+                out.checks += 1
+                activity.heartbeat(out.checks)
+                if time.monotonic() - started >= inp.max_seconds:
+                    return out
+                _sleep(cfg.check_seconds)
+                _raise_if_stopping()
+
+    # -- CLEANUP ----------------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityNames.RETIRE_OLD, no_thread_cancel_exception=True)
+    def retire_old_store(self, inp: RetireInput) -> RetireResult:
+        """Retire the old store after the CLEANUP barrier (applications no longer mirror): remove capture
+        triggers (both stores), mirror what the old store's key logs still hold and discard the entries
+        towards the old store, drop key logs left empty, discard queued repairs, then rename each old
+        table to ``<table>_dw_retired_<stamp>`` (or drop it when ``drop``). Idempotent: a retry finds the
+        retired names and reports them."""
+        with mapped_errors():
+            from dualwrite import outbox, relay, triggers  # noqa: PLC0415 - only here
+
+            spec = inp.spec
+            old, new = self.stores.store(spec.old), self.stores.store(spec.new)
+            ctl = self._control(spec.control)
+            out = RetireResult()
+            mappings = {}
+            for t in spec.tables:
+                if _table_exists(old, t.source):
+                    mappings[t.source] = self.stores.mapping(spec, t.source)[2]
+            for source, mapping in mappings.items():
+                triggers.remove_triggers(old, spec.name, mapping.source_table)
+                triggers.remove_triggers(new, spec.name, mapping.target_table)
+                out.triggers_removed += [f"{old.name}/{mapping.source_table}", f"{new.name}/{mapping.target_table}"]
+                activity.heartbeat(source)
+            if mappings:
+                res = relay.drain(old, new, spec.name, lambda table, reverse: self.stores.mapping(
+                    spec, table, reverse=reverse)[2], discard=("new",), control_store=ctl, should_stop=_stopping)
+                out.log_entries_mirrored, out.log_entries_discarded = res.mirrored, res.discarded
+            for store in (old, new):
+                for log_table in outbox.LOGS:
+                    dropped = _drop_log_if_unused(store, spec.name, log_table)
+                    if dropped:
+                        out.logs_dropped.append(f"{store.name}/{log_table}")
+            out.repair_entries_discarded = _discard_repairs(ctl, spec.name)
+            for t in spec.tables:
+                out.tables.append(_retire_table(old, t.source, inp.stamp, drop=inp.drop))
+                activity.heartbeat(t.source)
+            return out
 
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
+
+RETIRED_INFIX = "_dw_retired_"
+MAX_IDENT = 63  # PostgreSQL's limit (MariaDB allows 64)
+
+
+def retired_name(table: str, stamp: str) -> str:
+    """``<table>_dw_retired_<stamp>`` in the table's schema, shortened (with a hash) to fit an identifier."""
+    import hashlib  # noqa: PLC0415
+
+    schema, dot, name = table.rpartition(".")
+    suffix = f"{RETIRED_INFIX}{stamp}"
+    if len(name) + len(suffix) > MAX_IDENT:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+        name = f"{name[:MAX_IDENT - len(suffix) - 7]}_{digest}"
+    return f"{schema}{dot}{name}{suffix}"
+
+
+def _table_exists(store: Store, table: str) -> bool:
+    from sqlalchemy.exc import NoSuchTableError  # noqa: PLC0415
+
+    try:
+        store.describe(table, refresh=True)
+    except NoSuchTableError:
+        return False
+    return True
+
+
+def _retire_table(store: Store, table: str, stamp: str, *, drop: bool) -> RetiredTable:
+    """Rename (or drop) one old table; on a retry report what the first attempt did."""
+    new_name = retired_name(table, stamp)
+    if not _table_exists(store, table):
+        if drop:
+            return RetiredTable(source=table, action="already-dropped")
+        if _table_exists(store, new_name):
+            return RetiredTable(source=table, action="already-renamed", retired_as=new_name)
+        raise ApplicationError(f"old table {table} is gone and no {new_name} exists: it was not retired by "
+                               "this migration", type="RetireError", non_retryable=True)
+    bare = new_name.rpartition(".")[2]
+    if drop:
+        sql = f"DROP TABLE {store.quote(table)}"
+    elif store.dialect is Dialect.MYSQL:
+        sql = f"RENAME TABLE {store.quote(table)} TO {store.quote(new_name)}"
+    else:
+        sql = f"ALTER TABLE {store.quote(table)} RENAME TO {store.quote(bare)}"
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(sql)
+        cur.close()
+        conn.commit()
+    log.info("retired old table %s of store %s: %s", table, store.name, "dropped" if drop else f"renamed to {new_name}")
+    return RetiredTable(source=table, action="dropped" if drop else "renamed", retired_as=None if drop else new_name)
+
+
+def _drop_log_if_unused(store: Store, migration: str, log_table: str) -> bool:
+    """Delete this migration's key-log entries; drop the log when no other migration uses it."""
+    if not _table_exists(store, log_table):
+        return False
+    p = store.paramstyle
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"DELETE FROM {log_table} WHERE migration = {p}", (migration,))
+        cur.execute(f"SELECT COUNT(*) FROM {log_table}")
+        (left,) = cur.fetchone()
+        if not left:
+            cur.execute(f"DROP TABLE {log_table}")
+        cur.close()
+        conn.commit()
+    return not left
+
+
+def _discard_repairs(store: Store, migration: str) -> int:
+    """Keys queued to be mirrored into a store that is now retired: nothing left to do for them."""
+    p = store.paramstyle
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"DELETE FROM {control.REPAIR_QUEUE} WHERE migration = {p}", (migration,))
+        n = int(cur.rowcount or 0)
+        cur.close()
+        conn.commit()
+    return n
 
 
 def _count_rows(store: Store, table: str) -> int:

@@ -17,6 +17,7 @@ from dualwrite.errors import Problem, SchemaError
 from dualwrite.mapping import TableMapping, compile_table
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
+from dualwrite.triggers import mark_replica
 
 
 class StoreCache:
@@ -35,6 +36,8 @@ class StoreCache:
             s = self._stores.get(name)
             if s is None:
                 s = Store(self.resolver.resolve(name), pool_size=self._pool_size)
+                # the worker's own writes (backfill, repair, relay) must never be captured by triggers
+                mark_replica(s)
                 self._stores[name] = s
             return s
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from dualwrite import hooks
 from dualwrite.keys import Key, encode_key
 from dualwrite.store import Dialect, Store
 
@@ -204,12 +205,14 @@ def publish_state(store: Store, migration: str, phase: str, epoch: int, *, pause
                   overrides: dict[str, Any] | None = None) -> None:
     """Publish a migration's state. An older epoch never overwrites a newer one (a retried, delayed
     publish of epoch 4 must not undo epoch 5); the same epoch may update ``paused`` and overrides."""
+    hooks.point("phase.before_flip", phase=phase)
     p = store.paramstyle
     sql = _upsert(store, STATE, ["migration", "phase", "epoch", "paused", "overrides", "updated_at"],
                   ["migration"], values=[p, p, p, p, p, _now(store)], guard="{old}epoch <= {new}(epoch)"
                   if store.dialect is Dialect.MYSQL else "{old}epoch <= {new}epoch")
     _run(store, sql, [migration, phase, epoch, bool(paused) if store.dialect is not Dialect.SQLITE
                       else int(paused), json.dumps(overrides or {}, sort_keys=True)])
+    hooks.point("phase.after_flip", phase=phase)
 
 
 def read_state(store: Store, migration: str) -> ControlState | None:

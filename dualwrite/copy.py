@@ -32,7 +32,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from dualwrite import fastpath, sqlgen
+from dualwrite import fastpath, hooks, sqlgen
 from dualwrite import rows as rowio
 from dualwrite.background import KeyChecker, ReadAhead
 from dualwrite.mapping import TableMapping
@@ -322,8 +322,10 @@ def _write_chunk(route: _Route, sconn: Any, tconn: Any, chunk: _Chunk,
             _rollback(sconn, tconn)
             raise
         try:
+            hooks.point("copy.before_batch_commit")
             tconn.commit()
             sconn.commit()
+            hooks.point("copy.after_batch_commit")
             return result
         except Exception as exc:
             _rollback(sconn, tconn)

@@ -103,9 +103,16 @@ class TableMapping:
         return tuple(self.target_info.columns[c].kind for c in self.target_columns)
 
     def reversed(self) -> TableMapping:
-        """The plan for mirroring new -> old (after write cutover): only plain column maps can reverse."""
+        """The plan for mirroring new -> old (after write cutover): only plain column maps can reverse.
+
+        A new column filled with a constant (``default``) has no counterpart in the old store, so there is
+        nothing to mirror back and it is left out; a computed column (``expr``, ``transform``) would need
+        the inverse computation, which the spec cannot express, so it makes the table irreversible.
+        """
         cols = []
         for c in self.columns:
+            if c.kind is SourceKind.DEFAULT:
+                continue
             if c.kind is not SourceKind.COLUMN or c.source is None:
                 raise ValueError(f"column {c.target!r} is computed ({c.kind}); it cannot be mirrored back")
             cols.append(ColumnPlan(target=c.source, kind=SourceKind.COLUMN, source=c.target))

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dualwrite import hooks
 from dualwrite import rows as rowio
 from dualwrite.mapping import TableMapping
 from dualwrite.sqlgen import Key, source_side, target_side
@@ -70,8 +71,10 @@ def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Seque
                 if clean is exc:
                     raise
                 raise clean from None
+            hooks.point("mirror.before_commit")
             tconn.commit()
             sconn.commit()
+            hooks.point("mirror.after_commit")
             result.keys += len(batch)
             result.upserted += len(found)
     return result

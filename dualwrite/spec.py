@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from dualwrite.errors import Problem, SpecError
 
@@ -24,6 +33,8 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _STORE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _TABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
+TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+"""What a tenant id may look like (it is published to applications and shown in the Web UI)."""
 _SQL_STRING_RE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`")
 
 
@@ -69,6 +80,21 @@ class ColumnMap(_Strict):
         if isinstance(value, dict) and "default" in value:
             value = {**value, "has_default": True}
         return value
+
+    @model_serializer(mode="wrap")
+    def _only_what_was_given(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Dump only the keys that were given, so a dump validates back to the same map.
+
+        Without this a rename dumps as ``{"from": "a", "default": null, ...}``, which reads back as a rename
+        *and* a default and is refused: every spec with a column map would fail to cross Temporal (the
+        pydantic data converter dumps and re-validates it)."""
+        data = handler(self)
+        if not isinstance(data, dict):
+            return data
+        out = {k: v for k, v in data.items() if v is not None and k not in ("default", "has_default")}
+        if self.has_default:
+            out["default"] = data.get("default")
+        return out
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ColumnMap:
@@ -124,13 +150,64 @@ class TableSpec(_Strict):
 
 
 class Gates(_Strict):
-    shadow_match_rate: float = Field(default=0.999, ge=0, le=1)
+    """The cutover gate (before CUTOVER_READS and CUTOVER_WRITES), over the last ``window_seconds``.
+
+    Each rate needs its minimum number of samples: fewer is "not yet", never a pass. A minimum of 0 says
+    the metric needs no traffic at all (then no traffic is "n/a" and does not hold the gate)."""
+
+    shadow_match_rate: float = Field(default=0.999, ge=0, le=1, description="shadow reads that matched: > this")
     min_shadow_samples: int = Field(default=1000, ge=0)
-    secondary_write_success_rate: float = Field(default=0.9995, ge=0, le=1)
+    secondary_write_success_rate: float = Field(default=0.9995, ge=0, le=1,
+                                                description="secondary writes that succeeded: > this")
     min_write_samples: int = Field(default=1000, ge=0)
-    p99_latency_increase: float = Field(default=0.20, ge=0)
-    window_seconds: int = Field(default=300, ge=1)
+    p99_latency_increase: float = Field(default=0.20, ge=0, description="adapter p99 over the authoritative "
+                                        "write's p99, minus one: < this")
+    min_latency_samples: int = Field(default=1000, ge=0)
+    window_seconds: int = Field(default=300, ge=1, description="statistics window; the reconciliation "
+                                "evidence must be a verification younger than this")
     require_approval: bool = False
+
+
+class RollbackTriggers(_Strict):
+    """Automatic rollback during CUTOVER_READS / CUTOVER_WRITES: one step back, recorded, and held."""
+
+    enabled: bool = True
+    window_seconds: int = Field(default=60, ge=1, description="statistics window the triggers look at")
+    check_seconds: float = Field(default=10.0, ge=0.2, description="how often the statistics are read")
+    max_shadow_mismatch_rate: float = Field(default=0.01, ge=0, le=1, description="roll back when shadow "
+                                            "mismatches exceed this share of compared reads")
+    min_shadow_samples: int = Field(default=100, ge=1)
+    max_new_store_error_rate: float = Field(default=0.01, ge=0, le=1, description="roll back when writes to "
+                                            "the new store fail more often than this")
+    min_write_samples: int = Field(default=100, ge=1)
+
+
+class Tenancy(_Strict):
+    """Per-tenant migration: tenants can move through SHADOW_READ..CUTOVER_WRITES one by one.
+
+    ``column`` is the tenant column of the source tables; it becomes each table's ``tenant_column`` unless
+    the table sets its own (``tenant_column: null`` marks a table shared by all tenants)."""
+
+    column: str
+    ids: list[str] = Field(default_factory=list, description="tenants shown from the start (others may be "
+                                                             "named later)")
+
+    @field_validator("column")
+    @classmethod
+    def _column(cls, v: str) -> str:
+        if not _IDENT_RE.match(v):
+            raise ValueError(f"{v!r} is not a column name")
+        return v
+
+    @field_validator("ids")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not TENANT_ID_RE.match(t):
+                raise ValueError(f"{t!r} is not a tenant id (letters, digits, '_', '-', '.', ':', '@', at most 128)")
+        if len(set(v)) != len(v):
+            raise ValueError("tenants are listed twice")
+        return v
 
 
 class MigrationSpec(_Strict):
@@ -146,6 +223,22 @@ class MigrationSpec(_Strict):
     verify_interval_seconds: int = Field(default=0, ge=0, description="continuous verification; 0 = off")
     auto_cleanup: bool = False
     gates: Gates = Field(default_factory=Gates)
+    rollback_triggers: RollbackTriggers = Field(default_factory=RollbackTriggers)
+    tenants: Tenancy | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tenant_columns(cls, value: Any) -> Any:
+        """``tenants.column`` is the default ``tenant_column`` of every table that does not name its own."""
+        if not isinstance(value, dict):
+            return value
+        tenancy, tables = value.get("tenants"), value.get("tables")
+        column = tenancy.get("column") if isinstance(tenancy, dict) else getattr(tenancy, "column", None)
+        if not isinstance(column, str) or not isinstance(tables, list):
+            return value
+        filled = [{**t, "tenant_column": column} if isinstance(t, dict) and "tenant_column" not in t else t
+                  for t in tables]
+        return {**value, "tables": filled}
 
     @field_validator("name")
     @classmethod
@@ -175,9 +268,20 @@ class MigrationSpec(_Strict):
             raise _CrossFieldError(f"target tables written by more than one entry: {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _tenancy(self) -> MigrationSpec:
+        if self.tenants is not None and not self.tenant_tables:
+            raise ValueError("tenants: every table sets tenant_column: null, so no table can move by tenant")
+        return self
+
     @property
     def control(self) -> str:
         return self.control_store or self.old
+
+    @property
+    def tenant_tables(self) -> list[TableSpec]:
+        """The tables split by tenant (the others are shared and follow the migration's own phase)."""
+        return [t for t in self.tables if t.tenant_column]
 
     def table(self, source: str) -> TableSpec:
         for t in self.tables:
@@ -273,6 +377,10 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
         return MigrationSpec
     if loc[0] == "gates" and len(loc) == 2:
         return Gates
+    if loc[0] == "rollback_triggers" and len(loc) == 2:
+        return RollbackTriggers
+    if loc[0] == "tenants" and len(loc) == 2:
+        return Tenancy
     if loc[0] == "tables" and len(loc) == 3:
         return TableSpec
     if loc[0] == "tables" and len(loc) == 5 and loc[2] == "columns":

@@ -6,9 +6,13 @@ if ! pkg-config --exists libmariadb 2>/dev/null && ! pkg-config --exists mariadb
   # mysqlclient builds against MariaDB's client library
   apt-get update -qq && apt-get install -y -qq libmariadb-dev pkg-config >/dev/null
 fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  # the Web UI test drives Debian's headless Chromium (Playwright never downloads a browser here)
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+.venv/bin/pytest -q -p no:cacheprovider --deselect tests/chaos/test_chaos.py "$@"

@@ -1,5 +1,6 @@
 """Operator commands: ``worker``, ``start``, ``list``, ``status``, and the transitions (``advance``,
-``rollback``, ``pause``, ``resume``, ``approve``, ``verify``).
+``rollback``, ``pause``, ``resume``, ``approve``, ``hold``, ``verify``), each with ``--tenant`` where a
+migration moves tenant by tenant.
 
 Each transition is a Temporal Update on the migration's workflow, so the workflow's validator decides and
 a refusal comes back at once with its reason; the CLI only prints it and exits 1. The CLI never decides
@@ -286,8 +287,6 @@ def worker(
     Start as many as you like on any machines, all on the same task queue: backfill ranges spread over
     them. Stops gracefully on Ctrl-C or SIGTERM, checkpointing the batches in flight.
     """
-    import logging
-
     if config is not None and not config.is_file():
         fail(f"config file {config} does not exist", EXIT_BAD_INPUT)
     import worker as worker_module
@@ -296,8 +295,9 @@ def worker(
         address=address, namespace=namespace, task_queue=task_queue,
         config_file=str(config) if config is not None else None, max_activities=max_activities,
         metrics_port=metrics_port)
-    logging.basicConfig(level=os.environ.get("DUALWRITE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dualwrite.logs import configure
+
+    configure()  # JSON lines in production, console lines on a terminal; credentials redacted
     err.print(f"worker on task queue {escape(task_queue)} at {escape(address)} (namespace {escape(namespace)})"
               " — Ctrl-C to stop")
     message = ""
@@ -540,8 +540,13 @@ def status(
 
 
 def transition(update: str, name: str, target: Target, *, to: str | None = None, reason: str = "",
-               force: bool = False, dry_run: bool = False) -> TransitionResult:
-    """Send one operator Update and print its result; a refusal prints the validator's reason, exit 1."""
+               force: bool = False, dry_run: bool = False, tenant: str | None = None,
+               confirm_cleanup: bool = False, drop: bool = False, confirm_drop: str = "",
+               release: bool = False) -> TransitionResult:
+    """Send one operator Update and print its result; a refusal prints the validator's reason, exit 1.
+
+    A gate evaluation that comes back with the result (a dry run, or an advance refused by its gate) is
+    printed metric by metric, with what the move would change."""
     from workflows.models import TransitionRequest, TransitionResult
 
     phase = parse_phase_or_exit(to)
@@ -554,7 +559,9 @@ def transition(update: str, name: str, target: Target, *, to: str | None = None,
         wf_status = _status_name(desc)
         if wf_status != "RUNNING":
             raise CliFailure(f"migration {name!r} is not running (workflow {desc.id} is {wf_status})")
-        req = TransitionRequest(to=phase, reason=reason, by=operator(), force=force, dry_run=dry_run)
+        req = TransitionRequest(to=phase, reason=reason, by=operator(), force=force, dry_run=dry_run,
+                                tenant=tenant, confirm_cleanup=confirm_cleanup, drop_old_tables=drop,
+                                confirm_drop=confirm_drop, release=release)
         try:
             return cast(TransitionResult, await handle.execute_update(
                 update, req, result_type=TransitionResult, rpc_timeout=timedelta(seconds=target.timeout)))
@@ -570,12 +577,25 @@ def transition(update: str, name: str, target: Target, *, to: str | None = None,
 
     result = run(target, body)
     prefix = "dry run: " if dry_run and "dry run" not in result.message else ""
-    line = (f"{prefix}{update} {escape(name)}: {escape(result.message)} "
+    who = f" tenant {escape(tenant)}" if tenant else ""
+    line = (f"{prefix}{update} {escape(name)}{who}: {escape(result.message)} "
             f"(phase {result.phase.value}, epoch {result.epoch})")
     if result.ok:
         out.print(line, soft_wrap=True)
     else:  # refused by the handler (a failing gate, a rollback that could not level the stores)
         err.print(f"[bold red]refused:[/] {line}")
+    if result.gate is not None:
+        from starter.render import gate_section
+
+        section = gate_section(result.gate.model_dump(mode="json"), console=out)
+        if section is not None:
+            (out if result.ok else err).print(section)
+    if result.would:
+        from rich.text import Text
+
+        (out if result.ok else err).print(Text("would change:", style="bold"))
+        for item in result.would:
+            (out if result.ok else err).print(f"  - {escape(item)}", soft_wrap=True)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
     return result
@@ -592,6 +612,42 @@ PhaseOpt = Annotated[str | None, typer.Option(
     "--to", metavar="PHASE", show_default=False,
     help="Target phase (PREPARE, DUAL_WRITE, BACKFILL, SHADOW_READ, CUTOVER_READS, CUTOVER_WRITES, CLEANUP, "
          "DONE; case-insensitive).")]
+TenantOpt = Annotated[str | None, typer.Option(
+    "--tenant", metavar="ID", show_default=False,
+    help="Only this tenant (a spec with a `tenants` section moves tenants one by one).")]
+ConfirmCleanup = Annotated[bool, typer.Option(
+    "--confirm-cleanup", help="Confirm entering CLEANUP, the point of no return: mirroring stops, capture "
+                              "is removed, the old tables are renamed (or dropped with --drop).")]
+Drop = Annotated[bool, typer.Option(
+    "--drop", help="CLEANUP drops the old tables instead of renaming them; asks you to type the migration's "
+                   "name (or give it with --confirm-drop NAME).")]
+ConfirmDrop = Annotated[str, typer.Option(
+    "--confirm-drop", metavar="NAME", help="The migration's name, confirming --drop without a prompt.")]
+
+
+def _drop_confirmation(name: str, drop: bool, confirm_cleanup: bool, confirm_drop: str) -> str:
+    """--drop asks again: the migration's name, typed at a prompt or given with --confirm-drop."""
+    import sys
+
+    if not drop:
+        if confirm_drop:
+            fail("--confirm-drop only goes with --drop", EXIT_BAD_INPUT)
+        return ""
+    if not confirm_cleanup:
+        fail("--drop only applies when entering CLEANUP: add --confirm-cleanup", EXIT_BAD_INPUT)
+    if confirm_drop:
+        if confirm_drop != name:
+            fail(f"--confirm-drop must be the migration's name {name!r}", EXIT_BAD_INPUT)
+        return confirm_drop
+    if not sys.stdin.isatty():
+        fail("--drop asks for the migration's name: run it in a terminal, or add --confirm-drop NAME",
+             EXIT_BAD_INPUT)
+    err.print(f"[bold red]--drop[/] deletes the old tables of {escape(name)} for good (the default renames "
+              "them and keeps the data).")
+    typed = typer.prompt("type the migration's name to drop its old tables", default="", show_default=False)
+    if typed.strip() != name:
+        fail("not confirmed: the old tables are kept", EXIT_FAILED)
+    return name
 
 
 @command(rich_help_panel="Steer")
@@ -603,19 +659,28 @@ def advance(
     force: Annotated[bool, typer.Option("--force", help="Move even though the cutover gate does not pass "
                                                         "(needs --reason; recorded).")] = False,
     reason: Reason = "",
+    tenant: TenantOpt = None,
+    confirm_cleanup: ConfirmCleanup = False,
+    drop: Drop = False,
+    confirm_drop: ConfirmDrop = "",
     address: Address = DEFAULT_ADDRESS,
     namespace: Namespace = DEFAULT_NAMESPACE,
-    timeout: Timeout = 60.0,
+    timeout: Timeout = 600.0,
 ) -> None:
-    """Move a migration to its next phase (or --to a later one the phase machine allows).
+    """Move a migration (or --tenant one tenant) to its next phase.
 
-    Entering CUTOVER_* is gated; entering CLEANUP is the point of no return. A refused move prints the
-    workflow's reason and exits 1; nothing is recorded for it.
+    Entering CUTOVER_READS / CUTOVER_WRITES is gated: shadow-read match rate, secondary write success,
+    p99 latency impact, backfill completion and the reconciliation gap of a recent verification (one runs
+    first when the last is too old). --dry-run prints that evaluation and what would change, and changes
+    nothing. Entering CLEANUP is the point of no return and needs --confirm-cleanup. A refused move prints
+    the workflow's reason (and the gate's evidence) and exits 1; nothing is recorded for it.
     """
     if force and not reason.strip():
         fail("--force needs --reason TEXT: a forced move is recorded with why", EXIT_BAD_INPUT)
+    confirmed = "" if dry_run else _drop_confirmation(name, drop, confirm_cleanup, confirm_drop)
     transition("advance", name, Target(address, namespace, timeout), to=to, reason=reason, force=force,
-               dry_run=dry_run)
+               dry_run=dry_run, tenant=tenant, confirm_cleanup=confirm_cleanup, drop=drop,
+               confirm_drop=confirmed or (name if dry_run and drop else ""))
 
 
 @command(rich_help_panel="Steer")
@@ -625,15 +690,19 @@ def rollback(
     to: PhaseOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Ask whether the move is allowed; change "
                                                             "nothing.")] = False,
+    tenant: TenantOpt = None,
     address: Address = DEFAULT_ADDRESS,
     namespace: Namespace = DEFAULT_NAMESPACE,
-    timeout: Timeout = 60.0,
+    timeout: Timeout = 600.0,
 ) -> None:
-    """Roll a migration back to the previous phase (or --to an earlier one), old store authoritative again
-    as the phase requires. Possible from every phase before CLEANUP."""
+    """Roll a migration (or --tenant one tenant) back to the previous phase (or --to an earlier one), old
+    store authoritative again as the phase requires. Possible from every phase before CLEANUP. Out of
+    CUTOVER_WRITES the old store is first verified against the new one and repaired; only then does
+    authority flip back (behind the phase barrier)."""
     if not reason.strip():
         fail("--reason must say why: a rollback is recorded with its reason", EXIT_BAD_INPUT)
-    transition("rollback", name, Target(address, namespace, timeout), to=to, reason=reason, dry_run=dry_run)
+    transition("rollback", name, Target(address, namespace, timeout), to=to, reason=reason, dry_run=dry_run,
+               tenant=tenant)
 
 
 @command(rich_help_panel="Steer")
@@ -665,13 +734,37 @@ def resume(
 def approve(
     name: Name,
     reason: Reason = "",
+    tenant: TenantOpt = None,
+    confirm_cleanup: ConfirmCleanup = False,
+    drop: Drop = False,
+    confirm_drop: ConfirmDrop = "",
     address: Address = DEFAULT_ADDRESS,
     namespace: Namespace = DEFAULT_NAMESPACE,
     timeout: Timeout = 60.0,
 ) -> None:
     """Approve the pending gated step (for specs with gates.require_approval, and the hold before CLEANUP
-    in auto mode)."""
-    transition("approve", name, Target(address, namespace, timeout), reason=reason)
+    in auto mode, which needs --confirm-cleanup)."""
+    confirmed = _drop_confirmation(name, drop, confirm_cleanup, confirm_drop)
+    transition("approve", name, Target(address, namespace, timeout), reason=reason, tenant=tenant,
+               confirm_cleanup=confirm_cleanup, drop=drop, confirm_drop=confirmed)
+
+
+@command(rich_help_panel="Steer")
+def hold(
+    name: Name,
+    reason: Reason = "",
+    release: Annotated[bool, typer.Option("--release", help="Release the hold.")] = False,
+    tenant: TenantOpt = None,
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Hold a migration (or --tenant one tenant) where it is: no advance, manual or automatic, until
+    `hold --release`. Phase work, verification and rollbacks go on. An automatic rollback places a hold
+    by itself."""
+    if not release and not reason.strip():
+        fail("--reason must say why: a hold is shown to whoever wants to advance", EXIT_BAD_INPUT)
+    transition("hold", name, Target(address, namespace, timeout), reason=reason, tenant=tenant, release=release)
 
 
 @command(rich_help_panel="Steer")
@@ -680,14 +773,17 @@ def verify(
     reason: Reason = "",
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the verification to finish; exit 1 if it "
                                                       "found drift or compared nothing.")] = False,
+    tenant: TenantOpt = None,
     address: Address = DEFAULT_ADDRESS,
     namespace: Namespace = DEFAULT_NAMESPACE,
     timeout: Timeout = 60.0,
 ) -> None:
     """Run a full verification (chunked compare, repair, re-verify) now."""
+    if wait and tenant:
+        fail("--wait follows the migration-wide verification; a tenant's result shows in `status`", EXIT_BAD_INPUT)
     target = Target(address, namespace, timeout)
     before = _last_verification_at(name, target) if wait else None
-    transition("verify", name, target, reason=reason)
+    transition("verify", name, target, reason=reason, tenant=tenant)
     if wait:
         _wait_for_verification(name, target, before)
 

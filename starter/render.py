@@ -163,6 +163,50 @@ def verification_section(status: MigrationStatus) -> RenderableType | None:
     return _titled("last verification", Group(*body))
 
 
+VERDICT_STYLE = {"pass": "green", "fail": "red bold", "not-yet": "yellow", "n/a": "grey50"}
+
+
+def _metric_value(name: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if name in ("reconciliation_gap", "repair_queue", "approval"):
+        return f"{value:,.0f}"
+    return f"{float(value) * 100:.4g}%"
+
+
+def gate_section(gate: Mapping[str, Any] | None, *, console: Console | None = None,
+                 title: str | None = None) -> RenderableType | None:
+    """A gate evaluation (``GateResult`` as JSON): one row per metric with value, threshold, samples and
+    verdict, then the evidence. Used by ``status`` and by ``advance --dry-run``."""
+    if not gate:
+        return None
+    if not gate.get("metrics"):
+        return _gate_section(gate, _unicode_ok(console))
+    passed = bool(gate.get("passed"))
+    head = Text()
+    head.append("passed" if passed else "NOT passed", style="green bold" if passed else "red bold")
+    if gate.get("to"):
+        head.append(f" towards {gate['to']}")
+    if gate.get("tenant"):
+        head.append(f" for tenant {gate['tenant']}")
+    evidence = gate.get("evidence") or {}
+    if evidence.get("stats_scope"):
+        head.append(f"  (statistics: {evidence['stats_scope']}, last {evidence.get('window_seconds', '?')}s, "
+                    f"{evidence.get('instances', 0)} instances)", style="grey50")
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("metric", "value", "threshold", "samples", "verdict", "evidence"):
+        t.add_column(col, no_wrap=col not in ("evidence",), justify="right" if col in ("value", "samples") else
+                     "left")
+    for m in gate["metrics"]:
+        name = str(m.get("name"))
+        verdict = str(m.get("verdict"))
+        samples = f"{int(m.get('samples') or 0):,}/{int(m.get('min_samples') or 0):,}"
+        threshold = f"{m.get('op', '')} {_metric_value(name, m.get('threshold'))}"
+        t.add_row(name, _metric_value(name, m.get("value")), threshold, samples,
+                  Text(verdict, style=VERDICT_STYLE.get(verdict, "")), str(m.get("detail") or ""))
+    return _titled(title or "gate", Group(head, t))
+
+
 def _gate_section(gate: Mapping[str, Any] | None, unicode: bool) -> RenderableType | None:
     """The gate evidence dict follows ``GateResult`` (passed/to/checks/evidence/reasons); anything else
     is shown as key/value so a new field is never silently hidden."""
@@ -182,7 +226,7 @@ def _gate_section(gate: Mapping[str, Any] | None, unicode: bool) -> RenderableTy
     for reason in gate.get("reasons") or []:
         rows.append(("reason", str(reason)))
     for key, value in gate.items():
-        if key not in ("passed", "to", "checks", "evidence", "reasons"):
+        if key not in ("passed", "to", "checks", "evidence", "reasons", "metrics", "tenant", "at", "traffic"):
             rows.append((key, _scalar(value)))
     return _kv_table(rows, "gate")
 
@@ -196,6 +240,54 @@ def _scalar(value: Any) -> str:
     if isinstance(value, list):
         return json.dumps(value, default=str)
     return str(value)
+
+
+def triggers_section(status: MigrationStatus) -> RenderableType | None:
+    """The last automatic-rollback check (during CUTOVER_READS / CUTOVER_WRITES)."""
+    ev = status.triggers
+    if ev is None or not ev.metrics:
+        return None
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("trigger", "value", "limit", "samples", "verdict", "evidence"):
+        t.add_column(col, no_wrap=col != "evidence")
+    for m in ev.metrics:
+        t.add_row(m.name, _metric_value(m.name, m.value), f"{m.op} {_metric_value(m.name, m.threshold)}",
+                  f"{m.samples:,}/{m.min_samples:,}", Text("TRIPPED" if m.verdict.value == "fail" else m.verdict.value,
+                                                            style=VERDICT_STYLE.get(m.verdict.value, "")), m.detail)
+    scope = f" ({ev.scope})" if ev.scope else ""
+    return _titled(f"rollback triggers{scope}", t)
+
+
+def tenants_section(status: MigrationStatus) -> RenderableType | None:
+    """Tenants side by side: effective phase, where reads and writes go, gate, hold."""
+    if not status.tenants:
+        return None
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("tenant", "phase", "own", "writes first", "reads", "gate", "verified", "hold / work"):
+        t.add_column(col, no_wrap=col != "hold / work")
+    for r in status.tenants:
+        gate = "–" if r.gate_passed is None else Text("passed", style="green") if r.gate_passed else \
+            Text("not passed", style="red")
+        verified = "–" if r.last_verification_ok is None else Text("ok", style="green") if r.last_verification_ok \
+            else Text("FAILED", style="red")
+        note = f"HELD by {r.hold.by}: {r.hold.reason}" if r.hold else r.work_state
+        t.add_row(r.tenant, Text(r.phase.value, style="bold cyan" if r.own else ""), "yes" if r.own else "follows",
+                  r.authoritative, r.reads_from, gate, verified, note)
+    return _titled("tenants", t)
+
+
+def retirement_section(status: MigrationStatus) -> RenderableType | None:
+    ret = status.retirement
+    if ret is None:
+        return None
+    rows: list[tuple[str, RenderableType]] = [
+        (t.source, f"{t.action}" + (f" as {t.retired_as}" if t.retired_as else "")) for t in ret.tables]
+    if ret.triggers_removed:
+        rows.append(("triggers removed", ", ".join(ret.triggers_removed)))
+    if ret.logs_dropped:
+        rows.append(("key logs dropped", ", ".join(ret.logs_dropped)))
+    rows.append(("repairs discarded", f"{ret.repair_entries_discarded:,}"))
+    return _kv_table(rows, "old store retired (CLEANUP)")
 
 
 def short_time(at: datetime | None, now: datetime | None = None) -> str:
@@ -244,6 +336,10 @@ def render_status(status: MigrationStatus, *, workflow_status: str | None = None
                                                       width=console.width if console else 80)]
     if status.waiting_for:
         parts.append(Text(f"waiting for: {status.waiting_for}", style="yellow"))
+    if status.rolling_back:
+        parts.append(Text(f"rolling back: {status.rolling_back}", style="bold red"))
+    if status.hold is not None:
+        parts.append(Text(f"HELD by {status.hold.by or '?'}: {status.hold.reason}", style="bold yellow"))
     parts.append(Text(""))
     if status.tables:
         parts += [_tables_section(status, unicode), Text("")]
@@ -254,7 +350,8 @@ def render_status(status: MigrationStatus, *, workflow_status: str | None = None
         summary: list[tuple[str, RenderableType]] = [("repair queue", f"{status.repair_queue_depth:,}")]
         summary += [(k, f"{v:,}") for k, v in sorted(status.counters.items())]
         parts += [_kv_table(summary, "counters"), Text("")]
-        for section in (verification_section(status), _gate_section(status.gate, unicode)):
+        for section in (verification_section(status), gate_section(status.gate, console=console),
+                        triggers_section(status), tenants_section(status), retirement_section(status)):
             if section is not None:
                 parts += [section, Text("")]
     if status.transitions and history > 0:
@@ -286,6 +383,10 @@ def _compact_lines(status: MigrationStatus) -> list[Text | None]:
         if reasons:
             gate.append(": " + "; ".join(str(r) for r in reasons))
         lines.append(gate)
+    if status.tenants:
+        lines.append(Text("tenants  " + "   ".join(f"{t.tenant} {t.phase.value}{'*' if t.own else ''}"
+                                                  + (" HELD" if t.hold else "") for t in status.tenants),
+                          overflow="ellipsis", no_wrap=True))
     lines.append(Text(""))
     return lines
 

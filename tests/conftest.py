@@ -340,7 +340,8 @@ class MigrationDriver:
         st = await self.status(handle)
         while Phase(st.phase).rank < Phase(phase).rank:
             await self.settled(handle, st.phase, timeout)
-            res = await self.update(handle, "advance", by="pytest", reason="test")
+            res = await self.update(handle, "advance", by="pytest", reason="test",
+                                    confirm_cleanup=Phase(st.phase) is Phase.CUTOVER_WRITES)
             assert res.ok, res.message
             st = await self.settled(handle, res.phase, timeout)
         return st
@@ -462,12 +463,26 @@ class FakeApp:
         return keys
 
 
+NO_TRAFFIC_GATES = {"min_shadow_samples": 0, "min_write_samples": 0, "min_latency_samples": 0}
+"""The orchestration tests run no application: the gates' traffic metrics need no samples there ("n/a")."""
+
+
 def spec_for(name: str, old: str, new: str, table: str, **kw: Any) -> Any:
-    """A one-table spec over an ``items``-shaped table, with the version column as the guard."""
+    """A one-table spec over an ``items``-shaped table, with the version column as the guard (and, unless
+    ``gates`` says otherwise, gates that need no application traffic)."""
     from dualwrite.spec import MigrationSpec
 
     tables = [{"source": table, "batch_size": kw.pop("batch_size", 500), "version_column": "version"}]
+    kw["gates"] = {**NO_TRAFFIC_GATES, **kw.get("gates", {})}
     return MigrationSpec.model_validate({"name": name, "old": old, "new": new, "tables": tables, **kw})
+
+
+def retired_table(status: Any, table: str) -> str:
+    """The name CLEANUP renamed an old table to (from the final status)."""
+    assert status.retirement is not None, "CLEANUP did not retire the old store"
+    found = [t.retired_as for t in status.retirement.tables if t.source == table]
+    assert found and found[0], status.retirement
+    return str(found[0])
 
 
 # -- Temporal histories: export, search, replay -----------------------------------------------------------

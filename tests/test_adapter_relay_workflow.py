@@ -49,7 +49,8 @@ async def test_relay_workflow_mirrors_continuously_and_finishes(
                 await _eventually(lambda: _status_ok(handle), "relay running")
             keys = await asyncio.to_thread(scenario, m.shop, "relayed")
             await _eventually(lambda: m.diffs(m.models.customers, keys["customers"]) == []
-                              and m.diffs(m.models.orders, keys["orders"]) == [], "new store caught up")
+                              and m.diffs(m.models.orders, keys["orders"]) == [], "new store caught up",
+                              timeout=90)
             await _eventually(lambda: _runs(handle, 2), "continue-as-new", timeout=90)
             more = await asyncio.to_thread(scenario, m.shop, "after-can")
             await _eventually(lambda: m.diffs(m.models.customers, more["customers"]) == [], "caught up again")
@@ -89,3 +90,4 @@ async def _eventually(check: Any, what: str, timeout: float = 30.0) -> None:
             return
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
+

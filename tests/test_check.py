@@ -137,7 +137,7 @@ def test_a_spec_with_many_mistakes_reports_them_all_with_locations_and_writes_no
     assert lines[0] == "spec.yaml: 7 problems"
     assert lines[1:8] == [
         "  spec.yaml:5 colour: unknown field; expected one of: name, old, new, control_store, strategy, mode, "
-        "tables, backfill_concurrency, verify_interval_seconds, auto_cleanup, gates",
+        "tables, backfill_concurrency, verify_interval_seconds, auto_cleanup, gates, rollback_triggers, tenants",
         "  spec.yaml:4 control_store (store 'nowhere'): no URL for this store: set DUALWRITE_STORE_NOWHERE or "
         "add it under 'stores:' in ./dualwrite.yaml (or the file in $DUALWRITE_CONFIG)",
         "  spec.yaml:9 tables[0].columns.status: type mismatch: source status is text (text) but target status "

@@ -49,7 +49,7 @@ _register()
 runner = CliRunner()
 
 COMMANDS = ["dev", "worker", "check", "start", "list", "status", "advance", "rollback", "pause", "resume",
-            "approve", "verify"]
+            "approve", "hold", "verify", "demo"]
 UNREACHABLE = "127.0.0.1:1"
 
 
@@ -83,6 +83,12 @@ def test_top_level_help_lists_every_command() -> None:
     assert result.exit_code == 0, result.output
     for name in COMMANDS:
         assert name in result.output
+
+
+def test_help_tests_cover_every_registered_command() -> None:
+    """A new command must be added to COMMANDS, so its --help is tested too."""
+    registered = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    assert registered <= set(COMMANDS) | {"list_"}, sorted(registered - set(COMMANDS))
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -27,10 +27,38 @@ def rejected(fn: object, view: MachineView, r: TransitionRequest) -> str:
 
 @pytest.mark.parametrize("phase", PHASE_ORDER[:-1])
 def test_advance_goes_to_the_next_phase(phase: Phase) -> None:
-    assert phases.resolve_advance(MachineView(phase=phase), req()) is phases.next_phase(phase)
     nxt = phases.next_phase(phase)
     assert nxt is not None
-    assert phases.resolve_advance(MachineView(phase=phase), req(to=nxt)) is nxt
+    confirm = nxt is P.CLEANUP
+    assert phases.resolve_advance(MachineView(phase=phase), req(confirm_cleanup=confirm)) is nxt
+    assert phases.resolve_advance(MachineView(phase=phase), req(to=nxt, confirm_cleanup=confirm)) is nxt
+
+
+def test_entering_cleanup_needs_its_own_confirmation_and_drop_asks_again() -> None:
+    view = MachineView(phase=P.CUTOVER_WRITES, name="orders")
+    assert "point of no return" in rejected(phases.resolve_advance, view, req())
+    assert "point of no return" in rejected(phases.resolve_advance, view, req(force=True, reason="x"))
+    assert phases.resolve_advance(view, req(confirm_cleanup=True)) is P.CLEANUP
+    assert "confirm_drop" in rejected(phases.resolve_advance, view, req(confirm_cleanup=True, drop_old_tables=True))
+    assert "confirm_drop" in rejected(phases.resolve_advance, view, req(confirm_cleanup=True, drop_old_tables=True,
+                                                                        confirm_drop="other"))
+    assert phases.resolve_advance(view, req(confirm_cleanup=True, drop_old_tables=True, confirm_drop="orders")) \
+        is P.CLEANUP
+    assert "only happens on entering CLEANUP" in rejected(
+        phases.resolve_advance, MachineView(phase=P.SHADOW_READ), req(drop_old_tables=True))
+
+
+def test_hold_blocks_advances_and_auto_mode_but_not_rollbacks() -> None:
+    held = MachineView(phase=P.SHADOW_READ, held="by ann: incident 7", auto=True)
+    assert "held" in rejected(phases.resolve_advance, held, req())
+    assert "held" in rejected(phases.resolve_advance, held, req(force=True, reason="x"))
+    assert phases.resolve_rollback(held, req(reason="r")) is P.BACKFILL
+    to, why = phases.auto_target(held)
+    assert to is None and "held" in why
+    assert "needs a reason" in rejected(phases.check_hold, MachineView(phase=P.SHADOW_READ), req())
+    assert "already held" in rejected(phases.check_hold, held, req(reason="again"))
+    assert "not held" in rejected(phases.check_hold, MachineView(phase=P.SHADOW_READ), req(release=True))
+    phases.check_hold(held, req(release=True))
 
 
 @pytest.mark.parametrize("phase", PHASE_ORDER[:-2])
@@ -85,7 +113,9 @@ def test_pause_resume_approve_verify() -> None:
     assert "needs no approval" in rejected(phases.resolve_approve, MachineView(phase=P.DUAL_WRITE), req())
     assert phases.resolve_approve(MachineView(phase=P.SHADOW_READ, require_approval=True), req()) is \
         P.CUTOVER_READS
-    assert phases.resolve_approve(MachineView(phase=P.CUTOVER_WRITES, auto=True), req()) is P.CLEANUP
+    assert "confirm" in rejected(phases.resolve_approve, MachineView(phase=P.CUTOVER_WRITES, auto=True), req())
+    assert phases.resolve_approve(MachineView(phase=P.CUTOVER_WRITES, auto=True), req(confirm_cleanup=True)) is \
+        P.CLEANUP
     assert "only the next" in rejected(phases.resolve_approve, MachineView(phase=P.SHADOW_READ,
                                                                            require_approval=True),
                                        req(to=P.CUTOVER_WRITES))
@@ -118,8 +148,13 @@ def test_auto_mode_holds_before_cleanup_unless_told() -> None:
     assert phases.auto_target(MachineView(phase=P.BACKFILL))[0] is None  # manual
 
 
+NO_TRAFFIC = {"min_shadow_samples": 0, "min_write_samples": 0, "min_latency_samples": 0}
+
+
 def _spec(**kw: object) -> MigrationSpec:
-    return MigrationSpec.model_validate({"name": "m", "old": "a", "new": "b", "tables": [{"source": "t"}], **kw})
+    gates = {**NO_TRAFFIC, **kw.pop("gates", {})}  # type: ignore[dict-item]
+    return MigrationSpec.model_validate({"name": "m", "old": "a", "new": "b", "tables": [{"source": "t"}],
+                                         "gates": gates, **kw})
 
 
 def _verification(at: datetime, **kw: object) -> VerificationSummary:
@@ -127,41 +162,93 @@ def _verification(at: datetime, **kw: object) -> VerificationSummary:
     return VerificationSummary.model_validate({**base, **kw})
 
 
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _gate_input(**kw: object) -> GateInput:
+    base: dict[str, object] = {"spec": _spec(), "phase": P.SHADOW_READ, "to": P.CUTOVER_READS,
+                               "backfill_percent": 100, "backfill_done": True,
+                               "last_verification": _verification(NOW - timedelta(seconds=5)),
+                               "phase_entered_at": NOW, "at": NOW}
+    return GateInput.model_validate({**base, **kw})
+
+
 def test_gate_passes_on_complete_backfill_and_recent_clean_verification() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    good = GateInput(spec=_spec(), phase=P.SHADOW_READ, to=P.CUTOVER_READS, backfill_percent=100,
-                     backfill_done=True, last_verification=_verification(now), phase_entered_at=now)
-    result = phases.evaluate_gate(good)
+    result = phases.evaluate_gate(_gate_input())
     assert result.passed and all(result.checks.values()) and result.reasons == []
     assert result.evidence["verification"]["rows_compared"] == 10
+    verdicts = {m.name: m.verdict.value for m in result.metrics}
+    assert verdicts == {"backfill_completion": "pass", "shadow_match_rate": "n/a",
+                        "secondary_write_success_rate": "n/a", "p99_latency_impact": "n/a",
+                        "reconciliation_gap": "pass", "repair_queue": "pass"}
 
 
 @pytest.mark.parametrize(("change", "reason"), [
     ({"backfill_percent": 90, "backfill_done": False}, "backfill is 90%"),
     ({"last_verification": None}, "no verification"),
     ({"repair_queue_depth": 3}, "3 keys wait"),
-    ({"phase_entered_at": datetime(2026, 1, 2, tzinfo=UTC)}, "predates"),
+    ({"at": NOW + timedelta(seconds=400)}, "needs one younger than 300s"),
+    ({"phase": P.CUTOVER_WRITES, "to": P.CLEANUP}, "needs new->old"),
 ])
 def test_gate_failures_say_why(change: dict[str, object], reason: str) -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    base = GateInput(spec=_spec(), phase=P.SHADOW_READ, to=P.CUTOVER_READS, backfill_percent=100,
-                     backfill_done=True, last_verification=_verification(now), phase_entered_at=now)
-    result = phases.evaluate_gate(base.model_copy(update=change))
+    result = phases.evaluate_gate(_gate_input(**change))
     assert not result.passed
     assert any(reason in r for r in result.reasons), result.reasons
 
 
+def test_gate_without_traffic_is_not_yet_when_samples_are_required() -> None:
+    result = phases.evaluate_gate(_gate_input(spec=MigrationSpec.model_validate(
+        {"name": "m", "old": "a", "new": "b", "tables": [{"source": "t"}]})))
+    assert not result.passed
+    assert {m.name: m.verdict.value for m in result.metrics if not m.ok} == {
+        "shadow_match_rate": "not-yet", "secondary_write_success_rate": "not-yet", "p99_latency_impact": "not-yet"}
+    # CLEANUP does not look at traffic
+    cleanup = phases.evaluate_gate(_gate_input(phase=P.CUTOVER_WRITES, to=P.CLEANUP, spec=MigrationSpec.model_validate(
+        {"name": "m", "old": "a", "new": "b", "tables": [{"source": "t"}]}),
+        last_verification=_verification(NOW, direction="new->old")))
+    assert cleanup.passed, cleanup.reasons
+
+
 def test_gate_rejects_dirty_or_empty_verification_and_requires_approval_when_asked() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    base = GateInput(spec=_spec(), phase=P.SHADOW_READ, to=P.CUTOVER_READS, backfill_percent=100,
-                     backfill_done=True, last_verification=_verification(now - timedelta(seconds=1)))
+    base = _gate_input()
     assert phases.evaluate_gate(base).passed
-    dirty = base.model_copy(update={"last_verification": _verification(now, ok=False, missing=2)})
-    assert "missing 2" in " ".join(phases.evaluate_gate(dirty).reasons)
-    empty = base.model_copy(update={"last_verification": _verification(now, rows_compared=0)})
+    dirty = base.model_copy(update={"last_verification": _verification(NOW, ok=False, missing=2, unresolved=2)})
+    assert "2 unresolved" in " ".join(phases.evaluate_gate(dirty).reasons)
+    empty = base.model_copy(update={"last_verification": _verification(NOW, rows_compared=0)})
     assert "zero rows" in " ".join(phases.evaluate_gate(empty).reasons)
     strict = base.model_copy(update={"spec": _spec(gates={"require_approval": True})})
     assert not phases.evaluate_gate(strict).passed
     assert phases.evaluate_gate(strict.model_copy(update={"approved": True})).passed
     # ungated transitions always pass
     assert phases.evaluate_gate(base.model_copy(update={"to": P.BACKFILL, "backfill_done": False})).passed
+
+
+def test_tenant_rules_and_plans() -> None:
+    t = {"acme": P.CUTOVER_WRITES}
+    view = MachineView(phase=P.SHADOW_READ, tenancy=True, tenants=t)
+    assert "no `tenants` section" in rejected(phases.resolve_advance, MachineView(phase=P.SHADOW_READ),
+                                              req(tenant="acme"))
+    assert "not a tenant id" in rejected(phases.resolve_advance, view, req(tenant="a b"))
+    assert "from SHADOW_READ on" in rejected(phases.resolve_advance, MachineView(phase=P.BACKFILL, tenancy=True),
+                                             req(tenant="beta"))
+    assert phases.resolve_advance(view, req(tenant="beta")) is P.CUTOVER_READS
+    assert "migration-wide" in rejected(phases.resolve_advance, view, req(tenant="acme"))
+    assert "follows the migration" in rejected(phases.resolve_rollback, view, req(tenant="beta", reason="r"))
+    assert "below the migration's phase" in rejected(phases.resolve_rollback, view,
+                                                     req(tenant="acme", to=P.BACKFILL, reason="r"))
+    # a tenant rollback out of CUTOVER_WRITES verifies that tenant's rows first; back to the migration's
+    # phase, the tenant simply follows it again
+    plan = phases.plan_rollback(view, req(tenant="acme", to=P.SHADOW_READ, reason="r"))
+    assert plan.verify_first == ("acme",) and plan.tenants_after == {} and plan.phase_after is P.SHADOW_READ
+    # a migration-wide rollback pulls every tenant back, verifying the ones whose authority flips
+    plan = phases.plan_rollback(MachineView(phase=P.CUTOVER_READS, tenancy=True, tenants=t),
+                                req(reason="r"))
+    assert plan.verify_first == ("acme",) and plan.tenants_after == {} and plan.to is P.SHADOW_READ
+    # a migration-wide advance: tenants it catches up with follow it again
+    gate = phases.evaluate_gate(_gate_input(phase=P.SHADOW_READ, to=P.CUTOVER_READS))
+    plan = phases.plan_advance(MachineView(phase=P.SHADOW_READ, tenancy=True, tenants={"acme": P.CUTOVER_READS,
+                                                                                        "beta": P.CUTOVER_WRITES}),
+                               req(), gate)
+    assert plan.tenants_after == {"beta": P.CUTOVER_WRITES} and plan.gate_passed is True
+    assert phases.overrides_for(P.CUTOVER_READS, plan.tenants_after) == {"tenants": {"beta": "CUTOVER_WRITES"}}
+    assert phases.overrides_for(P.CUTOVER_WRITES, plan.tenants_after) == {}

@@ -236,7 +236,8 @@ def test_load_spec_names_the_file(tmp_path: Path) -> None:
         load_spec(path)
     assert [str(p) for p in err.value.problems] == [
         "orders.yaml:4 batch: unknown field; expected one of: name, old, new, control_store, strategy, mode, "
-        "tables, backfill_concurrency, verify_interval_seconds, auto_cleanup, gates"]
+        "tables, backfill_concurrency, verify_interval_seconds, auto_cleanup, gates, rollback_triggers, "
+        "tenants"]
     with pytest.raises(SpecError) as err:
         load_spec(tmp_path / "absent.yaml")
     assert "cannot read the spec" in str(err.value)

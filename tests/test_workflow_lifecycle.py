@@ -22,6 +22,7 @@ from conftest import (
     create_pg,
     eventually,
     fast_tuning,
+    retired_table,
     rows_of,
     save_histories,
     spec_for,
@@ -42,11 +43,11 @@ async def test_lifecycle_pg_to_pg_auto(dw: MigrationDriver, temporal_client: Cli
     final = await asyncio.wait_for(handle.result(), timeout=120)
 
     assert final.phase == "DONE" and final.epoch == 8
-    assert [(t.from_phase, t.to_phase, t.kind) for t in final.transitions][1:] == [
+    assert [(t.from_phase, t.to_phase, t.kind) for t in final.transitions if t.kind != "cleanup"][1:] == [
         ("PREPARE", "DUAL_WRITE", "auto"), ("DUAL_WRITE", "BACKFILL", "auto"), ("BACKFILL", "SHADOW_READ", "auto"),
         ("SHADOW_READ", "CUTOVER_READS", "auto"), ("CUTOVER_READS", "CUTOVER_WRITES", "auto"),
         ("CUTOVER_WRITES", "CLEANUP", "auto"), ("CLEANUP", "DONE", "auto")]
-    assert rows_of(pg_old, table_name) == rows_of(pg_new, table_name)
+    assert rows_of(pg_old, retired_table(final, table_name)) == rows_of(pg_new, table_name)
     assert final.counters["rows_copied"] >= 20_000
     assert final.counters["backfill_continued_as_new"] >= 1, final.counters
     assert final.tables[0].percent == 100 and final.tables[0].done
@@ -117,7 +118,7 @@ async def test_lifecycle_mariadb_to_pg_manual(dw: MigrationDriver, temporal_clie
     assert st.last_verification is not None and st.last_verification.ok
 
     for phase in ("CUTOVER_READS", "CUTOVER_WRITES", "CLEANUP", "DONE"):
-        res = await dw.update(handle, "advance", by="bob", reason=f"go {phase}")
+        res = await dw.update(handle, "advance", by="bob", reason=f"go {phase}", confirm_cleanup=phase == "CLEANUP")
         assert res.ok and res.phase == phase, res.message
         if phase != "DONE":
             await dw.settled(handle, phase)
@@ -127,6 +128,6 @@ async def test_lifecycle_mariadb_to_pg_manual(dw: MigrationDriver, temporal_clie
     assert [k[0] for k in kinds] == ["DUAL_WRITE", "BACKFILL", "SHADOW_READ", "CUTOVER_READS", "CUTOVER_WRITES",
                                      "CLEANUP", "DONE"]
     assert ("BACKFILL", "advance", "alice") in kinds
-    assert rows_of(my_old, table_name) == rows_of(pg_new, table_name)
+    assert rows_of(my_old, retired_table(final, table_name)) == rows_of(pg_new, table_name)
     assert final.counters["continued_as_new"] >= 1
     await save_histories(temporal_client, handle.id, "mariadb-manual")

@@ -9,7 +9,16 @@ import asyncio
 import secrets
 
 import pytest
-from conftest import FakeApp, MigrationDriver, create_pg, fast_tuning, rows_of, save_histories, spec_for
+from conftest import (
+    FakeApp,
+    MigrationDriver,
+    create_pg,
+    fast_tuning,
+    retired_table,
+    rows_of,
+    save_histories,
+    spec_for,
+)
 from temporalio.client import WorkflowFailureError
 
 from dualwrite import control
@@ -113,8 +122,8 @@ async def test_gates_approvals_and_forced_advances(dw: MigrationDriver, pg_old: 
     assert "the gate into CUTOVER_READS did not pass" in refused.message
     assert "requires an approval" in refused.message
     st = await dw.status(handle)
-    assert st.gate is not None and st.gate["checks"]["approved"] is False
-    assert st.gate["checks"]["backfill_complete"] and st.gate["checks"]["verification_clean"]
+    assert st.gate is not None and st.gate["checks"]["approval"] is False
+    assert st.gate["checks"]["backfill_completion"] and st.gate["checks"]["reconciliation_gap"]
     assert st.gate["evidence"]["verification"]["rows_compared"] == 500
 
     dry = await dw.update(handle, "advance", force=True, reason="try", dry_run=True)
@@ -236,12 +245,14 @@ async def test_pause_holds_the_backfill_and_auto_mode_holds_before_cleanup(
     st = await dw.wait(handle, lambda s: s.phase == "CUTOVER_WRITES" and "holds before CLEANUP" in s.waiting_for,
                        "auto mode holding before CLEANUP", 120)
     assert not st.paused
-    approved = await dw.update(handle, "approve", by="ivy", reason="numbers look good")
+    assert "confirm" in await dw.rejected(handle, "approve", by="ivy", reason="numbers look good")
+    approved = await dw.update(handle, "approve", by="ivy", reason="numbers look good", confirm_cleanup=True)
     assert approved.ok
     final = await asyncio.wait_for(handle.result(), timeout=60)
     assert final.phase == "DONE"
-    assert [(t.to_phase, t.kind) for t in final.transitions][-2:] == [("CLEANUP", "auto"), ("DONE", "auto")]
-    assert rows_of(pg_old, table_name) == rows_of(pg_new, table_name)
+    assert [(t.to_phase, t.kind) for t in final.transitions if t.kind != "cleanup"][-2:] == [
+        ("CLEANUP", "auto"), ("DONE", "auto")]
+    assert rows_of(pg_old, retired_table(final, table_name)) == rows_of(pg_new, table_name)
 
 
 async def test_an_idle_paused_migration_writes_no_history(dw: MigrationDriver, pg_old: Store, pg_new: Store,

@@ -7,18 +7,34 @@ How a phase change happens (always under one lock, so transitions never interlea
 1. the update *validator* applies the pure rules of :mod:`workflows.phases`; an illegal request is
    rejected with its reason and writes nothing to history;
 2. a gated transition (into CUTOVER_READS, CUTOVER_WRITES, CLEANUP) evaluates its gate through an
-   activity, and the decision with its evidence lands in history; a forced advance records its reason;
-3. a rollback out of CUTOVER_WRITES first verifies new -> old and repairs, so the old store holds every
-   acknowledged write before it becomes authoritative again;
-4. the epoch grows, (phase, epoch) is published to the control tables, and the phase's *entry work*
-   starts: wait for the phase barrier (every live application instance has seen the epoch), then the
-   phase's own work (preflight, backfill children then a verification, or a verification).
+   activity: each metric's value, threshold, sample count and verdict land in history as the activity's
+   result. When the last verification is older than the gate's window (or in the wrong direction), a
+   compare-only verification runs first, so the evidence names rows that do not match. A forced advance
+   past a failing gate records its reason; entering CLEANUP needs its own confirmation;
+3. :func:`phases.plan_advance` / :func:`phases.plan_rollback` decide what changes. A rollback that gives
+   authority back to the old store (out of CUTOVER_WRITES, for the migration or for one tenant) first
+   drains the repair queue and verifies new -> old with repair: only a clean result lets it flip;
+4. the epoch grows, (phase, epoch, per-tenant overrides) is published to the control tables, and the
+   phase's *entry work* starts: wait for the phase barrier (every live application instance has seen the
+   epoch), then the phase's own work (preflight, backfill children then a verification, a verification,
+   or, in CLEANUP, retiring the old store).
 
-Operators drive it with updates (CLI) or the same-named ``*_signal`` signals (Web UI). In auto mode the
-workflow advances by itself once a phase's work is done and its gate passes, and always holds before
-CLEANUP unless the spec sets ``auto_cleanup``. Alongside, a repair drain mirrors keys of failed secondary
-writes from the durable queue in the control store, and a continuous verification runs with jitter from
-DUAL_WRITE until CLEANUP when ``verify_interval_seconds`` is set.
+A rollback is carried out by an update handler, and an accepted update is part of the workflow's history:
+if the worker dies or the Temporal server restarts in the middle, the next worker replays the handler to
+where it was and finishes it. Applications are never left with two authorities: authority only moves by
+publishing a new epoch, and nothing relies on the new order until the barrier has passed.
+
+During CUTOVER_READS / CUTOVER_WRITES a monitor long-polls the live statistics (activity
+``watch_rollback_triggers``); when the shadow mismatch rate or the new store's error rate crosses its
+threshold the workflow rolls back one step by itself, records why, and holds there for an operator.
+
+Tenants (spec ``tenants``): each tenant may move through SHADOW_READ..CUTOVER_WRITES on its own with its
+own gate, approval, hold, rollback and verification (``tenant=`` on the requests); the applications see
+per-tenant overrides. Operators drive it with updates (CLI) or the same-named ``*_signal`` signals (Web
+UI). In auto mode the workflow advances the migration by itself once a phase's work is done and its gate
+passes, and always holds before CLEANUP unless the spec sets ``auto_cleanup``. Alongside, a repair drain
+mirrors keys of failed secondary writes, and a continuous verification runs with jitter from DUAL_WRITE
+until CLEANUP when ``verify_interval_seconds`` is set.
 
 Only names, counts, key bounds and checkpoints enter history; activities resolve store names to URLs in
 the worker. The workflow continues as new when Temporal suggests it and nothing long is running.
@@ -51,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         ControlInput,
         GateInput,
         GateResult,
+        HoldState,
         MigrationCarry,
         MigrationInput,
         MigrationStatus,
@@ -60,24 +77,43 @@ with workflow.unsafe.imports_passed_through():
         PrepareResult,
         RepairDrainInput,
         RepairDrainResult,
+        RetireInput,
+        RetireResult,
         TableProgress,
         TableRef,
+        TenantState,
+        TenantStatus,
         TransitionRecord,
         TransitionRequest,
         TransitionResult,
+        TriggerScope,
+        TriggerWatchInput,
+        TriggerWatchResult,
         VerificationSummary,
         VerifyInput,
     )
+    from workflows.relay import FINISH_SIGNAL, relay_workflow_id
     from workflows.verify import VerificationWorkflow, failure_message
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                      maximum_interval=timedelta(seconds=60), non_retryable_error_types=PERMANENT_ERRORS)
 
 MAX_TRANSITIONS_KEPT = 200
+ROLLBACK_KINDS = ("rollback", "auto-rollback")
+TRIGGER_WATCH_SECONDS = 300.0
+"""One trigger watch returns after this long when nothing tripped (a few history events per period)."""
 
 
 def _reject(reason: str) -> ApplicationError:
     return ApplicationError(reason, type="IllegalTransition", non_retryable=True)
+
+
+def _scope(tenant: str | None) -> str:
+    return phases.GLOBAL if tenant is None else tenant
+
+
+def _who(tenant: str | None) -> str:
+    return "" if tenant is None else f"tenant {tenant}: "
 
 
 @workflow.defn
@@ -95,7 +131,9 @@ class MigrationWorkflow:
         self._transitioning = ""
         self._work: asyncio.Task[None] | None = None
         self._verify: asyncio.Task[None] | None = None
+        self._tenant_work: dict[str, asyncio.Task[None]] = {}
         self._drain: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
         self._drain_stop = False
         self._fatal: BaseException | None = None
         self._wake = 0
@@ -122,7 +160,10 @@ class MigrationWorkflow:
             self._start_work()
         elif not s.phase_work_done:
             self._start_work()
-        self._drain = asyncio.create_task(self._drain_loop())
+        for ts in s.tenants:
+            if not ts.work_done:
+                self._start_tenant_work(ts.tenant, ts.phase, s.epoch)
+        self._start_background()
         self._render()
         while True:
             if self._fatal is not None:
@@ -150,18 +191,23 @@ class MigrationWorkflow:
     def _idle(self) -> bool:
         return (not self._transitioning and not self._lock.locked()
                 and (self._work is None or self._work.done())
-                and (self._verify is None or self._verify.done()))
+                and (self._verify is None or self._verify.done())
+                and all(t.done() for t in self._tenant_work.values()))
+
+    def _start_background(self) -> None:
+        self._drain_stop = False
+        self._drain = asyncio.create_task(self._drain_loop())
+        self._monitor = asyncio.create_task(self._monitor_loop())
 
     async def _continue_as_new(self, inp: MigrationInput) -> None:
-        """Continue as new if still idle once handlers and the drain have stopped; else try later."""
+        """Continue as new if still idle once handlers and the background tasks have stopped; else later."""
         await workflow.wait_condition(workflow.all_handlers_finished)
         if not self._idle():
             return
         await self._stop_background()
         if not (self._idle() and workflow.all_handlers_finished()):
-            # an operator started something meanwhile: keep this run going, drain included
-            self._drain_stop = False
-            self._drain = asyncio.create_task(self._drain_loop())
+            # an operator (or the trigger monitor) started something meanwhile: keep this run going
+            self._start_background()
             return
         self._s.runs += 1
         self._count("continued_as_new")
@@ -169,11 +215,13 @@ class MigrationWorkflow:
                                                 tuning=self._tuning, carry=self._s))
 
     async def _stop_background(self) -> None:
-        """Stop the repair drain and wait until its activity has returned (its counts are kept)."""
+        """Stop the repair drain and the trigger monitor and wait until their activities have returned."""
         self._drain_stop = True
-        if self._drain is not None:
-            await _cancel(self._drain)
+        for task in (self._drain, self._monitor):
+            if task is not None:
+                await _cancel(task)
         self._drain = None
+        self._monitor = None
 
     def _next_timeout(self) -> timedelta | None:
         """The next moment something is due without a wake-up: a continuous verification, a gate recheck."""
@@ -185,7 +233,7 @@ class MigrationWorkflow:
                 and s.phase_work_done and self._idle()):
             waits.append((s.next_verify_at - workflow.now()).total_seconds())
         if (self._spec.mode.value == "auto" and self._gate_checked_at is not None and s.gate is not None
-                and not s.gate.get("passed")):
+                and not s.gate.get("passed") and not s.holds):
             waits.append(self._tuning.gate_recheck_seconds
                          - (workflow.now() - self._gate_checked_at).total_seconds())
         if not waits:
@@ -193,19 +241,51 @@ class MigrationWorkflow:
         return timedelta(seconds=max(1.0, min(waits)))
 
     # =====================================================================================================
-    # operator interface: updates (validated, answered) and the same as signals (for the Web UI)
+    # state helpers
 
-    def view(self) -> phases.MachineView:
+    def _tenant_phases(self) -> dict[str, Phase]:
+        return {t.tenant: t.phase for t in self._s.tenants}
+
+    def _tenant(self, tenant: str | None) -> TenantState | None:
+        if tenant is None:
+            return None
+        return next((t for t in self._s.tenants if t.tenant == tenant), None)
+
+    def _own(self, ts: TenantState | None) -> bool:
+        """A tenant moved on its own when it is ahead (an entry may only hold an approval)."""
+        return ts is not None and ts.phase.rank > self._s.phase.rank
+
+    def _hold_text(self, tenant: str | None) -> str:
+        h = self._s.holds.get(_scope(tenant))
+        return "" if h is None else f"by {h.by or '?'}: {h.reason}"
+
+    def _phase_of(self, tenant: str | None) -> Phase:
+        return phases.effective_phase(self._s.phase, self._tenant_phases(), tenant)
+
+    def view(self, tenant: str | None = None, *, planning: bool = False) -> phases.MachineView:
+        """The rules' snapshot; ``planning``: from inside the transition being carried out."""
         s = self._s
+        tv = None
+        if tenant is not None:
+            ts = self._tenant(tenant)
+            tv = phases.TenantView(tenant=tenant, phase=self._phase_of(tenant), own=self._own(ts),
+                                   work_done=ts.work_done if ts else True, work_state=ts.work_state if ts else "",
+                                   held=self._hold_text(tenant), approved_for=ts.approved_for if ts else None)
         return phases.MachineView(
             phase=s.phase, paused=s.paused, auto=self._spec.mode.value == "auto",
             auto_cleanup=self._spec.auto_cleanup, require_approval=self._spec.gates.require_approval,
-            transitioning=self._transitioning, work_done=s.phase_work_done, work_state=s.work_state,
-            verifying=self._verify is not None and not self._verify.done(),
-            approved_for=s.approved_for)
+            transitioning="" if planning else self._transitioning, work_done=s.phase_work_done,
+            work_state=s.work_state, verifying=self._verify is not None and not self._verify.done(),
+            approved_for=s.approved_for, held=self._hold_text(None), name=self._spec.name,
+            tenancy=self._spec.tenants is not None, tenants=phases.follow(s.phase, self._tenant_phases()),
+            tenant=tv)
 
-    @workflow.update(description="Advance to the next phase (gated into CUTOVER_* and CLEANUP). "
-                                 "{to?, reason, by, force, dry_run}")
+    # =====================================================================================================
+    # operator interface: updates (validated, answered) and the same as signals (for the Web UI)
+
+    @workflow.update(description="Advance to the next phase (gated into CUTOVER_* and CLEANUP; CLEANUP needs "
+                                 "confirm_cleanup). {to?, reason, by, force, dry_run, tenant?, confirm_cleanup, "
+                                 "drop_old_tables, confirm_drop}")
     async def advance(self, req: TransitionRequest) -> TransitionResult:
         return await self._advance(req, kind="advance")
 
@@ -214,7 +294,7 @@ class MigrationWorkflow:
         self._check(phases.resolve_advance, req)
 
     @workflow.update(description="Roll back to an earlier phase (default: the previous one); old store "
-                                 "authoritative again, no row lost. Needs a reason. {to?, reason, by}")
+                                 "authoritative again, no row lost. Needs a reason. {to?, reason, by, tenant?}")
     async def rollback(self, req: TransitionRequest) -> TransitionResult:
         return await self._rollback(req)
 
@@ -240,7 +320,7 @@ class MigrationWorkflow:
         self._check(phases.check_resume, req)
 
     @workflow.update(description="Approve the next gated transition (or, in auto mode, entering "
-                                 "CLEANUP). {to?, reason, by}")
+                                 "CLEANUP with confirm_cleanup). {to?, reason, by, tenant?}")
     async def approve(self, req: TransitionRequest) -> TransitionResult:
         return await self._approve(req)
 
@@ -248,7 +328,16 @@ class MigrationWorkflow:
     def _validate_approve(self, req: TransitionRequest) -> None:
         self._check(phases.resolve_approve, req)
 
-    @workflow.update(description="Run a verification now (compare, repair, re-verify). {reason, by}")
+    @workflow.update(description="Hold: no forward transition (manual or auto) until released; phase work "
+                                 "and rollbacks go on. {reason, by, tenant?, release}")
+    async def hold(self, req: TransitionRequest) -> TransitionResult:
+        return await self._hold(req)
+
+    @hold.validator
+    def _validate_hold(self, req: TransitionRequest) -> None:
+        self._check(phases.check_hold, req)
+
+    @workflow.update(description="Run a verification now (compare, repair, re-verify). {reason, by, tenant?}")
     async def verify(self, req: TransitionRequest) -> TransitionResult:
         return await self._request_verify(req)
 
@@ -258,14 +347,14 @@ class MigrationWorkflow:
 
     def _check(self, rule: Any, req: TransitionRequest) -> None:
         try:
-            rule(self.view(), req)
+            rule(self.view(req.tenant), req)
         except phases.Rejected as exc:
             raise _reject(str(exc)) from None
 
     def _signal_ok(self, rule: Any, req: TransitionRequest, name: str) -> bool:
         """Signals cannot be refused: a rejected one is logged and shown in the details instead."""
         try:
-            rule(self.view(), req)
+            rule(self.view(req.tenant), req)
         except phases.Rejected as exc:
             self._last_signal_rejection = f"{name} by {req.by or '?'} rejected: {exc}"
             self._count("signals_rejected")
@@ -299,6 +388,11 @@ class MigrationWorkflow:
         if self._signal_ok(phases.resolve_approve, req, "approve"):
             await self._approve(req)
 
+    @workflow.signal(name="hold_signal", description="Same as the hold update (for the Web UI).")
+    async def hold_signal(self, req: TransitionRequest) -> None:
+        if self._signal_ok(phases.check_hold, req, "hold"):
+            await self._hold(req)
+
     @workflow.signal(name="verify_signal", description="Same as the verify update (for the Web UI).")
     async def verify_signal(self, req: TransitionRequest) -> None:
         if self._signal_ok(phases.check_verify, req, "verify"):
@@ -317,8 +411,8 @@ class MigrationWorkflow:
         self._upsert_backfill_percent()
         self._wake += 1
 
-    @workflow.query(description="The full status: phase, per-table progress, counters, last "
-                                "verification, gate evidence, transitions, repair queue depth.")
+    @workflow.query(description="The full status: phase, per-table progress, counters, last verification, "
+                                "gate evidence, holds, tenants side by side, transitions, repair queue depth.")
     def status(self) -> MigrationStatus:
         s = self._s
         return MigrationStatus(
@@ -326,75 +420,172 @@ class MigrationWorkflow:
             strategy=self._spec.strategy.value, epoch=s.epoch, tables=[t.model_copy() for t in s.tables],
             counters=dict(s.counters), last_verification=s.last_verification, gate=s.gate,
             transitions=list(s.transitions), repair_queue_depth=s.repair_queue_depth,
-            waiting_for=self._waiting_for())
+            waiting_for=self._waiting_for(), hold=s.holds.get(phases.GLOBAL), tenants=self._tenant_rows(),
+            rolling_back=s.rolling_back, triggers=s.triggers, retirement=s.retirement)
+
+    def _tenant_rows(self) -> list[TenantStatus]:
+        if self._spec.tenants is None:
+            return []
+        s = self._s
+        names = list(self._spec.tenants.ids) + [t.tenant for t in s.tenants
+                                                if t.tenant not in self._spec.tenants.ids]
+        names += [k for k in s.holds if k and k not in names]
+        rows: list[TenantStatus] = []
+        for name in names:
+            ts = self._tenant(name)
+            phase = self._phase_of(name)
+            gate = ts.gate if ts is not None else None
+            rows.append(TenantStatus(
+                tenant=name, phase=phase, own=self._own(ts), authoritative=phases.authoritative(phase),
+                reads_from=phases.reads_from(phase), work_state=ts.work_state if ts else "",
+                hold=s.holds.get(name), gate_passed=None if gate is None else bool(gate.get("passed")),
+                last_verification_ok=None if ts is None or ts.last_verification is None
+                else ts.last_verification.ok))
+        return rows
 
     # =====================================================================================================
     # transitions
 
     async def _advance(self, req: TransitionRequest, *, kind: str) -> TransitionResult:
         async with self._lock:
-            s = self._s
             try:
-                to = phases.resolve_advance(self.view(), req)
+                to = phases.resolve_advance(self.view(req.tenant), req)
             except phases.Rejected as exc:
-                return self._result(False, str(exc))
-            label = f"{s.phase} -> {to}"
+                return self._result(False, str(exc), tenant=req.tenant)
+            frm = self._phase_of(req.tenant)
+            label = f"{_who(req.tenant)}{frm} -> {to}"
             self._transitioning = label
             try:
                 gate: GateResult | None = None
-                if to in phases.GATED or phases.approval_needed(self.view(), to):
-                    self._transitioning = f"{label} (evaluating the gate)"
-                    gate = await self._evaluate_gate(to)
-                    self._transitioning = label
-                    if not gate.passed and not req.force:
-                        return self._result(False, f"the gate into {to} did not pass: " + "; ".join(gate.reasons))
+                if to in phases.GATED:
+                    gate = await self._gate(to, req.tenant, label, dry_run=req.dry_run)
+                try:
+                    plan = phases.plan_advance(self.view(req.tenant, planning=True), req, gate, kind)
+                except phases.Rejected as exc:
+                    return self._result(False, str(exc), tenant=req.tenant, gate=gate,
+                                        would=self._would(frm, to, req, gate) if req.dry_run else [])
                 if req.dry_run:
-                    note = "" if gate is None or gate.passed else " (forced past a failing gate)"
-                    return self._result(True, f"dry run: {label} would be accepted{note}")
-                if gate is not None and not gate.passed:
-                    kind = "force"
+                    note = " (forced past a failing gate)" if plan.kind == "force" else ""
+                    return self._result(True, f"dry run: {label} would be accepted{note}", tenant=req.tenant,
+                                        gate=gate, would=self._would(frm, to, req, gate))
+                if plan.kind == "force":
                     self._count("forced_transitions")
-                return await self._enter(to, kind=kind, by=req.by, reason=req.reason)
+                if to is Phase.CLEANUP:
+                    self._s.cleanup_drop = req.drop_old_tables or self._s.cleanup_drop
+                reason = req.reason
+                if to is Phase.CLEANUP and kind == "advance":
+                    reason = (reason + "; " if reason else "") + "CLEANUP confirmed" + (
+                        ", old tables will be DROPPED" if self._s.cleanup_drop else "")
+                await self._enter(plan, by=req.by, reason=reason)
+                return self._result(True, f"{label} (epoch {self._s.epoch}); waiting for the phase barrier",
+                                    tenant=req.tenant, gate=gate)
             finally:
                 self._transitioning = ""
 
-    async def _rollback(self, req: TransitionRequest) -> TransitionResult:
+    def _would(self, frm: Phase, to: Phase, req: TransitionRequest, gate: GateResult | None) -> list[str]:
+        """What an advance would change, in words (dry runs)."""
+        s = self._s
+        who = f"tenant {req.tenant}" if req.tenant else "the migration"
+        out = [f"{who}: {frm} -> {to}; epoch {s.epoch} -> {s.epoch + 1} published to applications, then the "
+               "phase barrier waits for every live instance"]
+        if phases.reads_from(frm) != phases.reads_from(to):
+            out.append(f"reads: served from the {phases.reads_from(to)} store")
+        if phases.authoritative(frm) != phases.authoritative(to):
+            out.append(f"writes: the {phases.authoritative(to)} store becomes authoritative (written first), "
+                       f"the {phases.authoritative(frm)} store is kept in sync for rollback")
+        if req.tenant is None:
+            following = sorted(t for t, p in self._tenant_phases().items() if p.rank <= to.rank)
+            if following:
+                out.append("tenants following the migration again: " + ", ".join(following))
+        recon = next((m for m in gate.metrics if m.name == "reconciliation_gap"), None) if gate else None
+        if recon is not None and recon.verdict.value == "not-yet":
+            out.append("first: a compare-only verification (the last one is too old for the gate's window)")
+        if to in phases.GATED and to is not Phase.CLEANUP:
+            out.append(f"then: verify {'new -> old' if phases.verification_reverse(to) else 'old -> new'} "
+                       "with repair")
+        if to is Phase.CLEANUP:
+            drop = req.drop_old_tables or s.cleanup_drop
+            out.append("POINT OF NO RETURN: mirroring stops, capture triggers and key logs are removed, pending "
+                       "repairs towards the old store are discarded; no rollback afterwards")
+            for t in self._spec.tables:
+                out.append(f"old table {t.source}: " + ("DROPPED" if drop else
+                                                        f"renamed to {_retired_name(t.source, '<time>')}"))
+        return out
+
+    async def _rollback(self, req: TransitionRequest, *, kind: str = "rollback") -> TransitionResult:
         async with self._lock:
             s = self._s
             try:
-                to = phases.resolve_rollback(self.view(), req)
+                plan = phases.plan_rollback(self.view(req.tenant), req, kind)
             except phases.Rejected as exc:
-                return self._result(False, str(exc))
+                return self._result(False, str(exc), tenant=req.tenant)
+            label = f"{_who(req.tenant)}rollback {plan.frm} -> {plan.to}"
             if req.dry_run:
-                extra = " after verifying new -> old" if s.phase is Phase.CUTOVER_WRITES else ""
-                return self._result(True, f"dry run: rollback {s.phase} -> {to} would be accepted{extra}")
-            self._transitioning = f"rollback {s.phase} -> {to}"
+                first = [f"verify new -> old{' for tenant ' + t if t else ''} with repair" for t in plan.verify_first]
+                return self._result(True, f"dry run: {label} would be accepted"
+                                    + (" after verifying new -> old" if plan.verify_first else ""),
+                                    tenant=req.tenant, would=first)
+            self._transitioning = label
+            s.rolling_back = label + f" ({req.reason})"
+            self._wake += 1
             try:
-                was_done = s.phase_work_done
-                await self._cancel_work()
-                if phases.authoritative(s.phase) == "new" and phases.authoritative(to) == "old":
-                    # The old store becomes authoritative again: first make it hold every write the new
-                    # store acknowledged (the drain catches up queued keys; then verify and repair).
-                    self._s.work_state = "rollback: verifying new -> old before flipping"
-                    try:
-                        summary = await self._run_verification(reverse=True, repair=True, reason="rollback")
-                    except (ActivityError, ChildWorkflowError) as exc:
-                        if is_cancelled_exception(exc):
-                            raise
-                        summary = VerificationSummary(at=workflow.now(), ok=False, rows_compared=0,
-                                                      direction="new->old")
-                        self._s.work_state = f"rollback verification failed: {failure_message(exc)}"
-                    if not summary.ok:
-                        self._s.work_state = ""
-                        if not was_done:
+                if req.tenant is None:
+                    was_done = s.phase_work_done
+                    await self._cancel_work()
+                else:
+                    was_done = True
+                    await self._cancel_tenant_work(req.tenant)
+                if plan.verify_first:
+                    # The old store becomes authoritative again: first make it hold every write the new store
+                    # acknowledged (queued repairs first, then verify new -> old and repair what differs).
+                    refused = await self._level_old_store(plan)
+                    if refused:
+                        if req.tenant is None and not was_done:
                             self._start_work()
-                        return self._result(False, "rollback refused: the old store could not be brought "
-                                                   "level with the new one (" + _verification_text(summary)
-                                                   + "); the migration stays in " + s.phase.value)
+                        return self._result(False, refused, tenant=req.tenant)
                 self._count("rollbacks")
-                return await self._enter(to, kind="rollback", by=req.by, reason=req.reason)
+                if kind == "auto-rollback":
+                    self._count("auto_rollbacks")
+                await self._enter(plan, by=req.by, reason=req.reason)
+                return self._result(True, f"{label} (epoch {s.epoch}); waiting for the phase barrier",
+                                    tenant=req.tenant)
             finally:
+                s.rolling_back = ""
                 self._transitioning = ""
+
+    async def _level_old_store(self, plan: phases.Plan) -> str:
+        """Drain queued repairs, then verify new -> old with repair for each scope; '' when all are clean."""
+        ts = self._tenant(plan.tenant)
+
+        def note(text: str) -> None:
+            if plan.tenant is None:
+                self._s.work_state = text
+            elif ts is not None:
+                ts.work_state = text
+            self._wake += 1
+
+        note(f"rollback: catching up the old store ({plan.frm} -> {plan.to})")
+        await self._drain_once()
+        for scope in plan.verify_first:
+            note(f"rollback: verifying new -> old{' for tenant ' + scope if scope else ''} before flipping "
+                 "authority")
+            try:
+                summary = await self._run_verification(reverse=True, repair=True, reason="rollback", tenant=scope)
+            except (ActivityError, ChildWorkflowError) as exc:
+                if is_cancelled_exception(exc):
+                    raise
+                summary = VerificationSummary(at=workflow.now(), ok=False, rows_compared=0, direction="new->old",
+                                              tenant=scope)
+                workflow.logger.warning("rollback verification failed: %s", failure_message(exc))
+            if not summary.ok:
+                note("")
+                self._count("rollbacks_refused")
+                where = f"tenant {scope}'s rows" if scope else "the old store"
+                return (f"rollback refused: {where} could not be brought level with the new store ("
+                        + _verification_text(summary) + f"); {'tenant ' + scope if scope else 'the migration'} "
+                        f"stays in {plan.frm}")
+        note("")
+        return ""
 
     async def _pause(self, req: TransitionRequest, *, paused: bool) -> TransitionResult:
         async with self._lock:
@@ -421,108 +612,205 @@ class MigrationWorkflow:
     async def _approve(self, req: TransitionRequest) -> TransitionResult:
         s = self._s
         try:
-            to = phases.resolve_approve(self.view(), req)
+            to = phases.resolve_approve(self.view(req.tenant), req)
         except phases.Rejected as exc:
-            return self._result(False, str(exc))
+            return self._result(False, str(exc), tenant=req.tenant)
+        frm = self._phase_of(req.tenant)
         if req.dry_run:
-            return self._result(True, f"dry run: approving {s.phase} -> {to} would be accepted")
-        s.approved_for = to
-        self._record(s.phase, s.phase, "approve", req.by, req.reason or f"approved {s.phase} -> {to}")
+            return self._result(True, f"dry run: approving {_who(req.tenant)}{frm} -> {to} would be accepted",
+                                tenant=req.tenant)
+        ts = self._tenant(req.tenant)
+        if req.tenant is not None and ts is None:
+            # a tenant that follows the migration gets its own entry once it moves; remember the approval
+            ts = TenantState(tenant=req.tenant, phase=frm, entered_at=workflow.now())
+            s.tenants.append(ts)
+        if ts is not None:
+            ts.approved_for = to
+        else:
+            s.approved_for = to
+            if to is Phase.CLEANUP:
+                s.cleanup_drop = req.drop_old_tables
+        self._record(frm, frm, "approve", req.by, req.reason or f"approved {frm} -> {to}", tenant=req.tenant)
         self._gate_dirty = True
         self._wake += 1
-        return self._result(True, f"approved {s.phase} -> {to}")
+        return self._result(True, f"approved {_who(req.tenant)}{frm} -> {to}", tenant=req.tenant)
+
+    async def _hold(self, req: TransitionRequest) -> TransitionResult:
+        s = self._s
+        try:
+            phases.check_hold(self.view(req.tenant), req)
+        except phases.Rejected as exc:
+            return self._result(False, str(exc), tenant=req.tenant)
+        scope = _scope(req.tenant)
+        what = f"tenant {req.tenant}" if req.tenant else "the migration"
+        if req.dry_run:
+            return self._result(True, f"dry run: {'releasing' if req.release else 'holding'} {what} would be "
+                                      "accepted", tenant=req.tenant)
+        phase = self._phase_of(req.tenant)
+        if req.release:
+            s.holds.pop(scope, None)
+            self._record(phase, phase, "release", req.by, req.reason or "hold released", tenant=req.tenant)
+        else:
+            s.holds[scope] = HoldState(by=req.by, reason=req.reason, at=workflow.now())
+            self._record(phase, phase, "hold", req.by, req.reason, tenant=req.tenant)
+        self._gate_dirty = True
+        self._wake += 1
+        return self._result(True, f"{what} {'released' if req.release else 'held'} in {phase}", tenant=req.tenant)
 
     async def _request_verify(self, req: TransitionRequest) -> TransitionResult:
         try:
-            phases.check_verify(self.view(), req)
+            phases.check_verify(self.view(req.tenant), req)
         except phases.Rejected as exc:
-            return self._result(False, str(exc))
+            return self._result(False, str(exc), tenant=req.tenant)
         if req.dry_run:
-            return self._result(True, "dry run: a verification would start")
+            return self._result(True, "dry run: a verification would start", tenant=req.tenant)
+        if req.tenant is not None:
+            self._verify = asyncio.create_task(self._verification_task(True, "on demand", tenant=req.tenant))
+            self._count("verifications_requested")
+            self._wake += 1
+            return self._result(True, f"verification of tenant {req.tenant} started", tenant=req.tenant)
         self._s.verify_requested = True
         self._count("verifications_requested")
         self._wake += 1
         return self._result(True, "verification requested" + (
             "; it starts when the current phase work is done" if not self._s.phase_work_done else ""))
 
-    async def _enter(self, to: Phase, *, kind: str, by: str, reason: str) -> TransitionResult:
-        """Carry out a phase change (the caller holds the lock and has checked the rules and gate)."""
+    async def _enter(self, plan: phases.Plan, *, by: str, reason: str) -> None:
+        """Carry out a decided phase change (the caller holds the lock, checked the gate, levelled stores)."""
         s = self._s
-        frm = s.phase
-        self._transitioning = self._transitioning or f"{frm} -> {to}"
-        try:
+        now = workflow.now()
+        if plan.tenant is None:
             await self._cancel_work()
-            s.epoch += 1
-            s.phase = to
-            s.phase_entered_at = workflow.now()
+            s.phase = plan.to
+            s.phase_entered_at = now
             s.phase_work_done = False
             s.approved_for = None
             s.work_state = "publishing"
-            if to.rank <= Phase.BACKFILL.rank:
+            s.entered_by_rollback = plan.kind in ROLLBACK_KINDS
+            keep = {t.tenant: t for t in s.tenants}
+            s.tenants = [keep[t].model_copy(update={"phase": p, "work_done": True, "work_state": ""})
+                         for t, p in plan.tenants_after.items() if t in keep]
+            if plan.to.rank <= Phase.BACKFILL.rank:
                 s.backfill_done = False
-            if to is Phase.BACKFILL:
+            if plan.to is Phase.BACKFILL:
                 for t in s.tables:
                     t.rows_copied, t.percent, t.ranges_done, t.done, t.eta_seconds = 0, 0, 0, False, None
                 s.backfill_percent_step = 0
                 workflow.upsert_search_attributes([BACKFILL_PERCENT.value_set(0)])
-            self._record(frm, to, kind, by, reason)
-            workflow.upsert_search_attributes([MIGRATION_PHASE.value_set(to.value)])
-            if phases.continuous_verification(to) and self._spec.verify_interval_seconds > 0:
+            workflow.upsert_search_attributes([MIGRATION_PHASE.value_set(plan.to.value)])
+            if phases.continuous_verification(plan.to) and self._spec.verify_interval_seconds > 0:
                 if s.next_verify_at is None:
                     self._schedule_verification()
             else:
                 s.next_verify_at = None
-            await self._publish()
+        else:
+            await self._cancel_tenant_work(plan.tenant)
+            ts = self._tenant(plan.tenant)
+            if plan.tenant in plan.tenants_after:
+                if ts is None:
+                    ts = TenantState(tenant=plan.tenant, phase=plan.to)
+                    s.tenants.append(ts)
+                ts.phase, ts.entered_at, ts.work_done, ts.approved_for = plan.to, now, False, None
+                ts.work_state = "publishing"
+            else:
+                s.tenants = [t for t in s.tenants if t.tenant != plan.tenant]
+        s.epoch += 1
+        self._record(plan.frm, plan.to, plan.kind, by, reason, tenant=plan.tenant, gate_passed=plan.gate_passed)
+        await self._publish()
+        if plan.tenant is None:
             self._start_work()
-            self._gate_dirty = True
-            self._wake += 1
-            return self._result(True, f"{frm} -> {to} (epoch {s.epoch}); waiting for the phase barrier")
-        finally:
-            if self._transitioning == f"{frm} -> {to}":
-                self._transitioning = ""
+        else:
+            self._start_tenant_work(plan.tenant, plan.to, s.epoch, after_rollback=plan.kind in ROLLBACK_KINDS)
+        self._gate_dirty = True
+        self._wake += 1
 
-    def _record(self, frm: Phase, to: Phase, kind: str, by: str, reason: str) -> None:
+    def _record(self, frm: Phase, to: Phase, kind: str, by: str, reason: str, *, tenant: str | None = None,
+                gate_passed: bool | None = None) -> None:
         s = self._s
         s.transitions.append(TransitionRecord(from_phase=frm, to_phase=to, at=workflow.now(), by=by,
-                                              reason=reason, kind=kind))
+                                              reason=reason, kind=kind, tenant=tenant, gate_passed=gate_passed))
         del s.transitions[:-MAX_TRANSITIONS_KEPT]
-        workflow.logger.info("migration %s: %s %s -> %s by %s: %s", self._spec.name, kind, frm, to,
+        workflow.logger.info("migration %s: %s%s %s -> %s by %s: %s", self._spec.name, _who(tenant), kind, frm, to,
                              by or "?", reason)
 
-    def _result(self, ok: bool, message: str) -> TransitionResult:
-        return TransitionResult(ok=ok, phase=self._s.phase, epoch=self._s.epoch, message=message)
+    def _result(self, ok: bool, message: str, *, tenant: str | None = None, gate: GateResult | None = None,
+                would: list[str] | None = None) -> TransitionResult:
+        return TransitionResult(ok=ok, phase=self._phase_of(tenant), epoch=self._s.epoch, message=message,
+                                tenant=tenant, gate=gate, would=would or [])
 
     async def _publish(self) -> None:
         s = self._s
         await workflow.execute_activity(
             ActivityNames.PUBLISH_STATE,
             ControlInput(migration=self._spec.name, control_store=self._spec.control, phase=s.phase,
-                         epoch=s.epoch, paused=s.paused),
+                         epoch=s.epoch, paused=s.paused,
+                         overrides=phases.overrides_for(s.phase, self._tenant_phases())),
             start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
             summary=f"publish {s.phase} epoch {s.epoch}")
         s.published_epoch = s.epoch
 
-    async def _evaluate_gate(self, to: Phase) -> GateResult:
+    # =====================================================================================================
+    # gates
+
+    async def _gate(self, to: Phase, tenant: str | None, label: str, *, dry_run: bool) -> GateResult:
+        """Evaluate the gate into ``to``. When everything but a stale reconciliation passes, verify first
+        (compare only, so the evidence names what differs) and evaluate again: a full verification is only
+        paid for when it can decide the gate."""
         s = self._s
+        ts = self._tenant(tenant)
+        phase = self._phase_of(tenant)
+        v = ts.last_verification if ts is not None else (None if tenant is not None else s.last_verification)
+        direction = "new->old" if phases.verification_reverse(phase) else "old->new"
+        result = await self._evaluate_gate(to, tenant, v, label, dry_run=dry_run)
+        recon = next((m for m in result.metrics if m.name == "reconciliation_gap"), None)
+        stale = recon is not None and recon.verdict.value == "not-yet"
+        others_pass = all(m.ok for m in result.metrics if m.name != "reconciliation_gap")
+        if stale and others_pass and not dry_run:
+            self._transitioning = f"{label} (verifying {direction} for the gate)"
+            self._wake += 1
+            try:
+                v = await self._run_verification(reverse=direction == "new->old", repair=False, reason="gate",
+                                                 tenant=tenant)
+            except (ActivityError, ChildWorkflowError) as exc:
+                if is_cancelled_exception(exc):
+                    raise
+                workflow.logger.warning("gate verification failed: %s", failure_message(exc))
+            result = await self._evaluate_gate(to, tenant, v, label, dry_run=dry_run)
+        self._transitioning = label
+        if not dry_run:
+            if ts is not None:
+                ts.gate = result.model_dump(mode="json")
+            elif tenant is None:
+                s.gate = result.model_dump(mode="json")
+                self._gate_dirty = False
+                self._gate_checked_at = workflow.now()
+        return result
+
+    async def _evaluate_gate(self, to: Phase, tenant: str | None, v: VerificationSummary | None, label: str, *,
+                             dry_run: bool) -> GateResult:
+        s = self._s
+        ts = self._tenant(tenant)
+        phase = self._phase_of(tenant)
+        self._transitioning = f"{label} (evaluating the gate)"
+        self._wake += 1
         percent = 100 if s.backfill_done else min((t.percent for t in s.tables), default=0)
+        approved = (ts.approved_for if ts is not None else (None if tenant is not None else s.approved_for)) is to
         result: GateResult = await workflow.execute_activity(
             ActivityNames.EVALUATE_GATE,
-            GateInput(spec=self._spec, phase=s.phase, to=to, backfill_percent=percent,
-                      backfill_done=s.backfill_done, last_verification=s.last_verification,
-                      phase_entered_at=s.phase_entered_at, repair_queue_depth=s.repair_queue_depth,
-                      approved=s.approved_for is to),
+            GateInput(spec=self._spec, phase=phase, to=to, backfill_percent=percent,
+                      backfill_done=s.backfill_done, last_verification=v, phase_entered_at=s.phase_entered_at,
+                      repair_queue_depth=s.repair_queue_depth, approved=approved, tenant=tenant,
+                      at=workflow.now()),
             start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY, result_type=GateResult,
-            summary=f"gate {s.phase} -> {to}")
-        s.gate = result.model_dump(mode="json")
+            summary=f"gate {_who(tenant)}{phase} -> {to}{' (dry run)' if dry_run else ''}")
         self._count("gate_evaluations")
-        self._gate_dirty = False
-        self._gate_checked_at = workflow.now()
         return result
 
     async def _maybe_auto_advance(self) -> None:
         if self._spec.mode.value != "auto" or self._lock.locked():
             return
-        to, _why = phases.auto_target(self.view())
+        view = self.view()
+        to, _why = phases.auto_target(view)
         if to is None:
             return
         if to in phases.GATED:
@@ -530,8 +818,100 @@ class MigrationWorkflow:
                 workflow.now() - self._gate_checked_at).total_seconds() >= self._tuning.gate_recheck_seconds
             if not due:
                 return
-        await self._advance(TransitionRequest(to=to, by="auto", reason="phase work done, gate passed"),
-                            kind="auto")
+        s = self._s
+        if to is Phase.CLEANUP:
+            confirmed_by = "the spec (auto_cleanup)" if self._spec.auto_cleanup and s.approved_for is not to \
+                else "an approval"
+            req = TransitionRequest(to=to, by="auto", reason=f"phase work done, gate passed; CLEANUP confirmed by "
+                                    f"{confirmed_by}", confirm_cleanup=True, drop_old_tables=s.cleanup_drop,
+                                    confirm_drop=self._spec.name if s.cleanup_drop else "")
+        else:
+            req = TransitionRequest(to=to, by="auto", reason="phase work done, gate passed")
+        await self._advance(req, kind="auto")
+
+    # =====================================================================================================
+    # automatic rollback triggers
+
+    def _monitor_scopes(self) -> list[TriggerScope]:
+        """What the triggers watch now: the migration and every tenant in a CUTOVER_* whose barrier passed."""
+        s = self._s
+        out: list[TriggerScope] = []
+        if s.phase in phases.TRIGGERED and s.phase_work_done and s.phase_entered_at is not None:
+            out.append(TriggerScope(tenant=None, phase=s.phase, since=s.phase_entered_at))
+        for ts in s.tenants:
+            if ts.phase in phases.TRIGGERED and ts.work_done and ts.entered_at is not None \
+                    and ts.phase.rank > s.phase.rank:
+                out.append(TriggerScope(tenant=ts.tenant, phase=ts.phase, since=ts.entered_at))
+        return out
+
+    def _watch_ended(self, watch: asyncio.Task[Any], key: tuple[Any, ...]) -> Callable[[], bool]:
+        return lambda: watch.done() or self._monitor_key() != key or self._drain_stop
+
+    def _monitor_key(self) -> tuple[Any, ...]:
+        return (self._s.epoch, bool(self._transitioning), tuple((x.tenant, x.phase) for x in self._monitor_scopes()))
+
+    async def _monitor_loop(self) -> None:
+        cfg = self._spec.rollback_triggers
+        if not cfg.enabled:
+            return
+        while not self._drain_stop:
+            await workflow.wait_condition(
+                lambda: bool(self._monitor_scopes()) and not self._transitioning or self._drain_stop
+                or self._s.phase is Phase.DONE)
+            if self._drain_stop or self._s.phase is Phase.DONE:
+                return
+            key = self._monitor_key()
+            watch = asyncio.create_task(workflow.execute_activity(
+                ActivityNames.WATCH_TRIGGERS,
+                TriggerWatchInput(spec=self._spec, scopes=self._monitor_scopes(),
+                                  max_seconds=max(TRIGGER_WATCH_SECONDS, cfg.check_seconds * 3)),
+                start_to_close_timeout=timedelta(seconds=max(TRIGGER_WATCH_SECONDS, cfg.check_seconds * 3) + 300),
+                heartbeat_timeout=timedelta(seconds=max(cfg.check_seconds * 3,
+                                                        min(30.0, self._tuning.heartbeat_timeout_seconds))),
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                retry_policy=_RETRY, result_type=TriggerWatchResult, summary="watch rollback triggers"))
+            try:
+                await workflow.wait_condition(self._watch_ended(watch, key))
+            finally:
+                if not watch.done():
+                    watch.cancel()
+            try:
+                res = await watch
+            except (ActivityError, asyncio.CancelledError) as exc:
+                if self._drain_stop or self._monitor_key() != key:
+                    continue
+                if isinstance(exc, asyncio.CancelledError) or is_cancelled_exception(exc):
+                    raise
+                workflow.logger.warning("rollback trigger watch failed: %s", failure_message(exc))
+                await workflow.sleep(timedelta(seconds=30))
+                continue
+            if res.evaluation is not None:
+                self._s.triggers = res.evaluation
+                self._wake += 1
+            if res.tripped and self._monitor_key() == key and not self._drain_stop:
+                await self._auto_rollback(res)
+
+    async def _auto_rollback(self, res: TriggerWatchResult) -> None:
+        """Roll back one step by itself, record why, and hold there until an operator releases it."""
+        s = self._s
+        why = res.evaluation.reason if res.evaluation is not None else "a rollback trigger tripped"
+        req = TransitionRequest(tenant=res.tenant, reason=f"automatic rollback: {why}", by="auto-rollback")
+        workflow.logger.warning("migration %s: %sautomatic rollback from %s: %s", self._spec.name, _who(res.tenant),
+                                res.phase, why)
+        result = await self._rollback(req, kind="auto-rollback")
+        if not result.ok:
+            self._count("auto_rollbacks_refused")
+            self._last_signal_rejection = f"automatic rollback refused: {result.message}"
+            await workflow.sleep(timedelta(seconds=max(5.0, self._spec.rollback_triggers.check_seconds)))
+            return
+        scope = _scope(res.tenant)
+        if scope not in s.holds:
+            s.holds[scope] = HoldState(by="auto-rollback", reason=f"rolled back from {res.phase}: {why}",
+                                       at=workflow.now())
+            phase = self._phase_of(res.tenant)
+            self._record(phase, phase, "hold", "auto-rollback", "held after an automatic rollback; release it "
+                         "when the cause is fixed", tenant=res.tenant)
+        self._wake += 1
 
     # =====================================================================================================
     # phase entry work
@@ -540,12 +920,20 @@ class MigrationWorkflow:
         self._work = asyncio.create_task(self._phase_work(self._s.phase, self._s.epoch))
 
     async def _cancel_work(self) -> None:
-        for task in (self._work, self._verify):
+        for task in (self._work, self._verify, *self._tenant_work.values()):
             if task is not None:
                 await _cancel(task)
         self._work = None
         self._verify = None
+        self._tenant_work = {}
+        for ts in self._s.tenants:
+            ts.work_done, ts.work_state = True, ""
         self._backfill_children = []
+
+    async def _cancel_tenant_work(self, tenant: str) -> None:
+        task = self._tenant_work.pop(tenant, None)
+        if task is not None:
+            await _cancel(task)
 
     async def _phase_work(self, phase: Phase, epoch: int) -> None:
         s = self._s
@@ -563,7 +951,7 @@ class MigrationWorkflow:
                             t.rows_estimate = p.rows_estimate
             if s.published_epoch < epoch:
                 await self._publish()
-            await self._barrier(epoch)
+            await self._barrier(epoch, self._set_work_state)
             if phase is Phase.BACKFILL:
                 await self._backfill()
                 s.work_state = "verifying after backfill"
@@ -571,10 +959,18 @@ class MigrationWorkflow:
                 await self._run_verification(reverse=False, repair=True, reason="after backfill")
                 s.backfill_done = True
             elif phase in (Phase.SHADOW_READ, Phase.CUTOVER_READS, Phase.CUTOVER_WRITES):
+                if s.entered_by_rollback:
+                    # writes acknowledged under the previous authority during the barrier may wait in the
+                    # repair queue: mirror them before a repairing verification could overwrite them
+                    s.work_state = "draining the repair queue after the rollback"
+                    self._wake += 1
+                    await self._drain_once()
                 s.work_state = f"verifying on entering {phase}"
                 self._wake += 1
                 await self._run_verification(reverse=phases.verification_reverse(phase), repair=True,
                                              reason=f"entering {phase}")
+            elif phase is Phase.CLEANUP:
+                await self._retire_old_store()
             s.phase_work_done = True
             s.work_state = ""
         except (ActivityError, ChildWorkflowError, ApplicationError) as exc:
@@ -592,9 +988,46 @@ class MigrationWorkflow:
             self._gate_dirty = True
             self._wake += 1
 
-    async def _barrier(self, epoch: int) -> None:
+    def _set_work_state(self, text: str) -> None:
+        self._s.work_state = text
+
+    def _start_tenant_work(self, tenant: str, phase: Phase, epoch: int, *, after_rollback: bool = False) -> None:
+        self._tenant_work[tenant] = asyncio.create_task(self._tenant_phase_work(tenant, phase, epoch,
+                                                                                after_rollback))
+
+    async def _tenant_phase_work(self, tenant: str, phase: Phase, epoch: int, after_rollback: bool) -> None:
+        """A tenant's entry work: the barrier, then a verification of its rows in its authority's direction."""
+
+        def note(text: str) -> None:
+            ts = self._tenant(tenant)
+            if ts is not None:
+                ts.work_state = text
+            self._wake += 1
+
+        try:
+            await self._barrier(epoch, note)
+            if after_rollback:
+                note("draining the repair queue after the rollback")
+                await self._drain_once()
+            note(f"verifying tenant {tenant} on entering {phase}")
+            await self._run_verification(reverse=phases.verification_reverse(phase), repair=True,
+                                         reason=f"tenant {tenant} entering {phase}", tenant=tenant)
+            note("")
+        except (ActivityError, ChildWorkflowError, ApplicationError) as exc:
+            if is_cancelled_exception(exc):
+                raise
+            note(f"{phase} work failed: {failure_message(exc)}")
+            self._count("phase_work_failures")
+        finally:
+            ts = self._tenant(tenant)
+            if ts is not None and ts.phase is phase:
+                ts.work_done = True
+            self._gate_dirty = True
+            self._wake += 1
+
+    async def _barrier(self, epoch: int, note: Callable[[str], None]) -> None:
         s = self._s
-        s.work_state = f"barrier: waiting for live instances to see epoch {epoch}"
+        note(f"barrier: waiting for live instances to see epoch {epoch}")
         while True:
             status = await workflow.execute_activity(
                 ActivityNames.AWAIT_BARRIER,
@@ -606,9 +1039,46 @@ class MigrationWorkflow:
             if status.passed:
                 self._count("barriers_passed")
                 return
-            s.work_state = (f"barrier: {len(status.lagging)} of {status.live_instances} live instances have "
-                            f"not seen epoch {epoch} ({', '.join(status.lagging[:5])})")
+            note(f"barrier: {len(status.lagging)} of {status.live_instances} live instances have "
+                 f"not seen epoch {epoch} ({', '.join(status.lagging[:5])})")
             self._wake += 1
+
+    async def _drain_once(self) -> None:
+        """Mirror what the repair queue holds right now (a one-shot drain beside the background one)."""
+        res = await workflow.execute_activity(
+            ActivityNames.DRAIN_REPAIRS,
+            RepairDrainInput(spec=self._spec, max_idle_seconds=0, max_seconds=120),
+            start_to_close_timeout=timedelta(seconds=600),
+            heartbeat_timeout=timedelta(seconds=min(30.0, max(10.0, self._tuning.heartbeat_timeout_seconds))),
+            retry_policy=_RETRY, result_type=RepairDrainResult, summary="drain repairs now")
+        self._s.repair_queue_depth = res.remaining
+        self._count("repair_mirrored", res.mirrored)
+        self._count("repair_failed", res.failed)
+
+    async def _retire_old_store(self) -> None:
+        """CLEANUP (applications stopped mirroring at the barrier): finish the relay, remove capture and key
+        logs, discard repairs towards the old store, and rename (or drop) the old tables."""
+        s = self._s
+        if self._spec.strategy.value != "sync":
+            s.work_state = "cleanup: telling the relay to finish"
+            self._wake += 1
+            try:
+                await workflow.get_external_workflow_handle(relay_workflow_id(self._spec.name)).signal(FINISH_SIGNAL)
+            except Exception as exc:  # noqa: BLE001 - no relay running: nothing to finish
+                workflow.logger.info("no relay to finish: %s", exc)
+        s.work_state = "cleanup: " + ("dropping" if s.cleanup_drop else "renaming") + " the old tables"
+        self._wake += 1
+        entered = s.phase_entered_at or workflow.now()
+        res = await workflow.execute_activity(
+            ActivityNames.RETIRE_OLD, RetireInput(spec=self._spec, drop=s.cleanup_drop,
+                                                  stamp=entered.strftime("%Y%m%d%H%M%S")),
+            start_to_close_timeout=timedelta(minutes=30), retry_policy=_RETRY, result_type=RetireResult,
+            summary="retire the old store")
+        s.retirement = res
+        s.repair_queue_depth = 0
+        self._record(s.phase, s.phase, "cleanup", "workflow",
+                     "; ".join(f"{t.source} {t.action}" + (f" as {t.retired_as}" if t.retired_as else "")
+                               for t in res.tables))
 
     async def _backfill(self) -> None:
         s = self._s
@@ -696,10 +1166,10 @@ class MigrationWorkflow:
         repair = s.backfill_done or s.phase.rank > Phase.BACKFILL.rank
         self._verify = asyncio.create_task(self._verification_task(repair, reason))
 
-    async def _verification_task(self, repair: bool, reason: str) -> None:
+    async def _verification_task(self, repair: bool, reason: str, tenant: str | None = None) -> None:
         try:
-            await self._run_verification(reverse=phases.verification_reverse(self._s.phase), repair=repair,
-                                         reason=reason)
+            await self._run_verification(reverse=phases.verification_reverse(self._phase_of(tenant)), repair=repair,
+                                         reason=reason, tenant=tenant)
         except (ActivityError, ChildWorkflowError) as exc:
             if is_cancelled_exception(exc):
                 raise
@@ -708,17 +1178,30 @@ class MigrationWorkflow:
             self._gate_dirty = True
             self._wake += 1
 
-    async def _run_verification(self, *, reverse: bool, repair: bool, reason: str) -> VerificationSummary:
+    async def _run_verification(self, *, reverse: bool, repair: bool, reason: str,
+                                tenant: str | None = None) -> VerificationSummary:
+        """Run a VerificationWorkflow child; a tenant's verification covers its rows of the tenant tables."""
         s = self._s
         s.verify_runs += 1
         direction = "new->old" if reverse else "old->new"
+        tables = [t.source for t in self._spec.tenant_tables] if tenant is not None else None
+        # a migration-wide verification leaves alone the rows of tenants whose authority runs the other way
+        # (it would "repair" their acknowledged writes away); their own verifications cover them
+        side = "new" if reverse else "old"
+        exclude = [] if tenant is not None else sorted(
+            t for t, p in self._tenant_phases().items() if p.rank > s.phase.rank and phases.authoritative(p) != side)
         summary: VerificationSummary = await workflow.execute_child_workflow(
             VerificationWorkflow.run,
-            VerifyInput(spec=self._spec, reverse=reverse, repair=repair, reason=reason, tuning=self._tuning),
+            VerifyInput(spec=self._spec, reverse=reverse, repair=repair, reason=reason, tuning=self._tuning,
+                        tenant=tenant, tables=tables, exclude_tenants=exclude),
             id=f"{workflow.info().workflow_id}-verify-{s.verify_runs}",
-            static_summary=f"verify {self._spec.name} {direction} ({reason})",
+            static_summary=f"verify {self._spec.name} {direction}{' tenant ' + tenant if tenant else ''} ({reason})",
         )
-        s.last_verification = summary
+        ts = self._tenant(tenant)
+        if tenant is None:
+            s.last_verification = summary
+        elif ts is not None:
+            ts.last_verification = summary
         self._count("verifications")
         self._count("rows_verified", summary.rows_compared)
         self._count("rows_repaired", summary.repaired)
@@ -738,8 +1221,8 @@ class MigrationWorkflow:
         while not self._drain_stop:
             if not (phases.secondary_is_mirrored(s.phase) or s.repair_queue_depth > 0):
                 await workflow.wait_condition(
-                    lambda: phases.secondary_is_mirrored(s.phase) or s.phase is Phase.DONE)
-                if s.phase is Phase.DONE:
+                    lambda: phases.secondary_is_mirrored(s.phase) or s.phase is Phase.DONE or self._drain_stop)
+                if s.phase is Phase.DONE or self._drain_stop:
                     return
                 continue
             try:
@@ -778,6 +1261,8 @@ class MigrationWorkflow:
             return f"nothing: failed ({self._fatal})"
         if s.phase is Phase.DONE and s.phase_work_done:
             return ""
+        if s.rolling_back:
+            return f"transition: {s.rolling_back}" + (f" — {s.work_state}" if s.work_state else "")
         if self._transitioning:
             return f"transition: {self._transitioning}"
         if not s.phase_work_done:
@@ -788,14 +1273,22 @@ class MigrationWorkflow:
             return "gate: " + "; ".join(s.gate.get("reasons") or []) + note
         if to is not None:
             return f"auto: advancing to {to}{note}"
+        if not why.startswith("operator: held") and s.holds.get(phases.GLOBAL) is not None:
+            return f"operator: held ({self._hold_text(None)}); release the hold to advance{note}"
         return why + note
 
     def _render(self) -> None:
         s = self._s
         lines = [f"**{self._spec.name}**: {self._spec.old} → {self._spec.new} · phase **{s.phase}** "
-                 f"(epoch {s.epoch}){' · **PAUSED**' if s.paused else ''} · {self._spec.mode.value} mode",
-                 "", f"waiting for: {self._waiting_for() or '–'}", "",
-                 "| table | rows copied | estimate | % | ranges | ETA |", "|---|---:|---:|---:|---:|---:|"]
+                 f"(epoch {s.epoch}){' · **PAUSED**' if s.paused else ''}"
+                 f"{' · **HELD**' if s.holds.get(phases.GLOBAL) else ''} · {self._spec.mode.value} mode",
+                 "", f"waiting for: {self._waiting_for() or '–'}", ""]
+        if s.rolling_back:
+            lines += [f"⏪ rolling back: {s.rolling_back}", ""]
+        hold = s.holds.get(phases.GLOBAL)
+        if hold is not None:
+            lines += [f"✋ held by {hold.by or '?'}: {hold.reason}", ""]
+        lines += ["| table | rows copied | estimate | % | ranges | ETA |", "|---|---:|---:|---:|---:|---:|"]
         for t in s.tables:
             eta = "–" if t.eta_seconds is None else f"{t.eta_seconds:.0f} s"
             lines.append(f"| {t.source} → {t.target} | {t.rows_copied:,} | {t.rows_estimate:,} | {t.percent} | "
@@ -807,9 +1300,45 @@ class MigrationWorkflow:
                           f"missing {v.missing}, extra {v.extra}, field-different {v.field_different}, "
                           f"repaired {v.repaired}"]
         lines += ["", f"repair queue: {s.repair_queue_depth}"]
+        if s.gate and s.gate.get("metrics"):
+            lines += ["", f"**gate → {s.gate.get('to')}: {'PASSED' if s.gate.get('passed') else 'not passed'}**",
+                      "", "| metric | value | threshold | samples | verdict |", "|---|---:|---:|---:|:-:|"]
+            for m in s.gate["metrics"]:
+                lines.append(f"| {m['name']} | {_fmt(m.get('value'))} | {m.get('op', '')} {_fmt(m.get('threshold'))} "
+                             f"| {m.get('samples', 0):,} / {m.get('min_samples', 0):,} | {m.get('verdict')} |")
+        if s.triggers is not None and s.triggers.metrics:
+            lines += ["", "rollback triggers: " + ", ".join(
+                f"{m.name} {_fmt(m.value)} ({m.verdict.value})" for m in s.triggers.metrics)]
+        rows = self._tenant_rows()
+        if rows:
+            lines += ["", "| tenant | phase | own | authoritative | reads | gate | hold |",
+                      "|---|---|:-:|---|---|:-:|---|"]
+            for r in rows:
+                gate = "–" if r.gate_passed is None else "✅" if r.gate_passed else "❌"
+                held = f"{r.hold.by}: {r.hold.reason}" if r.hold else ""
+                lines.append(f"| {r.tenant} | {r.phase} | {'✓' if r.own else ''} | {r.authoritative} | "
+                             f"{r.reads_from} | {gate} | {held} |")
+        if s.retirement is not None:
+            lines += ["", "retired: " + ", ".join(
+                f"{t.source} ({t.action}{' as ' + t.retired_as if t.retired_as else ''})" for t in s.retirement.tables)]
         if self._last_signal_rejection:
             lines += ["", f"⚠ {self._last_signal_rejection}"]
         workflow.set_current_details("\n".join(lines))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and 0 < abs(value) < 1:
+        return f"{value * 100:.3g}%"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _retired_name(table: str, stamp: str) -> str:
+    """How CLEANUP renames an old table (shown by dry runs; the activity computes the real one)."""
+    return f"{table.rpartition('.')[2]}_dw_retired_{stamp}"
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -828,3 +1357,4 @@ def _verification_text(v: VerificationSummary) -> str:
     errors = "; ".join(f"{t.source}: {t.error}" for t in v.tables if t.error)
     return (f"{v.direction}: {v.rows_compared} rows compared, missing {v.missing}, extra {v.extra}, "
             f"field-different {v.field_different}" + (f"; {errors}" if errors else ""))
+

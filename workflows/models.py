@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.common import SearchAttributeKey
 
+from dualwrite.gates import GateMetric, TrafficFacts, TriggerEvaluation
 from dualwrite.spec import MigrationSpec
 
 TASK_QUEUE = "dualwrite"
@@ -81,6 +82,8 @@ class Tuning(_Model):
     repair_idle_seconds: float = Field(default=300.0, ge=1, description="an idle repair long-poll returns "
                                        "after this long")
     verify_chunk_size: int | None = Field(default=None, ge=1)
+    verify_heartbeat_seconds: float = Field(default=60.0, ge=1, description="a verification activity "
+                                            "heartbeats per chunk: a dead worker's chunk is retried after this")
     backfill_ranges: int | None = Field(default=None, ge=1, description="key ranges per table; default "
                                         "2 x backfill_concurrency")
 
@@ -98,14 +101,22 @@ class MigrationInput(_Model):
 
 
 class TransitionRequest(_Model):
-    """Argument of every operator update / signal (advance, rollback, pause, resume, approve, verify)."""
+    """Argument of every operator update / signal (advance, rollback, pause, resume, approve, hold, verify)."""
 
     to: Phase | None = Field(default=None, description="target phase; default: the next (advance) or "
                                                        "the previous (rollback) phase")
-    reason: str = Field(default="", description="why; required for rollback and force")
+    reason: str = Field(default="", description="why; required for rollback, force and hold")
     by: str = Field(default="", description="who asks (recorded in the transition history)")
     force: bool = Field(default=False, description="advance even though the gate does not pass")
-    dry_run: bool = Field(default=False, description="validate and report, change nothing")
+    dry_run: bool = Field(default=False, description="validate and report (with the gate evaluation), "
+                                                     "change nothing")
+    tenant: str | None = Field(default=None, description="move one tenant only (spec `tenants`)")
+    confirm_cleanup: bool = Field(default=False, description="entering CLEANUP (the point of no return) needs "
+                                                             "this confirmation")
+    drop_old_tables: bool = Field(default=False, description="CLEANUP drops the old tables instead of "
+                                                             "renaming them (needs confirm_drop)")
+    confirm_drop: str = Field(default="", description="the migration's name again, to confirm drop_old_tables")
+    release: bool = Field(default=False, description="hold: release the hold instead of placing one")
 
 
 class TransitionResult(_Model):
@@ -113,6 +124,10 @@ class TransitionResult(_Model):
     phase: Phase
     epoch: int
     message: str
+    tenant: str | None = None
+    gate: GateResult | None = Field(default=None, description="the gate evaluation (advance into a gated "
+                                                              "phase, dry runs included)")
+    would: list[str] = Field(default_factory=list, description="dry run: what the transition would change")
 
 
 class TableProgress(_Model):
@@ -141,6 +156,9 @@ class TableVerification(_Model):
     field_different: int = 0
     fields: list[str] = Field(default_factory=list, description="target columns that differed")
     repaired: int = 0
+    unresolved: int = Field(default=0, description="differences left after repair (all of them without)")
+    sample_keys: list[list[Any]] = Field(default_factory=list, description="a few keys (wire form) of the "
+                                         "unresolved rows, so the evidence names them; never a row value")
     ok: bool = False
     error: str = ""
 
@@ -153,7 +171,10 @@ class VerificationSummary(_Model):
     extra: int = 0
     field_different: int = 0
     repaired: int = 0
+    unresolved: int = 0
     direction: str = "old->new"
+    repair: bool = True
+    tenant: str | None = None
     tables: list[TableVerification] = Field(default_factory=list)
 
 
@@ -163,7 +184,63 @@ class TransitionRecord(_Model):
     at: datetime
     by: str = ""
     reason: str = ""
-    kind: str = Field(description="advance | auto | rollback | force | pause | resume | approve")
+    kind: str = Field(description="start | advance | auto | force | rollback | auto-rollback | pause | resume "
+                                  "| approve | hold | release | cleanup")
+    tenant: str | None = None
+    gate_passed: bool | None = Field(default=None, description="entering a gated phase: did its gate pass "
+                                                               "(False: forced past it)")
+
+
+class HoldState(_Model):
+    """An operator's (or an automatic rollback's) stop on forward transitions, until released."""
+
+    by: str = ""
+    reason: str = ""
+    at: datetime | None = None
+
+
+class TenantState(_Model):
+    """One tenant that has its own phase (ahead of the migration's, at most CUTOVER_WRITES)."""
+
+    tenant: str
+    phase: Phase
+    entered_at: datetime | None = None
+    work_done: bool = True
+    work_state: str = ""
+    approved_for: Phase | None = None
+    gate: dict[str, Any] | None = None
+    last_verification: VerificationSummary | None = None
+
+
+class TenantStatus(_Model):
+    """A tenant's row in the status: its effective phase side by side with the others."""
+
+    tenant: str
+    phase: Phase
+    own: bool = Field(description="moved on its own (else it follows the migration's phase)")
+    authoritative: str
+    reads_from: str
+    work_state: str = ""
+    hold: HoldState | None = None
+    gate_passed: bool | None = None
+    last_verification_ok: bool | None = None
+
+
+class RetiredTable(_Model):
+    source: str
+    action: str = Field(description="renamed | dropped | already-renamed | already-dropped")
+    retired_as: str | None = None
+
+
+class RetireResult(_Model):
+    """What CLEANUP did to the old store: names and counts only."""
+
+    tables: list[RetiredTable] = Field(default_factory=list)
+    triggers_removed: list[str] = Field(default_factory=list)
+    log_entries_mirrored: int = 0
+    log_entries_discarded: int = 0
+    logs_dropped: list[str] = Field(default_factory=list)
+    repair_entries_discarded: int = 0
 
 
 class MigrationStatus(_Model):
@@ -180,6 +257,11 @@ class MigrationStatus(_Model):
     transitions: list[TransitionRecord] = Field(default_factory=list)
     repair_queue_depth: int = 0
     waiting_for: str = ""
+    hold: HoldState | None = None
+    tenants: list[TenantStatus] = Field(default_factory=list)
+    rolling_back: str = Field(default="", description="a rollback in progress (it finishes after a crash)")
+    triggers: TriggerEvaluation | None = Field(default=None, description="last automatic-rollback check")
+    retirement: RetireResult | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,6 +283,14 @@ class MigrationCarry(_Model):
     gate: dict[str, Any] | None = None
     transitions: list[TransitionRecord] = Field(default_factory=list)
     repair_queue_depth: int = 0
+    holds: dict[str, HoldState] = Field(default_factory=dict, description="'' = the whole migration, else "
+                                                                           "a tenant")
+    tenants: list[TenantState] = Field(default_factory=list)
+    rolling_back: str = ""
+    entered_by_rollback: bool = False
+    cleanup_drop: bool = False
+    retirement: RetireResult | None = None
+    triggers: TriggerEvaluation | None = None
     next_verify_at: datetime | None = None
     verify_requested: bool = False
     backfill_runs: int = 0
@@ -325,8 +415,12 @@ class VerifyInput(_Model):
     spec: MigrationSpec
     reverse: bool = False
     repair: bool = True
-    tables: list[str] | None = Field(default=None, description="source tables; default: all")
+    tables: list[str] | None = Field(default=None, description="source tables; default: all (a tenant: "
+                                                               "the tables with a tenant column)")
     reason: str = ""
+    tenant: str | None = Field(default=None, description="only this tenant's rows")
+    exclude_tenants: list[str] = Field(default_factory=list, description="leave these tenants' rows alone "
+                                       "(their authority runs the other way)")
     tuning: Tuning = Field(default_factory=Tuning)
 
 
@@ -334,6 +428,8 @@ class VerifyTableInput(_Model):
     table: TableRef
     repair: bool = True
     chunk_size: int | None = None
+    tenant: str | None = None
+    exclude_tenants: list[str] = Field(default_factory=list)
 
 
 class ControlInput(_Model):
@@ -405,6 +501,8 @@ class ActivityNames:
     VERIFY_TABLE = "verify_table"
     DRAIN_REPAIRS = "drain_repairs"
     EVALUATE_GATE = "evaluate_gate"
+    WATCH_TRIGGERS = "watch_rollback_triggers"
+    RETIRE_OLD = "retire_old_store"
 
 
 class GateInput(_Model):
@@ -417,17 +515,57 @@ class GateInput(_Model):
     phase_entered_at: datetime | None = None
     repair_queue_depth: int = 0
     approved: bool = False
+    tenant: str | None = None
+    at: datetime | None = Field(default=None, description="the workflow's now: verification age is "
+                                                          "measured against it")
 
 
 class GateResult(_Model):
-    """A gate decision and its evidence (recorded in history: counts and thresholds only)."""
+    """A gate decision and its evidence (recorded in history: counts, thresholds, a few keys)."""
 
     passed: bool
     to: Phase
     checks: dict[str, bool] = Field(default_factory=dict)
     evidence: dict[str, Any] = Field(default_factory=dict)
     reasons: list[str] = Field(default_factory=list)
+    metrics: list[GateMetric] = Field(default_factory=list, description="value, threshold, samples, verdict")
+    tenant: str | None = None
+    at: datetime | None = None
+    traffic: TrafficFacts | None = None
+
+
+class TriggerScope(_Model):
+    """One scope the rollback triggers watch: the migration (tenant None) or one tenant, in a CUTOVER_*."""
+
+    tenant: str | None = None
+    phase: Phase
+    since: datetime = Field(description="statistics older than this (the barrier of the phase) are ignored")
+
+
+class TriggerWatchInput(_Model):
+    """A long-poll of the statistics: returns when a trigger trips, or after ``max_seconds`` quietly."""
+
+    spec: MigrationSpec
+    scopes: list[TriggerScope]
+    max_seconds: float = 300.0
+
+
+class TriggerWatchResult(_Model):
+    tripped: bool = False
+    tenant: str | None = None
+    phase: Phase | None = None
+    evaluation: TriggerEvaluation | None = None
+    checks: int = 0
+
+
+class RetireInput(_Model):
+    """CLEANUP: retire the old store's tables (rename, or drop), remove capture and key logs."""
+
+    spec: MigrationSpec
+    drop: bool = False
+    stamp: str = Field(description="suffix of the retired names, fixed by the workflow so a retry reuses it")
 
 
 MigrationInput.model_rebuild()
 BackfillInput.model_rebuild()
+TransitionResult.model_rebuild()

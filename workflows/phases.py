@@ -1,28 +1,56 @@
-"""The phase machine's rules, as pure functions: which transitions are legal, what gates them, and what
-each phase means for the stores.
+"""The phase machine's rules, as pure functions: which transitions are legal, what gates them, what each
+phase means for the stores, and what a transition changes (per tenant too).
 
-Kept free of Temporal calls so the rules can be unit-tested exhaustively and so the update *validators*
-(which must not block or write history) can call them directly. The workflow feeds them a
-:class:`MachineView` snapshot of its state.
+Kept free of Temporal calls so the rules can be unit- and property-tested exhaustively and so the update
+*validators* (which must not block or write history) can call them directly. The workflow feeds them a
+:class:`MachineView` snapshot of its state, and carries out a transition by applying the :class:`Plan`
+that :func:`plan_advance` / :func:`plan_rollback` return. :class:`Machine` composes the very same
+functions into a synchronous reference model of the workflow, which the property tests drive with random
+operator sequences.
+
+Tenants (spec ``tenants``): the migration's own phase is every tenant's phase unless a tenant has moved
+on its own. A tenant moves from the migration's phase (at least SHADOW_READ: the backfill and the dual
+writes are table-wide) up to CUTOVER_WRITES, one step at a time, with its own gate, approval, hold and
+rollback; CLEANUP is migration-wide. When the migration itself catches up with a tenant, the tenant simply
+follows it again. A rollback of the migration pulls every tenant back with it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
+from dualwrite import gates as g
+from dualwrite.spec import TENANT_ID_RE
 from workflows.models import (
     PHASE_ORDER,
     GateInput,
     GateResult,
     Phase,
     TransitionRequest,
+    VerificationSummary,
 )
 
 GATED: frozenset[Phase] = frozenset({Phase.CUTOVER_READS, Phase.CUTOVER_WRITES, Phase.CLEANUP})
 """Entering these phases needs the gate to pass (or a forced advance with a reason)."""
 
+TRAFFIC_GATED: frozenset[Phase] = frozenset({Phase.CUTOVER_READS, Phase.CUTOVER_WRITES})
+"""Entering these also needs the live statistics (shadow match, secondary writes, latency) to pass."""
+
+TRIGGERED: frozenset[Phase] = frozenset({Phase.CUTOVER_READS, Phase.CUTOVER_WRITES})
+"""In these phases the automatic rollback triggers watch the statistics."""
+
 NO_RETURN = Phase.CLEANUP
 """Entering CLEANUP retires the old store: from here on there is no rollback."""
+
+TENANT_FIRST = Phase.SHADOW_READ
+TENANT_LAST = Phase.CUTOVER_WRITES
+"""Tenants move on their own between these phases (inclusive)."""
+
+GLOBAL = ""
+"""The key of the migration-wide scope (holds, plans) beside tenant ids."""
 
 
 def next_phase(phase: Phase) -> Phase | None:
@@ -40,6 +68,10 @@ def authoritative(phase: Phase) -> str:
     return "new" if phase.rank >= Phase.CUTOVER_WRITES.rank else "old"
 
 
+def reads_from(phase: Phase) -> str:
+    return "new" if phase.rank >= Phase.CUTOVER_READS.rank else "old"
+
+
 def secondary_is_mirrored(phase: Phase) -> bool:
     """Do applications mirror writes to the other store in this phase (so repairs make sense)?"""
     return Phase.DUAL_WRITE.rank <= phase.rank <= Phase.CUTOVER_WRITES.rank
@@ -55,9 +87,54 @@ def continuous_verification(phase: Phase) -> bool:
     return Phase.DUAL_WRITE.rank <= phase.rank < Phase.CLEANUP.rank
 
 
+def flips_to_old(frm: Phase, to: Phase) -> bool:
+    """Does this move make the old store authoritative again (so old must first catch up with new)?"""
+    return authoritative(frm) == "new" and authoritative(to) == "old"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tenants
+
+
+def effective_phase(phase: Phase, tenants: Mapping[str, Phase], tenant: str | None) -> Phase:
+    """The phase a tenant is in: its own when it moved ahead, else the migration's."""
+    own = tenants.get(tenant) if tenant is not None else None
+    return own if own is not None and own.rank > phase.rank else phase
+
+
+def follow(phase: Phase, tenants: Mapping[str, Phase]) -> dict[str, Phase]:
+    """Tenants that are still ahead of the migration's phase keep their own; the others follow it."""
+    return {t: p for t, p in tenants.items() if p.rank > phase.rank}
+
+
+def overrides_for(phase: Phase, tenants: Mapping[str, Phase]) -> dict[str, Any]:
+    """What applications read in ``overrides`` (see dualwrite.adapter.phase): each tenant's own phase."""
+    own = follow(phase, tenants)
+    return {"tenants": {t: p.value for t, p in sorted(own.items())}} if own else {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the view the rules decide on
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """One tenant, as the rules need it."""
+
+    tenant: str
+    phase: Phase
+    """Its effective phase."""
+    own: bool = False
+    """It moved on its own (is ahead of the migration)."""
+    work_done: bool = True
+    work_state: str = ""
+    held: str = ""
+    approved_for: Phase | None = None
+
+
 @dataclass(frozen=True)
 class MachineView:
-    """A snapshot of the workflow's state, as the rules need it."""
+    """A snapshot of the workflow's state, as the rules need it (``tenant``: the one a request names)."""
 
     phase: Phase
     paused: bool = False
@@ -72,14 +149,49 @@ class MachineView:
     """What the current phase is still doing, for messages."""
     verifying: bool = False
     approved_for: Phase | None = None
+    held: str = ""
+    """Non-empty while forward transitions of the migration are held (who and why)."""
+    name: str = ""
+    tenancy: bool = False
+    """The spec has a ``tenants`` section."""
+    tenants: Mapping[str, Phase] = field(default_factory=dict)
+    """Tenants with their own phase."""
+    tenant: TenantView | None = None
 
 
 class Rejected(Exception):  # noqa: N818 - a decision, not a crash
     """A transition the rules forbid; ``str()`` is the reason shown to the operator."""
 
 
+def _tenant(view: MachineView, req: TransitionRequest) -> TenantView:
+    if not view.tenancy:
+        raise Rejected("this migration moves all tenants together: its spec has no `tenants` section")
+    if not TENANT_ID_RE.match(req.tenant or ""):
+        raise Rejected(f"{req.tenant!r} is not a tenant id (letters, digits, '_', '-', '.', ':', '@')")
+    if view.tenant is None or view.tenant.tenant != req.tenant:
+        return TenantView(tenant=req.tenant or "", phase=effective_phase(view.phase, view.tenants, req.tenant),
+                          own=req.tenant in view.tenants)
+    return view.tenant
+
+
+def _cleanup_confirmation(view: MachineView, req: TransitionRequest, to: Phase) -> None:
+    if req.drop_old_tables and to is not Phase.CLEANUP:
+        raise Rejected("dropping the old tables only happens on entering CLEANUP")
+    if to is not Phase.CLEANUP:
+        return
+    if not req.confirm_cleanup:
+        raise Rejected("entering CLEANUP is the point of no return (mirroring stops, capture is removed and "
+                       "the old tables are retired; no rollback after it): confirm it "
+                       "(`dualwrite advance NAME --to CLEANUP --confirm-cleanup`)")
+    if req.drop_old_tables and req.confirm_drop != view.name:
+        raise Rejected("dropping the old tables (instead of renaming them) needs confirm_drop set to the "
+                       f"migration's name {view.name!r}")
+
+
 def resolve_advance(view: MachineView, req: TransitionRequest) -> Phase:
     """The phase an advance goes to, or :class:`Rejected` with the reason."""
+    if req.tenant is not None:
+        return _resolve_tenant_advance(view, req)
     if view.phase is Phase.DONE:
         raise Rejected("the migration is DONE: there is nothing to advance to")
     nxt = next_phase(view.phase)
@@ -95,6 +207,9 @@ def resolve_advance(view: MachineView, req: TransitionRequest) -> Phase:
                        f"advance one phase at a time (next is {nxt})")
     if view.paused:
         raise Rejected(f"the migration is paused in {view.phase}: resume it before advancing")
+    if view.held:
+        raise Rejected(f"the migration is held in {view.phase} ({view.held}); release the hold "
+                       "(`dualwrite hold NAME --release`) before advancing")
     if view.transitioning:
         raise Rejected(f"a transition is already in progress ({view.transitioning}); try again when it is done")
     if not view.work_done:
@@ -102,6 +217,41 @@ def resolve_advance(view: MachineView, req: TransitionRequest) -> Phase:
                        "wait for it (see status) before advancing")
     if req.force and not req.reason.strip():
         raise Rejected("a forced advance needs a reason")
+    _cleanup_confirmation(view, req, to)
+    return to
+
+
+def _resolve_tenant_advance(view: MachineView, req: TransitionRequest) -> Phase:
+    tv = _tenant(view, req)
+    who = f"tenant {tv.tenant}"
+    if view.phase.rank < TENANT_FIRST.rank or (view.phase is TENANT_FIRST and not view.work_done):
+        raise Rejected(f"tenants move on their own from {TENANT_FIRST} on, once the backfill is verified; the "
+                       f"migration is in {view.phase}" + ("" if view.work_done else " (its work is running)"))
+    if view.phase.rank > TENANT_LAST.rank:
+        raise Rejected(f"the migration is in {view.phase}: tenants no longer move on their own")
+    nxt = next_phase(tv.phase)
+    assert nxt is not None
+    to = req.to or nxt
+    if to is tv.phase:
+        raise Rejected(f"{who} is already in {to}")
+    if to.rank < tv.phase.rank:
+        raise Rejected(f"{to} is before {tv.phase}: use rollback --tenant {tv.tenant} to go back")
+    if to.rank > TENANT_LAST.rank:
+        raise Rejected(f"{who} is in {tv.phase}: {to} is migration-wide, advance the migration itself")
+    if to is not nxt:
+        raise Rejected(f"cannot skip phases: {who} is in {tv.phase}, the next is {nxt}")
+    if view.paused:
+        raise Rejected(f"the migration is paused: resume it before advancing {who}")
+    if view.held or tv.held:
+        raise Rejected(f"{who} is held ({tv.held or view.held}); release the hold before advancing")
+    if view.transitioning:
+        raise Rejected(f"a transition is already in progress ({view.transitioning}); try again when it is done")
+    if not tv.work_done:
+        raise Rejected(f"{who} has not finished its work yet ({tv.work_state or 'running'})")
+    if req.force and not req.reason.strip():
+        raise Rejected("a forced advance needs a reason")
+    if req.drop_old_tables or req.confirm_cleanup:
+        raise Rejected("CLEANUP is migration-wide: it takes no tenant")
     return to
 
 
@@ -110,6 +260,8 @@ def resolve_rollback(view: MachineView, req: TransitionRequest) -> Phase:
     if view.phase in (Phase.CLEANUP, Phase.DONE):
         raise Rejected(f"cannot roll back from {view.phase}: entering CLEANUP retired the old store "
                        "(the point of no return)")
+    if req.tenant is not None:
+        return _resolve_tenant_rollback(view, req)
     prev = previous_phase(view.phase)
     if prev is None:
         raise Rejected("nothing to roll back to: PREPARE is the first phase")
@@ -123,7 +275,28 @@ def resolve_rollback(view: MachineView, req: TransitionRequest) -> Phase:
     return to
 
 
+def _resolve_tenant_rollback(view: MachineView, req: TransitionRequest) -> Phase:
+    tv = _tenant(view, req)
+    who = f"tenant {tv.tenant}"
+    if not tv.own:
+        raise Rejected(f"{who} follows the migration's phase ({view.phase}): roll back the migration instead")
+    prev = previous_phase(tv.phase)
+    assert prev is not None
+    to = req.to or prev
+    if to.rank >= tv.phase.rank:
+        raise Rejected(f"a rollback goes to an earlier phase: {to} is not before {tv.phase} ({who})")
+    if to.rank < view.phase.rank:
+        raise Rejected(f"{who} cannot go below the migration's phase {view.phase}: roll back the migration")
+    if not req.reason.strip():
+        raise Rejected("a rollback needs a reason")
+    if view.transitioning:
+        raise Rejected(f"a transition is already in progress ({view.transitioning}); try again when it is done")
+    return to
+
+
 def check_pause(view: MachineView, req: TransitionRequest) -> None:
+    if req.tenant is not None:
+        raise Rejected("pause applies to the whole migration (use hold --tenant to stop one tenant)")
     if view.phase is Phase.DONE:
         raise Rejected("the migration is DONE: there is nothing to pause")
     if view.paused:
@@ -131,12 +304,41 @@ def check_pause(view: MachineView, req: TransitionRequest) -> None:
 
 
 def check_resume(view: MachineView, req: TransitionRequest) -> None:
+    if req.tenant is not None:
+        raise Rejected("resume applies to the whole migration (use hold --release --tenant for one tenant)")
     if not view.paused:
         raise Rejected(f"the migration is not paused (phase {view.phase})")
 
 
+def check_hold(view: MachineView, req: TransitionRequest) -> None:
+    """Place (or release) a hold: forward transitions stop, phase work and rollbacks go on."""
+    held = view.held
+    what = "the migration"
+    if req.tenant is not None:
+        tv = _tenant(view, req)
+        held, what = tv.held, f"tenant {tv.tenant}"
+    if req.release:
+        if not held:
+            raise Rejected(f"{what} is not held")
+        return
+    if view.phase is Phase.DONE:
+        raise Rejected("the migration is DONE: there is nothing to hold")
+    if held:
+        raise Rejected(f"{what} is already held ({held})")
+    if not req.reason.strip():
+        raise Rejected("a hold needs a reason (it is shown to whoever wants to advance)")
+
+
 def resolve_approve(view: MachineView, req: TransitionRequest) -> Phase:
     """What an approval approves: the next gated transition (or the auto-mode hold before CLEANUP)."""
+    if req.tenant is not None:
+        tv = _tenant(view, req)
+        nxt_t = next_phase(tv.phase)
+        if nxt_t is None or nxt_t.rank > TENANT_LAST.rank or nxt_t not in GATED or not view.require_approval:
+            raise Rejected(f"tenant {tv.tenant} needs no approval to leave {tv.phase}")
+        if req.to is not None and req.to is not nxt_t:
+            raise Rejected(f"only the next transition can be approved ({tv.phase} -> {nxt_t}), not {req.to}")
+        return nxt_t
     if view.phase is Phase.DONE:
         raise Rejected("the migration is DONE: there is nothing to approve")
     nxt = next_phase(view.phase)
@@ -144,14 +346,17 @@ def resolve_approve(view: MachineView, req: TransitionRequest) -> Phase:
     to = req.to or nxt
     if to is not nxt:
         raise Rejected(f"only the next transition can be approved ({view.phase} -> {nxt}), not {to}")
-    needs = (to in GATED and view.require_approval) or (view.auto and to is Phase.CLEANUP)
-    if not needs:
+    if not approval_needed(view, to):
         raise Rejected(f"{view.phase} -> {to} needs no approval"
                        + ("" if view.auto else " (manual mode: advance it yourself)"))
+    if view.auto:
+        _cleanup_confirmation(view, req, to)
     return to
 
 
 def check_verify(view: MachineView, req: TransitionRequest) -> None:
+    if req.tenant is not None:
+        _tenant(view, req)
     if view.phase is Phase.PREPARE:
         raise Rejected("nothing to verify before DUAL_WRITE: the new store is not written yet")
     if view.phase in (Phase.CLEANUP, Phase.DONE):
@@ -176,60 +381,311 @@ def auto_target(view: MachineView) -> tuple[Phase | None, str]:
         return None, view.transitioning
     if not view.work_done:
         return None, view.work_state or f"{view.phase} work"
+    if view.held:
+        return None, f"operator: held ({view.held}); release the hold to continue"
     nxt = next_phase(view.phase)
     assert nxt is not None
     if nxt is Phase.CLEANUP and not view.auto_cleanup and view.approved_for is not Phase.CLEANUP:
         return None, ("operator: auto mode holds before CLEANUP (the point of no return); "
-                      "advance or approve it")
+                      "advance or approve it with --confirm-cleanup")
     if approval_needed(view, nxt) and view.approved_for is not nxt and nxt is not Phase.CLEANUP:
         return None, f"operator: approval to enter {nxt}"
     return nxt, ""
 
 
-def evaluate_gate(inp: GateInput) -> GateResult:
-    """Decide a gated transition from the evidence at hand (counts only, recorded in history).
+# ---------------------------------------------------------------------------------------------------------
+# what a transition changes
 
-    For now: backfill 100 %, the last verification clean with rows compared, recent (after the current
-    phase was entered), no pending repairs, and an approval when the spec asks for one. The shadow-read
-    and write-outcome thresholds of DESIGN.md plug in here later.
+
+@dataclass(frozen=True)
+class Plan:
+    """A transition decided, ready to carry out."""
+
+    tenant: str | None
+    frm: Phase
+    to: Phase
+    kind: str
+    phase_after: Phase
+    """The migration's phase afterwards."""
+    tenants_after: dict[str, Phase]
+    """Tenants with their own phase afterwards."""
+    verify_first: tuple[str | None, ...] = ()
+    """Rollback: reverse verifications (with repair) that must be clean before authority flips back to the
+    old store: None for the whole migration, else one tenant's rows."""
+    gate_passed: bool | None = None
+
+
+def decide_kind(gate: GateResult | None, req: TransitionRequest, kind: str) -> str:
+    """After the gate: 'force' when forced past a failing gate, ``kind`` otherwise; Rejected without force."""
+    if gate is None or gate.passed:
+        return kind
+    if not req.force:
+        raise Rejected(f"the gate into {gate.to} did not pass: " + "; ".join(gate.reasons))
+    return "force"
+
+
+def plan_advance(view: MachineView, req: TransitionRequest, gate: GateResult | None, kind: str = "advance") -> Plan:
+    """Decide an advance (the gate, when the target is gated, has been evaluated by the caller)."""
+    to = resolve_advance(view, req)
+    if to in GATED and gate is None:
+        raise Rejected(f"entering {to} needs its gate evaluated")
+    kind = decide_kind(gate, req, kind)
+    passed = None if gate is None else gate.passed
+    if req.tenant is not None:
+        frm = effective_phase(view.phase, view.tenants, req.tenant)
+        return Plan(tenant=req.tenant, frm=frm, to=to, kind=kind, phase_after=view.phase,
+                    tenants_after={**view.tenants, req.tenant: to}, gate_passed=passed)
+    return Plan(tenant=None, frm=view.phase, to=to, kind=kind, phase_after=to,
+                tenants_after=follow(to, view.tenants), gate_passed=passed)
+
+
+def plan_rollback(view: MachineView, req: TransitionRequest, kind: str = "rollback") -> Plan:
+    """Decide a rollback and which reverse verifications must come first."""
+    to = resolve_rollback(view, req)
+    if req.tenant is not None:
+        frm = effective_phase(view.phase, view.tenants, req.tenant)
+        after = dict(view.tenants)
+        if to.rank <= view.phase.rank:
+            after.pop(req.tenant, None)
+        else:
+            after[req.tenant] = to
+        first: tuple[str | None, ...] = (req.tenant,) if flips_to_old(frm, to) else ()
+        return Plan(tenant=req.tenant, frm=frm, to=to, kind=kind, phase_after=view.phase, tenants_after=after,
+                    verify_first=first)
+    if flips_to_old(view.phase, to):
+        first = (None,)
+    else:
+        first = tuple(t for t, p in sorted(view.tenants.items()) if flips_to_old(p, to))
+    return Plan(tenant=None, frm=view.phase, to=to, kind=kind, phase_after=to, tenants_after={},
+                verify_first=first)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the gate
+
+
+def _recon_facts(v: VerificationSummary | None, expected: str) -> g.ReconFacts:
+    if v is None:
+        return g.ReconFacts(expected_direction=expected)
+    problems: list[str] = []
+    unresolved = 0
+    for t in v.tables:
+        left = t.unresolved if (t.unresolved or t.ok) else (t.missing + t.extra + t.field_different)
+        if t.ok and not t.error:
+            continue
+        unresolved += left
+        parts = [f"{t.source}: {left} unresolved (missing {t.missing}, extra {t.extra}, field-different "
+                 f"{t.field_different})"]
+        if t.fields:
+            parts.append("fields " + ", ".join(t.fields))
+        if t.sample_keys:
+            parts.append("keys " + ", ".join(str(k if len(k) != 1 else k[0]) for k in t.sample_keys))
+        if t.error:
+            parts.append(t.error)
+        problems.append(", ".join(parts))
+    if not v.ok and unresolved == 0:
+        unresolved = v.unresolved or (v.missing + v.extra + v.field_different) or 1
+        if not problems:
+            problems.append("the verification did not complete")
+    return g.ReconFacts(at=v.at, direction=v.direction, expected_direction=expected, rows_compared=v.rows_compared,
+                        unresolved=0 if v.ok else unresolved, repaired=v.repaired, problems=problems)
+
+
+def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None) -> GateResult:
+    """Decide a gated transition from its evidence (recorded in history: counts, thresholds, a few keys).
+
+    Into CUTOVER_READS and CUTOVER_WRITES: backfill 100 %, shadow-read match rate, secondary write success
+    rate and p99 latency impact over the window (each with its minimum sample count), no unresolved
+    difference in a verification younger than the window (in the current authority's direction), an empty
+    repair queue, and an approval when the spec asks for one. Into CLEANUP the traffic metrics do not
+    apply (the old store is about to be retired), the rest does.
     """
     if inp.to not in GATED:
-        return GateResult(passed=True, to=inp.to, checks={}, evidence={"gated": False})
+        return GateResult(passed=True, to=inp.to, checks={}, evidence={"gated": False}, tenant=inp.tenant,
+                          at=inp.at)
+    gates = inp.spec.gates
     v = inp.last_verification
-    checks: dict[str, bool] = {
-        "backfill_complete": inp.backfill_done and inp.backfill_percent >= 100,
-        "verification_clean": v is not None and v.ok,
-        "verification_compared_rows": v is not None and v.rows_compared > 0,
-        "verification_recent": v is not None and (inp.phase_entered_at is None or v.at >= inp.phase_entered_at),
-        "repair_queue_empty": inp.repair_queue_depth == 0,
-    }
-    if inp.spec.gates.require_approval:
-        checks["approved"] = inp.approved
-    reasons: list[str] = []
-    if not checks["backfill_complete"]:
-        reasons.append(f"backfill is {inp.backfill_percent}% done, needs 100%")
-    if v is None:
-        reasons.append("no verification has run yet")
-    else:
-        if not checks["verification_clean"]:
-            reasons.append(f"the last verification found differences (missing {v.missing}, extra {v.extra}, "
-                           f"field-different {v.field_different})")
-        if not checks["verification_compared_rows"]:
-            reasons.append("the last verification compared zero rows")
-        if not checks["verification_recent"]:
-            reasons.append(f"the last verification predates entering {inp.phase}; verify again")
-    if not checks["repair_queue_empty"]:
-        reasons.append(f"{inp.repair_queue_depth} keys wait in the repair queue")
-    if not checks.get("approved", True):
-        reasons.append(f"the spec requires an approval to enter {inp.to}")
-    evidence: dict[str, object] = {
-        "backfill_percent": inp.backfill_percent,
-        "repair_queue_depth": inp.repair_queue_depth,
-        "thresholds": {"backfill_percent": 100, "repair_queue_depth": 0, "verification_differences": 0},
-    }
+    now = inp.at or (v.at if v is not None else datetime.min)
+    expected = "new->old" if verification_reverse(inp.phase) else "old->new"
+    metrics = [g.backfill_metric(inp.backfill_percent, inp.backfill_done, len(inp.spec.tables))]
+    if inp.to in TRAFFIC_GATED:
+        metrics += g.traffic_metrics(traffic, gates)
+    metrics.append(g.reconciliation_metric(_recon_facts(v, expected), now, gates.window_seconds))
+    metrics.append(g.repair_queue_metric(inp.repair_queue_depth))
+    if gates.require_approval:
+        metrics.append(g.approval_metric(inp.approved, inp.to.value))
+    evidence: dict[str, Any] = {"window_seconds": gates.window_seconds}
+    if traffic is not None and inp.to in TRAFFIC_GATED:
+        evidence["stats_scope"] = traffic.scope
+        evidence["instances"] = traffic.instances
     if v is not None:
         evidence["verification"] = {"at": v.at.isoformat(), "ok": v.ok, "rows_compared": v.rows_compared,
-                                    "missing": v.missing, "extra": v.extra,
-                                    "field_different": v.field_different, "direction": v.direction}
-    return GateResult(passed=all(checks.values()), to=inp.to, checks=checks, evidence=evidence,
-                      reasons=reasons)
+                                    "missing": v.missing, "extra": v.extra, "field_different": v.field_different,
+                                    "repaired": v.repaired, "direction": v.direction}
+    return GateResult(passed=all(m.ok for m in metrics), to=inp.to, checks={m.name: m.ok for m in metrics},
+                      evidence=evidence, reasons=g.reasons(metrics), metrics=metrics, tenant=inp.tenant,
+                      at=inp.at, traffic=traffic if inp.to in TRAFFIC_GATED else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a synchronous reference model of the workflow's phase machine (for property tests)
+
+
+@dataclass
+class Record:
+    tenant: str | None
+    frm: Phase
+    to: Phase
+    kind: str
+    reason: str
+    gate_passed: bool | None
+
+
+@dataclass
+class Machine:
+    """MigrationWorkflow's phase machine without Temporal: the same rules, plans and overrides, with the
+    gate's outcome given by the caller and application instances that adopt the published state when told.
+
+    The workflow (workflows/migration.py) composes the same functions in the same order: validate
+    (``resolve_*``), evaluate the gate if the target is gated, :func:`plan_advance` / :func:`plan_rollback`,
+    reverse-verify ``plan.verify_first``, then bump the epoch, publish ``overrides_for(...)`` and wait for
+    the barrier before the phase's work is done.
+    """
+
+    name: str = "m"
+    auto: bool = False
+    require_approval: bool = False
+    tenancy: bool = False
+    instances: int = 2
+    phase: Phase = Phase.PREPARE
+    epoch: int = 1
+    paused: bool = False
+    work_done: bool = False
+    tenants: dict[str, Phase] = field(default_factory=dict)
+    tenant_work: dict[str, bool] = field(default_factory=dict)
+    holds: dict[str, str] = field(default_factory=dict)
+    approved: dict[str, Phase] = field(default_factory=dict)
+    published: tuple[Phase, int, dict[str, Any]] = (Phase.PREPARE, 1, {})
+    seen: list[tuple[Phase, int, dict[str, Any]]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.seen = [self.published] * self.instances
+
+    # -- views ----------------------------------------------------------------------------------------------
+
+    def view(self, tenant: str | None = None) -> MachineView:
+        tv = None
+        if tenant is not None:
+            tv = TenantView(tenant=tenant, phase=effective_phase(self.phase, self.tenants, tenant),
+                            own=tenant in follow(self.phase, self.tenants),
+                            work_done=self.tenant_work.get(tenant, True), held=self.holds.get(tenant, ""),
+                            approved_for=self.approved.get(tenant))
+        return MachineView(phase=self.phase, paused=self.paused, auto=self.auto,
+                           require_approval=self.require_approval, work_done=self.work_done,
+                           approved_for=self.approved.get(GLOBAL), held=self.holds.get(GLOBAL, ""),
+                           name=self.name, tenancy=self.tenancy, tenants=follow(self.phase, self.tenants),
+                           tenant=tv)
+
+    def barrier_passed(self) -> bool:
+        return all(s[1] >= self.epoch for s in self.seen)
+
+    def adapter_phase(self, instance: int, tenant: str | None) -> str:
+        """The phase an application instance acts on for ``tenant`` (the adapter's own resolution)."""
+        from dualwrite.adapter.phase import resolve  # noqa: PLC0415 - the adapter's code, not a copy
+
+        phase, epoch, overrides = self.seen[instance]
+        return resolve(self.name, phase.value, overrides, tenant=tenant)[0]
+
+    # -- operations (each returns None when accepted, else the rejection) ------------------------------------
+
+    def _try(self, fn: Any, *args: Any) -> str | None:
+        try:
+            fn(*args)
+        except Rejected as exc:
+            return str(exc)
+        return None
+
+    def advance(self, req: TransitionRequest, gate_passes: bool) -> str | None:
+        return self._try(self._advance, req, gate_passes)
+
+    def _advance(self, req: TransitionRequest, gate_passes: bool) -> None:
+        view = self.view(req.tenant)
+        to = resolve_advance(view, req)
+        scope = req.tenant if req.tenant is not None else GLOBAL
+        gate = None
+        if to in GATED:
+            approved = self.approved.get(scope) is to
+            passes = gate_passes and (approved or not self.require_approval)
+            gate = GateResult(passed=passes, to=to, reasons=[] if passes else ["gate held (model)"])
+        plan = plan_advance(view, req, gate)
+        if req.dry_run:
+            return
+        self._apply(plan, req.reason)
+
+    def rollback(self, req: TransitionRequest, reverse_clean: bool = True) -> str | None:
+        return self._try(self._rollback, req, reverse_clean)
+
+    def _rollback(self, req: TransitionRequest, reverse_clean: bool) -> None:
+        plan = plan_rollback(self.view(req.tenant), req)
+        if req.dry_run:
+            return
+        if plan.verify_first and not reverse_clean:
+            raise Rejected("rollback refused: the old store could not be brought level with the new one")
+        self._apply(plan, req.reason)
+
+    def pause(self, req: TransitionRequest) -> str | None:
+        return self._try(self._pause, req, True)
+
+    def resume(self, req: TransitionRequest) -> str | None:
+        return self._try(self._pause, req, False)
+
+    def _pause(self, req: TransitionRequest, paused: bool) -> None:
+        (check_pause if paused else check_resume)(self.view(), req)
+        self.paused = paused
+
+    def approve(self, req: TransitionRequest) -> str | None:
+        return self._try(self._approve, req)
+
+    def _approve(self, req: TransitionRequest) -> None:
+        to = resolve_approve(self.view(req.tenant), req)
+        self.approved[req.tenant if req.tenant is not None else GLOBAL] = to
+
+    def hold(self, req: TransitionRequest) -> str | None:
+        return self._try(self._hold, req)
+
+    def _hold(self, req: TransitionRequest) -> None:
+        check_hold(self.view(req.tenant), req)
+        scope = req.tenant if req.tenant is not None else GLOBAL
+        if req.release:
+            self.holds.pop(scope, None)
+        else:
+            self.holds[scope] = f"{req.by}: {req.reason}"
+
+    def _apply(self, plan: Plan, reason: str) -> None:
+        self.records.append(Record(plan.tenant, plan.frm, plan.to, plan.kind, reason, plan.gate_passed))
+        self.phase = plan.phase_after
+        self.tenants = dict(plan.tenants_after)
+        scope = plan.tenant if plan.tenant is not None else GLOBAL
+        self.approved.pop(scope, None)
+        if plan.tenant is None:
+            self.approved.clear()
+            self.tenant_work = {}
+            self.work_done = False
+        else:
+            self.tenant_work[plan.tenant] = False
+        self.epoch += 1
+        self.published = (self.phase, self.epoch, overrides_for(self.phase, self.tenants))
+
+    # -- the world moving on ----------------------------------------------------------------------------------
+
+    def instance_catches_up(self, instance: int) -> None:
+        self.seen[instance] = self.published
+
+    def work_finishes(self) -> bool:
+        """The entry work finishes once the barrier has passed (it waits for it first)."""
+        if not self.barrier_passed():
+            return False
+        self.work_done = True
+        self.tenant_work = {t: True for t in self.tenant_work}
+        return True

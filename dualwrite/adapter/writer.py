@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
 
-from dualwrite import control, outbox
+from dualwrite import control, hooks, outbox
 from dualwrite import stats as st
 from dualwrite.adapter.phase import PhaseCache, Routing, Side
 from dualwrite.config import StoreRef, StoreResolver
@@ -490,6 +490,7 @@ class DualWriter:
 
     def finish(self, route: Routing, touched: list[Touched], started: float, committed: float) -> None:
         """After an authoritative commit: remember the keys, mirror them (sync), record the latencies."""
+        hooks.point("adapter.after_primary_commit")
         for t in touched:
             self.recent.add(t.table.name, t.key)
         primary_ms = (committed - started) * 1000

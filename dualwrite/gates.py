@@ -1,0 +1,364 @@
+"""Cutover gates and automatic rollback triggers, decided from numbers alone.
+
+Why pure: the same decision is made by an activity (from the live statistics), by ``advance --dry-run``
+and by the tests at exact boundary values, and none of them should need a database to agree that 999
+matches out of 1,000 shadow reads is *not* "> 99.9 %". The inputs are counts (:class:`TrafficFacts`, the
+merged ``dualwrite_stats`` windows of every application instance over a window, and
+:class:`ReconFacts`, the last verification); the outputs are :class:`GateMetric` rows (value, threshold,
+sample count, verdict) small enough for Temporal history and the Web UI. No row value ever appears here:
+at most the key of a row a verification could not reconcile, like a key-range bound.
+
+Verdicts: ``pass``; ``fail``; ``not-yet`` (too few samples, or no recent verification: never a pass);
+``n/a`` (the spec asks for no samples, ``min_*_samples: 0``, and none were seen: it does not hold the gate).
+
+Comparisons are exact decimal arithmetic (:class:`fractions.Fraction` of the printed float), so a value
+exactly at its threshold behaves the same on every machine: it fails a strict ``>`` or ``<``.
+
+Only :func:`read_traffic` touches a database (lazily imported), for the activities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from dualwrite.spec import Gates, RollbackTriggers
+    from dualwrite.store import Store
+
+SHADOW_MISMATCH_CLASSES = ("missing", "extra", "field_different")
+TENANT_SCOPE_SEP = "#tenant="
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    NOT_YET = "not-yet"
+    NA = "n/a"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class GateMetric(_Model):
+    """One metric of a gate (or of the rollback triggers) with its evidence."""
+
+    name: str
+    value: float | None = None
+    threshold: float
+    op: str = Field(description="how value must compare with threshold to pass: >, <, <=, >=, ==")
+    samples: int = 0
+    min_samples: int = 0
+    verdict: Verdict
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Does this metric let the gate pass? (``not-yet`` never does.)"""
+        return self.verdict in (Verdict.PASS, Verdict.NA)
+
+
+class TrafficFacts(_Model):
+    """What the gates read from the live statistics: merged counts of all instances over a window."""
+
+    scope: str = Field(default="", description="the statistics scope read: '<migration>' or "
+                                               "'<migration>#tenant=<id>'")
+    window_seconds: float = 0.0
+    instances: int = 0
+    shadow_match: int = 0
+    shadow_mismatch: dict[str, int] = Field(default_factory=dict, description="by class")
+    secondary_success: int = 0
+    secondary_failure: dict[str, int] = Field(default_factory=dict, description="by error class")
+    primary_success: int = 0
+    primary_failure: dict[str, int] = Field(default_factory=dict, description="by error class")
+    p99_call_ms: float | None = None
+    p99_direct_ms: float | None = None
+    latency_samples: int = 0
+
+    @property
+    def shadow_samples(self) -> int:
+        return self.shadow_match + sum(self.shadow_mismatch.values())
+
+    @property
+    def secondary_failures(self) -> int:
+        return sum(self.secondary_failure.values())
+
+    @property
+    def primary_failures(self) -> int:
+        return sum(self.primary_failure.values())
+
+    @property
+    def empty(self) -> bool:
+        return not (self.shadow_samples or self.secondary_success or self.secondary_failures
+                    or self.primary_success or self.primary_failures or self.latency_samples)
+
+    @classmethod
+    def from_window(cls, window: Any, *, scope: str = "", seconds: float = 0.0) -> TrafficFacts:
+        """From a merged :class:`dualwrite.stats.StatsWindow` (duck-typed, so this module stays pure)."""
+        from dualwrite import stats as st  # noqa: PLC0415 - keep the pure part free of the store layer
+
+        counters: Mapping[str, Mapping[str, int]] = window.counters
+
+        def failures(name: str) -> dict[str, int]:
+            return {k.split(":", 1)[1]: int(n) for k, n in counters.get(name, {}).items() if k.startswith("failure:")}
+
+        shadow = counters.get(st.SHADOW, {})
+        call, direct = window.histograms.get(st.LAT_CALL), window.histograms.get(st.LAT_DIRECT)
+        return cls(
+            scope=scope, window_seconds=seconds, instances=len(window.instances),
+            shadow_match=int(shadow.get("match", 0)),
+            shadow_mismatch={c: int(shadow[c]) for c in SHADOW_MISMATCH_CLASSES if shadow.get(c)},
+            secondary_success=int(counters.get(st.SECONDARY, {}).get("success", 0)),
+            secondary_failure=failures(st.SECONDARY),
+            primary_success=int(counters.get(st.PRIMARY, {}).get("success", 0)),
+            primary_failure=failures(st.PRIMARY),
+            p99_call_ms=window.quantile(st.LAT_CALL, 0.99), p99_direct_ms=window.quantile(st.LAT_DIRECT, 0.99),
+            latency_samples=min(call.count if call is not None else 0, direct.count if direct is not None else 0),
+        )
+
+
+class ReconFacts(_Model):
+    """The last verification, as the reconciliation metric needs it (counts, names, a few keys)."""
+
+    at: datetime | None = None
+    direction: str = ""
+    expected_direction: str = "old->new"
+    rows_compared: int = 0
+    unresolved: int = 0
+    repaired: int = 0
+    problems: list[str] = Field(default_factory=list, description="per table: what is unresolved, the "
+                                                                  "differing fields and a few keys")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact comparisons
+
+
+def _dec(x: float) -> Fraction:
+    """A float as the decimal it prints as (0.999 is 999/1000, not the nearest binary fraction)."""
+    return Fraction(repr(float(x)))
+
+
+def _pct(x: float | Fraction | None, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    return f"{float(x) * 100:.{digits}f}".rstrip("0").rstrip(".") + "%"
+
+
+def _classes(by_class: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_class.items()) if v)
+
+
+def _too_few(name: str, value: float | None, threshold: float, op: str, samples: int, min_samples: int,
+             what: str) -> GateMetric | None:
+    """The not-yet / n/a verdicts shared by every sampled metric, or None when there are enough samples."""
+    if samples == 0 and min_samples == 0:
+        return GateMetric(name=name, value=None, threshold=threshold, op=op, samples=0, min_samples=0,
+                          verdict=Verdict.NA, detail=f"no {what} in the window; the spec requires none")
+    if samples < max(min_samples, 1):
+        return GateMetric(name=name, value=value, threshold=threshold, op=op, samples=samples,
+                          min_samples=min_samples, verdict=Verdict.NOT_YET,
+                          detail=f"{samples:,} of the {max(min_samples, 1):,} {what} needed")
+    return None
+
+
+def rate_above(name: str, good: int, total: int, threshold: float, min_samples: int, what: str,
+               bad: Mapping[str, int] | None = None) -> GateMetric:
+    """``good / total`` must be strictly greater than ``threshold``, over at least ``min_samples``."""
+    value = good / total if total else None
+    early = _too_few(name, value, threshold, ">", total, min_samples, what)
+    if early is not None:
+        return early
+    passed = Fraction(good, total) > _dec(threshold)
+    failed = total - good
+    detail = (f"{good:,} of {total:,} {what} ok ({_pct(value)}), {failed:,} not"
+              + (f" ({_classes(bad)})" if bad and _classes(bad) else "")
+              + f"; needs > {_pct(threshold)}")
+    return GateMetric(name=name, value=value, threshold=threshold, op=">", samples=total,
+                      min_samples=min_samples, verdict=Verdict.PASS if passed else Verdict.FAIL, detail=detail)
+
+
+def rate_at_most(name: str, bad: int, total: int, maximum: float, min_samples: int, noun: str, verb: str,
+                 by_class: Mapping[str, int] | None = None) -> GateMetric:
+    """For triggers: ``bad / total`` must stay at or below ``maximum``; above it the metric fails (trips)."""
+    value = bad / total if total else None
+    early = _too_few(name, value, maximum, "<=", total, min_samples, noun)
+    if early is not None:
+        return early
+    tripped = Fraction(bad, total) > _dec(maximum)
+    detail = (f"{bad:,} of {total:,} {noun} {verb} ({_pct(value)})"
+              + (f": {_classes(by_class)}" if by_class and _classes(by_class) else "")
+              + f"; limit {_pct(maximum)}")
+    return GateMetric(name=name, value=value, threshold=maximum, op="<=", samples=total, min_samples=min_samples,
+                      verdict=Verdict.FAIL if tripped else Verdict.PASS, detail=detail)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the gate's metrics
+
+
+def shadow_match_metric(t: TrafficFacts, g: Gates) -> GateMetric:
+    return rate_above("shadow_match_rate", t.shadow_match, t.shadow_samples, g.shadow_match_rate,
+                      g.min_shadow_samples, "shadow reads", t.shadow_mismatch)
+
+
+def write_success_metric(t: TrafficFacts, g: Gates) -> GateMetric:
+    total = t.secondary_success + t.secondary_failures
+    return rate_above("secondary_write_success_rate", t.secondary_success, total, g.secondary_write_success_rate,
+                      g.min_write_samples, "secondary writes", t.secondary_failure)
+
+
+def latency_metric(t: TrafficFacts, g: Gates) -> GateMetric:
+    """Adapter p99 over the authoritative write's p99, minus one, must stay below the allowed increase."""
+    name, thr = "p99_latency_impact", g.p99_latency_increase
+    impact = None
+    if t.p99_call_ms is not None and t.p99_direct_ms:
+        impact = t.p99_call_ms / t.p99_direct_ms - 1.0
+    early = _too_few(name, impact, thr, "<", t.latency_samples, g.min_latency_samples, "timed writes")
+    if early is not None:
+        return early
+    if impact is None or t.p99_call_ms is None or not t.p99_direct_ms:
+        return GateMetric(name=name, threshold=thr, op="<", samples=t.latency_samples,
+                          min_samples=g.min_latency_samples, verdict=Verdict.NOT_YET,
+                          detail="no latency histogram for the direct write")
+    passed = _dec(t.p99_call_ms) < _dec(t.p99_direct_ms) * (1 + _dec(thr))
+    detail = (f"adapter p99 {t.p99_call_ms:.3g} ms vs authoritative write p99 {t.p99_direct_ms:.3g} ms: "
+              f"{'+' if impact >= 0 else ''}{_pct(impact, 1)}; needs < +{_pct(thr, 1)}")
+    return GateMetric(name=name, value=impact, threshold=thr, op="<", samples=t.latency_samples,
+                      min_samples=g.min_latency_samples, verdict=Verdict.PASS if passed else Verdict.FAIL,
+                      detail=detail)
+
+
+def backfill_metric(percent: int, done: bool, tables: int) -> GateMetric:
+    complete = done and percent >= 100
+    return GateMetric(name="backfill_completion", value=min(percent, 100) / 100, threshold=1.0, op=">=",
+                      samples=tables if complete else 0, min_samples=tables,
+                      verdict=Verdict.PASS if complete else Verdict.FAIL,
+                      detail="every table copied and verified" if complete else
+                      f"backfill is {percent}% done, needs 100%")
+
+
+def reconciliation_metric(r: ReconFacts, now: datetime, window_seconds: float) -> GateMetric:
+    """Unresolved differences of a verification younger than the window, in the right direction: 0."""
+    name = "reconciliation_gap"
+
+    def metric(verdict: Verdict, detail: str, value: float | None = None) -> GateMetric:
+        return GateMetric(name=name, value=value, threshold=0, op="==", samples=r.rows_compared,
+                          min_samples=1, verdict=verdict, detail=detail)
+
+    if r.at is None:
+        return metric(Verdict.NOT_YET, "no verification has run yet")
+    age = (now - r.at).total_seconds()
+    if age > window_seconds:
+        return metric(Verdict.NOT_YET, f"the last verification is {age:.0f}s old; needs one younger than "
+                                       f"{window_seconds:.0f}s")
+    if r.direction != r.expected_direction:
+        return metric(Verdict.NOT_YET, f"the last verification compared {r.direction}; needs "
+                                       f"{r.expected_direction}")
+    if r.rows_compared <= 0:
+        return metric(Verdict.FAIL, "the last verification compared zero rows (a verifier must prove it looked)",
+                      float(r.unresolved))
+    if r.unresolved:
+        return metric(Verdict.FAIL, f"{r.unresolved:,} unresolved of {r.rows_compared:,} rows compared "
+                                    f"{r.direction}: " + "; ".join(r.problems), float(r.unresolved))
+    repaired = f", {r.repaired:,} repaired" if r.repaired else ""
+    return metric(Verdict.PASS, f"{r.rows_compared:,} rows compared {r.direction} {age:.0f}s ago, none "
+                                f"unresolved{repaired}", 0.0)
+
+
+def repair_queue_metric(depth: int) -> GateMetric:
+    return GateMetric(name="repair_queue", value=float(depth), threshold=0, op="==", samples=1, min_samples=1,
+                      verdict=Verdict.PASS if depth == 0 else Verdict.FAIL,
+                      detail="no key waits for repair" if depth == 0 else
+                      f"{depth:,} keys wait in the repair queue")
+
+
+def approval_metric(approved: bool, to: str) -> GateMetric:
+    return GateMetric(name="approval", value=1.0 if approved else 0.0, threshold=1, op="==", samples=1,
+                      min_samples=1, verdict=Verdict.PASS if approved else Verdict.FAIL,
+                      detail="approved" if approved else f"the spec requires an approval to enter {to}")
+
+
+def traffic_metrics(t: TrafficFacts | None, g: Gates) -> list[GateMetric]:
+    """The three metrics read from the live statistics (not-yet for all of them without statistics)."""
+    facts = t if t is not None else TrafficFacts()
+    return [shadow_match_metric(facts, g), write_success_metric(facts, g), latency_metric(facts, g)]
+
+
+def reasons(metrics: list[GateMetric]) -> list[str]:
+    """One line per metric that holds the gate, for the operator."""
+    return [f"{m.name} {m.verdict.value}: {m.detail}" for m in metrics if not m.ok]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# automatic rollback triggers
+
+
+class TriggerEvaluation(_Model):
+    tripped: bool
+    metrics: list[GateMetric] = Field(default_factory=list)
+    reason: str = ""
+    scope: str = ""
+
+
+def new_store_errors(t: TrafficFacts, phase: str) -> tuple[int, int, dict[str, int], str]:
+    """(failures, attempts, by class, noun) of writes to the *new* store in ``phase``: it is the secondary
+    until write cutover (CUTOVER_READS) and the primary from then on (CUTOVER_WRITES)."""
+    if phase == "CUTOVER_WRITES":
+        return (t.primary_failures, t.primary_success + t.primary_failures, t.primary_failure,
+                "writes to the new store (authoritative)")
+    return (t.secondary_failures, t.secondary_success + t.secondary_failures, t.secondary_failure,
+            "writes to the new store (mirror)")
+
+
+def evaluate_triggers(t: TrafficFacts, phase: str, cfg: RollbackTriggers) -> TriggerEvaluation:
+    """Should the workflow roll back one step by itself? Too few samples never trips."""
+    mism = sum(t.shadow_mismatch.values())
+    shadow = rate_at_most("shadow_mismatch_rate", mism, t.shadow_samples, cfg.max_shadow_mismatch_rate,
+                          cfg.min_shadow_samples, "shadow reads", "mismatched", t.shadow_mismatch)
+    bad, total, by_class, noun = new_store_errors(t, phase)
+    errors = rate_at_most("new_store_error_rate", bad, total, cfg.max_new_store_error_rate, cfg.min_write_samples,
+                          noun, "failed", by_class)
+    metrics = [shadow, errors]
+    tripped = [m for m in metrics if m.verdict is Verdict.FAIL]
+    reason = "; ".join(f"{m.name} {_pct(m.value, 2)} > {_pct(m.threshold, 2)} ({m.detail})" for m in tripped)
+    if tripped:
+        reason += f" over the last {t.window_seconds:.0f}s"
+    return TriggerEvaluation(tripped=bool(tripped), metrics=metrics, reason=reason, scope=t.scope)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading the statistics (activities only)
+
+
+def stats_scope(migration: str, tenant: str | None = None) -> str:
+    """The ``migration`` value under which statistics of one tenant are flushed, when an application does.
+
+    Applications flush migration-wide windows; an adapter may also flush per-tenant windows under this
+    scope. The gate of a tenant prefers them and falls back to the migration-wide ones (the evidence says
+    which scope it read)."""
+    return migration if tenant is None else f"{migration}{TENANT_SCOPE_SEP}{tenant}"
+
+
+def read_traffic(store: Store, migration: str, seconds: float, tenant: str | None = None, *,
+                 ensure_schema: bool = True) -> TrafficFacts:
+    """Merge every instance's windows of the last ``seconds`` (the tenant's scope first, when it has any).
+
+    ``ensure_schema``: create ``dualwrite_stats`` first (a gate may run before any application flushed)."""
+    from dualwrite import stats as st  # noqa: PLC0415 - the store layer stays out of the pure part
+
+    if ensure_schema:
+        st.ensure_schema(store)
+    seconds = max(1.0, float(seconds))
+    if tenant is not None:
+        scope = stats_scope(migration, tenant)
+        facts = TrafficFacts.from_window(st.read_stats(store, scope, seconds), scope=scope, seconds=seconds)
+        if not facts.empty:
+            return facts
+    return TrafficFacts.from_window(st.read_stats(store, migration, seconds), scope=migration, seconds=seconds)
