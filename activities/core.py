@@ -15,6 +15,7 @@ Every activity is synchronous (the drivers block) and runs on the worker's threa
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -337,16 +338,17 @@ class DualwriteActivities:
                 rows_target=report.rows_target, chunks=report.chunks, mismatched_chunks=report.mismatched_chunks,
                 missing=report.missing, extra=report.extra, field_different=report.field_different,
                 fields=sorted(report.field_counts), ok=report.ok)
+            settle = self._in_flight_filter(spec, inp.table.source, src, dst, mapping, inp.table.reverse)
             if not report.ok and not inp.repair:
                 # compare only (a gate's evidence): a write caught between its two commits settles within
                 # moments, so only differences that persist on a re-check count as unresolved
-                after = report
+                after, out.in_flight = settle(report)
                 for attempt in range(REPAIR_ROUNDS - 1):
-                    _sleep(0.5 * (attempt + 1))
-                    activity.heartbeat({"recheck": attempt + 1})
-                    after = verify_keys(src, dst, mapping, after.keys(), allow_empty=True)
                     if after.ok or _stopping():
                         break
+                    _sleep(0.5 * (attempt + 1))
+                    activity.heartbeat({"recheck": attempt + 1})
+                    after, out.in_flight = settle(verify_keys(src, dst, mapping, after.keys(), allow_empty=True))
                 unseen = max(0, report.total_differences - len(report.differences))
                 out.unresolved = after.total_differences + unseen
                 out.sample_keys = tenancy.describe_keys(after.keys() or report.keys())
@@ -354,16 +356,18 @@ class DualwriteActivities:
             if not report.ok and inp.repair:
                 # Under live traffic a re-verification can catch a write between its authoritative commit
                 # and its mirror; such a difference settles within moments, so repair again a few times.
-                after = report
+                # Keys still waiting in a key log are in flight: the relay mirrors them in the direction of
+                # the write that logged them, and a repair must not overwrite one logged by the other side.
+                after, out.in_flight = settle(report)
                 for attempt in range(REPAIR_ROUNDS):
+                    if after.ok or _stopping():
+                        break
                     if attempt:
                         _sleep(0.5 * attempt)
                         activity.heartbeat({"repair_round": attempt + 1})
                     fixed = repair(src, dst, mapping, after)
                     out.repaired += fixed.repaired_keys
-                    after = fixed.after
-                    if after.ok or _stopping():
-                        break
+                    after, out.in_flight = settle(fixed.after)
                 out.ok = after.ok
                 out.unresolved = after.total_differences
                 if not out.ok:
@@ -371,6 +375,41 @@ class DualwriteActivities:
                     out.error = (f"still different after repair: missing {after.missing}, extra {after.extra}, "
                                  f"field-different {after.field_different}")
             return out
+
+    def _in_flight_filter(self, spec: MigrationSpec, source: str, src: Store, dst: Store, mapping: Any,
+                          reverse: bool) -> Callable[[Any], tuple[Any, int]]:
+        """For ``outbox`` / ``triggers``: a function splitting a report's differences into those whose key
+        waits in a key log of either store (in flight: returned as a count) and the rest (a new report).
+
+        A listed difference with no entry is compared once more: the relay may have taken its entry between
+        the comparison and the look-up (then the row is level now). Only what still differs, with no entry
+        before or after, is a difference. ``sync`` has no key logs: the report is returned as it is."""
+        if spec.strategy.value == "sync":
+            return lambda report: (report, 0)
+        from dualwrite import outbox  # noqa: PLC0415 - only here
+        from dualwrite.verify import verify_keys  # noqa: PLC0415
+
+        logs = (outbox.OUTBOX,) if spec.strategy.value == "outbox" else (outbox.CHANGELOG,)
+        other = self.stores.mapping(spec, source, reverse=not reverse)[2]
+        sides = ((src, mapping.source_table, mapping.key_kinds), (dst, other.source_table, other.key_kinds))
+
+        def pending() -> set[tuple[Any, ...]]:
+            keys: set[tuple[Any, ...]] = set()
+            for store, table, kinds in sides:
+                keys |= pending_log_keys(store, spec.name, {source, table}, kinds, logs)
+            return keys
+
+        def settle(report: Any) -> tuple[Any, int]:
+            if report.ok or not report.differences:
+                return report, 0
+            kept, flying = without_keys(report, pending())
+            if kept.ok or kept.truncated:
+                return kept, flying
+            again = verify_keys(src, dst, mapping, kept.keys(), allow_empty=True)
+            again, more = without_keys(again, pending())
+            return again, flying + more
+
+        return settle
 
     # -- repair queue -----------------------------------------------------------------------------------
 
@@ -499,7 +538,7 @@ class DualwriteActivities:
             out = RetireResult()
             mappings = {}
             for t in spec.tables:
-                if _table_exists(old, t.source):
+                if table_exists(old, t.source):
                     mappings[t.source] = self.stores.mapping(spec, t.source)[2]
             for source, mapping in mappings.items():
                 triggers.remove_triggers(old, spec.name, mapping.source_table)
@@ -541,7 +580,108 @@ def retired_name(table: str, stamp: str) -> str:
     return f"{schema}{dot}{name}{suffix}"
 
 
-def _table_exists(store: Store, table: str) -> bool:
+MAX_PENDING_READ = 200_000
+"""At most this many key-log entries are read to tell in-flight differences from real ones."""
+IN_FLIGHT_SECONDS = 30.0
+"""A key-log entry older than this is not "in flight" but a relay that does not keep up (or does not run):
+its key's difference counts, so a stalled relay cannot make a verification pass."""
+
+
+def log_point(store: Store, migration: str, log_table: str) -> int | None:
+    """The id of a migration's newest entry in a key log (None when it has none)."""
+    p = store.paramstyle
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT MAX(id) FROM {log_table} WHERE migration = {p}", (migration,))
+        (point,) = cur.fetchone()
+        cur.close()
+        conn.rollback()
+    return None if point is None else int(point)
+
+
+def logs_behind(store: Store, migration: str, log_table: str, point: int) -> int:
+    """Entries of a migration at or below ``point`` still waiting in a key log."""
+    p = store.paramstyle
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT COUNT(*) FROM {log_table} WHERE migration = {p} AND id <= {p}", (migration, point))
+        (n,) = cur.fetchone()
+        cur.close()
+        conn.rollback()
+    return int(n)
+
+
+def pending_log_keys(store: Store, migration: str, tables: set[str], kinds: Any, logs: tuple[str, ...]
+                     ) -> set[tuple[Any, ...]]:
+    """Keys logged for any of ``tables`` (the outbox names the spec's source table, a capture trigger the
+    table it is on), normalized, in the store's own key terms, with recent entries (younger than
+    ``IN_FLIGHT_SECONDS``) waiting in the store's key logs."""
+    from dualwrite.mirror import normal_key  # noqa: PLC0415
+
+    present = store.table_names()
+    out: set[tuple[Any, ...]] = set()
+    p = store.paramstyle
+    for log_table in logs:
+        if log_table not in present:
+            continue
+        with store.connect() as conn:
+            cur = conn.cursor()
+            names = sorted(tables)
+            cur.execute(f"SELECT key_json FROM {log_table} WHERE migration = {p} "
+                        f"AND table_name IN ({', '.join([p] * len(names))}) "
+                        f"AND {_age_seconds(store)} <= {float(IN_FLIGHT_SECONDS)} "
+                        f"ORDER BY id LIMIT {MAX_PENDING_READ}", (migration, *names))
+            rows = cur.fetchall()
+            cur.close()
+            conn.rollback()
+        for (wire,) in rows:
+            try:
+                key = decode_key(json.loads(wire), kinds)
+            except (ValueError, TypeError):
+                continue  # not a key of this table's shape: it cannot match a difference
+            if key is not None:
+                out.add(normal_key(key))
+    return out
+
+
+def _age_seconds(store: Store) -> str:
+    """SQL: the age in seconds of a key-log entry (``created_at``, database clock)."""
+    if store.dialect is Dialect.POSTGRESQL:
+        return "EXTRACT(EPOCH FROM (clock_timestamp() - created_at))"
+    if store.dialect is Dialect.MYSQL:
+        return "TIMESTAMPDIFF(MICROSECOND, created_at, UTC_TIMESTAMP(6)) / 1000000"
+    return "(julianday('now') - julianday(created_at)) * 86400.0"
+
+
+def without_keys(report: Any, keys: set[tuple[Any, ...]]) -> tuple[Any, int]:
+    """``report`` without the differences of ``keys`` (counts adjusted), and how many were left out.
+
+    Differences beyond the report's cap were never listed: they stay counted (they may be real)."""
+    import dataclasses  # noqa: PLC0415
+
+    from dualwrite.mirror import normal_key  # noqa: PLC0415
+    from dualwrite.verify import DiffKind  # noqa: PLC0415
+
+    if not keys:
+        return report, 0
+    flying = [d for d in report.differences if normal_key(tuple(d.key)) in keys]
+    if not flying:
+        return report, 0
+    field_counts = dict(report.field_counts)
+    for d in flying:
+        for f in d.fields:
+            field_counts[f.name] = field_counts.get(f.name, 0) - 1
+    kept = dataclasses.replace(
+        report, differences=[d for d in report.differences if normal_key(tuple(d.key)) not in keys],
+        missing=report.missing - sum(d.kind is DiffKind.MISSING for d in flying),
+        extra=report.extra - sum(d.kind is DiffKind.EXTRA for d in flying),
+        field_different=report.field_different - sum(d.kind is DiffKind.FIELD for d in flying),
+        field_counts={k: v for k, v in field_counts.items() if v > 0},
+        mismatched_ranges=list(report.mismatched_ranges))
+    return kept, len(flying)
+
+
+def table_exists(store: Store, table: str) -> bool:
     from sqlalchemy.exc import NoSuchTableError  # noqa: PLC0415
 
     try:
@@ -554,10 +694,10 @@ def _table_exists(store: Store, table: str) -> bool:
 def _retire_table(store: Store, table: str, stamp: str, *, drop: bool) -> RetiredTable:
     """Rename (or drop) one old table; on a retry report what the first attempt did."""
     new_name = retired_name(table, stamp)
-    if not _table_exists(store, table):
+    if not table_exists(store, table):
         if drop:
             return RetiredTable(source=table, action="already-dropped")
-        if _table_exists(store, new_name):
+        if table_exists(store, new_name):
             return RetiredTable(source=table, action="already-renamed", retired_as=new_name)
         raise ApplicationError(f"old table {table} is gone and no {new_name} exists: it was not retired by "
                                "this migration", type="RetireError", non_retryable=True)
@@ -579,7 +719,7 @@ def _retire_table(store: Store, table: str, stamp: str, *, drop: bool) -> Retire
 
 def _drop_log_if_unused(store: Store, migration: str, log_table: str) -> bool:
     """Delete this migration's key-log entries; drop the log when no other migration uses it."""
-    if not _table_exists(store, log_table):
+    if not table_exists(store, log_table):
         return False
     p = store.paramstyle
     with store.connect() as conn:

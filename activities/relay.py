@@ -7,6 +7,9 @@ noticed between batches; a batch is committed (its entries deleted) only after i
 kill at any instant redoes at most one batch, harmlessly. The relay records its lag and counts in
 ``dualwrite_stats`` like an application instance does.
 
+``relay_catch_up`` is what the migration calls before it relies on the other store (a rollback's level
+check, a phase's verification): it mirrors, alongside the relay, every entry logged up to its start.
+
 The stores the relay writes through are marked as replica sessions, so capture triggers ignore the relay's
 own mirror writes (otherwise every mirrored row would be captured again on the other side).
 """
@@ -22,7 +25,7 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.core import mapped_errors, safe_message
+from activities.core import log_point, logs_behind, mapped_errors, safe_message, table_exists
 from activities.stores import StoreCache
 from dualwrite import control, outbox, triggers
 from dualwrite import stats as st
@@ -31,9 +34,12 @@ from dualwrite.relay import RelayResult, drain
 from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.store import Store
 from workflows.relay import (
+    RELAY_CATCH_UP,
     RELAY_DRAIN,
     RELAY_SETUP,
     RELAY_TEARDOWN,
+    CatchUpInput,
+    CatchUpResult,
     RelayCounters,
     RelayDrainInput,
     RelayDrainResult,
@@ -63,7 +69,7 @@ class RelayActivities:
         self._ready: set[str] = set()
 
     def all(self) -> list[Any]:
-        return [self.setup, self.drain, self.teardown]
+        return [self.setup, self.drain, self.teardown, self.catch_up]
 
     def _stores(self, spec: MigrationSpec) -> tuple[Store, Store, Store]:
         old, new, ctl = self.stores.store(spec.old), self.stores.store(spec.new), self.stores.store(spec.control)
@@ -112,14 +118,22 @@ class RelayActivities:
 
     @activity.defn(name=RELAY_TEARDOWN, no_thread_cancel_exception=True)
     def teardown(self, inp: RelaySetupInput) -> None:
-        """Remove the capture triggers (the logs stay, empty, for a possible later restart)."""
+        """Remove the capture triggers (the logs stay, empty, for a possible later restart).
+
+        The trigger names follow from the spec alone: no table is reflected, because at CLEANUP the old
+        table may already be retired (renamed, with its triggers removed) and a reflection would fail on
+        every retry, leaving the relay unable to finish."""
         with mapped_errors():
             spec = inp.spec
             old, new, _ctl = self._stores(spec)
             for t in spec.tables:
-                mapping = self.stores.mapping(spec, t.source)[2]
-                triggers.remove_triggers(old, spec.name, mapping.source_table)
-                triggers.remove_triggers(new, spec.name, mapping.target_table)
+                for store, table in ((old, t.source), (new, t.target_table)):
+                    try:
+                        triggers.remove_triggers(store, spec.name, table)
+                    except Exception:
+                        if table_exists(store, table):
+                            raise
+                        # retired at CLEANUP (renamed or dropped), and its triggers with it
 
     @activity.defn(name=RELAY_DRAIN, no_thread_cancel_exception=True)
     def drain(self, inp: RelayDrainInput) -> RelayDrainResult:
@@ -170,6 +184,63 @@ class RelayActivities:
                 out.lag_seconds = max(out.lag_seconds, lag)
             _flush(stats, ctl)
             return out
+
+
+    @activity.defn(name=RELAY_CATCH_UP, no_thread_cancel_exception=True)
+    def catch_up(self, inp: CatchUpInput) -> CatchUpResult:
+        """Mirror every entry the key logs hold *now* (both stores), for at most ``max_seconds``.
+
+        The drain point is each log's newest entry id at the start; the catch-up is reached once no entry at
+        or below it is left, whoever mirrored it (this activity, or the relay: both lock entries with
+        ``SKIP LOCKED``, so they share the work). Entries logged meanwhile are mirrored too when there is
+        time, but are not waited for: under constant writes a log is never empty, while a point is always
+        reached. Used before a repairing verification that must not race a lagging relay."""
+        with mapped_errors():
+            spec = inp.spec
+            old, new, ctl = self._stores(spec)
+            logs = (outbox.OUTBOX,) if spec.strategy is Strategy.OUTBOX else (outbox.CHANGELOG,)
+            started = time.monotonic()
+            points = _drain_points(old, new, spec.name, logs)
+            out = CatchUpResult()
+            relayed = RelayResult()
+            while True:
+                out.behind = sum(logs_behind(store, spec.name, lg, point) for store, lg, point in points)
+                if not out.behind or _stopping() or time.monotonic() - started >= inp.max_seconds:
+                    break
+                res = drain(old, new, spec.name, self._mapping_for(spec), logs=logs, limit=inp.batch,
+                            max_seconds=1.0, control_store=ctl, should_stop=_stopping)
+                relayed += res
+                activity.heartbeat({"behind": out.behind, "mirrored": relayed.mirrored})
+                if not res.entries:
+                    time.sleep(0.05)  # the relay holds the rest locked: let it commit
+            out.reached = out.behind == 0
+            _absorb_catch_up(out, relayed)
+            out.seconds = time.monotonic() - started
+            if not out.reached:
+                log.warning("relay catch-up of %s: %d entries still behind after %.1fs", spec.name, out.behind,
+                            out.seconds)
+            return out
+
+
+def _drain_points(old: Store, new: Store, migration: str, logs: tuple[str, ...]) -> list[tuple[Store, str, int]]:
+    """(store, log, newest id) of every non-empty key log of the migration on both stores."""
+    points = []
+    for store in (old, new):
+        present = store.table_names()
+        for lg in logs:
+            point = log_point(store, migration, lg) if lg in present else None
+            if point is not None:
+                points.append((store, lg, point))
+    return points
+
+
+def _absorb_catch_up(out: CatchUpResult, res: RelayResult) -> None:
+    out.counters = RelayCounters(entries=res.entries, mirrored=res.mirrored, failed=res.failed,
+                                 discarded=res.discarded, batches=res.batches)
+    for e in res.errors:
+        msg = safe_message(Exception(e), 300)
+        if msg not in out.errors and len(out.errors) < 5:
+            out.errors.append(msg)
 
 
 def _absorb(out: RelayDrainResult, res: RelayResult) -> None:

@@ -4,8 +4,10 @@
     python -m bench.zero_downtime [--hold 6] [--interval-ms 5] [--pair pg-pg|mariadb-pg]
 
 Counts failed requests (goal 0) and the p50/p99 latency of each write per phase (the phase the adapter
-routed the write with; ``after rollback`` once the rollback was accepted). The last line is
-``failed requests: N``; the exit status is non-zero when N > 0.
+routed the write with; ``after rollback`` once the rollback was accepted). After the rollback the writes
+stop, the key logs and the repair queue drain, and every acknowledged write (the last value written to each
+key) is looked up in the old store, authoritative again: ``lost writes: N`` (goal 0). The last line is
+``failed requests: N``; the exit status is non-zero when either count is not 0.
 """
 
 from __future__ import annotations
@@ -53,9 +55,19 @@ class Client:
         self.label_suffix = ""
         self.rollback_refusals: list[str] = []
         self.stop = threading.Event()
+        self.stopped = threading.Event()
         self.next_id = 5_000_000
+        self.expected: dict[int, str] = {}
+        """key -> the last value acknowledged for it (the adapter call returned)."""
+        self.lost: int | None = None
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.stopped.set()
+
+    def _run(self) -> None:
         i = 0
         while not self.stop.is_set():
             i += 1
@@ -64,10 +76,13 @@ class Client:
             try:
                 if i % 2:
                     self.next_id += 1
-                    self.writer.insert(TABLE, {"id": self.next_id, "name": f"zd-{i}", "n": i, "version": 1})
+                    key = self.next_id
+                    self.writer.insert(TABLE, {"id": key, "name": f"zd-{i}", "n": i, "version": 1})
                 else:
-                    self.writer.update(TABLE, 1 + i % 50, {"name": f"zd-{i}", "n": i})
+                    key = 1 + i % 50
+                    self.writer.update(TABLE, key, {"name": f"zd-{i}", "n": i})
                 self.lat[phase].append((time.perf_counter() - t0) * 1000)
+                self.expected[key] = f"zd-{i}"
             except Exception as exc:  # noqa: BLE001 - counted: the figure is the number of failed requests
                 self.failed[phase] += 1
                 if len(self.errors) < 5:
@@ -78,8 +93,9 @@ class Client:
 
 
 async def start_relay(side: TemporalSide, spec: MigrationSpec) -> None:
-    """outbox / triggers: the RelayWorkflow mirrors the logged keys (both directions, so a rollback from
-    CUTOVER_WRITES finds the old store level)."""
+    """outbox / triggers: a relay tuned for a write every few ms (polls every 0.1 s). It must start *before*
+    the migration: the MigrationWorkflow starts a relay with default tuning unless one already runs under
+    the relay's id, in which case it adopts that one."""
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -90,13 +106,43 @@ async def start_relay(side: TemporalSide, spec: MigrationSpec) -> None:
                                 id=relay_workflow_id(spec.name), task_queue=side.queue)
 
 
-async def drive(side: TemporalSide, spec: MigrationSpec, client: Client, hold: float, say: Any) -> None:
+async def count_lost(client: Client, spec: MigrationSpec, old: Store, new: Store, say: Any) -> int:
+    """Stop writing, let the relay and the repair queue drain, then count acknowledged writes the old store
+    (authoritative again after the rollback) does not hold."""
+    from dualwrite import outbox
+
+    client.stop.set()
+    await asyncio.to_thread(client.stopped.wait, 30)
+
+    def backlog() -> int:
+        n = control.repair_queue_depth(old, spec.name)
+        for store in (old, new):
+            present = store.table_names()
+            n += sum(outbox.log_depth(store, spec.name, log=lg)[0] for lg in outbox.LOGS if lg in present)
+        return n
+
+    deadline = time.monotonic() + 60
+    while (left := await asyncio.to_thread(backlog)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    if left:
+        say(f"backlog not drained after 60 s: {left} entries")
+    with old.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT id, name FROM {TABLE}")
+        found = {int(r[0]): str(r[1]) for r in cur.fetchall()}
+        cur.close()
+        conn.rollback()
+    return sum(1 for k, v in client.expected.items() if found.get(k) != v)
+
+
+async def drive(side: TemporalSide, spec: MigrationSpec, client: Client, hold: float, say: Any,
+                stores: tuple[Store, Store]) -> None:
     from workflows.models import MigrationStatus, Phase, TransitionRequest, TransitionResult
 
-    handle = await side.start_migration(spec)
     if str(spec.strategy.value) != "sync":
         await start_relay(side, spec)
-        say("relay workflow started")
+        say("relay workflow started (tuned; the migration adopts it)")
+    handle = await side.start_migration(spec)
 
     async def status() -> MigrationStatus:
         st: MigrationStatus = await handle.query("status", result_type=MigrationStatus)
@@ -135,19 +181,17 @@ async def drive(side: TemporalSide, spec: MigrationSpec, client: Client, hold: f
     await move("advance")
     await asyncio.sleep(hold)
     client.label_suffix = " (after rollback)"
-    for attempt in range(1, 6):
-        # outbox / triggers under live writes: the workflow refuses while the relay has not brought the old
-        # store level yet; an operator retries (counted and printed)
-        try:
-            phase = await move("rollback")
-            break
-        except RuntimeError as exc:
-            if attempt == 5 or "could not be brought level" not in str(exc):
-                raise
-            client.rollback_refusals.append(str(exc)[:300])
-            await asyncio.sleep(1.0)
+    # under live writes, too: the workflow catches the key logs up and treats keys still logged as in
+    # flight, so the first attempt must succeed (a refusal is a driver error, printed below)
+    try:
+        phase = await move("rollback")
+    except RuntimeError as exc:
+        client.rollback_refusals.append(str(exc)[:300])
+        raise
     say(f"rolled back to {phase}")
     await asyncio.sleep(hold)
+    client.lost = await count_lost(client, spec, *stores, say)
+    say(f"lost writes: {client.lost}")
     with contextlib.suppress(Exception):
         await handle.terminate("zero-downtime check over")
 
@@ -200,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         thread = threading.Thread(target=client.run, daemon=True)
         thread.start()
         try:
-            asyncio.run(drive(side, spec, client, args.hold, say))
+            asyncio.run(drive(side, spec, client, args.hold, say, (old, new)))
         except Exception as exc:  # noqa: BLE001 - reported below; the figures so far still print
             error = f"{type(exc).__name__}: {exc}"[:500]
     finally:
@@ -228,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     for e in client.errors:
         print(f"error: {e}")
     for r in client.rollback_refusals:
-        print(f"rollback refused, retried: {r}")
-    print(f"rollback attempts: {len(client.rollback_refusals) + 1}")
+        print(f"rollback refused: {r}")
+    print(f"rollback attempts: {len(client.rollback_refusals) + 1}, refused: {len(client.rollback_refusals)}")
     if error:
         print(f"driver error: {error}")
     p99 = {p: pct(client.lat.get(p, []), 99) for p in ("CUTOVER_READS", "CUTOVER_WRITES")}
@@ -237,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"p99 write latency ms: CUTOVER_READS={p99['CUTOVER_READS']:.2f} "
           f"CUTOVER_WRITES={p99['CUTOVER_WRITES']:.2f} after-rollback={pct(rb, 99):.2f}")
     print(f"requests: {total}")
+    print(f"lost writes: {'not counted' if client.lost is None else client.lost}")
     print(f"failed requests: {total_failed}")
-    return 0 if total_failed == 0 and not error else 1
+    return 0 if total_failed == 0 and client.lost == 0 and not error else 1
 
 
 if __name__ == "__main__":

@@ -4,20 +4,26 @@ A :class:`TableMapping` says, for every target column, where its value comes fro
 column, a SQL expression, a constant, or a Python transform), which columns form the key on each side,
 and which column carries the row version. Compiling collects every problem instead of stopping at the
 first one, so ``dualwrite check`` can print them all.
+
+The spec's ``reverse`` rules are compiled here too: after write cutover rows are mirrored new -> old, and
+an old column the forward mapping computed (a split, a cast, a transform) can only be rebuilt the way the
+spec says. :meth:`TableMapping.reversed` is that plan; :meth:`TableMapping.needs_reverse` names what is
+still missing, so preflight can refuse a migration that could never take the writes.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from dualwrite.errors import Problem
-from dualwrite.spec import TableSpec
+from dualwrite.spec import ReverseMap, TableSpec
 from dualwrite.store import ColumnInfo, Kind, TableInfo
 
 # For each *target* kind, the source kinds that may feed it without losing meaning. Text may feed UUID,
@@ -58,6 +64,30 @@ class ColumnPlan:
     expr: str | None = None
     value: Any = None
     transform: Callable[[Any], Any] | None = None
+    inputs: tuple[str, ...] = ()
+    """The columns on the reading side this column is made from (for a whole-row transform: every
+    column it may read). Writes that touch none of them leave it alone; the reverse check uses them."""
+
+
+#: identifiers as SQL spells them: "quoted", `quoted`, or bare (string literals are removed first)
+_IDENT_TOKEN_RE = re.compile(r'"((?:[^"]|"")+)"|`((?:[^`]|``)+)`|([A-Za-z_][A-Za-z0-9_$]*)')
+_SINGLE_QUOTED_RE = re.compile(r"'(?:[^']|'')*'")
+
+
+def expr_columns(expr: str, columns: Iterable[str]) -> tuple[str, ...]:
+    """The columns among ``columns`` that an SQL expression names, in order of first use.
+
+    A lexical look, not a parser: it is what the write adapter needs to know which application values
+    feed a computed column, and what preflight needs to know which old columns a computed column
+    consumes. A function or keyword spelled like a column counts as a use, which can only ask for more.
+    """
+    known = set(columns)
+    found: dict[str, None] = {}
+    for m in _IDENT_TOKEN_RE.finditer(_SINGLE_QUOTED_RE.sub("''", expr)):
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in known:
+            found[name] = None
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,8 @@ class TableMapping:
     batch_size: int = 50_000
     tenant_column: str | None = None
     key_kinds: tuple[Kind, ...] = field(default=())
+    reverse: tuple[ColumnPlan, ...] = ()
+    """The spec's reverse rules: how source columns are rebuilt from the target (target = source column)."""
 
     @property
     def target_columns(self) -> tuple[str, ...]:
@@ -102,26 +134,50 @@ class TableMapping:
     def target_kinds(self) -> tuple[Kind, ...]:
         return tuple(self.target_info.columns[c].kind for c in self.target_columns)
 
-    def reversed(self) -> TableMapping:
-        """The plan for mirroring new -> old (after write cutover): only plain column maps can reverse.
+    def needs_reverse(self) -> dict[str, tuple[str, ...]]:
+        """Computed target column -> the source columns it consumes that nothing rebuilds on the way back.
 
-        A new column filled with a constant (``default``) has no counterpart in the old store, so there is
-        nothing to mirror back and it is left out; a computed column (``expr``, ``transform``) would need
-        the inverse computation, which the spec cannot express, so it makes the table irreversible.
-        """
-        cols = []
+        A source column mirrored back as a plain column, or named by a reverse rule, is rebuilt; one that
+        only feeds an ``expr`` or a ``transform`` is not, and the table cannot take the writes (after
+        write cutover the old store would silently stop following it)."""
+        rebuilt = {c.source for c in self.columns if c.kind is SourceKind.COLUMN}
+        rebuilt |= {r.target for r in self.reverse}
+        out: dict[str, tuple[str, ...]] = {}
         for c in self.columns:
-            if c.kind is SourceKind.DEFAULT:
-                continue
-            if c.kind is not SourceKind.COLUMN or c.source is None:
-                raise ValueError(f"column {c.target!r} is computed ({c.kind}); it cannot be mirrored back")
-            cols.append(ColumnPlan(target=c.source, kind=SourceKind.COLUMN, source=c.target))
+            if c.kind in (SourceKind.EXPR, SourceKind.TRANSFORM):
+                missing = tuple(i for i in c.inputs if i not in rebuilt)
+                if missing:
+                    out[c.target] = missing
+        return out
+
+    def reversed(self) -> TableMapping:
+        """The plan for mirroring new -> old (after write cutover, and for reverse verification).
+
+        Plain columns reverse by themselves; a new column filled with a constant (``default``) has no
+        counterpart in the old store and is left out; a computed column is left out too, and the old
+        columns it was made from are rebuilt by the spec's ``reverse`` rules. Without a rule for each of
+        them the table is irreversible: ValueError names what is missing.
+        """
+        missing = self.needs_reverse()
+        if missing:
+            raise ValueError("; ".join(
+                f"column {t!r} is computed from {', '.join(repr(m) for m in cols)}, which cannot be mirrored "
+                f"back without a reverse rule" for t, cols in missing.items()))
+        ruled = {r.target for r in self.reverse}
+        cols = [ColumnPlan(target=c.source, kind=SourceKind.COLUMN, source=c.target, inputs=(c.target,))
+                for c in self.columns
+                if c.kind is SourceKind.COLUMN and c.source is not None and c.source not in ruled]
+        cols += self.reverse
+        order = {name: i for i, name in enumerate(self.source_info.columns)}
+        cols.sort(key=lambda p: order[p.target])
         return TableMapping(
             source_table=self.target_table, target_table=self.source_table, source_key=self.target_key,
             target_key=self.source_key, columns=tuple(cols), source_info=self.target_info,
             target_info=self.source_info,
             version=None if self.version is None else (self.version[1], self.version[0]),
-            batch_size=self.batch_size, tenant_column=self.tenant_column, key_kinds=self.key_kinds,
+            batch_size=self.batch_size, tenant_column=self.tenant_column,
+            # the reversed plan reads the new table: its key values have the new columns' kinds
+            key_kinds=tuple(self.target_info.columns[k].kind for k in self.target_key),
         )
 
 
@@ -174,6 +230,50 @@ def _default_problem(value: Any, dst: ColumnInfo) -> str | None:
         if dst.kind is Kind.INT and Decimal(str(value)) != Decimal(str(value)).to_integral_value():
             return f"default {value!r} is not a whole number but target column {dst.name} is {dst.sql_type}"
     return None
+
+
+def _reverse_plan(spec: TableSpec, col: str, rule: ReverseMap, source: TableInfo, target: TableInfo,
+                  plans: Sequence[ColumnPlan], version: tuple[str, str] | None,
+                  bad: Callable[[str, str], None]) -> ColumnPlan | None:
+    """Compile one reverse rule (old column ``col`` rebuilt from the new table), reporting its problems.
+
+    Keys and the version column must travel back as plain columns: the reverse mirror finds rows by the
+    key and guards them by the version. A rule for a column that already comes back as a rename would
+    compete with it, so that is refused too.
+    """
+    sub = f".reverse.{col}"
+    if col not in source.columns:
+        bad(sub, f"column {col!r} does not exist in source table {spec.source}"
+                 f"{_did_you_mean(col, list(source.columns))}")
+        return None
+    plain = [p.target for p in plans if p.kind is SourceKind.COLUMN and p.source == col]
+    if plain:
+        why = "a key column" if col in (spec.key or source.primary_key) else "mirrored back"
+        bad(sub, f"column {col!r} is {why}: it comes back from target column {plain[0]!r} as a plain column, "
+                 "so it takes no reverse rule")
+        return None
+    if version is not None and col == version[0]:
+        bad(sub, f"column {col!r} is the version column: it must be copied as a plain column")
+        return None
+    if rule.from_ is not None and rule.from_ not in target.columns:
+        bad(sub, f"column {rule.from_!r} does not exist in target table {spec.target_table}"
+                 f"{_did_you_mean(rule.from_, list(target.columns))}")
+        return None
+    if rule.transform:
+        try:
+            fn = load_callable(rule.transform)
+        except Exception as exc:  # noqa: BLE001 - report any import failure as a problem
+            bad(sub, f"cannot import transform {rule.transform!r}: {exc}")
+            return None
+        return ColumnPlan(col, SourceKind.TRANSFORM, source=rule.from_, transform=fn,
+                          inputs=(rule.from_,) if rule.from_ else tuple(target.columns))
+    if rule.from_ is not None:
+        msg = _type_problem(target.columns[rule.from_], source.columns[col])
+        if msg:
+            bad(sub, msg)
+        return ColumnPlan(col, SourceKind.COLUMN, source=rule.from_, inputs=(rule.from_,))
+    assert rule.expr is not None
+    return ColumnPlan(col, SourceKind.EXPR, expr=rule.expr, inputs=expr_columns(rule.expr, target.columns))
 
 
 def compile_table(
@@ -236,7 +336,9 @@ def compile_table(
                 guessing = True
             if cmap.from_:
                 used_sources.add(cmap.from_)
-            plans.append(ColumnPlan(tcol, SourceKind.TRANSFORM, source=cmap.from_, transform=fn))
+            whole_row = tuple(c for c in source.columns if c not in spec.drop)
+            plans.append(ColumnPlan(tcol, SourceKind.TRANSFORM, source=cmap.from_, transform=fn,
+                                    inputs=(cmap.from_,) if cmap.from_ else whole_row))
         elif cmap.from_ is not None:
             if cmap.from_ not in source.columns:
                 bad(sub, f"column {cmap.from_!r} does not exist in source table {spec.source}"
@@ -247,9 +349,10 @@ def compile_table(
             if msg:
                 bad(sub, msg)
             used_sources.add(cmap.from_)
-            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=cmap.from_))
+            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=cmap.from_, inputs=(cmap.from_,)))
         elif cmap.expr is not None:
-            plans.append(ColumnPlan(tcol, SourceKind.EXPR, expr=cmap.expr))
+            plans.append(ColumnPlan(tcol, SourceKind.EXPR, expr=cmap.expr,
+                                    inputs=expr_columns(cmap.expr, source.columns)))
         else:
             msg = _default_problem(cmap.default, target.columns[tcol])
             if msg:
@@ -263,7 +366,7 @@ def compile_table(
             msg = _type_problem(source.columns[tcol], target.columns[tcol])
             if msg:
                 bad(f".columns.{tcol}", msg)
-            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=tcol))
+            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=tcol, inputs=(tcol,)))
             used_sources.add(tcol)
         elif not target.columns[tcol].nullable and not target.columns[tcol].has_default:
             bad(f".columns.{tcol}", f"target column {tcol!r} is NOT NULL without a default and nothing fills it "
@@ -314,6 +417,8 @@ def compile_table(
                 bad(".version_column", f"version column {vsrc!r} must be a number or a timestamp")
     if spec.tenant_column and spec.tenant_column not in source.columns:
         bad(".tenant_column", f"column {spec.tenant_column!r} does not exist in source table {spec.source}")
+    reverse = [r for r in (_reverse_plan(spec, col, rule, source, target, plans, version, bad)
+                           for col, rule in spec.reverse.items()) if r is not None]
 
     if problems:
         return None, problems
@@ -323,7 +428,7 @@ def compile_table(
         source_table=spec.source, target_table=spec.target_table, source_key=tuple(source_key),
         target_key=tuple(key_targets), columns=tuple(plans), source_info=source, target_info=target,
         version=version, batch_size=spec.batch_size, tenant_column=spec.tenant_column,
-        key_kinds=tuple(source.columns[k].kind for k in source_key),
+        key_kinds=tuple(source.columns[k].kind for k in source_key), reverse=tuple(reverse),
     )
     return mapping, []
 

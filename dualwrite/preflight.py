@@ -4,8 +4,9 @@ DESIGN rule 10 says bad input gets a clear error before anything is written. Thi
 into the complete list of what is wrong with it and with the live stores it names: invalid fields, stores
 with no URL or that cannot be reached, missing tables and columns, tables without a key, incompatible
 mapped types, transforms that do not import, SQL expressions the source rejects, and credentials that
-cannot read the old tables or write the new ones. It keeps going after the first problem, because an
-operator fixing a spec wants the whole list in one run.
+cannot read the old tables or write the new ones, and computed columns that could never be mirrored
+back after write cutover (no ``reverse`` rule, or one the new store rejects). It keeps going after the
+first problem, because an operator fixing a spec wants the whole list in one run.
 
 Looking must never change anything, so every check reads a catalog or asks the server to *plan*:
 PostgreSQL answers ``has_*_privilege``; MariaDB/MySQL answer ``EXPLAIN INSERT/UPDATE/DELETE``, which
@@ -289,8 +290,10 @@ class _Probe:
             hint += " (or this account has no privilege on it: MySQL hides such tables)"
         return None, f"{what} {table!r} does not exist in {self.label}{hint}"
 
-    def check_expr(self, table: str, expr: str) -> str | None:
-        """Does the source accept this expression? Planned and run on zero rows, read-only."""
+    def check_expr(self, table: str, expr: str, role: str = "old") -> str | None:
+        """Does this store accept this expression over ``table``? Planned and run on zero rows, read-only.
+
+        (Run without parameters, so a ``%`` in the expression reaches the server as written.)"""
         assert self.store is not None
         false = "0" if self.store.dialect is Dialect.SQLITE else "1 = 0"
         try:
@@ -298,7 +301,7 @@ class _Probe:
                 cur.execute(f"SELECT ({expr}) FROM {self.store.quote(table)} WHERE {false}")
                 cur.fetchall()
         except Exception as exc:  # noqa: BLE001 - whatever the engine says is the answer
-            return f"the old store rejects this expression: {_first_line(exc)}"
+            return f"the {role} store rejects this expression: {_first_line(exc)}"
         return None
 
     def row_estimate(self, table: str) -> tuple[int | None, str]:
@@ -600,6 +603,14 @@ class _Run:
                     msg = old.check_expr(entry.source, cmap.expr)
                     if msg:
                         self.problem(self.at("tables", index, "columns", tcol), msg)
+        if target_info is not None and new is not None:
+            for ocol, rule in entry.reverse.items():
+                if rule.expr is not None:
+                    msg = new.check_expr(entry.target_table, rule.expr, "new")
+                    if msg:
+                        self.problem(self.at("tables", index, "reverse", ocol), f"reverse rule: {msg}")
+        if mapping is not None:
+            self._reversible(index, entry, mapping)
         self._privileges(index, entry, mapping, source_info, target_info, old, new)
         if mapping is not None and new is not None and old is not None and len(self.report.problems) == first:
             rows, kind = old.row_estimate(entry.source)
@@ -608,6 +619,19 @@ class _Run:
                 target_key=mapping.target_key, columns=len(mapping.columns),
                 version_column=mapping.version[0] if mapping.version else None, rows=rows, rows_kind=kind,
                 mapping=mapping))
+
+    def _reversible(self, index: int, entry: TableSpec, mapping: TableMapping) -> None:
+        """Every migration goes through CUTOVER_WRITES, where rows are mirrored new -> old so that rollback
+        stays possible: an old column that a computed column consumes needs a reverse rule, or the old
+        store would silently stop following it (found here, not on the day of the cutover)."""
+        missing = mapping.needs_reverse()
+        for tcol, olds in missing.items():
+            names = ", ".join(repr(o) for o in olds)
+            self.problem(self.at("tables", index, "columns", tcol),
+                         f"column {tcol!r} is computed from old column{'s' if len(olds) > 1 else ''} {names}, "
+                         "which cannot be mirrored back after write cutover: add a rule for "
+                         f"{'each' if len(olds) > 1 else 'it'} under 'reverse:' (an SQL expr over the new "
+                         "table's columns, or a transform)")
 
     def _privileges(self, index: int, entry: TableSpec, mapping: TableMapping | None,
                     source_info: TableInfo | None, target_info: TableInfo | None,

@@ -117,12 +117,55 @@ class ColumnMap(_Strict):
         return self
 
 
+class ReverseMap(_Strict):
+    """How one *old* column is rebuilt from the new table when rows are mirrored back (new -> old).
+
+    After write cutover the new store is authoritative and every write is mirrored back to the old one, so
+    rollback stays possible. A plain rename reverses by itself; a column the forward mapping computed
+    (``expr``, ``transform``) does not, so the spec says how to rebuild it: an SQL ``expr`` over the *new*
+    table's columns (run on the new store), a Python ``transform`` (given one new column with ``from``, or
+    the whole new row), or ``from`` a new column. A bare string is an ``expr``.
+    """
+
+    from_: str | None = Field(default=None, alias="from", description="new column (a plain copy back)")
+    expr: str | None = Field(default=None, description="SQL expression evaluated on the new store")
+    transform: str | None = Field(default=None, description="python callable 'pkg.module:function'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"expr": value} if isinstance(value, str) else value
+
+    @model_serializer(mode="wrap")
+    def _only_what_was_given(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Dump only the keys given, so the spec crosses Temporal and validates back the same."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ReverseMap:
+        given = [n for n, v in (("from", self.from_), ("expr", self.expr), ("transform", self.transform)) if v]
+        if self.transform and self.expr:
+            raise ValueError("a reverse rule takes either 'expr' or 'transform', not both")
+        if not self.transform and len(given) != 1:
+            raise ValueError(f"give exactly one of from / expr / transform (got {given or 'none'})")
+        if self.from_ is not None and not _IDENT_RE.match(self.from_):
+            raise ValueError(f"{self.from_!r} is not a column name")
+        if self.transform is not None and not _DOTTED_RE.match(self.transform):
+            raise ValueError(f"transform {self.transform!r} must look like 'package.module:function'")
+        if self.expr is not None and ";" in _SQL_STRING_RE.sub("", self.expr):
+            raise ValueError("an expression must not contain ';' (one SQL expression, not statements)")
+        return self
+
+
 class TableSpec(_Strict):
     source: str
     target: str | None = None
     key: list[str] | None = Field(default=None, description="key columns in the source; default: primary key")
     columns: dict[str, ColumnMap] = Field(default_factory=dict, description="target column -> mapping")
     drop: list[str] = Field(default_factory=list, description="source columns deliberately not migrated")
+    reverse: dict[str, ReverseMap] = Field(
+        default_factory=dict, description="old column -> how to rebuild it from the new table (new -> old mirror)")
     version_column: str | None = Field(default=None, description="source column that grows on every write")
     batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
     tenant_column: str | None = None
@@ -142,6 +185,14 @@ class TableSpec(_Strict):
                 raise ValueError(f"{name!r} is not a column name")
         if v is not None and len(set(v)) != len(v):
             raise ValueError("columns are listed twice")
+        return v
+
+    @field_validator("reverse")
+    @classmethod
+    def _reverse_names(cls, v: dict[str, ReverseMap]) -> dict[str, ReverseMap]:
+        for name in v:
+            if not _IDENT_RE.match(name):
+                raise ValueError(f"{name!r} is not a column name")
         return v
 
     @property
@@ -385,6 +436,8 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
         return TableSpec
     if loc[0] == "tables" and len(loc) == 5 and loc[2] == "columns":
         return ColumnMap
+    if loc[0] == "tables" and len(loc) == 5 and loc[2] == "reverse":
+        return ReverseMap
     return None
 
 

@@ -18,6 +18,17 @@ from dualwrite.store import Dialect, Kind, Store
 Key = tuple[Any, ...]
 
 
+def user_expr(expr: str, store: Store) -> str:
+    """A spec's SQL expression, parenthesised, ready to paste into a statement run with parameters.
+
+    Statements built here always go to the driver *with* a parameter tuple (even an empty one), and with
+    the ``%s`` paramstyle (psycopg, MySQLdb) the driver then reads every ``%`` as the start of a
+    placeholder: ``price % 100`` or ``LIKE 'A%'`` would fail, or worse, shift the parameters. Doubling
+    it keeps the operator's SQL meaning what it says. SQLite's ``?`` style leaves ``%`` alone.
+    """
+    return f"({expr.replace('%', '%%')})" if store.paramstyle == "%s" else f"({expr})"
+
+
 @dataclass(frozen=True)
 class Side:
     """One side of a mapping: the table, its key columns and the columns to read, on one store."""
@@ -121,7 +132,8 @@ def source_select_list(mapping: TableMapping, store: Store, *, cast_to_target: b
                 out.append(e)  # same type on both sides: nothing to convert, and the planner is spared a cast
                 continue
         elif plan.kind is SourceKind.EXPR:
-            e = f"({plan.expr})"
+            assert plan.expr is not None
+            e = user_expr(plan.expr, store)
         elif plan.kind is SourceKind.DEFAULT and cast_to_target:
             e = pg_literal(plan.value)
         else:
@@ -193,7 +205,8 @@ def mysql_copy_text_select(mapping: TableMapping, src: Side, lo: Key | None, hi:
             col = mapping.source_info.columns[plan.source]
             e, skind, nullable = store.quote(plan.source), col.kind, col.nullable
         else:  # EXPR
-            e, skind, nullable = f"({plan.expr})", tkind, True
+            assert plan.expr is not None
+            e, skind, nullable = user_expr(plan.expr, store), tkind, True
         if tkind is Kind.BYTES:
             e = f"CONCAT(_utf8mb4 X'5C5C78', HEX({e}))"
         elif skind in _MY_TEXTISH or tkind in _MY_TEXTISH:

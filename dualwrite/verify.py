@@ -236,7 +236,7 @@ def _source_reader(mapping: TableMapping, store: Store) -> _Reader:
             src_col = mapping.source_info.columns[plan.source]
             expr = store.quote(plan.source)
         elif plan.kind is SourceKind.EXPR:
-            expr = f"({plan.expr})"
+            expr = sqlgen.user_expr(plan.expr or "", store)
         how = canonical.column_read(
             col.kind, store.dialect, value_kind=src_col.kind if src_col else None, scale=col.scale,
             value_scale=src_col.scale if src_col else None, value_type=src_col.sql_type if src_col else None,
@@ -358,7 +358,7 @@ def _pg_source_exprs(mapping: TableMapping, store: Store) -> list[str]:
                 out.append(expr)
                 continue
         elif plan.kind is SourceKind.EXPR:
-            expr = f"({plan.expr})"
+            expr = sqlgen.user_expr(plan.expr or "", store)
         else:
             expr = sqlgen.pg_literal(plan.value)
         out.append(f"CAST({expr} AS {target_type})")
@@ -372,7 +372,7 @@ def _my_source_exprs(mapping: TableMapping, store: Store) -> list[str]:
             assert plan.source is not None
             out.append(store.quote(plan.source))
         elif plan.kind is SourceKind.EXPR:
-            out.append(f"({plan.expr})")
+            out.append(sqlgen.user_expr(plan.expr or "", store))
         else:
             out.append(_my_literal(plan.value))
     return out

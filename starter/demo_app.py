@@ -2,9 +2,11 @@
 
 The old store holds a legacy schema the way such schemas look after years of use: ``customers`` with a
 ``name``, a ``phone`` and a long-dead ``fax`` column, ``orders`` with ``amount``, a ``placed`` timestamp and
-a ``legacy_flag``. The new store's schema differs: renamed columns (``full_name``, ``phone_number``,
-``created_at``, ``total`` widened to more digits, ``placed_at``), dropped columns (``fax``,
-``legacy_flag``), and new columns filled with a default (``tier``, ``currency``).
+a ``legacy_flag``. The new store's schema differs: a split column (``name`` "Ada Lovelace" becomes
+``first_name`` "Ada" + ``last_name`` "Lovelace", and a ``reverse`` rule joins them again when the new store
+is authoritative and mirrors back to the old one), renamed columns (``phone_number``, ``created_at``,
+``total`` widened to more digits, ``placed_at``), dropped columns (``fax``, ``legacy_flag``), and new
+columns filled with a default (``tier``, ``currency``).
 
 :class:`LiveApp` is a small order-taking application that writes and reads *only* through the adapter
 (:class:`dualwrite.adapter.DualWriter`) in its own schema, the whole time, on threads: it signs up
@@ -70,8 +72,9 @@ def legacy_ddl(dialect: Dialect, t: Tables) -> list[str]:
 def modern_ddl(dialect: Dialect, t: Tables) -> list[str]:
     ty = _types(dialect)
     return [
-        f"CREATE TABLE {t.customers} (id {ty['id']} PRIMARY KEY, full_name {ty['text']} NOT NULL, "
-        f"email {ty['text']} NOT NULL, phone_number {ty['short']}, created_at {ty['ts']} NOT NULL, "
+        f"CREATE TABLE {t.customers} (id {ty['id']} PRIMARY KEY, first_name {ty['text']} NOT NULL, "
+        f"last_name {ty['text']} NOT NULL, email {ty['text']} NOT NULL, phone_number {ty['short']}, "
+        f"created_at {ty['ts']} NOT NULL, "
         f"tier {ty['short']} NOT NULL DEFAULT 'standard', version {ty['id']} NOT NULL DEFAULT 1)",
         f"CREATE TABLE {t.orders} (id {ty['id']} PRIMARY KEY, customer_id {ty['id']} NOT NULL, "
         f"total NUMERIC(12,2) NOT NULL, status {ty['short']} NOT NULL, placed_at {ty['ts']} NOT NULL, "
@@ -79,13 +82,34 @@ def modern_ddl(dialect: Dialect, t: Tables) -> list[str]:
     ]
 
 
-def spec_yaml(name: str, t: Tables, *, short: bool) -> str:
+def first_name(name: str | None) -> str | None:
+    """The split's first half: the first word of a legacy ``name`` (the forward transform)."""
+    return None if name is None else name.split(" ", 1)[0]
+
+
+def last_name(name: str | None) -> str | None:
+    """The rest after the first space ("Spärck Jones", "van Rossum"): joined back, it gives the name again."""
+    return None if name is None else (name.split(" ", 1)[1] if " " in name else "")
+
+
+def join_sql(dialect: Dialect) -> str:
+    """The reverse rule: the legacy ``name`` rebuilt on the new store, in that store's SQL (MariaDB reads
+    ``||`` as OR)."""
+    if dialect is Dialect.MYSQL:
+        return "CONCAT(first_name, ' ', last_name)"
+    return "first_name || ' ' || last_name"
+
+
+def spec_yaml(name: str, t: Tables, *, short: bool, new_dialect: Dialect = Dialect.SQLITE) -> str:
     """The demo's migration spec. The gate thresholds are the seed's (99.9 % match, 99.95 % secondary
     success, 100 % backfill, no reconciliation gap); only the sample minimums and the window are sized for a
     demo that lasts a minute or two instead of a day. The latency allowance (+200 % instead of the seed's
     +20 %) is honest about the ``sync`` strategy on SQLite: the request writes both stores before it
     returns (DESIGN.md: "~2x write latency"), and the demo's backfill and verifications share the same
-    database files with it, so its p99 swings; ``outbox`` is the strategy for a +20 % budget."""
+    database files with it, so its p99 swings; ``outbox`` is the strategy for a +20 % budget.
+
+    The split is a Python transform forward (the same on every engine, and the adapter computes it for
+    the application's writes after write cutover) and SQL in reverse, on the new store's engine."""
     samples = 100 if short else 400
     return f"""
 name: {name}
@@ -100,11 +124,14 @@ tables:
     version_column: version
     batch_size: {250 if short else 1000}
     columns:
-      full_name: name
+      first_name: {{from: name, transform: "starter.demo_app:first_name"}}
+      last_name: {{from: name, transform: "starter.demo_app:last_name"}}
       phone_number: phone
       created_at: created
       tier: {{default: standard}}
     drop: [fax]
+    reverse:
+      name: "{join_sql(new_dialect)}"
   - source: {t.orders}
     version_column: version
     batch_size: {250 if short else 1000}
@@ -134,10 +161,14 @@ def execute(store: Store, statements: list[str], params: list[tuple[Any, ...]] |
 
 
 def reset_tables(store: Store, t: Tables) -> None:
-    """Drop the demo's own tables (only those) so a rerun on the same database starts clean."""
+    """Drop the demo's own tables (only those, and what an earlier run's CLEANUP retired of them) so a
+    rerun on the same database starts clean."""
+    names = store.table_names()
     for table in (t.orders, t.customers):
-        with contextlib.suppress(Exception):  # the next CREATE reports a real problem
-            execute(store, [f"DROP TABLE IF EXISTS {table}"])
+        retired = [n for n in names if n.startswith(f"{table}_dw_retired_")]
+        for name in (table, *retired):
+            with contextlib.suppress(Exception):  # the next CREATE reports a real problem
+                execute(store, [f"DROP TABLE IF EXISTS {name}"])
 
 
 def _ts(dialect: Dialect, at: datetime) -> Any:
@@ -164,7 +195,7 @@ def seed(store: Store, t: Tables, customers: int, orders_per_customer: int, *, r
     start = datetime(2019, 1, 1, tzinfo=UTC)
     crow = []
     for i in range(1, customers + 1):
-        name = _name(rng)
+        name = "Ada Lovelace" if i == 1 else _name(rng)
         crow.append((i, name, f"{name.split()[0].lower()}.{i}@example.com",
                      f"+44 20 7946 {i % 10000:04d}" if rng.random() < 0.8 else None,
                      f"+44 20 7946 {i % 9999:04d}" if rng.random() < 0.1 else None,
@@ -355,6 +386,40 @@ class LiveApp:
                 if not _same(value, got.get(col)):
                     problems.append(f"{table} {key}: field {col} differs")
         return len(items), problems
+
+
+def _retired(store: Store, table: str) -> str:
+    """The old table's name now: itself, or the newest ``<table>_dw_retired_<timestamp>`` after CLEANUP."""
+    names = store.table_names()
+    if table in names:
+        return table
+    retired = sorted(n for n in names if n.startswith(f"{table}_dw_retired_"))
+    return retired[-1] if retired else table
+
+
+def split_check(old: Store, new: Store, t: Tables) -> dict[str, Any]:
+    """Prove the split column both ways: for every customer in both stores, the old ``name`` equals the
+    new ``first_name`` and ``last_name`` joined. Rows created before write cutover were split on the way
+    to the new store; rows created after it were joined on the way back to the old one.
+
+    Counts only, plus customer 1 ("Ada Lovelace", seeded) as the example the report shows. CLEANUP has
+    retired the old table by then (renamed, never dropped), so that is where the old rows are read."""
+    with old.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT id, name FROM {old.quote(_retired(old, t.customers))}")
+        names = {int(r[0]): r[1] for r in cur.fetchall()}
+        conn.rollback()
+    with new.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT id, first_name, last_name FROM {t.customers}")
+        parts = {int(r[0]): (r[1], r[2]) for r in cur.fetchall()}
+        conn.rollback()
+    both = sorted(set(names) & set(parts))
+    bad = [k for k in both if names[k] != f"{parts[k][0]} {parts[k][1]}"]
+    example = {"id": 1, "old_name": names.get(1), "new_first_name": parts.get(1, (None, None))[0],
+               "new_last_name": parts.get(1, (None, None))[1]}
+    return {"column": f"{t.customers}.name -> first_name + last_name", "rows_compared": len(both),
+            "mismatches": len(bad), "example": example}
 
 
 def _same(a: Any, b: Any) -> bool:

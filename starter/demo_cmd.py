@@ -92,6 +92,36 @@ def _free_port() -> int:
 # the command
 
 
+def _demo_databases(server_url: str) -> tuple[str, str]:
+    """The URLs of ``dwdemo_old`` and ``dwdemo_new`` on the server of ``server_url``, created if missing:
+    the demo's own databases, so one server URL is enough and nothing of the user's is touched."""
+    import sqlalchemy as sa
+
+    from dualwrite.config import normalise_url, redact
+
+    url = sa.make_url(normalise_url(server_url))
+    backend = url.get_backend_name()
+    if backend not in ("postgresql", "mysql", "mariadb"):
+        err.print(f"[bold red]error:[/] --store-url must be a postgresql:// or mysql:// URL, not {backend}://")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for name in ("dwdemo_old", "dwdemo_new"):
+                if backend != "postgresql":
+                    conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {name}")
+                elif conn.exec_driver_sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").first() is None:
+                    conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.SQLAlchemyError as exc:
+        err.print(f"[bold red]error:[/] cannot create the demo databases on {escape(redact(server_url))}: "
+                  f"{escape(str(getattr(exc, 'orig', None) or exc).splitlines()[0])}")
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        engine.dispose()
+    return (url.set(database="dwdemo_old").render_as_string(hide_password=False),
+            url.set(database="dwdemo_new").render_as_string(hide_password=False))
+
+
 @command(rich_help_panel="Run")
 def demo(
     short: Annotated[bool, typer.Option(
@@ -104,6 +134,10 @@ def demo(
         "mysql://…) instead of a SQLite file. The demo creates and drops only its own dwdemo_* tables.")] = None,
     new_url: Annotated[str | None, typer.Option(
         "--new-url", metavar="URL", help="The new store's database (with --old-url).")] = None,
+    store_url: Annotated[str | None, typer.Option(
+        "--store-url", metavar="URL", help="Run both stores on this PostgreSQL or MySQL/MariaDB server: the "
+        "demo creates the databases dwdemo_old and dwdemo_new there if missing (instead of --old-url and "
+        "--new-url).")] = None,
     workdir: Annotated[Path | None, typer.Option(
         "--workdir", help="Where the SQLite files, the log and the report go (default: a new temp dir).")] = None,
     port: Annotated[int | None, typer.Option(
@@ -126,6 +160,11 @@ def demo(
     """
     from starter.dev_cmd import find_temporal
 
+    if store_url is not None:
+        if old_url is not None or new_url is not None:
+            err.print("[bold red]error:[/] give --store-url, or --old-url and --new-url, not both")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        old_url, new_url = _demo_databases(store_url)
     if (old_url is None) != (new_url is None):
         err.print("[bold red]error:[/] give both --old-url and --new-url, or neither (SQLite files)")
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -278,9 +317,10 @@ async def _drive(cfg: DemoConfig) -> dict[str, Any]:
         seeded = await asyncio.to_thread(demo_app.seed, old, tables, cfg.customers, cfg.orders_per_customer)
     out.print(f"old store [bold]legacy[/] ({escape(old.ref.redacted_url)}): {seeded[0]:,} customers, "
               f"{seeded[1]:,} orders in the legacy schema")
-    out.print(f"new store [bold]modern[/] ({escape(new.ref.redacted_url)}): renamed columns, dropped fax / "
-              "legacy_flag, new tier / currency with defaults")
-    spec_text = demo_app.spec_yaml(cfg.name, tables, short=cfg.short)
+    out.print(f"new store [bold]modern[/] ({escape(new.ref.redacted_url)}): name split into first_name + "
+              "last_name (joined back by a reverse rule), renamed columns, dropped fax / legacy_flag, new tier / "
+              "currency with defaults")
+    spec_text = demo_app.spec_yaml(cfg.name, tables, short=cfg.short, new_dialect=new.dialect)
     (cfg.workdir / "demo-spec.yaml").write_text(spec_text, encoding="utf-8")
     spec = parse_spec(spec_text, "demo-spec.yaml")
     no_config = cfg.workdir / "stores.yaml"  # stores come from the environment below; keep ./dualwrite.yaml out
@@ -316,11 +356,12 @@ async def _drive(cfg: DemoConfig) -> dict[str, Any]:
             await asyncio.sleep(1.0)
             await asyncio.to_thread(app.stop)
             checked, problems = await asyncio.to_thread(app.check_acknowledged)
+            split = await asyncio.to_thread(demo_app.split_check, old, new, tables)
             await asyncio.to_thread(writer.close)
             window = await asyncio.to_thread(st.read_stats, old, spec.name, 24 * 3600.0)
             gates = await gate_decisions(handle)
             report = build_report(cfg, handle.id, status, watch, app, seeded, window, gates, checked, problems,
-                                  time.monotonic() - started)
+                                  time.monotonic() - started, split)
             print_report(report)
             if cfg.keep_running:
                 await _wait_for_ctrl_c(cfg, handle.id)
@@ -504,7 +545,7 @@ async def gate_decisions(handle: WorkflowHandle[Any, Any]) -> dict[str, dict[str
 
 def build_report(cfg: DemoConfig, workflow_id: str, status: MigrationStatus, watch: Watcher, app: LiveApp,
                  seeded: tuple[int, int], window: Any, gates: dict[str, dict[str, Any]], checked: int,
-                 problems: list[str], elapsed: float) -> dict[str, Any]:
+                 problems: list[str], elapsed: float, split: dict[str, Any] | None = None) -> dict[str, Any]:
     from dualwrite.config import redact
 
     rows = {t.source: t.rows_copied for t in status.tables}
@@ -514,8 +555,9 @@ def build_report(cfg: DemoConfig, workflow_id: str, status: MigrationStatus, wat
     secondary_rate = window.secondary_success_rate()
     match_rate = window.shadow_match_rate()
     gates_ok = all(gates.get(p, {}).get("passed") for p in GATED)
+    split_ok = split is None or (split["rows_compared"] > 0 and split["mismatches"] == 0)
     ok = (str(status.phase) == "DONE" and last_v is not None and bool(last_v["ok"]) and not problems
-          and gates_ok and sum(c.write_failures.values()) == 0)
+          and gates_ok and sum(c.write_failures.values()) == 0 and split_ok)
     return {
         "ok": ok,
         "migration": cfg.name,
@@ -537,6 +579,7 @@ def build_report(cfg: DemoConfig, workflow_id: str, status: MigrationStatus, wat
         "shadow_reads": {"compared": window.shadow_samples, "by_result": shadow, "match_rate": match_rate},
         "acknowledged_writes": {"keys_checked": checked, "problems": problems[:20],
                                 "problem_count": len(problems)},
+        "split_column": split,
         "transitions": [{"from": str(r.from_phase), "to": str(r.to_phase), "kind": r.kind, "by": r.by,
                          "reason": r.reason, "at": r.at.isoformat()} for r in status.transitions],
         "log": str(cfg.workdir / "demo.log"),
@@ -598,6 +641,12 @@ def print_report(r: dict[str, Any]) -> None:
     ack = r["acknowledged_writes"]
     t.add_row("acknowledged writes", f"{ack['keys_checked']:,} keys read back from the new store: "
               + ("all present and equal" if not ack["problem_count"] else f"{ack['problem_count']} PROBLEMS"))
+    sp = r.get("split_column")
+    if sp:
+        ex = sp["example"]
+        t.add_row("split column", f"{sp['column']}: {sp['rows_compared']:,} customers in both stores, "
+                  + ("all agree" if not sp["mismatches"] else f"{sp['mismatches']} DISAGREE")
+                  + f" (e.g. {ex['old_name']!r} = {ex['new_first_name']!r} + {ex['new_last_name']!r})")
     t.add_row("log", r["log"])
     out.print()
     out.rule("dualwrite demo report")

@@ -170,6 +170,8 @@ def test_a_clean_spec_exits_0_with_a_summary_per_table(
             columns:
               total: amount
               status: {{expr: "CASE status WHEN 'open' THEN 1 ELSE 2 END"}}
+            reverse:
+              status: "CASE status WHEN 1 THEN 'open' ELSE 'paid' END"
         """)
     before = (pg_snapshot(pg_old, fetch), pg_snapshot(pg_new, fetch))
     code, out = check(spec, store_env(pgold=pg_old, pgnew=pg_new))
@@ -305,6 +307,7 @@ def test_a_read_only_role_on_the_new_store_is_reported_as_unable_to_write(
         tables:
           - source: {t}_orders
             columns: {{total: amount, status: {{expr: "length(status)"}}}}
+            reverse: {{status: "status::text"}}
         """)
     password = "Pw-" + secrets.token_hex(8)
     new_url = with_password(pg_new.ref.url, password, user=pg_role)
@@ -429,6 +432,8 @@ def test_expressions_are_planned_on_zero_rows_in_a_read_only_transaction(
               total: amount
               note: {{expr: "nextval('{t}_seq')::text"}}
               status: {{expr: "stauts::int"}}
+            reverse:
+              status: "status::text"
         """)
     code, out = check(spec, store_env(pgold=pg_old, pgnew=pg_new))
     assert code == EXIT_BAD_INPUT
@@ -598,3 +603,100 @@ def test_preflight_api_takes_a_validated_spec_and_locates_by_path(pg_old: Store,
         ("tables[0].columns.status", "type mismatch"),
         ("tables[0].columns", "source column 'amount' is not migrated"),
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reverse rules: what write cutover needs to mirror new -> old
+
+
+@pytest.fixture
+def people_schema(pg_old: Store, pg_new: Store, table_name: str, run_sql: RunSql) -> str:
+    """A split column: old ``name`` -> new ``first_name`` + ``last_name``."""
+    t = table_name
+    run_sql(pg_old, f"CREATE TABLE {t}_people (id bigint PRIMARY KEY, name text NOT NULL, email text, "
+                    "version bigint NOT NULL DEFAULT 1)",
+            f"INSERT INTO {t}_people (id, name) VALUES (1, 'Ada Lovelace')")
+    run_sql(pg_new, f"CREATE TABLE {t}_people (id bigint PRIMARY KEY, first_name text NOT NULL, "
+                    "last_name text NOT NULL, email text, version bigint NOT NULL)")
+    return t
+
+
+SPLIT_COLUMNS = """
+            columns:
+              first_name: {expr: "split_part(name, ' ', 1)"}
+              last_name: {expr: "substr(name, strpos(name, ' ') + 1)"}"""
+
+
+def test_a_computed_column_without_a_reverse_rule_cannot_take_the_writes(
+    tmp_path: Path, pg_old: Store, pg_new: Store, people_schema: str
+) -> None:
+    t = people_schema
+    spec = write_spec(tmp_path, f"""
+        name: m
+        old: pgold
+        new: pgnew
+        tables:
+          - source: {t}_people
+            version_column: version{SPLIT_COLUMNS}
+        """)
+    code, out = check(spec, store_env(pgold=pg_old, pgnew=pg_new))
+    assert code == EXIT_BAD_INPUT, out
+    assert out.splitlines()[1:] == [
+        "  spec.yaml:8 tables[0].columns.first_name: column 'first_name' is computed from old column 'name', "
+        "which cannot be mirrored back after write cutover: add a rule for it under 'reverse:' (an SQL expr "
+        "over the new table's columns, or a transform)",
+        "  spec.yaml:9 tables[0].columns.last_name: column 'last_name' is computed from old column 'name', "
+        "which cannot be mirrored back after write cutover: add a rule for it under 'reverse:' (an SQL expr "
+        "over the new table's columns, or a transform)",
+        "Nothing was written. Fix these and run 'dualwrite check' again.",
+    ]
+
+
+def test_reverse_rules_are_checked_on_the_new_store_all_at_once(
+    tmp_path: Path, pg_old: Store, pg_new: Store, people_schema: str, fetch: Fetch
+) -> None:
+    t = people_schema
+    spec = write_spec(tmp_path, f"""
+        name: m
+        old: pgold
+        new: pgnew
+        tables:
+          - source: {t}_people
+            version_column: version{SPLIT_COLUMNS}
+            reverse:
+              name: "first_nam || ' ' || last_name"
+              nmae: "first_name"
+              version: "1"
+        """)
+    before = (pg_snapshot(pg_old, fetch), pg_snapshot(pg_new, fetch))
+    code, out = check(spec, store_env(pgold=pg_old, pgnew=pg_new))
+    assert code == EXIT_BAD_INPUT, out
+    assert out.splitlines()[1:] == [
+        '  spec.yaml:11 tables[0].reverse.name: reverse rule: the new store rejects this expression: column '
+        '"first_nam" does not exist',
+        f"  spec.yaml:12 tables[0].reverse.nmae: column 'nmae' does not exist in source table {t}_people "
+        "(did you mean 'name'?)",
+        "  spec.yaml:13 tables[0].reverse.version: column 'version' is mirrored back: it comes back from target "
+        "column 'version' as a plain column, so it takes no reverse rule",
+        "Nothing was written. Fix these and run 'dualwrite check' again.",
+    ]
+    assert (pg_snapshot(pg_old, fetch), pg_snapshot(pg_new, fetch)) == before
+
+
+def test_a_split_with_its_reverse_rule_checks_clean(
+    tmp_path: Path, pg_old: Store, pg_new: Store, people_schema: str
+) -> None:
+    t = people_schema
+    spec = write_spec(tmp_path, f"""
+        name: m
+        old: pgold
+        new: pgnew
+        tables:
+          - source: {t}_people
+            version_column: version{SPLIT_COLUMNS}
+            reverse:
+              name: "first_name || ' ' || last_name"
+        """)
+    code, out = check(spec, store_env(pgold=pg_old, pgnew=pg_new))
+    assert code == EXIT_OK, out
+    assert f"  {t}_people -> {t}_people: key (id), 5 columns mapped, version column version, 1 rows" in out

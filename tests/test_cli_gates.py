@@ -5,10 +5,13 @@ gate, the hold and the tenants side by side. The CLI runs as a subprocess agains
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
+from collections.abc import AsyncIterator
 
+import pytest
 from conftest import MigrationDriver, create_pg, spec_for
 from temporalio.client import Client
 from test_workflow_cutover import feed_stats
@@ -24,6 +27,18 @@ async def cli(client: Client, *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.fixture(autouse=True)
+async def _no_relay_left(temporal_client: Client) -> AsyncIterator[None]:
+    """The outbox migration below starts its relay, and CLEANUP finishes it; a failure half-way must not
+    leave it running (it would hold an activity slot of the shared worker for the rest of the session)."""
+    yield
+    query = ('WorkflowType = "RelayWorkflow" AND ExecutionStatus = "Running" '
+             'AND WorkflowId STARTS_WITH "dualwrite-cligate-"')
+    async for w in temporal_client.list_workflows(query):
+        with contextlib.suppress(Exception):
+            await temporal_client.get_workflow_handle(w.id, run_id=w.run_id).terminate("test over")
 
 
 async def test_cli_dry_run_hold_cleanup_confirmation_and_status(dw: MigrationDriver, temporal_client: Client,

@@ -246,3 +246,62 @@ def test_load_spec_names_the_file(tmp_path: Path) -> None:
 def test_the_example_spec_parses(repo_root: Path) -> None:
     spec = load_spec(repo_root / "examples" / "orders.yaml")
     assert spec.tables[0].target_table == "orders_v2"
+
+
+def test_reverse_rules_a_bare_string_is_an_expr() -> None:
+    spec = parse_spec(spec_text("""
+        name: m
+        old: legacy
+        new: modern
+        tables:
+          - source: customers
+            columns:
+              first_name: {expr: "split_part(name, ' ', 1)"}
+              last_name: {expr: "substr(name, strpos(name, ' ') + 1)"}
+              state: {from: status, transform: "pkg.mod:to_int"}
+            reverse:
+              name: "first_name || ' ' || last_name"
+              status: {from: state, transform: "pkg.mod:to_text"}
+              legacy: {transform: "pkg.mod:whole_row"}
+              code: {from: code_v2}
+        """))
+    rev = spec.tables[0].reverse
+    assert rev["name"].expr == "first_name || ' ' || last_name" and rev["name"].from_ is None
+    assert (rev["status"].from_, rev["status"].transform) == ("state", "pkg.mod:to_text")
+    assert rev["legacy"].from_ is None and rev["legacy"].transform == "pkg.mod:whole_row"
+    assert rev["code"].from_ == "code_v2" and rev["code"].expr is None
+    # the spec crosses Temporal as a dump: it must validate back to the same rules
+    dumped = spec.model_dump(mode="json")
+    assert dumped["tables"][0]["reverse"]["name"] == {"expr": "first_name || ' ' || last_name"}
+    assert type(spec).model_validate(dumped) == spec
+
+
+def test_reverse_rule_mistakes_are_reported_at_their_lines() -> None:
+    found = problems_of("""
+        name: m
+        old: legacy
+        new: modern
+        tables:
+          - source: customers
+            reverse:
+              name: {from: first_name, expr: "first_name"}
+              note: {expr: "x; DROP TABLE customers"}
+              phone: {transfrom: "pkg.mod:fn"}
+              email: {}
+        """)
+    assert found == [
+        "spec.yaml:7 tables[0].reverse.name: give exactly one of from / expr / transform (got ['from', 'expr'])",
+        "spec.yaml:8 tables[0].reverse.note: an expression must not contain ';' (one SQL expression, not "
+        "statements)",
+        "spec.yaml:9 tables[0].reverse.phone.transfrom: unknown field (did you mean 'transform'?)",
+        "spec.yaml:10 tables[0].reverse.email: give exactly one of from / expr / transform (got none)",
+    ]
+    assert problems_of("""
+        name: m
+        old: legacy
+        new: modern
+        tables:
+          - source: customers
+            reverse:
+              2name: "a"
+        """) == ["spec.yaml:6 tables[0].reverse: '2name' is not a column name"]

@@ -13,7 +13,9 @@ How a phase change happens (always under one lock, so transitions never interlea
    past a failing gate records its reason; entering CLEANUP needs its own confirmation;
 3. :func:`phases.plan_advance` / :func:`phases.plan_rollback` decide what changes. A rollback that gives
    authority back to the old store (out of CUTOVER_WRITES, for the migration or for one tenant) first
-   drains the repair queue and verifies new -> old with repair: only a clean result lets it flip;
+   drains the repair queue and (``outbox`` / ``triggers``) mirrors every key-log entry logged so far, then
+   verifies new -> old with repair: only a clean result lets it flip. Keys logged after that drain point are
+   in flight (the relay mirrors them), not differences, so live writes do not keep the rollback refused;
 4. the epoch grows, (phase, epoch, per-tenant overrides) is published to the control tables, and the
    phase's *entry work* starts: wait for the phase barrier (every live application instance has seen the
    epoch), then the phase's own work (preflight, backfill children then a verification, a verification,
@@ -36,6 +38,11 @@ passes, and always holds before CLEANUP unless the spec sets ``auto_cleanup``. A
 mirrors keys of failed secondary writes, and a continuous verification runs with jitter from DUAL_WRITE
 until CLEANUP when ``verify_interval_seconds`` is set.
 
+With ``outbox`` / ``triggers`` the workflow starts the migration's RelayWorkflow itself at PREPARE (after the
+preflight), as a child with the relay's fixed id that outlives it; one already running is adopted, so
+however the migration was started (CLI, Web UI, a script) exactly one relay drains the key logs until
+CLEANUP tells it to finish.
+
 Only names, counts, key bounds and checkpoints enter history; activities resolve store names to URLs in
 the worker. The workflow continues as new when Temporal suggests it and nothing long is running.
 """
@@ -50,8 +57,14 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, is_cancelled_exception
-from temporalio.workflow import ActivityCancellationType
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from workflows import phases
@@ -92,7 +105,15 @@ with workflow.unsafe.imports_passed_through():
         VerificationSummary,
         VerifyInput,
     )
-    from workflows.relay import FINISH_SIGNAL, relay_workflow_id
+    from workflows.relay import (
+        FINISH_SIGNAL,
+        RELAY_CATCH_UP,
+        CatchUpInput,
+        CatchUpResult,
+        RelayInput,
+        RelayWorkflow,
+        relay_workflow_id,
+    )
     from workflows.verify import VerificationWorkflow, failure_message
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
@@ -102,6 +123,13 @@ MAX_TRANSITIONS_KEPT = 200
 ROLLBACK_KINDS = ("rollback", "auto-rollback")
 TRIGGER_WATCH_SECONDS = 300.0
 """One trigger watch returns after this long when nothing tripped (a few history events per period)."""
+CATCH_UP_SECONDS = 120.0
+"""outbox / triggers: how long mirroring the key logs up to their drain point may take before a rollback
+gives up (and is refused) or a phase's verification goes ahead anyway."""
+RELAY_AUTOSTART_PATCH = "relay-autostart"
+"""Histories from before: PREPARE did not start the relay (whoever ran the migration started it)."""
+CATCH_UP_PATCH = "relay-catch-up"
+"""Histories from before: no key-log catch-up before a rollback's or a phase's repairing verification."""
 
 
 def _reject(reason: str) -> ApplicationError:
@@ -566,6 +594,17 @@ class MigrationWorkflow:
 
         note(f"rollback: catching up the old store ({plan.frm} -> {plan.to})")
         await self._drain_once()
+        # outbox / triggers: writes the new store acknowledged wait in its key log until the relay mirrors
+        # them; mirror everything logged up to now first, so the verification below compares settled rows
+        # and only keys logged after this point (still in the log: in flight, mirrored by the relay) differ
+        caught = await self._catch_up_logs("before the rollback", note)
+        if caught is not None and not caught.reached:
+            note("")
+            self._count("rollbacks_refused")
+            errors = f" ({'; '.join(caught.errors)})" if caught.errors else ""
+            return (f"rollback refused: the key logs still hold {caught.behind} entries logged before the rollback "
+                    f"after {caught.seconds:.0f} s of mirroring{errors}; the old store is not level, "
+                    f"{'tenant ' + plan.tenant if plan.tenant else 'the migration'} stays in {plan.frm}")
         for scope in plan.verify_first:
             note(f"rollback: verifying new -> old{' for tenant ' + scope if scope else ''} before flipping "
                  "authority")
@@ -949,6 +988,7 @@ class MigrationWorkflow:
                     for p in prep.tables:
                         if p.source == t.source:
                             t.rows_estimate = p.rows_estimate
+                await self._ensure_relay()
             if s.published_epoch < epoch:
                 await self._publish()
             await self._barrier(epoch, self._set_work_state)
@@ -965,6 +1005,7 @@ class MigrationWorkflow:
                     s.work_state = "draining the repair queue after the rollback"
                     self._wake += 1
                     await self._drain_once()
+                await self._catch_up_logs(f"entering {phase}", self._set_work_state)
                 s.work_state = f"verifying on entering {phase}"
                 self._wake += 1
                 await self._run_verification(reverse=phases.verification_reverse(phase), repair=True,
@@ -1009,6 +1050,7 @@ class MigrationWorkflow:
             if after_rollback:
                 note("draining the repair queue after the rollback")
                 await self._drain_once()
+                await self._catch_up_logs(f"tenant {tenant} entering {phase}", note)
             note(f"verifying tenant {tenant} on entering {phase}")
             await self._run_verification(reverse=phases.verification_reverse(phase), repair=True,
                                          reason=f"tenant {tenant} entering {phase}", tenant=tenant)
@@ -1054,6 +1096,51 @@ class MigrationWorkflow:
         self._s.repair_queue_depth = res.remaining
         self._count("repair_mirrored", res.mirrored)
         self._count("repair_failed", res.failed)
+
+    async def _ensure_relay(self) -> None:
+        """outbox / triggers: make sure the migration's RelayWorkflow runs, whoever started the migration (the
+        CLI, the Web UI, a script), before applications write key logs (from DUAL_WRITE on).
+
+        It is a child with a fixed id (one relay per migration, whatever the number of starts) that outlives
+        this run (ABANDON: continue-as-new and the end of the migration leave it alone; CLEANUP tells it to
+        finish). A relay already running under that id, e.g. one a bench started with its own tuning, is the
+        relay: "already started" is success. Starting it after the preflight means a bad spec writes nothing
+        (for ``triggers`` its setup installs the capture triggers)."""
+        if self._spec.strategy.value == "sync" or not workflow.patched(RELAY_AUTOSTART_PATCH):
+            return
+        spec = self._spec
+        self._s.work_state = "starting the relay"
+        self._wake += 1
+        try:
+            handle = await workflow.start_child_workflow(
+                RelayWorkflow.run,
+                RelayInput(spec=spec, heartbeat_timeout_seconds=self._tuning.heartbeat_timeout_seconds),
+                id=relay_workflow_id(spec.name), parent_close_policy=ParentClosePolicy.ABANDON,
+                static_summary=f"relay {spec.name}: {spec.strategy.value} key logs, {spec.old} ⇄ {spec.new}")
+        except WorkflowAlreadyStartedError:
+            self._count("relay_already_running")
+            workflow.logger.info("migration %s: relay %s already running", spec.name, relay_workflow_id(spec.name))
+            return
+        handle.add_done_callback(_relay_ended)
+        self._count("relay_started")
+
+    async def _catch_up_logs(self, why: str, note: Callable[[str], None]) -> CatchUpResult | None:
+        """outbox / triggers: mirror every key-log entry logged so far (its drain point), whether the relay
+        or this activity gets to it first. None for ``sync`` (no key logs) and in histories from before."""
+        if self._spec.strategy.value == "sync" or not workflow.patched(CATCH_UP_PATCH):
+            return None
+        note(f"mirroring the key logs up to now ({why})")
+        self._wake += 1
+        res: CatchUpResult = await workflow.execute_activity(
+            RELAY_CATCH_UP, CatchUpInput(spec=self._spec, max_seconds=CATCH_UP_SECONDS),
+            start_to_close_timeout=timedelta(seconds=CATCH_UP_SECONDS + 300),
+            heartbeat_timeout=timedelta(seconds=max(10.0, self._tuning.heartbeat_timeout_seconds)),
+            retry_policy=_RETRY, result_type=CatchUpResult, summary=f"catch up the key logs ({why})")
+        self._count("key_log_caught_up", res.counters.mirrored)
+        if not res.reached:
+            workflow.logger.warning("migration %s: %d key-log entries still behind after catching up (%s)",
+                                    self._spec.name, res.behind, why)
+        return res
 
     async def _retire_old_store(self) -> None:
         """CLEANUP (applications stopped mirroring at the barrier): finish the relay, remove capture and key
@@ -1339,6 +1426,15 @@ def _fmt(value: Any) -> str:
 def _retired_name(table: str, stamp: str) -> str:
     """How CLEANUP renames an old table (shown by dry runs; the activity computes the real one)."""
     return f"{table.rpartition('.')[2]}_dw_retired_{stamp}"
+
+
+def _relay_ended(handle: asyncio.Future[Any]) -> None:
+    """The relay this run started has ended (finished at CLEANUP, or terminated): note how, no more."""
+    if handle.cancelled():
+        return
+    exc = handle.exception()
+    if exc is not None:
+        workflow.logger.warning("relay ended: %s", failure_message(exc))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

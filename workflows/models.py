@@ -157,6 +157,8 @@ class TableVerification(_Model):
     fields: list[str] = Field(default_factory=list, description="target columns that differed")
     repaired: int = 0
     unresolved: int = Field(default=0, description="differences left after repair (all of them without)")
+    in_flight: int = Field(default=0, description="outbox / triggers: differences whose key still waits in a "
+                           "key log (the relay mirrors it); neither repaired nor unresolved")
     sample_keys: list[list[Any]] = Field(default_factory=list, description="a few keys (wire form) of the "
                                          "unresolved rows, so the evidence names them; never a row value")
     ok: bool = False

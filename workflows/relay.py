@@ -1,5 +1,8 @@
 """RelayWorkflow: one per migration with the ``outbox`` or ``triggers`` strategy (id ``dualwrite-<name>-relay``).
 
+``MigrationWorkflow`` starts it at PREPARE (a child that outlives it) unless one already runs under that id,
+so nobody has to start it by hand; a caller that wants its own tuning starts it *before* the migration.
+
 It keeps one long-running activity draining the key logs (the outbox written by the adapter, the change log
 written by triggers) of both stores through the mirror primitive, continuously: the activity polls the logs,
 mirrors what it finds, heartbeats its counters, and returns after ``max_activity_seconds`` so its result (a
@@ -32,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
 RELAY_SETUP = "relay_setup"
 RELAY_DRAIN = "relay_drain"
 RELAY_TEARDOWN = "relay_teardown"
+RELAY_CATCH_UP = "relay_catch_up"
 FINISH_SIGNAL = "finish"
 
 PERMANENT_ERRORS = ["SchemaError", "SpecError", "UnknownStoreError", "ConfigError", "TriggerError"]
@@ -101,6 +105,23 @@ class RelayDrainResult(_Model):
     lag_seconds: float = Field(default=0.0, description="age of the oldest entry met (database clock)")
     remaining: int = Field(default=0, description="entries still waiting when the activity returned")
     phase: str = ""
+    errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
+
+
+class CatchUpInput(_Model):
+    """Mirror every key-log entry that exists *now* (the drain point) before the caller relies on the other
+    store, e.g. before a rollback flips authority back to the old store (called by ``MigrationWorkflow``)."""
+
+    spec: MigrationSpec
+    max_seconds: float = Field(default=120.0, gt=0, description="give up (reached=False) after this long")
+    batch: int = Field(default=500, ge=1, le=10_000)
+
+
+class CatchUpResult(_Model):
+    reached: bool = Field(default=False, description="every entry logged before the start was mirrored")
+    behind: int = Field(default=0, description="entries logged before the start still waiting at the end")
+    counters: RelayCounters = Field(default_factory=RelayCounters)
+    seconds: float = 0.0
     errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
 
 

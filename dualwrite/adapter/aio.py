@@ -158,7 +158,7 @@ class AsyncDualWriter:
         s = rt.sides[side]
         sql = rt.read_sql.get(side)
         if sql is None:
-            sql = rt.read_sql[side] = f"SELECT {s.returning_all} FROM {s.qtable} WHERE {s.where_key}"
+            sql = rt.read_sql[side] = s.read_sql()
         started = time.perf_counter()
         try:
             async with self.engines[side].connect() as conn:
@@ -168,12 +168,10 @@ class AsyncDualWriter:
                 handoff.cancel()
             raise
         w.stats.observe(st.LAT_READ, (time.perf_counter() - started) * 1000)
-        row = None if r is None else dict(zip(s.columns, r, strict=True))
+        row, app = s.split_row(tuple(r)) if r is not None else (None, None)
         if handoff is not None:
-            handoff.set(row)
-        if row is None:
-            return None
-        return {s.col_to_app.get(c, c): v for c, v in row.items()}
+            handoff.set(row)  # the shadow compares store rows, in each store's own column names
+        return app
 
     async def close(self, *, close_writer: bool = False) -> None:
         for e in self._own:

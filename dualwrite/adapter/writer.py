@@ -18,7 +18,11 @@ overrides and the sticky ramp):
    - ``triggers``: nothing: triggers on the store capture the keys and the relay mirrors them.
 
 After write cutover the new store is authoritative: the same calls write the new store (column names
-translated through the mapping) and mirror back to the old one with ``mapping.reversed()``.
+translated through the mapping) and mirror back to the old one with ``mapping.reversed()``. A column the
+mapping computes (a split ``name`` -> ``first_name`` + ``last_name``) is computed from the application's
+values in the write itself (``expr`` in SQL on the new store, ``transform`` in Python), and reads served by
+the new store rebuild the application's columns with the spec's ``reverse`` rules: the application keeps
+its schema from the first phase to the last.
 """
 
 from __future__ import annotations
@@ -46,12 +50,12 @@ from dualwrite import stats as st
 from dualwrite.adapter.phase import PhaseCache, Routing, Side
 from dualwrite.config import StoreRef, StoreResolver
 from dualwrite.errors import DualwriteError, Problem, SchemaError, StoreUnavailableError
-from dualwrite.mapping import SourceKind, TableMapping, compile_table
+from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping, compile_table
 from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.rows import adapt, adapters_for
 from dualwrite.shadow import RecentWrites, Scheduler, ShadowOptions, ShadowReader, TableComparator
 from dualwrite.spec import MigrationSpec, Strategy, TableSpec
-from dualwrite.sqlgen import target_side, upsert_sql
+from dualwrite.sqlgen import target_side, upsert_sql, user_expr
 from dualwrite.store import Dialect, Kind, Store
 
 log = logging.getLogger("dualwrite.adapter")
@@ -152,7 +156,8 @@ class SideTable:
 
     def __init__(self, side: Side, store: Store, table: str, columns: Sequence[str], app_to_col: Mapping[str, str],
                  key: Sequence[str], version: str | None, version_kind: Kind | None, writable: bool,
-                 defaults: Mapping[str, Any] | None = None) -> None:
+                 defaults: Mapping[str, Any] | None = None, computed: Sequence[ColumnPlan] = (),
+                 app_reads: Sequence[ColumnPlan] = (), why_not_writable: str = "") -> None:
         self.side = side
         self.store = store
         self.dialect = store.dialect
@@ -166,6 +171,9 @@ class SideTable:
         self.version_kind = version_kind
         self.writable = writable
         self.defaults = dict(defaults or {})  # side column -> constant (new columns with a spec default)
+        self.computed = tuple(computed)  # side columns computed from application values (forward expr/transform)
+        self.app_reads = tuple(app_reads)  # application columns rebuilt from a side row (reverse rules)
+        self.why_not_writable = why_not_writable
         self.ph = store.paramstyle
         self.sql: dict[Any, str] = {}
         q = store.quote
@@ -178,6 +186,61 @@ class SideTable:
         except KeyError:
             raise RoutingError(f"column {app_name!r} of table {self.table} cannot be written on the "
                                f"{self.side.value} store (not a plain column there)") from None
+
+    def assignments(self, values: Mapping[str, Any]) -> list[tuple[str, str, list[Any]]]:
+        """(side column, SQL of its value, parameters) for a write given in application column names.
+
+        Renamed columns take a placeholder; a computed column is computed from the values it is made of
+        (all of them must be given, or the stored value would mix old and new inputs). An ``expr`` runs
+        in the statement itself over a one-row derived table of those values, so it costs no round trip.
+        """
+        out: list[tuple[str, str, list[Any]]] = []
+        fed: set[str] = set()
+        for plan in self.computed:
+            if not any(i in values for i in plan.inputs):
+                continue
+            missing = [i for i in plan.inputs if i not in values]
+            if missing:
+                raise RoutingError(f"table {self.table}: column {plan.target!r} is computed from "
+                                   f"{', '.join(plan.inputs)}; give {', '.join(missing)} too")
+            fed.update(plan.inputs)
+            out.append(self._computed(plan, values))
+        plain = [(self.col(c), self.ph, [v]) for c, v in values.items() if c in self.app_to_col or c not in fed]
+        return plain + out
+
+    def _computed(self, plan: ColumnPlan, values: Mapping[str, Any]) -> tuple[str, str, list[Any]]:
+        if plan.kind is SourceKind.TRANSFORM:
+            assert plan.transform is not None
+            arg = values[plan.source] if plan.source is not None else dict(values)
+            return plan.target, self.ph, [plan.transform(arg)]
+        assert plan.expr is not None
+        q = self.store.quote
+        cols = ", ".join(f"{self.ph} AS {q(i)}" for i in plan.inputs)
+        return (plan.target, f"(SELECT {user_expr(plan.expr, self.store)} FROM (SELECT {cols}) AS dw_app)",
+                [values[i] for i in plan.inputs])
+
+    def read_sql(self) -> str:
+        """SELECT of one row by key: the side's columns, then the SQL-rebuilt application columns."""
+        exprs = [user_expr(p.expr, self.store) for p in self.app_reads if p.kind is SourceKind.EXPR and p.expr]
+        return f"SELECT {', '.join([self.returning_all, *exprs])} FROM {self.qtable} WHERE {self.where_key}"
+
+    def split_row(self, r: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A row read with :meth:`read_sql` -> (the side's row in its own names, the application's row).
+
+        The application's row carries the renamed columns under their application names and the columns
+        the reverse rules rebuild (the old ``name`` joined from ``first_name`` and ``last_name``)."""
+        n = len(self.columns)
+        row = dict(zip(self.columns, r[:n], strict=True))
+        app = {self.col_to_app.get(c, c): v for c, v in row.items()}
+        extra = iter(r[n:])
+        for p in self.app_reads:
+            if p.kind is SourceKind.EXPR:
+                app[p.target] = next(extra)
+            elif p.kind is SourceKind.COLUMN:
+                app[p.target] = row[p.source or ""]
+            elif p.transform is not None:
+                app[p.target] = p.transform(row[p.source] if p.source is not None else dict(row))
+        return row, app
 
     def version_bump(self, qualifier: str = "") -> str:
         """The new version of an updated row: +1, or the database clock for a timestamp version."""
@@ -243,19 +306,21 @@ class TableRuntime:
                              src.columns[self.version].kind if self.version else None, writable=True)
         plain = {p.source: p.target for p in forward.columns if p.kind is SourceKind.COLUMN and p.source}
         defaults = {p.target: p.value for p in forward.columns if p.kind is SourceKind.DEFAULT}
+        computed = [p for p in forward.columns if p.kind in (SourceKind.EXPR, SourceKind.TRANSFORM)]
         vnew = forward.version[1] if forward.version else None
         self.new = SideTable(Side.NEW, new, forward.target_table, list(dst.columns), plain, forward.target_key, vnew,
                              dst.columns[vnew].kind if vnew else None, writable=self.backward is not None,
-                             defaults=defaults)
+                             defaults=defaults, computed=computed, app_reads=forward.reverse,
+                             why_not_writable=_irreversible_text(forward))
         self.sides = {Side.OLD: self.old, Side.NEW: self.new}
         self.orm_compatible = (forward.source_table == forward.target_table and self.backward is not None
                                and all(p.source == p.target for p in forward.columns))
-        no_expr = not any(p.kind is SourceKind.EXPR for p in forward.columns)
+        # the image path computes columns in Python: a mapping with SQL (expr) re-reads the source instead
         self.fast: dict[Side, FastPath | None] = {Side.OLD: None, Side.NEW: None}
-        if forward.version is not None and no_expr:
+        if forward.version is not None and not _has_expr(forward):
             self.fast[Side.OLD] = FastPath(forward, new, self.old.columns)
-            if self.backward is not None:
-                self.fast[Side.NEW] = FastPath(self.backward, old, self.new.columns)
+        if forward.version is not None and self.backward is not None and not _has_expr(self.backward):
+            self.fast[Side.NEW] = FastPath(self.backward, old, self.new.columns)
         self.read_sql: dict[Side, str] = {}
         self.comparator = TableComparator(forward)
 
@@ -263,7 +328,7 @@ class TableRuntime:
         if side is Side.OLD:
             return self.forward
         if self.backward is None:
-            raise RoutingError(f"table {self.name}: its mapping computes columns, so the new store cannot be "
+            raise RoutingError(f"table {self.name}: {self.new.why_not_writable}, so the new store cannot be "
                                "mirrored back to the old one (write cutover is not possible for it)")
         return self.backward
 
@@ -286,6 +351,20 @@ class TableRuntime:
         if all(k in values for k in self.key):
             return tuple(values[k] for k in self.key)
         return None
+
+
+def _has_expr(mapping: TableMapping) -> bool:
+    return any(p.kind is SourceKind.EXPR for p in mapping.columns)
+
+
+def _irreversible_text(mapping: TableMapping) -> str:
+    """Why a mapping cannot be mirrored back, for the error a write after cutover gets."""
+    missing = mapping.needs_reverse()
+    if not missing:
+        return ""
+    olds = sorted({c for cols in missing.values() for c in cols})
+    return (f"its mapping computes {', '.join(missing)} from {', '.join(olds)} and has no reverse rule for "
+            f"{'it' if len(olds) == 1 else 'them'} (add 'reverse:' to the table's spec)")
 
 
 @dataclass
@@ -556,26 +635,26 @@ class DualWriter:
         started = time.perf_counter()
         try:
             with self.engines[side].connect() as conn:
-                row = self._select(conn, rt, side, k)
+                found = self._select(conn, rt, side, k)
         except BaseException:
             if handoff is not None:
                 handoff.cancel()
             raise
         self.stats.observe(st.LAT_READ, (time.perf_counter() - started) * 1000)
+        row, app = found if found is not None else (None, None)
         if handoff is not None:
-            handoff.set(row)
-        if row is None:
-            return None
-        names = rt.sides[side].col_to_app
-        return {names.get(c, c): v for c, v in row.items()}
+            handoff.set(row)  # the shadow compares store rows, in each store's own column names
+        return app
 
-    def _select(self, conn: Connection, rt: TableRuntime, side: Side, key: Key) -> dict[str, Any] | None:
+    def _select(self, conn: Connection, rt: TableRuntime, side: Side, key: Key
+                ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(the store's row, the application's row) of one key, or None."""
         s = rt.sides[side]
         sql = rt.read_sql.get(side)
         if sql is None:
-            sql = rt.read_sql[side] = f"SELECT {s.returning_all} FROM {s.qtable} WHERE {s.where_key}"
+            sql = rt.read_sql[side] = s.read_sql()
         r = conn.exec_driver_sql(sql, tuple(key)).first()
-        return None if r is None else dict(zip(s.columns, r, strict=True))
+        return None if r is None else s.split_row(tuple(r))
 
     def read_row_direct(self, table: str, side: str, key: Key) -> dict[str, Any] | None:
         """Read a row by key on one store through the adapter's own pool (that store's column names)."""
@@ -877,14 +956,18 @@ class UnitOfWorkBase:
         s = rt.sides[self.side]
         if not s.writable:
             raise RoutingError(f"table {rt.name}: the new store cannot be written in the application's schema "
-                               "(its mapping computes columns); write cutover is not possible for it")
+                               f"({s.why_not_writable}); write cutover is not possible for it")
         return s
 
     def _values(self, s: SideTable, values: Mapping[str, Any], *, version: bool) -> tuple[list[str], list[str],
                                                                                           list[Any]]:
-        cols = [s.col(c) for c in values]
-        exprs = [s.ph] * len(cols)
-        params = list(values.values())
+        cols: list[str] = []
+        exprs: list[str] = []
+        params: list[Any] = []
+        for col, sql, vals in s.assignments(values):
+            cols.append(col)
+            exprs.append(sql)
+            params += vals
         for col, val in s.defaults.items():
             if col not in cols:
                 cols.append(col)
@@ -911,8 +994,11 @@ class UnitOfWorkBase:
         s = self._side(rt)
         k = rt.key_of(key)
         q = s.store.quote
-        sets = [f"{q(s.col(c))} = {s.ph}" for c in values]
-        params = list(values.values())
+        sets: list[str] = []
+        params: list[Any] = []
+        for col, sql, vals in s.assignments(values):
+            sets.append(f"{q(col)} = {sql}")
+            params += vals
         if s.version and rt.version not in values:
             sets.append(f"{q(s.version)} = {s.version_bump()}")
         if not sets:
@@ -931,7 +1017,7 @@ class UnitOfWorkBase:
         if key is None:
             raise RoutingError(f"table {rt.name}: an upsert needs every key column ({', '.join(rt.key)})")
         q = s.store.quote
-        versioned = s.version is not None and s.version not in [s.col(c) for c in values]
+        versioned = s.version is not None and s.version not in [c for c, _, _ in s.assignments(values)]
         cols, exprs, params = self._values(s, values, version=True)
         keyset = set(s.key)
         rest = [c for c in cols if c not in keyset and not (versioned and c == s.version)]
