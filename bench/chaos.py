@@ -322,6 +322,8 @@ class TemporalSide:
             w._counted = True  # type: ignore[attr-defined]
             self.hook_kills += 1
             self.start_worker()
+        if self.hook_kills >= 2:
+            self.hooks_file.write_text("{}")  # at most twice per run: enough kills, and the copy must finish
         return len(dead)
 
     def start_server(self) -> None:
@@ -473,6 +475,29 @@ class Result:
         ]
 
 
+def describe_differences(report: VerifyReport, log: AckLog, when: str, limit: int = 12) -> list[str]:
+    """The differences of a verification by kind and by whose key it is, and the first few key by key
+    (kind, differing column names, what the writer was told): enough to tell a lost write, an unfinished
+    backfill or a late writer apart without printing row values."""
+    owners: Counter[str] = Counter()
+    lines = []
+    for i, d in enumerate(report.differences):
+        key = int(d.key[0])
+        last = log.last.get(key, ("-",))
+        if key < KEY_SPACE:
+            owner = "untouched seed" if last == ("v", f"seed-{key}") else "seed"
+        else:
+            owner = "adapter process" if key // KEY_SPACE == CHILD_CLIENT else f"client {key // KEY_SPACE}"
+        owners[f"{owner} {d.kind.value}"] += 1
+        if i < limit:
+            maybe = sorted(o[0] for o in log.maybe.get(key, set()))
+            cols = ",".join(f.name for f in d.fields)
+            lines.append(f"  key {key} ({owner}): {d.kind.value}{f' [{cols}]' if cols else ''}, "
+                         f"last ack {last[0]}, uncertain {maybe or '-'}")
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(owners.items()))
+    return [f"differences {when}: {summary}", *lines]
+
+
 def _full_verify(old: Store, new: Store, writer: DualWriter) -> VerifyReport:
     return verify_range(old, new, writer.mapping_for(TABLE, False), allow_empty=True, max_differences=100_000)
 
@@ -614,10 +639,7 @@ def run(*, seconds: float, pair: str, strategy: str, clients: int = 4, seed_rows
                     res.faults["adapter-kill"] += 1
                 child = spawn_child() if res.adapter_kills < adapter_kills else None
             if side is not None and side.respawn_dead():
-                res.faults["worker-hook-kill"] += 1
                 say("worker killed by the copy.after_batch_commit hook")
-                if side.hook_kills >= 2:
-                    side.hooks_file.write_text("{}")
             if side is not None and kill_times and now >= kill_times[0]:
                 kill_times.pop(0)
                 side.kill_worker()
@@ -651,6 +673,9 @@ def run(*, seconds: float, pair: str, strategy: str, clients: int = 4, seed_rows
         for t in threads:
             t.join(30)
         relay_thread.join(30)
+        stuck = [t.name for t in [*threads, relay_thread] if t.is_alive()]
+        if stuck:
+            res.notes.append(f"threads still running after writes stopped: {', '.join(stuck)}")
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -664,6 +689,8 @@ def run(*, seconds: float, pair: str, strategy: str, clients: int = 4, seed_rows
             with contextlib.suppress(Exception):
                 asyncio.run(side.terminate(name))
             res.worker_kills = side.kills + side.hook_kills
+            if side.hook_kills:
+                res.faults["worker-hook-kill"] = side.hook_kills
             res.server_restarts = side.server_restarts
             res.notes.append(f"migration workflow phase at the end: {side.final_phase}")
             side.stop()
@@ -683,6 +710,8 @@ def run(*, seconds: float, pair: str, strategy: str, clients: int = 4, seed_rows
                 break
         before = _full_verify(old, new_direct, writer)
         res.differences_before = before.total_differences
+        if not before.ok:
+            res.notes += describe_differences(before, log, "before repair", limit=4)
         report = before
         for _ in range(5):
             if report.ok:
@@ -693,6 +722,12 @@ def run(*, seconds: float, pair: str, strategy: str, clients: int = 4, seed_rows
         after = _full_verify(old, new_direct, writer)
         res.differences_after = after.total_differences
         res.rows = after.rows_source
+        if not after.ok:
+            res.notes += describe_differences(after, log, "after repair")
+            time.sleep(2.0)
+            later = _full_verify(old, new_direct, writer)
+            res.notes.append(f"the same comparison 2 s later: {later.total_differences} differences"
+                             f" ({later.missing} missing, {later.extra} extra, {later.field_different} field)")
 
         # -- every acknowledged write present with its last value; no deleted row back -----------------
         rows_old, rows_new = all_rows(old), all_rows(new_direct)
@@ -725,27 +760,35 @@ def run(*, seconds: float, pair: str, strategy: str, clients: int = 4, seed_rows
 
 
 async def _start_and_backfill(side: TemporalSide, spec: MigrationSpec) -> None:
-    """Start the MigrationWorkflow and advance it into BACKFILL (copy while the writers run)."""
+    """Start the MigrationWorkflow and advance it into BACKFILL (copy while the writers run).
+
+    outbox / triggers: the relay is started first, with the harness's tuning (fast polls, short heartbeats,
+    so worker kills are noticed quickly); the migration then adopts the relay running under the fixed id
+    instead of starting one of its own with the defaults."""
+    from temporalio.service import RPCError
+
     from workflows.models import MigrationStatus, TransitionRequest, TransitionResult
 
-    handle = await side.start_migration(spec)
     if str(spec.strategy.value) != "sync":
         await side.start_relay(spec)
+    handle = await side.start_migration(spec)
     deadline = time.monotonic() + 30
+    last = "no answer"
     while time.monotonic() < deadline:
-        st = await handle.query("status", result_type=MigrationStatus)
-        if st.phase in ("BACKFILL", "SHADOW_READ"):
-            return
-        if st.waiting_for.startswith(("operator", "gate", "auto")) or st.waiting_for == "":
-            try:
+        side.respawn_dead()  # a worker the copy hook killed: the main loop that respawns them has not begun
+        try:
+            st = await handle.query("status", result_type=MigrationStatus)
+            if st.phase in ("BACKFILL", "SHADOW_READ"):
+                return
+            last = f"phase {st.phase}, waiting for: {st.waiting_for or '-'}"
+            if st.waiting_for.startswith(("operator", "gate", "auto")) or st.waiting_for == "":
                 await handle.execute_update("advance", TransitionRequest(by="bench.chaos", reason="chaos run"),
                                             result_type=TransitionResult)
-            except Exception as exc:  # noqa: BLE001 - "no poller seen": the workers are (re)starting
-                if "no poller" not in str(exc):
-                    raise
-                await asyncio.sleep(1.0)
+        except RPCError as exc:  # "no poller seen", "Timeout expired": the workers are (re)starting
+            last = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(1.0)
         await asyncio.sleep(0.3)
-    raise RuntimeError("the migration did not reach BACKFILL within 30 s")
+    raise RuntimeError(f"the migration did not reach BACKFILL within 30 s ({last})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import contextlib
 import difflib
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -154,6 +155,26 @@ def _first_line(exc: BaseException) -> str:
 def _mysql_code(exc: BaseException) -> int | None:
     args = getattr(exc, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+#: deadlock, lock wait timeout: a live table's concurrent DDL (e.g. a relay installing its triggers) can
+#: make a plan wait or deadlock; that says nothing about privileges, so the check is tried again
+_MYSQL_TRANSIENT = {1205, 1213}
+_EXPLAIN_ATTEMPTS = 4
+
+
+def _explain(cur: Any, sql: str) -> BaseException | None:
+    """Plan ``sql``; the error it ends with (None when it plans), past transient lock conflicts."""
+    for attempt in range(_EXPLAIN_ATTEMPTS):
+        try:
+            cur.execute(sql)
+            cur.fetchall()
+            return None
+        except Exception as exc:  # noqa: BLE001 - access denied is the answer we look for
+            if _mysql_code(exc) not in _MYSQL_TRANSIENT or attempt == _EXPLAIN_ATTEMPTS - 1:
+                return exc
+            time.sleep(0.2 * (attempt + 1))
+    return None
 
 
 class _Probe:
@@ -411,14 +432,13 @@ class _Probe:
         with self.store.connect() as conn:
             cur = conn.cursor()
             for priv, sql in dict.fromkeys(checks):
-                try:
-                    cur.execute(sql)
-                    cur.fetchall()
-                except Exception as exc:  # noqa: BLE001 - access denied is the answer we look for
-                    if _mysql_code(exc) in _MYSQL_DENIED:
-                        denied.append(priv)
-                    else:
-                        other.append(f"{priv} check failed: {_first_line(exc)}")
+                exc = _explain(cur, sql)
+                if exc is None:
+                    continue
+                if _mysql_code(exc) in _MYSQL_DENIED:
+                    denied.append(priv)
+                else:
+                    other.append(f"{priv} check failed: {_first_line(exc)}")
             read_only = False
             if writes is not None:
                 cur.execute("SELECT @@global.read_only")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dualwrite import control
-from dualwrite.errors import StoreUnavailableError
+from dualwrite.errors import DualwriteError, StoreError, StoreUnavailableError
 from dualwrite.keys import Key, decode_key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys
@@ -85,6 +85,17 @@ def _mirror_isolated(source: Store, target: Store, mapping: TableMapping, keys: 
     return done, failed, errors
 
 
+def _unmappable(exc: BaseException) -> bool:
+    """Is this a verdict on the table itself (not in the spec, no mapping for this direction), so that its
+    entries can never be mirrored and may be dropped?
+
+    Building a mapping reflects both tables, so it also fails while a store is unreachable (a restarted
+    worker's first batch during an outage): those errors are not dualwrite's own, or are store errors,
+    and must leave the entries in the log for the next attempt. Dropping them lost every key of the batch
+    until a verification found the rows (the chaos runs' outbox drift)."""
+    return isinstance(exc, DualwriteError) and not isinstance(exc, StoreError)
+
+
 def drain_log_batch(log_store: Store, other: Store, migration: str, mapping_for: MappingFor, *, reverse: bool,
                     log_table: str = OUTBOX, limit: int = 500, discard: bool = False,
                     control_store: Store | None = None) -> RelayResult:
@@ -111,7 +122,9 @@ def drain_log_batch(log_store: Store, other: Store, migration: str, mapping_for:
             for table, wire_keys in by_table.items():
                 try:
                     mapping = mapping_for(table, reverse)
-                except Exception as exc:  # noqa: BLE001 - a table no longer in the spec: nothing to mirror to
+                except Exception as exc:
+                    if not _unmappable(exc):
+                        raise  # the mapping could not be built now (a store unreachable): keep the entries
                     log.warning("relay %s: dropping %d entries of table %s: %s", migration, len(wire_keys), table,
                                 _short(exc))
                     out.discarded += len(wire_keys)

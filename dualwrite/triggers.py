@@ -91,6 +91,10 @@ def _sqlite_key_json(row: str, store: Store, cols: Sequence[tuple[str, Kind]]) -
 def trigger_sql(store: Store, migration: str, table: str, key: Sequence[str], *, log: str = CHANGELOG
                 ) -> list[str]:
     """The statements that (re)install capture triggers on ``table`` (``table`` as the spec names it)."""
+    if store.dialect is Dialect.MYSQL:
+        defs = _my_trigger_defs(store, migration, table, key, log=log)
+        return [*(f"DROP TRIGGER IF EXISTS {name}" for name in defs),
+                *(f"CREATE TRIGGER {name} {event} {body}" for name, (event, body) in defs.items())]
     cols = _key_columns(store, table, key)
     trig, fn = _names(migration, table)
     qt = store.quote(table)
@@ -109,17 +113,6 @@ def trigger_sql(store: Store, migration: str, table: str, key: Sequence[str], *,
         )
         return [body, f"DROP TRIGGER IF EXISTS {trig} ON {qt}",
                 f"CREATE TRIGGER {trig} AFTER INSERT OR UPDATE OR DELETE ON {qt} FOR EACH ROW EXECUTE FUNCTION {fn}()"]
-    if store.dialect is Dialect.MYSQL:
-        moved = " OR ".join(f"NOT (OLD.{store.quote(n)} <=> NEW.{store.quote(n)})" for n, _ in cols)
-        new_key, old_key = _my_key_json("NEW", store, cols), _my_key_json("OLD", store, cols)
-        guard = "IF @dualwrite_replica IS NULL THEN"
-        return [
-            f"DROP TRIGGER IF EXISTS {trig}_i", f"DROP TRIGGER IF EXISTS {trig}_u", f"DROP TRIGGER IF EXISTS {trig}_d",
-            f"CREATE TRIGGER {trig}_i AFTER INSERT ON {qt} FOR EACH ROW BEGIN {guard} {head}{new_key}); END IF; END",
-            f"CREATE TRIGGER {trig}_u AFTER UPDATE ON {qt} FOR EACH ROW BEGIN {guard} {head}{old_key}); "
-            f"IF {moved} THEN {head}{new_key}); END IF; END IF; END",
-            f"CREATE TRIGGER {trig}_d AFTER DELETE ON {qt} FOR EACH ROW BEGIN {guard} {head}{old_key}); END IF; END",
-        ]
     moved = " OR ".join(f"NOT (OLD.{store.quote(n)} IS NEW.{store.quote(n)})" for n, _ in cols)
     new_key, old_key = _sqlite_key_json("NEW", store, cols), _sqlite_key_json("OLD", store, cols)
     sel = f"INSERT INTO {log} (migration, table_name, key_json) SELECT {_lit(migration)}, {_lit(table)}, "
@@ -129,6 +122,56 @@ def trigger_sql(store: Store, migration: str, table: str, key: Sequence[str], *,
         f"CREATE TRIGGER {trig}_u AFTER UPDATE ON {qt} BEGIN {head}{old_key}); {sel}{new_key} WHERE {moved}; END",
         f"CREATE TRIGGER {trig}_d AFTER DELETE ON {qt} BEGIN {head}{old_key}); END",
     ]
+
+
+def _my_trigger_defs(store: Store, migration: str, table: str, key: Sequence[str], *, log: str = CHANGELOG
+                     ) -> dict[str, tuple[str, str]]:
+    """MariaDB/MySQL: trigger name -> (event clause, body) of the three capture triggers of ``table``."""
+    cols = _key_columns(store, table, key)
+    trig, _ = _names(migration, table)
+    qt = store.quote(table)
+    head = f"INSERT INTO {log} (migration, table_name, key_json) VALUES ({_lit(migration)}, {_lit(table)}, "
+    moved = " OR ".join(f"NOT (OLD.{store.quote(n)} <=> NEW.{store.quote(n)})" for n, _ in cols)
+    new_key, old_key = _my_key_json("NEW", store, cols), _my_key_json("OLD", store, cols)
+    guard = "IF @dualwrite_replica IS NULL THEN"
+    return {
+        f"{trig}_i": (f"AFTER INSERT ON {qt} FOR EACH ROW", f"BEGIN {guard} {head}{new_key}); END IF; END"),
+        f"{trig}_u": (f"AFTER UPDATE ON {qt} FOR EACH ROW", f"BEGIN {guard} {head}{old_key}); "
+                                                            f"IF {moved} THEN {head}{new_key}); END IF; END IF; END"),
+        f"{trig}_d": (f"AFTER DELETE ON {qt} FOR EACH ROW", f"BEGIN {guard} {head}{old_key}); END IF; END"),
+    }
+
+
+def _my_install_sql(store: Store, migration: str, table: str, key: Sequence[str], *, log: str = CHANGELOG
+                    ) -> list[str]:
+    """MariaDB/MySQL: the statements that bring the capture triggers of ``table`` to what they should be.
+
+    Every trigger statement there is DDL that commits on its own, so dropping and re-creating a trigger
+    leaves a moment in which the application's writes are not captured at all; and each one takes an
+    exclusive metadata lock on a live table, which stalls every writer behind it and aborts as a deadlock
+    any transaction that read the table and then locks rows of it (a preflight's SELECT, then SELECT ...
+    FOR UPDATE). So triggers already installed as wanted are left alone (a relay reinstalls on every
+    start), and MariaDB replaces a changed one in a single statement. MySQL has no CREATE OR REPLACE
+    TRIGGER: there a changed trigger is still dropped and re-created, and only reconciliation covers
+    writes in that moment.
+    """
+    defs = _my_trigger_defs(store, migration, table, key, log=log)
+    schema = table.rpartition(".")[0]
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = "
+                    f"{'%s' if schema else 'DATABASE()'} AND TRIGGER_NAME IN ({', '.join(['%s'] * len(defs))})",
+                    (*([schema] if schema else []), *defs))
+        current = {str(name): str(body) for name, body in cur.fetchall()}
+        cur.execute("SELECT VERSION()")
+        mariadb = "mariadb" in str(cur.fetchone()[0]).lower()
+        cur.close()
+        conn.rollback()
+    todo = {name: d for name, d in defs.items() if current.get(name) != d[1]}
+    if mariadb:
+        return [f"CREATE OR REPLACE TRIGGER {name} {event} {body}" for name, (event, body) in todo.items()]
+    return [*(f"DROP TRIGGER IF EXISTS {name}" for name in todo),
+            *(f"CREATE TRIGGER {name} {event} {body}" for name, (event, body) in todo.items())]
 
 
 def drop_sql(store: Store, migration: str, table: str) -> list[str]:
@@ -148,9 +191,15 @@ def _run(store: Store, statements: Sequence[str]) -> None:
 
 
 def install_triggers(store: Store, migration: str, table: str, key: Sequence[str], *, log: str = CHANGELOG) -> None:
-    """Create the change log (if missing) and (re)install the capture triggers of one table. Idempotent."""
+    """Create the change log (if missing) and (re)install the capture triggers of one table. Idempotent:
+    on MariaDB/MySQL triggers already as wanted are not touched (see :func:`_my_install_sql`)."""
     ensure_log(store, log)
-    _run(store, trigger_sql(store, migration, table, key, log=log))
+    if store.dialect is Dialect.MYSQL:
+        statements = _my_install_sql(store, migration, table, key, log=log)
+    else:
+        statements = trigger_sql(store, migration, table, key, log=log)
+    if statements:
+        _run(store, statements)
 
 
 def remove_triggers(store: Store, migration: str, table: str) -> None:
