@@ -218,7 +218,7 @@ class DualwriteActivities:
                 if state.passed or time.monotonic() >= deadline:
                     return status
                 activity.heartbeat(status)
-                _sleep(0.5)
+                _sleep(inp.poll_seconds)
                 _raise_if_stopping()
 
     # -- BACKFILL ---------------------------------------------------------------------------------------

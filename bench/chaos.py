@@ -759,6 +759,9 @@ def run(*, seconds: float, pair: str, strategy: str, clients: int = 4, seed_rows
             print(f"kept: databases dwchaos_{tag}_old/_new, files {workdir}", flush=True)
 
 
+BACKFILL_DEADLINE_SECONDS = 90.0
+
+
 async def _start_and_backfill(side: TemporalSide, spec: MigrationSpec) -> None:
     """Start the MigrationWorkflow and advance it into BACKFILL (copy while the writers run).
 
@@ -772,7 +775,9 @@ async def _start_and_backfill(side: TemporalSide, spec: MigrationSpec) -> None:
     if str(spec.strategy.value) != "sync":
         await side.start_relay(spec)
     handle = await side.start_migration(spec)
-    deadline = time.monotonic() + 30
+    # generous: under load a worker takes seconds to start, and the copy hook may kill both workers (and
+    # their replacements) before the first status answer
+    deadline = time.monotonic() + BACKFILL_DEADLINE_SECONDS
     last = "no answer"
     while time.monotonic() < deadline:
         side.respawn_dead()  # a worker the copy hook killed: the main loop that respawns them has not begun
@@ -788,7 +793,7 @@ async def _start_and_backfill(side: TemporalSide, spec: MigrationSpec) -> None:
             last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(1.0)
         await asyncio.sleep(0.3)
-    raise RuntimeError(f"the migration did not reach BACKFILL within 30 s ({last})")
+    raise RuntimeError(f"the migration did not reach BACKFILL within {BACKFILL_DEADLINE_SECONDS:.0f} s ({last})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,11 +22,13 @@ _EXPORTS: dict[str, str] = {
     "StoreError": "dualwrite.errors",
     "StoreUnavailableError": "dualwrite.errors",
     "IllegalTransitionError": "dualwrite.errors",
+    "WriteFencedError": "dualwrite.errors",
     "VerificationError": "dualwrite.errors",
     "Problem": "dualwrite.errors",
     # spec and configuration
     "MigrationSpec": "dualwrite.spec",
     "TableSpec": "dualwrite.spec",
+    "ReverseMap": "dualwrite.spec",
     "load_spec": "dualwrite.spec",
     "parse_spec": "dualwrite.spec",
     "StoreResolver": "dualwrite.config",

@@ -36,6 +36,9 @@ REPAIR_QUEUE = "dualwrite_repair_queue"
 CHECKPOINTS = "dualwrite_checkpoints"
 
 AUTHORITATIVE_SIDES = ("old", "new")
+FENCE = "fence"
+"""Key of the published overrides that fences writes while authority moves between the stores:
+``{"all": true}`` (the whole migration) or ``{"tenants": ["acme"]}`` (one tenant's flip)."""
 DEFAULT_LIVE_SECONDS = 15.0
 
 
@@ -174,6 +177,21 @@ def read_state(store: Store, migration: str) -> ControlState | None:
     m, phase, epoch, paused, overrides, updated = rows[0]
     return ControlState(migration=m, phase=phase, epoch=int(epoch), paused=bool(paused),
                         overrides=json.loads(overrides or "{}"), updated_at=updated)
+
+
+def is_fenced(overrides: Any, tenant: str | None) -> bool:
+    """Whether writes of ``tenant`` (None: not tenant-scoped) are fenced by the published ``overrides``."""
+    fence = overrides.get(FENCE) if isinstance(overrides, dict) else None
+    if not isinstance(fence, dict):
+        return False
+    if fence.get("all"):
+        return True
+    return tenant is not None and tenant in (fence.get("tenants") or ())
+
+
+def fence_overrides(overrides: dict[str, Any], tenants: Sequence[str] | None) -> dict[str, Any]:
+    """``overrides`` with a write fence: ``tenants`` None fences the whole migration."""
+    return {**overrides, FENCE: {"all": True} if tenants is None else {"tenants": sorted(tenants)}}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -65,6 +65,11 @@ class IllegalTransitionError(DualwriteError):
     """A phase transition that the phase machine forbids (skipping, leaving CLEANUP, while paused...)."""
 
 
+class WriteFencedError(DualwriteError):
+    """A write waited for a write fence (authority moving between the stores) longer than the adapter's
+    ``fence_max_wait``, or was routed before the authority moved: nothing was written; retry the request."""
+
+
 class VerificationError(DualwriteError):
     """A verification could not prove anything: it compared zero rows or skipped a chunk."""
 

@@ -42,7 +42,8 @@ async def test_lifecycle_pg_to_pg_auto(dw: MigrationDriver, temporal_client: Cli
     handle = await dw.start(spec, tuning=fast_tuning(backfill_ranges=40))
     final = await asyncio.wait_for(handle.result(), timeout=120)
 
-    assert final.phase == "DONE" and final.epoch == 8
+    # 7 transitions after the first epoch, plus the write fence published before write cutover
+    assert final.phase == "DONE" and final.epoch == 9 and final.counters.get("write_fences") == 1
     assert [(t.from_phase, t.to_phase, t.kind) for t in final.transitions if t.kind != "cleanup"][1:] == [
         ("PREPARE", "DUAL_WRITE", "auto"), ("DUAL_WRITE", "BACKFILL", "auto"), ("BACKFILL", "SHADOW_READ", "auto"),
         ("SHADOW_READ", "CUTOVER_READS", "auto"), ("CUTOVER_READS", "CUTOVER_WRITES", "auto"),
@@ -62,7 +63,7 @@ async def test_lifecycle_pg_to_pg_auto(dw: MigrationDriver, temporal_client: Cli
     assert found == [handle.id]
     # the control tables tell applications the final state
     state = control.read_state(pg_old, name)
-    assert state is not None and (state.phase, state.epoch) == ("DONE", 8)
+    assert state is not None and (state.phase, state.epoch) == ("DONE", 9)
     await save_histories(temporal_client, handle.id, "pg-auto")
 
 

@@ -16,7 +16,14 @@ How a phase change happens (always under one lock, so transitions never interlea
    drains the repair queue and (``outbox`` / ``triggers``) mirrors every key-log entry logged so far, then
    verifies new -> old with repair: only a clean result lets it flip. Keys logged after that drain point are
    in flight (the relay mirrors them), not differences, so live writes do not keep the rollback refused;
-4. the epoch grows, (phase, epoch, per-tenant overrides) is published to the control tables, and the
+4. when authority moves between the stores (into CUTOVER_WRITES, out of it, or a tenant's flip), a *write
+   fence* comes first: a state with ``overrides["fence"]`` (the whole migration, or the one tenant) is
+   published under a new epoch and the workflow waits for its barrier, which an instance acknowledges only
+   once no unit of work routed under an older epoch is still open there; the adapters hold new writes of
+   the fenced scope meanwhile. With writes fenced it drains the repair queue and (``outbox`` / ``triggers``)
+   the key logs, so no write acknowledged under the old authority is still on its way when the new one
+   starts. Any failure in between lifts the fence under the old authority and the change is refused;
+5. the epoch grows, (phase, epoch, per-tenant overrides) is published to the control tables, and the
    phase's *entry work* starts: wait for the phase barrier (every live application instance has seen the
    epoch), then the phase's own work (preflight, backfill children then a verification, a verification,
    or, in CLEANUP, retiring the old store).
@@ -116,6 +123,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.verify import VerificationWorkflow, failure_message
 
+FENCE_KEY = "fence"
+"""``overrides`` key of a write fence (dualwrite.control.FENCE; the workflow does not import dualwrite)."""
+
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                      maximum_interval=timedelta(seconds=60), non_retryable_error_types=PERMANENT_ERRORS)
 
@@ -130,6 +140,8 @@ RELAY_AUTOSTART_PATCH = "relay-autostart"
 """Histories from before: PREPARE did not start the relay (whoever ran the migration started it)."""
 CATCH_UP_PATCH = "relay-catch-up"
 """Histories from before: no key-log catch-up before a rollback's or a phase's repairing verification."""
+WRITE_FENCE_PATCH = "write-fence"
+"""Histories from before: authority moved between the stores without a write fence."""
 
 
 def _reject(reason: str) -> ApplicationError:
@@ -169,6 +181,9 @@ class MigrationWorkflow:
         self._gate_checked_at: Any = None
         self._last_signal_rejection = ""
         self._backfill_children: list[str] = []
+        self._fence: tuple[bool, tuple[str, ...]] | None = None
+        """A write fence in force: (the whole migration, the tenants fenced). Only set inside a transition
+        handler (under the lock), so it never needs to survive continue-as-new."""
 
     # =====================================================================================================
     # run
@@ -504,6 +519,9 @@ class MigrationWorkflow:
                 if to is Phase.CLEANUP and kind == "advance":
                     reason = (reason + "; " if reason else "") + "CLEANUP confirmed" + (
                         ", old tables will be DROPPED" if self._s.cleanup_drop else "")
+                refused = await self._fence_for(plan)
+                if refused:
+                    return self._result(False, refused, tenant=req.tenant, gate=gate)
                 await self._enter(plan, by=req.by, reason=reason)
                 return self._result(True, f"{label} (epoch {self._s.epoch}); waiting for the phase barrier",
                                     tenant=req.tenant, gate=gate)
@@ -571,6 +589,11 @@ class MigrationWorkflow:
                         if req.tenant is None and not was_done:
                             self._start_work()
                         return self._result(False, refused, tenant=req.tenant)
+                refused = await self._fence_for(plan)
+                if refused:
+                    if req.tenant is None and not was_done:
+                        self._start_work()
+                    return self._result(False, refused, tenant=req.tenant)
                 self._count("rollbacks")
                 if kind == "auto-rollback":
                     self._count("auto_rollbacks")
@@ -782,11 +805,97 @@ class MigrationWorkflow:
         await workflow.execute_activity(
             ActivityNames.PUBLISH_STATE,
             ControlInput(migration=self._spec.name, control_store=self._spec.control, phase=s.phase,
-                         epoch=s.epoch, paused=s.paused,
-                         overrides=phases.overrides_for(s.phase, self._tenant_phases())),
+                         epoch=s.epoch, paused=s.paused, overrides=self._overrides()),
             start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
             summary=f"publish {s.phase} epoch {s.epoch}")
         s.published_epoch = s.epoch
+
+    def _overrides(self) -> dict[str, Any]:
+        out = phases.overrides_for(self._s.phase, self._tenant_phases())
+        if self._fence is not None:
+            whole, tenants = self._fence
+            out[FENCE_KEY] = {"all": True} if whole else {"tenants": sorted(tenants)}
+        return out
+
+    # =====================================================================================================
+    # write fence
+
+    def _fence_scope(self, plan: phases.Plan) -> tuple[bool, tuple[str, ...]] | None:
+        """Who must be fenced for ``plan``: None when no scope's authoritative store changes."""
+        if plan.tenant is not None:
+            if phases.authoritative(plan.frm) == phases.authoritative(plan.to):
+                return None
+            return False, (plan.tenant,)
+        s = self._s
+        before, after = self._tenant_phases(), plan.tenants_after
+        flips = phases.authoritative(s.phase) != phases.authoritative(plan.phase_after) or any(
+            phases.authoritative(phases.effective_phase(s.phase, before, t))
+            != phases.authoritative(phases.effective_phase(plan.phase_after, after, t))
+            for t in sorted({*before, *after}))
+        return (True, ()) if flips else None
+
+    async def _fence_for(self, plan: phases.Plan) -> str:
+        """Before authority moves: fence the writes of the scopes that flip, wait until every live instance
+        has acknowledged the fence with nothing routed before it still open, and drain the repair queue and
+        the key logs. '' when the flip may go ahead (the fence stays until ``_enter`` publishes the new
+        authority without it); else the fence is lifted under the old authority and the refusal returned."""
+        scope = self._fence_scope(plan)
+        if scope is None or not workflow.patched(WRITE_FENCE_PATCH):
+            return ""
+        s = self._s
+        ts = self._tenant(plan.tenant)
+        who = f"tenant {plan.tenant}" if plan.tenant is not None else "the migration"
+
+        def note(text: str) -> None:
+            if plan.tenant is None:
+                s.work_state = text
+            elif ts is not None:
+                ts.work_state = text
+            self._wake += 1
+
+        self._count("write_fences")
+        self._fence = scope
+        s.epoch += 1
+        note(f"write fence: writes of {who} held while authority moves ({plan.frm} -> {plan.to})")
+        await self._publish()
+        refused = ""
+        try:
+            wait = self._tuning.fence_barrier_seconds
+            status = await workflow.execute_activity(
+                ActivityNames.AWAIT_BARRIER,
+                ControlInput(migration=self._spec.name, control_store=self._spec.control, phase=s.phase,
+                             epoch=s.epoch, max_wait_seconds=wait, poll_seconds=0.05),
+                start_to_close_timeout=timedelta(seconds=wait + 60),
+                heartbeat_timeout=timedelta(seconds=max(30.0, self._tuning.heartbeat_timeout_seconds)),
+                retry_policy=_RETRY, result_type=BarrierStatus, summary=f"write fence barrier epoch {s.epoch}")
+            if not status.passed:
+                refused = (f"{len(status.lagging)} of {status.live_instances} live instances did not acknowledge "
+                           f"the write fence (epoch {s.epoch}) within {wait:g} s ("
+                           f"{', '.join(status.lagging[:5])})")
+            else:
+                note(f"write fence: draining the repair queue ({plan.frm} -> {plan.to})")
+                await self._drain_once(max_seconds=self._tuning.fence_drain_seconds)
+                caught = await self._catch_up_logs("under the write fence", note,
+                                                   max_seconds=self._tuning.fence_drain_seconds)
+                if caught is not None and not caught.reached:
+                    errors = f" ({'; '.join(caught.errors)})" if caught.errors else ""
+                    refused = (f"the key logs still hold {caught.behind} entries after {caught.seconds:.0f} s of "
+                               f"mirroring under the write fence{errors}")
+        except (ActivityError, ChildWorkflowError) as exc:
+            if is_cancelled_exception(exc):
+                raise
+            refused = f"draining under the write fence failed: {failure_message(exc)}"
+        if not refused:
+            self._fence = None  # _enter publishes the new authority without it
+            return ""
+        self._fence = None
+        s.epoch += 1
+        await self._publish()
+        note("")
+        self._count("write_fences_refused")
+        kind = "rollback" if plan.kind in ROLLBACK_KINDS else "advance"
+        return (f"{kind} refused: {refused}; the write fence was lifted, {who} stays in {plan.frm} with the "
+                f"{phases.authoritative(plan.frm)} store authoritative")
 
     # =====================================================================================================
     # gates
@@ -1085,11 +1194,11 @@ class MigrationWorkflow:
                  f"not seen epoch {epoch} ({', '.join(status.lagging[:5])})")
             self._wake += 1
 
-    async def _drain_once(self) -> None:
+    async def _drain_once(self, max_seconds: float = 120) -> None:
         """Mirror what the repair queue holds right now (a one-shot drain beside the background one)."""
         res = await workflow.execute_activity(
             ActivityNames.DRAIN_REPAIRS,
-            RepairDrainInput(spec=self._spec, max_idle_seconds=0, max_seconds=120),
+            RepairDrainInput(spec=self._spec, max_idle_seconds=0, max_seconds=max_seconds),
             start_to_close_timeout=timedelta(seconds=600),
             heartbeat_timeout=timedelta(seconds=min(30.0, max(10.0, self._tuning.heartbeat_timeout_seconds))),
             retry_policy=_RETRY, result_type=RepairDrainResult, summary="drain repairs now")
@@ -1124,7 +1233,8 @@ class MigrationWorkflow:
         handle.add_done_callback(_relay_ended)
         self._count("relay_started")
 
-    async def _catch_up_logs(self, why: str, note: Callable[[str], None]) -> CatchUpResult | None:
+    async def _catch_up_logs(self, why: str, note: Callable[[str], None],
+                             max_seconds: float = CATCH_UP_SECONDS) -> CatchUpResult | None:
         """outbox / triggers: mirror every key-log entry logged so far (its drain point), whether the relay
         or this activity gets to it first. None for ``sync`` (no key logs) and in histories from before."""
         if self._spec.strategy.value == "sync" or not workflow.patched(CATCH_UP_PATCH):
@@ -1132,8 +1242,8 @@ class MigrationWorkflow:
         note(f"mirroring the key logs up to now ({why})")
         self._wake += 1
         res: CatchUpResult = await workflow.execute_activity(
-            RELAY_CATCH_UP, CatchUpInput(spec=self._spec, max_seconds=CATCH_UP_SECONDS),
-            start_to_close_timeout=timedelta(seconds=CATCH_UP_SECONDS + 300),
+            RELAY_CATCH_UP, CatchUpInput(spec=self._spec, max_seconds=max_seconds),
+            start_to_close_timeout=timedelta(seconds=max_seconds + 300),
             heartbeat_timeout=timedelta(seconds=max(10.0, self._tuning.heartbeat_timeout_seconds)),
             retry_policy=_RETRY, result_type=CatchUpResult, summary=f"catch up the key logs ({why})")
         self._count("key_log_caught_up", res.counters.mirrored)

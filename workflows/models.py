@@ -86,6 +86,11 @@ class Tuning(_Model):
                                             "heartbeats per chunk: a dead worker's chunk is retried after this")
     backfill_ranges: int | None = Field(default=None, ge=1, description="key ranges per table; default "
                                         "2 x backfill_concurrency")
+    fence_barrier_seconds: float = Field(default=10.0, gt=0, description="write fence: how long live "
+                                         "instances may take to acknowledge the fence (and finish writes routed "
+                                         "before it) before the authority change is refused and the fence lifted")
+    fence_drain_seconds: float = Field(default=10.0, gt=0, description="write fence: how long draining the "
+                                       "repair queue and the key logs may take before the change is refused")
 
 
 class MigrationInput(_Model):
@@ -445,6 +450,7 @@ class ControlInput(_Model):
     overrides: dict[str, Any] = Field(default_factory=dict)
     live_seconds: float | None = Field(default=None, description="liveness window; default: the worker's")
     max_wait_seconds: float = Field(default=60.0, description="barrier: return (not passed) after this long")
+    poll_seconds: float = Field(default=0.5, gt=0, description="barrier: how often the instances are read")
 
 
 class PrepareInput(_Model):

@@ -15,15 +15,19 @@ Typical use::
     install(SessionLocal, writer)          # the application's sessionmaker; no write code changes
     ...
     writer.close()                         # on shutdown: flush stats, leave the phase barrier
+
+While authority moves between the stores the workflow fences writes briefly: a write of the fenced scope
+waits (reads never do) and fails with :class:`WriteFencedError` only past ``AdapterOptions.fence_max_wait``.
 """
 
 from dualwrite.adapter.aio import AsyncDualWriter, AsyncUnitOfWork
 from dualwrite.adapter.orm import ENTITY, TENANT, install, install_async
 from dualwrite.adapter.phase import RULES, PhaseCache, PhaseRules, PhaseUnknownError, Routing, Side, ramp_bucket
 from dualwrite.adapter.writer import AdapterOptions, DualWriter, RoutingError, UnitOfWork, error_class
+from dualwrite.errors import WriteFencedError
 
 __all__ = [
     "ENTITY", "RULES", "TENANT", "AdapterOptions", "AsyncDualWriter", "AsyncUnitOfWork", "DualWriter",
     "PhaseCache", "PhaseRules", "PhaseUnknownError", "Routing", "RoutingError", "Side", "UnitOfWork",
-    "error_class", "install", "install_async", "ramp_bucket",
+    "WriteFencedError", "error_class", "install", "install_async", "ramp_bucket",
 ]

@@ -98,28 +98,52 @@ class AsyncDualWriter:
         await asyncio.to_thread(cache.refresh)
         return cache.route(tenant, entity)
 
+    async def begin_write(self, tenant: str | None = None, entity: str | None = None, *,
+                          routing: Routing | None = None) -> Routing:
+        """:meth:`DualWriter.begin_write` without blocking the event loop while the scope is fenced."""
+        w = self.writer
+        cache = w.phase
+        subjects = [(tenant, entity)]
+        waited_since: float | None = None
+        while True:
+            if not cache.is_fresh():
+                await asyncio.to_thread(cache.refresh)
+            routes = cache.try_enter(subjects)
+            if routes is not None:
+                return w._fence_checked(routes, routing, waited_since)[0]  # noqa: SLF001
+            now = time.monotonic()
+            if waited_since is None:
+                waited_since = now
+            w._fence_wait_step(subjects, waited_since, now)  # noqa: SLF001
+            await asyncio.sleep(w.options.fence_poll)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(cache.refresh, force=True)
+
     @contextlib.asynccontextmanager
     async def unit_of_work(self, *, tenant: str | None = None, entity: str | None = None,
                            routing: Routing | None = None) -> AsyncIterator[AsyncUnitOfWork]:
-        route = routing or await self.route(tenant, entity)
+        route = await self.begin_write(tenant, entity, routing=routing)
         w = self.writer
-        started = time.perf_counter()
         try:
-            async with self.engines[route.authoritative].connect() as conn:
-                uow = AsyncUnitOfWork(w, route, conn)
-                yield uow
-                await uow._before_commit()
-                await conn.commit()
-        except BaseException as exc:
-            if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
-                w.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
-            raise
-        committed = time.perf_counter()
-        if w.strategy.value == "sync" and route.mirror_to is not None and uow.touched:
-            await asyncio.get_running_loop().run_in_executor(
-                w.executor, w.finish, route, uow.touched, started, committed)
-        else:
-            w.finish(route, uow.touched, started, committed)
+            started = time.perf_counter()
+            try:
+                async with self.engines[route.authoritative].connect() as conn:
+                    uow = AsyncUnitOfWork(w, route, conn)
+                    yield uow
+                    await uow._before_commit()
+                    await conn.commit()
+            except BaseException as exc:
+                if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                    w.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
+                raise
+            committed = time.perf_counter()
+            if w.strategy.value == "sync" and route.mirror_to is not None and uow.touched:
+                await asyncio.get_running_loop().run_in_executor(
+                    w.executor, w.finish, route, uow.touched, started, committed)
+            else:
+                w.finish(route, uow.touched, started, committed)
+        finally:
+            w.end_write(route)
 
     async def insert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         rt = self.writer.table(table)

@@ -65,6 +65,8 @@ _STARTED = "_dw_started"
 _ASYNC_COMMIT = "_dw_async_commit"
 _DEFERRED = "_dw_deferred"
 _INTERNAL = "_dw_internal"
+_INFLIGHT = "_dw_inflight"
+"""The epoch this transaction's writes were routed under, counted in flight until it ends."""
 
 
 @dataclass
@@ -158,6 +160,20 @@ def _route(session: Session, binding: OrmBinding) -> Routing:
     return route
 
 
+def _begin_write(session: Session, binding: OrmBinding, tenants: list[str | None]) -> list[Routing]:
+    """The first write of a transaction: wait while its scope is fenced, route it (again: a read may have
+    routed the transaction under an older epoch) and count it in flight until the transaction ends."""
+    routes = binding.writer.begin_write_many([(t, session.info.get(ENTITY)) for t in tenants])
+    session.info[_INFLIGHT] = routes[0].epoch
+    return routes
+
+
+def _release(session: Session, binding: OrmBinding) -> None:
+    epoch = session.info.pop(_INFLIGHT, None)
+    if epoch is not None:
+        binding.writer.phase.leave(epoch)
+
+
 def _is_dml(clause: Any) -> bool:
     return isinstance(clause, sa.sql.dml.UpdateBase)
 
@@ -240,17 +256,22 @@ def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
         return
     info = session.info
     info.setdefault(_STARTED, time.perf_counter())
-    if TENANT not in info and not info.get(_WROTE):
-        tenants = {str(getattr(o, mi.tenant_attr)) for o, mi, _ in objs
-                   if mi.tenant_attr and getattr(o, mi.tenant_attr, None) is not None}
+    if _INFLIGHT not in info:
+        tenants: list[str | None] = []
+        if TENANT not in info and not info.get(_WROTE):
+            tenants = [*sorted({str(getattr(o, mi.tenant_attr)) for o, mi, _ in objs
+                                if mi.tenant_attr and getattr(o, mi.tenant_attr, None) is not None})]
         if tenants:
-            routes = [binding.writer.route(t, info.get(ENTITY)) for t in sorted(tenants)]
+            routes = _begin_write(session, binding, tenants)
             sides = {r.authoritative for r in routes}
             if len(sides) > 1:
-                raise RoutingError(f"one transaction writes tenants {sorted(tenants)} whose authoritative stores "
+                _release(session, binding)
+                raise RoutingError(f"one transaction writes tenants {tenants} whose authoritative stores "
                                    "differ (an override or ramp splits them); write them in separate transactions")
             # mirror whenever any of them mirrors: mirroring a key that needs none is harmless
             info[_ROUTE] = next((r for r in routes if r.mirror_to is not None), routes[0])
+        else:
+            info[_ROUTE] = _begin_write(session, binding, [info.get(TENANT)])[0]
     route = _route(session, binding)
     for _obj, mi, _kind in objs:
         _write_side(mi.rt, route)
@@ -375,11 +396,22 @@ def _after_commit(session: Session) -> None:
     touched: list[Touched] = session.info.get(_PENDING) or []
     route: Routing | None = session.info.get(_ROUTE)
     started = session.info.get(_STARTED)
+    inflight: int | None = session.info.pop(_INFLIGHT, None)
     _end(session)
     if route is None or started is None:
+        if inflight is not None:
+            binding.writer.phase.leave(inflight)
         return
     committed = time.perf_counter()
-    work = functools.partial(binding.writer.finish, route, touched, started, committed)
+    finish = functools.partial(binding.writer.finish, route, touched, started, committed)
+
+    def work() -> None:
+        try:
+            finish()
+        finally:  # the unit of work (its sync mirror included) is over only now
+            if inflight is not None:
+                binding.writer.phase.leave(inflight)
+
     if not binding.async_mode:
         work()
         return
@@ -394,8 +426,17 @@ def _after_commit(session: Session) -> None:
 
 
 def _after_rollback(session: Session) -> None:
-    if _binding(session) is not None:
+    binding = _binding(session)
+    if binding is not None:
+        _release(session, binding)
         _end(session)
+
+
+def _after_transaction_end(session: Session, transaction: Any) -> None:
+    """The outermost transaction ended however it ended (close() included): nothing of it is in flight."""
+    binding = _binding(session)
+    if binding is not None and getattr(transaction, "parent", None) is None:
+        _release(session, binding)
 
 
 def _after_soft_rollback(session: Session, previous_transaction: Any) -> None:
@@ -406,6 +447,7 @@ def _after_soft_rollback(session: Session, previous_transaction: Any) -> None:
         for t in session.info.get(_PENDING) or []:
             t.image = None
     else:
+        _release(session, _binding(session))  # type: ignore[arg-type]
         _end(session)
 
 
@@ -428,6 +470,8 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
     rt = mi.rt
     info = session.info
     info.setdefault(_STARTED, time.perf_counter())
+    if _INFLIGHT not in info:
+        info[_ROUTE] = _begin_write(session, binding, [info.get(TENANT)])[0]
     route = _route(session, binding)
     _write_side(rt, route)
     info[_WROTE] = True
@@ -519,7 +563,7 @@ def _session_class(base: type[Session], binding: OrmBinding) -> type[Session]:
         ("before_flush", _before_flush), ("after_flush", _after_flush),
         ("after_flush_postexec", _after_flush_postexec), ("after_commit", _after_commit),
         ("after_rollback", _after_rollback), ("after_soft_rollback", _after_soft_rollback),
-        ("do_orm_execute", _do_orm_execute),
+        ("do_orm_execute", _do_orm_execute), ("after_transaction_end", _after_transaction_end),
     ]
     for name, fn in listeners:
         sa.event.listen(cls, name, fn)
@@ -542,6 +586,32 @@ def install(maker: sessionmaker[Any], writer: DualWriter, *, old_bind: Engine | 
     return binding
 
 
+async def _await_unfenced(session: Session, binding: OrmBinding) -> None:
+    """AsyncSession: wait for a write fence to lift *before* the flush, without blocking the event loop
+    (the flush's own check, which runs on the loop's thread, then finds the fence lifted)."""
+    info = session.info
+    if _INFLIGHT in info:
+        return
+    objs = _objects(session, binding)
+    if not objs:
+        return
+    if TENANT in info:
+        tenants: set[str | None] = {info.get(TENANT)}
+    else:
+        tenants = {str(getattr(o, mi.tenant_attr)) for o, mi, _ in objs
+                   if mi.tenant_attr and getattr(o, mi.tenant_attr, None) is not None} or {None}
+    w = binding.writer
+    cache = w.phase
+    since: float | None = None
+    while any(cache.fenced(t) for t in tenants):
+        now = time.monotonic()
+        since = now if since is None else since
+        w._fence_wait_step([(t, None) for t in tenants], since, now)  # noqa: SLF001
+        await asyncio.sleep(w.options.fence_poll)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(cache.refresh, force=True)
+
+
 def install_async(maker: Any, writer: DualWriter, *, old_bind: Any = None, new_bind: Any = None) -> OrmBinding:
     """:func:`install` for an ``async_sessionmaker``: ``old_bind`` / ``new_bind`` are ``AsyncEngine`` objects
     (default: the maker's bind, and an async engine on the new store's URL)."""
@@ -557,7 +627,12 @@ def install_async(maker: Any, writer: DualWriter, *, old_bind: Any = None, new_b
     maker.kw["sync_session_class"] = _session_class(base_sync, binding)
     base_async: type[AsyncSession] = maker.class_
 
+    async def flush(self: AsyncSession, objects: Any = None) -> None:
+        await _await_unfenced(self.sync_session, binding)
+        await base_async.flush(self, objects)
+
     async def commit(self: AsyncSession) -> None:
+        await _await_unfenced(self.sync_session, binding)
         info = self.sync_session.info
         info[_ASYNC_COMMIT] = True
         try:
@@ -568,6 +643,6 @@ def install_async(maker: Any, writer: DualWriter, *, old_bind: Any = None, new_b
         if work is not None:
             await asyncio.get_running_loop().run_in_executor(writer.executor, work)
 
-    maker.class_ = type(f"Dualwrite{base_async.__name__}", (base_async,), {"commit": commit})
+    maker.class_ = type(f"Dualwrite{base_async.__name__}", (base_async,), {"commit": commit, "flush": flush})
     _install_load_listener()
     return binding

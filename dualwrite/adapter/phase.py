@@ -13,6 +13,11 @@ Per-tenant / per-entity overrides and the sticky ramp come with the published st
      "ramp": {"phase": "CUTOVER_READS", "percent": 25, "by": "tenant"},   # 25 % of tenants, sticky
      "shadow_sample": 0.1}                            # runtime override of the shadow sampling ratio
 
+A write fence (``"fence": {"all": true}`` or ``{"tenants": [...]}``) is published while authority moves
+between the stores: writes of a fenced scope wait until it lifts (:meth:`PhaseCache.try_enter`). The epoch
+this instance records is held back to the oldest epoch a unit of work still in flight was routed under, so
+the barrier of a fence epoch passes only once no write routed before the fence can still land.
+
 A ramp is sticky because a subject's bucket is a stable hash of (migration, salt, subject): raising the
 percentage only ever adds subjects, and every instance puts a subject in the same bucket.
 """
@@ -162,6 +167,9 @@ class PhaseCache:
         self._lock = threading.Lock()
         self._last_error: str | None = None
         self._listeners: list[Callable[[control.ControlState], None]] = []
+        self._inflight: dict[int, int] = {}
+        """epoch -> units of work routed under it and not finished yet (the barrier waits for them)."""
+        self._inflight_lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -219,6 +227,9 @@ class PhaseCache:
             self._lock.release()
 
     def _record(self, epoch: int) -> None:
+        with self._inflight_lock:
+            # never acknowledge an epoch while a unit of work routed under an older one may still write
+            epoch = min([epoch, *self._inflight])
         now = self._clock()
         if self._recorded_epoch == epoch and now - self._recorded_at < self.heartbeat_seconds:
             return
@@ -245,6 +256,50 @@ class PhaseCache:
         st = self.state()
         phase, why = resolve(self.migration, st.phase, st.overrides, tenant=tenant, entity=entity)
         return Routing(phase=phase, epoch=st.epoch, rules=rules_for(phase), source=why)
+
+    def fenced(self, tenant: str | None = None) -> bool:
+        """The cached state fences writes of ``tenant`` (or the whole migration)."""
+        st = self._state
+        return st is not None and control.is_fenced(st.overrides, tenant)
+
+    def try_enter(self, subjects: list[tuple[str | None, str | None]]) -> list[Routing] | None:
+        """Route a unit of work that writes (one routing per (tenant, entity) subject) and count it in flight,
+        atomically with respect to the epoch this instance acknowledges; None while a subject is fenced.
+
+        Uses the cached state as it is (call :meth:`state` first to refresh a stale one). Every call that
+        returns routings must be matched by :meth:`leave` with their epoch."""
+        if not self._loaded:
+            self.refresh()
+        with self._inflight_lock:
+            st = self._state
+            assert st is not None
+            if any(control.is_fenced(st.overrides, t) for t, _ in subjects):
+                return None
+            out = []
+            for tenant, entity in subjects:
+                phase, why = resolve(self.migration, st.phase, st.overrides, tenant=tenant, entity=entity)
+                out.append(Routing(phase=phase, epoch=st.epoch, rules=rules_for(phase), source=why))
+            self._inflight[st.epoch] = self._inflight.get(st.epoch, 0) + 1
+            return out
+
+    def hold(self, epoch: int) -> None:
+        """Count one more unit of work in flight under ``epoch`` (a routing decided earlier and passed in)."""
+        with self._inflight_lock:
+            self._inflight[epoch] = self._inflight.get(epoch, 0) + 1
+
+    def leave(self, epoch: int) -> None:
+        """A unit of work counted by :meth:`try_enter` is over (committed, mirrored or failed)."""
+        with self._inflight_lock:
+            n = self._inflight.get(epoch, 0) - 1
+            if n > 0:
+                self._inflight[epoch] = n
+            else:
+                self._inflight.pop(epoch, None)
+
+    def in_flight(self) -> dict[int, int]:
+        """Units of work in flight by the epoch they were routed under."""
+        with self._inflight_lock:
+            return dict(self._inflight)
 
     def forget(self) -> None:
         """Leave the barrier at once (a cleanly stopping instance)."""

@@ -49,7 +49,7 @@ from dualwrite import control, hooks, outbox
 from dualwrite import stats as st
 from dualwrite.adapter.phase import PhaseCache, Routing, Side
 from dualwrite.config import StoreRef, StoreResolver
-from dualwrite.errors import DualwriteError, Problem, SchemaError, StoreUnavailableError
+from dualwrite.errors import DualwriteError, Problem, SchemaError, StoreUnavailableError, WriteFencedError
 from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping, compile_table
 from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.rows import adapt, adapters_for
@@ -61,6 +61,8 @@ from dualwrite.store import Dialect, Kind, Store
 log = logging.getLogger("dualwrite.adapter")
 
 Key = tuple[Any, ...]
+LAT_FENCE = "latency.fence_wait"
+"""How long a write waited for a write fence to lift (observed only for writes that waited)."""
 KeyLike = Any  # a scalar, a tuple in key order, or a mapping of key column -> value
 
 
@@ -107,6 +109,11 @@ class AdapterOptions:
     """Create the control, stats and outbox tables if missing (needs DDL rights)."""
     prometheus: bool = False
     prometheus_registry: Any = None
+    fence_max_wait: float = 15.0
+    """A write of a fenced scope (authority moving between the stores) waits at most this long for the fence
+    to lift, then fails with :class:`WriteFencedError` (it never writes in the wrong order)."""
+    fence_poll: float = 0.025
+    """While fenced, the control state is read this often (bypassing the phase cache's ttl)."""
 
 
 def error_class(exc: BaseException) -> str:
@@ -541,6 +548,59 @@ class DualWriter:
     def shadow_enabled(self, routing: Routing) -> bool:
         return routing.rules.shadow or (routing.rules.shadow_optional and self.options.shadow_after_write_cutover)
 
+    # -- write fence --------------------------------------------------------------------------------------
+
+    def begin_write(self, tenant: str | None = None, entity: str | None = None, *,
+                    routing: Routing | None = None) -> Routing:
+        """Route a unit of work that writes, waiting while its scope is fenced; counts it in flight until
+        :meth:`end_write` (the barrier of a later epoch waits for it). Raises :class:`WriteFencedError`
+        after ``fence_max_wait``."""
+        return self.begin_write_many([(tenant, entity)], routing=routing)[0]
+
+    def begin_write_many(self, subjects: list[tuple[str | None, str | None]], *,
+                         routing: Routing | None = None) -> list[Routing]:
+        waited_since: float | None = None
+        while True:
+            self.phase.state()  # refresh a stale cache (outside the in-flight lock)
+            routes = self.phase.try_enter(subjects)
+            if routes is not None:
+                return self._fence_checked(routes, routing, waited_since)
+            now = time.monotonic()
+            if waited_since is None:
+                waited_since = now
+            self._fence_wait_step(subjects, waited_since, now)
+            time.sleep(self.options.fence_poll)
+            with contextlib.suppress(Exception):
+                self.phase.refresh(force=True)
+
+    def _fence_wait_step(self, subjects: list[tuple[str | None, str | None]], since: float, now: float) -> None:
+        if now - since >= self.options.fence_max_wait:
+            who = ", ".join(sorted({f"tenant {t}" for t, _ in subjects if t is not None})) or "the migration"
+            raise WriteFencedError(
+                f"migration {self.migration}: writes of {who} are fenced while authority moves between the "
+                f"stores, and the fence did not lift within {self.options.fence_max_wait:g} s; nothing was "
+                "written, retry the request")
+
+    def _fence_checked(self, routes: list[Routing], given: Routing | None, waited_since: float | None
+                       ) -> list[Routing]:
+        if waited_since is not None:
+            self.stats.observe(LAT_FENCE, (time.monotonic() - waited_since) * 1000)
+        if given is None:
+            return routes
+        if waited_since is not None and given.authoritative is not routes[0].authoritative:
+            self.phase.leave(routes[0].epoch)
+            raise WriteFencedError(f"migration {self.migration}: the routing given was decided before authority "
+                                   f"moved to the {routes[0].authoritative.value} store; route the write again")
+        if given.epoch != routes[0].epoch:
+            # in flight under the epoch the given routing was decided in (an older one holds the barrier back)
+            self.phase.hold(given.epoch)
+            self.phase.leave(routes[0].epoch)
+        return [given]
+
+    def end_write(self, routing: Routing) -> None:
+        """The unit of work routed by :meth:`begin_write` is over."""
+        self.phase.leave(routing.epoch)
+
     # -- Core API -----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -551,21 +611,24 @@ class DualWriter:
         Use ``uow.connection`` (a SQLAlchemy connection) for anything else in the same transaction, and
         :meth:`UnitOfWork.touch` to name the keys such statements wrote so they are mirrored too.
         """
-        route = routing or self.route(tenant, entity)
-        started = time.perf_counter()
-        side = route.authoritative
+        route = self.begin_write(tenant, entity, routing=routing)
         try:
-            with self.engines[side].connect() as conn:
-                uow = UnitOfWork(self, route, conn)
-                yield uow
-                uow._before_commit()
-                conn.commit()
-        except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                self.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
-            raise
-        committed = time.perf_counter()
-        self.finish(route, uow.touched, started, committed)
+            started = time.perf_counter()
+            side = route.authoritative
+            try:
+                with self.engines[side].connect() as conn:
+                    uow = UnitOfWork(self, route, conn)
+                    yield uow
+                    uow._before_commit()
+                    conn.commit()
+            except BaseException as exc:
+                if not isinstance(exc, GeneratorExit):
+                    self.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
+                raise
+            committed = time.perf_counter()
+            self.finish(route, uow.touched, started, committed)
+        finally:
+            self.end_write(route)
 
     def finish(self, route: Routing, touched: list[Touched], started: float, committed: float) -> None:
         """After an authoritative commit: remember the keys, mirror them (sync), record the latencies."""
