@@ -616,6 +616,7 @@ def pending_log_keys(store: Store, migration: str, tables: set[str], kinds: Any,
     """Keys logged for any of ``tables`` (the outbox names the spec's source table, a capture trigger the
     table it is on), normalized, in the store's own key terms, with recent entries (younger than
     ``IN_FLIGHT_SECONDS``) waiting in the store's key logs."""
+    from dualwrite import outbox  # noqa: PLC0415
     from dualwrite.mirror import normal_key  # noqa: PLC0415
 
     present = store.table_names()
@@ -629,7 +630,7 @@ def pending_log_keys(store: Store, migration: str, tables: set[str], kinds: Any,
             names = sorted(tables)
             cur.execute(f"SELECT key_json FROM {log_table} WHERE migration = {p} "
                         f"AND table_name IN ({', '.join([p] * len(names))}) "
-                        f"AND {_age_seconds(store)} <= {float(IN_FLIGHT_SECONDS)} "
+                        f"AND {outbox.age_seconds_sql(store)} <= {float(IN_FLIGHT_SECONDS)} "
                         f"ORDER BY id LIMIT {MAX_PENDING_READ}", (migration, *names))
             rows = cur.fetchall()
             cur.close()
@@ -642,15 +643,6 @@ def pending_log_keys(store: Store, migration: str, tables: set[str], kinds: Any,
             if key is not None:
                 out.add(normal_key(key))
     return out
-
-
-def _age_seconds(store: Store) -> str:
-    """SQL: the age in seconds of a key-log entry (``created_at``, database clock)."""
-    if store.dialect is Dialect.POSTGRESQL:
-        return "EXTRACT(EPOCH FROM (clock_timestamp() - created_at))"
-    if store.dialect is Dialect.MYSQL:
-        return "TIMESTAMPDIFF(MICROSECOND, created_at, UTC_TIMESTAMP(6)) / 1000000"
-    return "(julianday('now') - julianday(created_at)) * 86400.0"
 
 
 def without_keys(report: Any, keys: set[tuple[Any, ...]]) -> tuple[Any, int]:

@@ -402,12 +402,17 @@ class TemporalSide:
         from workflows.models import MigrationStatus
 
         client = await Client.connect(f"127.0.0.1:{self.port}", data_converter=pydantic_data_converter)
-        try:
-            st = await asyncio.wait_for(client.get_workflow_handle(f"dualwrite-{workflow_prefix}").query(
-                "status", result_type=MigrationStatus), 10)
-            self.final_phase = f"{st.phase} (waiting for: {st.waiting_for or '-'})"
-        except Exception as exc:  # noqa: BLE001 - a figure for the printout only
-            self.final_phase = f"? ({type(exc).__name__}: {exc})"[:200]
+        handle = client.get_workflow_handle(f"dualwrite-{workflow_prefix}")
+        for attempt in range(5):
+            # a query can meet a workflow task that just failed and is being retried (a worker killed, an
+            # UnhandledCommand): ask again before reporting; a task that keeps failing is still reported
+            try:
+                st = await asyncio.wait_for(handle.query("status", result_type=MigrationStatus), 10)
+                self.final_phase = f"{st.phase} (waiting for: {st.waiting_for or '-'})"
+                break
+            except Exception as exc:  # noqa: BLE001 - a figure for the printout only
+                self.final_phase = f"? ({type(exc).__name__}: {exc}; after {attempt + 1} attempts)"[:200]
+                await asyncio.sleep(2.0)
         async for w in client.list_workflows('ExecutionStatus="Running"'):
             if w.id.startswith(workflow_prefix) or workflow_prefix in w.id:
                 with contextlib.suppress(Exception):

@@ -107,14 +107,19 @@ class ColumnMap(_Strict):
             raise ValueError("a column takes either 'default' or 'transform', not both")
         if not self.transform and len(given) != 1:
             raise ValueError(f"give exactly one of from / expr / default / transform (got {given or 'none'})")
-        if self.from_ is not None and not _IDENT_RE.match(self.from_):
-            raise ValueError(f"{self.from_!r} is not a column name")
-        if self.transform is not None and not _DOTTED_RE.match(self.transform):
-            raise ValueError(f"transform {self.transform!r} must look like 'package.module:function'")
-        if self.expr is not None and ";" in _SQL_STRING_RE.sub("", self.expr):
-            # the expression is pasted into a SELECT list; a statement separator is a mistake or an attack
-            raise ValueError("an expression must not contain ';' (one SQL expression, not statements)")
+        _check_rule_fields(self.from_, self.expr, self.transform)
         return self
+
+
+def _check_rule_fields(from_: str | None, expr: str | None, transform: str | None) -> None:
+    """The shape of a column rule's fields, the same forward (ColumnMap) and back (ReverseMap)."""
+    if from_ is not None and not _IDENT_RE.match(from_):
+        raise ValueError(f"{from_!r} is not a column name")
+    if transform is not None and not _DOTTED_RE.match(transform):
+        raise ValueError(f"transform {transform!r} must look like 'package.module:function'")
+    if expr is not None and ";" in _SQL_STRING_RE.sub("", expr):
+        # the expression is pasted into a SELECT list; a statement separator is a mistake or an attack
+        raise ValueError("an expression must not contain ';' (one SQL expression, not statements)")
 
 
 class ReverseMap(_Strict):
@@ -149,12 +154,7 @@ class ReverseMap(_Strict):
             raise ValueError("a reverse rule takes either 'expr' or 'transform', not both")
         if not self.transform and len(given) != 1:
             raise ValueError(f"give exactly one of from / expr / transform (got {given or 'none'})")
-        if self.from_ is not None and not _IDENT_RE.match(self.from_):
-            raise ValueError(f"{self.from_!r} is not a column name")
-        if self.transform is not None and not _DOTTED_RE.match(self.transform):
-            raise ValueError(f"transform {self.transform!r} must look like 'package.module:function'")
-        if self.expr is not None and ";" in _SQL_STRING_RE.sub("", self.expr):
-            raise ValueError("an expression must not contain ';' (one SQL expression, not statements)")
+        _check_rule_fields(self.from_, self.expr, self.transform)
         return self
 
 
