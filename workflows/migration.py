@@ -138,6 +138,8 @@ CATCH_UP_SECONDS = 120.0
 gives up (and is refused) or a phase's verification goes ahead anyway."""
 RELAY_AUTOSTART_PATCH = "relay-autostart"
 """Histories from before: PREPARE did not start the relay (whoever ran the migration started it)."""
+PROGRESS_UPSERT_PATCH = "progress-upsert-in-loop"
+"""Histories from before: the backfill progress signal handler upserted BackfillPercent itself."""
 CATCH_UP_PATCH = "relay-catch-up"
 """Histories from before: no key-log catch-up before a rollback's or a phase's repairing verification."""
 WRITE_FENCE_PATCH = "write-fence"
@@ -181,6 +183,10 @@ class MigrationWorkflow:
         self._gate_checked_at: Any = None
         self._last_signal_rejection = ""
         self._backfill_children: list[str] = []
+        self._progress_in_loop = False
+        self._progress_dirty = False
+        """Backfill progress signals upsert BackfillPercent from the main loop (histories from before: from the
+        signal handler)."""
         self._fence: tuple[bool, tuple[str, ...]] | None = None
         """A write fence in force: (the whole migration, the tenants fenced). Only set inside a transition
         handler (under the lock), so it never needs to survive continue-as-new."""
@@ -190,6 +196,7 @@ class MigrationWorkflow:
 
     @workflow.run
     async def run(self, inp: MigrationInput) -> MigrationStatus:
+        self._progress_in_loop = workflow.patched(PROGRESS_UPSERT_PATCH)
         s = self._s
         if inp.carry is None:
             s.epoch = 1
@@ -214,6 +221,10 @@ class MigrationWorkflow:
                 raise self._fatal
             if s.phase is Phase.DONE and s.phase_work_done:
                 break
+            if self._progress_in_loop and self._progress_dirty:
+                self._progress_dirty = False
+                if s.phase is Phase.BACKFILL and s.backfill_percent_step < 100:
+                    self._upsert_backfill_percent()
             await self._maybe_auto_advance()
             self._maybe_start_verification()
             if self._idle() and workflow.info().is_continue_as_new_suggested():
@@ -451,7 +462,13 @@ class MigrationWorkflow:
                 t.ranges_done, t.ranges_total, t.eta_seconds = p.ranges_done, p.ranges_total, p.eta_seconds
                 t.done = p.done
                 t.percent = 100 if p.done else min(99, int(100 * p.rows_copied / max(p.rows_estimate, 1)))
-        self._upsert_backfill_percent()
+        # no command from here: a signal delivered in the same task as an activity completion is not always
+        # applied in the same order on replay as it was originally (an upsert here once came out ahead of the
+        # repair drain's next activity on replay: a nondeterminism error after a worker kill); the main loop
+        # upserts the search attribute after the coroutines the task woke have issued their commands
+        if not self._progress_in_loop:
+            self._upsert_backfill_percent()
+        self._progress_dirty = True
         self._wake += 1
 
     @workflow.query(description="The full status: phase, per-table progress, counters, last verification, "
