@@ -7,6 +7,9 @@ verifications spread over them. Configuration comes from the environment (or ``W
     DUALWRITE_NAMESPACE          namespace (default "default")
     DUALWRITE_TASK_QUEUE         task queue (default "dualwrite")
     DUALWRITE_MAX_ACTIVITIES     concurrent activities (default 8): backfill ranges, verifications
+    DUALWRITE_MAX_POLLERS        concurrent long pollers (default 32): each migration's repair drain, relay
+                                 drain and rollback-trigger watch, on the task queue "<queue>-pollers" with
+                                 slots of their own, so they never take the phase work's slots
     DUALWRITE_MAX_WORKFLOW_TASKS concurrent workflow tasks (default 16)
     DUALWRITE_METRICS_PORT       serve Prometheus metrics on this port: dualwrite's (activities, failures by
                                  type, per-migration phase / backfill / repair / gate gauges, see
@@ -18,6 +21,9 @@ verifications spread over them. Configuration comes from the environment (or ``W
     DUALWRITE_STORE_<NAME>       URL of store NAME (wins over the config file)
     DUALWRITE_INSTANCE_LIVE_SECONDS  an application instance counts as live for the phase barrier when
                                  its heartbeat is this recent (default 15)
+    DUALWRITE_PAYLOAD_KEY        encrypt every Temporal payload (dualwrite.codec); the same on every worker
+                                 and client. Unset: payloads in clear, and a warning at start
+    DUALWRITE_TRANSFORMS_PATH    folders to import spec transforms from (then the current directory)
 
 Store URLs are resolved here and nowhere else; workflows only ever see store names.
 On SIGTERM (or SIGINT) the worker stops polling, tells running activities (they checkpoint after the
@@ -40,7 +46,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -52,16 +57,20 @@ from temporalio.runtime import (
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.abort import AbortActivities
+from activities.bypass import BypassActivities
 from activities.core import DualwriteActivities
 from activities.observe import MigrationMonitor, ObservabilityInterceptor
 from activities.relay import RelayActivities
+from activities.sample import SampleActivities
 from activities.stores import StoreCache
+from dualwrite.codec import CLEAR_WARNING, data_converter, payloads_in_clear
 from dualwrite.config import StoreResolver
 from dualwrite.metrics import MetricsServer, WorkerMetrics
 from workflows.backfill import BackfillWorkflow
 from workflows.migration import MigrationWorkflow
 from workflows.models import TASK_QUEUE
-from workflows.relay import RelayWorkflow
+from workflows.relay import RelayWorkflow, poller_task_queue
 from workflows.verify import VerificationWorkflow
 
 log = logging.getLogger("dualwrite.worker")
@@ -71,7 +80,7 @@ WORKFLOWS: tuple[type, ...] = (MigrationWorkflow, BackfillWorkflow, Verification
 # Modules the workflow sandbox passes through instead of re-importing per run: the models (pydantic and
 # the spec) are deterministic data, and re-importing them per workflow run is what makes runs slow.
 PASSTHROUGH = ("pydantic", "pydantic_core", "annotated_types", "yaml", "dualwrite", "workflows.models",
-               "workflows.phases")
+               "workflows.phases", "workflows.bypass")
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -85,6 +94,7 @@ class WorkerConfig:
     namespace: str = "default"
     task_queue: str = TASK_QUEUE
     max_activities: int = 8
+    max_pollers: int = 32
     max_workflow_tasks: int = 16
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
@@ -99,6 +109,7 @@ class WorkerConfig:
             namespace=os.environ.get("DUALWRITE_NAMESPACE", cls.namespace),
             task_queue=os.environ.get("DUALWRITE_TASK_QUEUE", TASK_QUEUE),
             max_activities=_env_int("DUALWRITE_MAX_ACTIVITIES", cls.max_activities) or cls.max_activities,
+            max_pollers=_env_int("DUALWRITE_MAX_POLLERS", cls.max_pollers) or cls.max_pollers,
             max_workflow_tasks=_env_int("DUALWRITE_MAX_WORKFLOW_TASKS", cls.max_workflow_tasks)
             or cls.max_workflow_tasks,
             metrics_port=_env_int("DUALWRITE_METRICS_PORT", None),
@@ -116,21 +127,60 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
         restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
 
 
+class DualwriteWorker:
+    """Two Temporal workers in one process, started and stopped together: one for the task queue
+    (workflows and phase work) and one for its pollers' queue (:func:`workflows.relay.poller_task_queue`),
+    each with its own activity slots. Long pollers hold a slot for minutes per migration; on one set of
+    slots, four migrations on a worker with four slots left no slot for any copy."""
+
+    def __init__(self, main: Worker, pollers: Worker) -> None:
+        self.main, self.pollers = main, pollers
+
+    async def __aenter__(self) -> DualwriteWorker:
+        await self.main.__aenter__()
+        try:
+            await self.pollers.__aenter__()
+        except BaseException:
+            await self.main.__aexit__(None)
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *args: Any) -> None:
+        try:
+            await self.pollers.__aexit__(exc_type, *args)
+        finally:
+            await self.main.__aexit__(exc_type, *args)
+
+    async def run(self) -> None:
+        await asyncio.gather(self.main.run(), self.pollers.run())
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(self.main.shutdown(), self.pollers.shutdown())
+
+
 def build_worker(client: Client, activities: DualwriteActivities, *, task_queue: str = TASK_QUEUE,
                  max_activities: int = 8, max_workflow_tasks: int = 16, shutdown_seconds: float = 30.0,
                  executor: concurrent.futures.ThreadPoolExecutor | None = None,
-                 identity: str | None = None, metrics: WorkerMetrics | None = None) -> Worker:
-    """A worker for every dualwrite workflow and activity (used by ``run_worker`` and by the tests).
+                 identity: str | None = None, metrics: WorkerMetrics | None = None,
+                 max_pollers: int = 32) -> DualwriteWorker:
+    """A worker for every dualwrite workflow and activity (used by ``run_worker`` and by the tests), with
+    ``max_activities`` slots for phase work and ``max_pollers`` more for the long pollers.
 
     Every activity runs inside :class:`ObservabilityInterceptor`: its log lines carry the migration, phase
     and activity ids, and (with ``metrics``) its outcome and failure type are counted."""
+    try:  # the preflight activity looks up running migrations through this client (single-owner rule)
+        activities.owners.attach(client, asyncio.get_running_loop())
+    except RuntimeError:
+        activities.owners.attach(client, None)
     pool = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max_activities + 2,
                                                              thread_name_prefix="dualwrite-activity")
-    return Worker(
+    acts = [*activities.all(), *RelayActivities(activities.stores).all(), *SampleActivities(activities.stores).all(),
+            *AbortActivities(activities.stores).all(), *BypassActivities(activities.stores).all()]
+    main = Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=[*activities.all(), *RelayActivities(activities.stores).all()],
+        activities=acts,
         activity_executor=pool,
         max_concurrent_activities=max_activities,
         max_concurrent_workflow_tasks=max_workflow_tasks,
@@ -139,6 +189,18 @@ def build_worker(client: Client, activities: DualwriteActivities, *, task_queue:
         identity=identity,
         interceptors=[ObservabilityInterceptor(metrics)],
     )
+    pollers = Worker(
+        client,
+        task_queue=poller_task_queue(task_queue),
+        activities=acts,
+        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=max_pollers + 2,
+                                                                thread_name_prefix="dualwrite-poller"),
+        max_concurrent_activities=max_pollers,
+        graceful_shutdown_timeout=timedelta(seconds=shutdown_seconds),
+        identity=identity,
+        interceptors=[ObservabilityInterceptor(metrics)],
+    )
+    return DualwriteWorker(main, pollers)
 
 
 def make_runtime(metrics_port: int | None, host: str = "0.0.0.0", *,  # noqa: S104
@@ -183,7 +245,7 @@ async def run_worker(config: WorkerConfig | None = None, *, resolver: StoreResol
     runtime, metrics, metrics_server = start_metrics(cfg)
     try:
         client = await Client.connect(cfg.address, namespace=cfg.namespace,
-                                      data_converter=pydantic_data_converter, runtime=runtime)
+                                      data_converter=data_converter(), runtime=runtime)
     except BaseException:
         if metrics_server is not None:
             metrics_server.close()
@@ -196,9 +258,11 @@ async def run_worker(config: WorkerConfig | None = None, *, resolver: StoreResol
             loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, acts, task_queue=cfg.task_queue, max_activities=cfg.max_activities,
                           max_workflow_tasks=cfg.max_workflow_tasks, shutdown_seconds=cfg.shutdown_seconds,
-                          identity=cfg.identity, metrics=metrics)
+                          identity=cfg.identity, metrics=metrics, max_pollers=cfg.max_pollers)
     monitor_stores = StoreCache(acts.stores.resolver, pool_size=2) if metrics is not None else None
     monitor: asyncio.Task[None] | None = None
+    if payloads_in_clear():
+        log.warning(CLEAR_WARNING)
     log.info("worker %s polling %s on %s/%s (metrics: %s)", cfg.identity, cfg.task_queue, cfg.address,
              cfg.namespace, f":{cfg.metrics_port}/metrics" if cfg.metrics_port else "off")
     try:

@@ -15,11 +15,13 @@ Every activity is synchronous (the drivers block) and runs on the worker's threa
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
 import os
 import random
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -31,16 +33,27 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.owners import OwnerCheck
 from activities.stores import StoreCache
-from dualwrite import control, gates, sqlgen
-from dualwrite import rows as rowio
+from dualwrite import control, gates, hooks
 from dualwrite.config import StoreResolver, redact
-from dualwrite.copy import CopyProgress, copy_range
-from dualwrite.errors import ConfigError, DualwriteError, SchemaError, StoreUnavailableError, VerificationError
+from dualwrite.copy import CopyProgress, copy_range, plan_bounds
+from dualwrite.errors import (
+    ConfigError,
+    DualwriteError,
+    RowRejectedError,
+    SchemaError,
+    StorePermissionError,
+    StoreUnavailableError,
+    is_permanent,
+    is_permission_denied,
+    is_row_rejected,
+)
 from dualwrite.keys import decode_key, encode_key
 from dualwrite.mirror import mirror_keys
 from dualwrite.spec import MigrationSpec
-from dualwrite.store import Dialect, Store
+from dualwrite.store import Dialect, Store, without_row_values
+from dualwrite.triggers import authoritative_side
 from workflows import phases
 from workflows.models import (
     ActivityNames,
@@ -84,20 +97,69 @@ def safe_message(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def classify(exc: BaseException) -> BaseException:
+    """A driver error that no retry can fix, as the dualwrite error that says so (others unchanged).
+
+    A refused privilege or ownership (``must be owner of table ...``) becomes :class:`StorePermissionError`;
+    a row the target rejects (unique violation, bad value) :class:`RowRejectedError`, without the values."""
+    if isinstance(exc, DualwriteError):
+        return exc
+    if is_permission_denied(exc):
+        return StorePermissionError(f"permission denied: {safe_message(exc)}; grant it (or run the worker "
+                                    "as the owner), then retry")
+    if is_row_rejected(exc):
+        clean = without_row_values(getattr(exc, "orig", None) or exc, "writing the target")
+        return clean if isinstance(clean, DualwriteError) else RowRejectedError(
+            f"writing the target: the target rejected a row ({type(exc).__name__}); values are not shown")
+    return exc
+
+
 def to_application_error(exc: BaseException) -> ApplicationError:
-    """Map a dualwrite (or driver) error to the ApplicationError Temporal records."""
+    """Map a dualwrite (or driver) error to the ApplicationError Temporal records.
+
+    Permanent errors (:data:`dualwrite.errors.PERMANENT` and below) are non-retryable, so the phase work
+    fails at once with the reason in status and history; everything else (an unreachable store, a
+    deadlock) is retried with backoff."""
     if isinstance(exc, ApplicationError):
         return exc
+    exc = classify(exc)
     if isinstance(exc, ConfigError):
         # every problem, one per line: names of tables / columns / stores, never a URL or row value
         return ApplicationError(redact(str(exc))[:4000], type=type(exc).__name__, non_retryable=True)
-    if isinstance(exc, VerificationError):
-        return ApplicationError(safe_message(exc), type="VerificationError", non_retryable=True)
     if isinstance(exc, StoreUnavailableError):
         return ApplicationError(safe_message(exc), type="StoreUnavailable")
     if isinstance(exc, DualwriteError):
-        return ApplicationError(safe_message(exc), type=type(exc).__name__)
+        return ApplicationError(safe_message(exc), type=type(exc).__name__, non_retryable=is_permanent(exc))
     return ApplicationError(f"{type(exc).__name__}: {safe_message(exc)}", type=type(exc).__name__)
+
+
+@contextmanager
+def heartbeating(every: float | None = None) -> Iterator[None]:
+    """Heartbeat from a background thread while the activity's thread is busy in one long call (a
+    preflight, a planning query, a rename waiting for a lock), so the server learns within its short
+    heartbeat timeout that the worker died, not after the start-to-close timeout.
+
+    Only for activities whose heartbeat details carry nothing to resume from (they send none)."""
+    info = activity.info()
+    timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 0.0
+    period = every if every is not None else max(0.5, min(5.0, timeout / 4)) if timeout else 5.0
+    stop = threading.Event()
+    ctx = contextvars.copy_context()  # the activity context lives in a context variable
+
+    def beat() -> None:
+        while not stop.wait(period):
+            try:
+                activity.heartbeat()
+            except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the work
+                log.debug("background heartbeat failed: %s", exc)
+
+    thread = threading.Thread(target=ctx.run, args=(beat,), name=f"heartbeat-{info.activity_type}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 @contextmanager
@@ -149,6 +211,7 @@ class DualwriteActivities:
 
     def __init__(self, resolver: StoreResolver, *, pool_size: int = 8, live_seconds: float | None = None) -> None:
         self.stores = StoreCache(resolver, pool_size=pool_size)
+        self.owners = OwnerCheck()
         env = os.environ.get(LIVE_SECONDS_ENV)
         self.live_seconds = live_seconds if live_seconds is not None else float(env) if env else \
             control.DEFAULT_LIVE_SECONDS
@@ -174,13 +237,28 @@ class DualwriteActivities:
     def prepare(self, inp: PrepareInput) -> PrepareResult:
         """Check the spec against the live stores (every problem at once), create the control tables and
         estimate each table's size. Permanent problems fail the workflow before anything is written."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             from dualwrite.preflight import preflight  # noqa: PLC0415 - heavy, and only here
 
             spec = inp.spec
+            hooks.point("prepare.before_preflight")
+            for name in dict.fromkeys((spec.old, spec.new, spec.control)):
+                # a store that is down now may be up in a minute: StoreUnavailableError is retried with
+                # backoff, while the preflight would report it as a (permanent) problem of the spec
+                store = self.stores.store(name)
+                if store.dialect is not Dialect.SQLITE:  # connecting would create a missing SQLite file
+                    with store.connect() as conn:
+                        conn.rollback()
             report = preflight(spec, self.stores.resolver)
-            if report.problems:
-                raise SchemaError(report.problems, "preflight failed")
+            lost = [s.name for s in report.stores if not s.reachable and s.dialect is not None]
+            if lost:
+                # opened but not answering (down, restarting, out of connections): transient, retried
+                why = [str(p) for p in report.problems if any(repr(n) in p.where for n in lost)]
+                raise StoreUnavailableError(f"store {', '.join(map(repr, lost))} did not answer the preflight: "
+                                            f"{why[0] if why else 'unreachable'}")
+            problems = [*report.problems, *self.owners.problems(spec, self.stores.resolver)]  # single owner
+            if problems:
+                raise SchemaError(problems, "preflight failed")
             counted = {t.source: t.rows for t in report.tables}
             tables: list[TableProgress] = []
             for t in spec.tables:
@@ -197,7 +275,7 @@ class DualwriteActivities:
     @activity.defn(name=ActivityNames.PUBLISH_STATE, no_thread_cancel_exception=True)
     def publish_state(self, inp: ControlInput) -> None:
         """Publish (phase, epoch, paused, overrides) for applications; idempotent, never rewinds."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             store = self._control(inp.control_store)
             control.publish_state(store, inp.migration, inp.phase.value, inp.epoch, paused=inp.paused,
                                   overrides=inp.overrides)
@@ -227,26 +305,15 @@ class DualwriteActivities:
     def plan_ranges(self, inp: PlanRangesInput) -> RangePlan:
         """Split a table's key space into ``ranges`` ranges of about equal row counts.
 
-        Boundaries are found by chained offset queries on the source key (each scans one range's worth
-        of index entries), so only a few key values reach history."""
-        with mapped_errors():
+        Boundaries come from :func:`dualwrite.copy.plan_bounds` (index walks, or a sample for string keys
+        compared bytewise), so only a few key values reach history. A background thread heartbeats while
+        its queries run: a dead worker's plan moves to another worker within the heartbeat timeout."""
+        with mapped_errors(), heartbeating():
             src, _, mapping = self.stores.mapping(inp.table.spec, inp.table.source, reverse=inp.table.reverse)
             total = _estimate_rows(src, mapping.source_table)
             activity.heartbeat(0)
             n = max(1, min(inp.ranges, math.ceil(total / max(1, min(mapping.batch_size, 1000)))))
-            step = math.ceil(total / n) if total else 0
-            side = sqlgen.source_side(mapping, src)
-            bounds: list[list[Any] | None] = []
-            lo = None
-            with src.connect() as conn:
-                for _ in range(n - 1):
-                    found = rowio.fetch(conn, *sqlgen.nth_key_sql(side, lo, None, step - 1))
-                    if not found:
-                        break
-                    lo = tuple(found[0])
-                    bounds.append(encode_key(lo))
-                    activity.heartbeat(len(bounds))
-                conn.rollback()
+            bounds: list[list[Any] | None] = [encode_key(k) for k in plan_bounds(src, mapping, total, n)]
             edges: list[list[Any] | None] = [None, *bounds, None]
             ranges = [KeyRange(index=i, lo=edges[i], hi=edges[i + 1]) for i in range(len(edges) - 1)]
             return RangePlan(rows_estimate=total, ranges=ranges)
@@ -299,7 +366,7 @@ class DualwriteActivities:
 
     @activity.defn(name=ActivityNames.CLEAR_CHECKPOINTS, no_thread_cancel_exception=True)
     def clear_checkpoints(self, inp: CheckpointScope) -> int:
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             ctl = self._control(inp.control_store)
             return control.clear_checkpoints(ctl, inp.migration, inp.scope)
 
@@ -311,7 +378,7 @@ class DualwriteActivities:
 
         Returns counts by class (missing / extra / field-different) and the names of differing columns;
         never a row value. Comparing zero rows raises VerificationError: a verifier must prove it looked."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             from dualwrite import tenancy  # noqa: PLC0415 - heavy, and only here
             from dualwrite.repair import repair  # noqa: PLC0415
             from dualwrite.verify import verify_keys, verify_range  # noqa: PLC0415
@@ -330,7 +397,8 @@ class DualwriteActivities:
                 report = tenancy.verify_tenant(src, dst, mapping, inp.tenant)
                 activity.heartbeat({"tenant_keys": report.rows_source + report.rows_target})
             else:
-                report = verify_range(src, dst, mapping, chunk_size=inp.chunk_size, on_chunk=on_chunk)
+                report = verify_range(src, dst, mapping, chunk_size=inp.chunk_size, on_chunk=on_chunk,
+                                      allow_empty=spec.table(inp.table.source).allow_empty)
                 # rows of tenants whose authority runs the other way are theirs to verify, never ours to repair
                 report = tenancy.without_tenants(report, src, dst, mapping, inp.exclude_tenants)
             out = TableVerification(
@@ -384,7 +452,7 @@ class DualwriteActivities:
         A listed difference with no entry is compared once more: the relay may have taken its entry between
         the comparison and the look-up (then the row is level now). Only what still differs, with no entry
         before or after, is a difference. ``sync`` has no key logs: the report is returned as it is."""
-        if spec.strategy.value == "sync":
+        if spec.strategy.inline:  # strict / sync / async: no key logs
             return lambda report: (report, 0)
         from dualwrite import outbox  # noqa: PLC0415 - only here
         from dualwrite.verify import verify_keys  # noqa: PLC0415
@@ -395,6 +463,14 @@ class DualwriteActivities:
 
         def pending() -> set[tuple[Any, ...]]:
             keys: set[tuple[Any, ...]] = set()
+            if spec.strategy.value == "cdc":  # in flight: captured in a store's log, not applied yet
+                from dualwrite.cdc.capture import pending_keys  # noqa: PLC0415
+
+                for store, (table, key, kinds) in ((src, (mapping.source_table, mapping.source_key,
+                                                            mapping.key_kinds)),
+                                                   (dst, (other.source_table, other.source_key, other.key_kinds))):
+                    keys |= pending_keys(store, self._control(spec.control), spec.name, table, key, kinds)
+                return keys
             for store, table, kinds in sides:
                 keys |= pending_log_keys(store, spec.name, {source, table}, kinds, logs)
             return keys
@@ -426,10 +502,11 @@ class DualwriteActivities:
             started = time.monotonic()
             worked = False
             while not _stopping():
-                entries = control.due_repairs(ctl, spec.name, inp.batch)
+                authority = repair_authority(ctl, spec, under_fence=inp.under_fence)
+                entries = [] if authority == "fenced" else control.due_repairs(ctl, spec.name, inp.batch)
                 if entries:
                     worked = True
-                    self._repair_batch(spec, ctl, entries, inp, out)
+                    self._repair_batch(spec, ctl, entries, inp, out, authority)
                     activity.heartbeat(out)
                     if time.monotonic() - started > inp.max_seconds:
                         break
@@ -443,7 +520,7 @@ class DualwriteActivities:
             return out
 
     def _repair_batch(self, spec: MigrationSpec, ctl: Store, entries: list[control.RepairEntry],
-                      inp: RepairDrainInput, out: RepairDrainResult) -> None:
+                      inp: RepairDrainInput, out: RepairDrainResult, authority: str | None) -> None:
         latest: dict[tuple[str, str], control.RepairEntry] = {}
         ids: dict[tuple[str, str], list[int]] = defaultdict(list)
         for e in entries:
@@ -453,7 +530,9 @@ class DualwriteActivities:
                 latest[k] = e
         groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         for k, e in latest.items():
-            groups[(e.table, e.authoritative)].append(k)
+            # a repair writes only into the store that is not authoritative *now* (DESIGN.md rule 4): the side
+            # recorded at enqueue time decides only where authority is per tenant
+            groups[(e.table, authority or e.authoritative)].append(k)
         for (table, side), keys in groups.items():
             all_ids = [i for k in keys for i in ids[k]]
             try:
@@ -482,7 +561,7 @@ class DualwriteActivities:
         windows, merged; the tenant's own scope when there is one) and apply the pure rules to them and to
         the workflow's evidence. The result, with every metric's value / threshold / samples / verdict, is
         what history records."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             traffic = None
             if inp.to in phases.TRAFFIC_GATED:
                 store = self._control(inp.spec.control)
@@ -495,20 +574,29 @@ class DualwriteActivities:
         quietly, after ``max_seconds``), so a healthy cutover costs a few history events per period.
 
         Statistics flushed before a scope entered its phase are left out (the window shrinks to the time
-        since); too few samples never trips."""
-        with mapped_errors():
+        since); too few samples never trips. Heartbeats also come from a background thread while it sleeps
+        between checks, so its heartbeat timeout need not grow with ``check_seconds``."""
+        with mapped_errors(), heartbeating():
             cfg = inp.spec.rollback_triggers
             store = self._control(inp.spec.control)
             started = time.monotonic()
             out = TriggerWatchResult()
             while True:
+                if inp.spec.strategy.value == "triggers":
+                    # no adapter compares reads: the worker samples rows for the shadow-mismatch trigger
+                    from activities.sample import sample_and_record  # noqa: PLC0415 - it imports this module
+
+                    try:
+                        sample_and_record(self.stores, inp.spec, cfg.min_shadow_samples, 2.0)
+                    except Exception as exc:  # noqa: BLE001 - no sample this round: the triggers see fewer
+                        log.warning("worker shadow sample for the rollback triggers failed: %s", safe_message(exc))
                 now = datetime.now(UTC)
                 for scope in inp.scopes:
                     since = scope.since if scope.since.tzinfo else scope.since.replace(tzinfo=UTC)
                     seconds = min(float(cfg.window_seconds), max(1.0, (now - since).total_seconds()))
                     traffic = gates.read_traffic(store, inp.spec.name, seconds, scope.tenant,
                                                  ensure_schema=not out.checks)
-                    evaluation = gates.evaluate_triggers(traffic, scope.phase.value, cfg)
+                    evaluation = gates.evaluate_triggers(traffic, scope.phase.value, cfg, inp.spec.strategy.value)
                     out.evaluation, out.tenant, out.phase = evaluation, scope.tenant, scope.phase
                     if evaluation.tripped:
                         out.tripped = True
@@ -529,7 +617,7 @@ class DualwriteActivities:
         towards the old store, drop key logs left empty, discard queued repairs, then rename each old
         table to ``<table>_dw_retired_<stamp>`` (or drop it when ``drop``). Idempotent: a retry finds the
         retired names and reports them."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             from dualwrite import outbox, relay, triggers  # noqa: PLC0415 - only here
 
             spec = inp.spec
@@ -782,3 +870,18 @@ def _checkpoint_from(raw: Any) -> RangeCheckpoint | None:
         except Exception:  # noqa: BLE001 - details from an older worker version: start over
             return None
     return None
+
+
+def repair_authority(ctl: Store, spec: MigrationSpec, *, under_fence: bool = False) -> str | None:
+    """Which store repairs read from, from the published state: 'old' / 'new'; None where authority is per
+    tenant (then each entry's recorded side decides); 'fenced' while a write fence is published and the
+    caller is not the workflow's own fenced drain (authority is moving: no repair may write then)."""
+    state = control.read_state(ctl, spec.name)
+    if state is None:
+        return "old"
+    if control.is_fenced(state.overrides, None) and not under_fence:
+        return "fenced"
+    if spec.tenant_tables and (state.overrides or {}).get("tenants"):
+        return None
+    return authoritative_side(state.phase)
+

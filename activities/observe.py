@@ -25,7 +25,6 @@ from typing import Any
 import structlog
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
@@ -160,7 +159,7 @@ class MigrationMonitor:
             payloads = list(attrs.input.payloads)
             if not payloads:
                 return None
-            inp = pydantic_data_converter.payload_converter.from_payloads(payloads, [MigrationInput])[0]
+            inp = (await self.client.data_converter.decode(payloads, [MigrationInput]))[0]
             self._specs[key] = inp.spec
             return inp.spec  # type: ignore[no-any-return]
         return None

@@ -25,7 +25,8 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.core import log_point, logs_behind, mapped_errors, safe_message, table_exists
+from activities import cdc_relay
+from activities.core import heartbeating, log_point, logs_behind, mapped_errors, safe_message, table_exists
 from activities.stores import StoreCache
 from dualwrite import control, outbox, triggers
 from dualwrite import stats as st
@@ -35,11 +36,13 @@ from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.store import Store
 from workflows.relay import (
     RELAY_CATCH_UP,
+    RELAY_DENY,
     RELAY_DRAIN,
     RELAY_SETUP,
     RELAY_TEARDOWN,
     CatchUpInput,
     CatchUpResult,
+    DenyWritesInput,
     RelayCounters,
     RelayDrainInput,
     RelayDrainResult,
@@ -69,7 +72,7 @@ class RelayActivities:
         self._ready: set[str] = set()
 
     def all(self) -> list[Any]:
-        return [self.setup, self.drain, self.teardown, self.catch_up]
+        return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes]
 
     def _stores(self, spec: MigrationSpec) -> tuple[Store, Store, Store]:
         old, new, ctl = self.stores.store(spec.old), self.stores.store(spec.new), self.stores.store(spec.control)
@@ -98,10 +101,13 @@ class RelayActivities:
     def setup(self, inp: RelaySetupInput) -> RelaySetupResult:
         """Create the key logs on both stores; with ``triggers``, (re)install the capture triggers on both
         (the new store's capture keeps the old one in sync after write cutover). Idempotent."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             spec = inp.spec
             old, new, _ctl = self._stores(spec)
             out = RelaySetupResult()
+            if spec.strategy is Strategy.CDC:
+                out.triggers = cdc_relay.setup_capture(spec, old, new, _ctl)
+                return out
             logs = [outbox.OUTBOX] if spec.strategy is Strategy.OUTBOX else [outbox.CHANGELOG]
             for store in (old, new):
                 for lg in logs:
@@ -123,10 +129,12 @@ class RelayActivities:
         The trigger names follow from the spec alone: no table is reflected, because at CLEANUP the old
         table may already be retired (renamed, with its triggers removed) and a reflection would fail on
         every retry, leaving the relay unable to finish."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             spec = inp.spec
             old, new, _ctl = self._stores(spec)
-            for t in spec.tables:
+            if spec.strategy is Strategy.CDC:
+                cdc_relay.teardown_capture(spec, old, new, _ctl)
+            for t in spec.tables if spec.strategy is not Strategy.CDC else ():
                 for store, table in ((old, t.source), (new, t.target_table)):
                     try:
                         triggers.remove_triggers(store, spec.name, table)
@@ -134,6 +142,30 @@ class RelayActivities:
                         if table_exists(store, table):
                             raise
                         # retired at CLEANUP (renamed or dropped), and its triggers with it
+            # the new store serves the tables now: nothing of the denied writes stays there (the retired old
+            # tables keep refusing writes that bypass dualwrite, with their counters)
+            new_tables = [t.target_table for t in spec.tables]
+            triggers.allow_writes(new, spec.name, new_tables)
+            triggers.drop_refusal_counters(new, spec.name, new_tables)
+
+    @activity.defn(name=RELAY_DENY, no_thread_cancel_exception=True)
+    def deny_writes(self, inp: DenyWritesInput) -> None:
+        """Make the migrated tables of the named stores refuse (or accept again) writes that bypass dualwrite:
+        the write cutover's "denied tables" for applications that write without the adapter. Idempotent."""
+        with mapped_errors():
+            spec = inp.spec
+            old, new, _ctl = self._stores(spec)
+            if spec.strategy is Strategy.CDC and inp.deny:
+                # capture exists before anything the denial is for happens (the backfill's first range)
+                cdc_relay.setup_capture(spec, old, new, _ctl)
+            sides = {"old": (old, [t.source for t in spec.tables]),
+                     "new": (new, [t.target_table for t in spec.tables])}
+            for side in inp.deny:
+                store, tables = sides[side]
+                triggers.deny_writes(store, spec.name, tables, getattr(spec, inp.authoritative))
+            for side in inp.allow:
+                store, tables = sides[side]
+                triggers.allow_writes(store, spec.name, tables)
 
     @activity.defn(name=RELAY_DRAIN, no_thread_cancel_exception=True)
     def drain(self, inp: RelayDrainInput) -> RelayDrainResult:
@@ -141,23 +173,27 @@ class RelayActivities:
         with mapped_errors():
             spec = inp.spec
             old, new, ctl = self._stores(spec)
+            if spec.strategy is Strategy.CDC:
+                return cdc_relay.drain(self, inp, old, new, ctl, _absorb,
+                                       lambda: _flush(self._stats_for(spec), ctl))
             stats = self._stats_for(spec)
             mapping_for = self._mapping_for(spec)
             logs = (outbox.OUTBOX,) if spec.strategy is Strategy.OUTBOX else (outbox.CHANGELOG,)
             out = RelayDrainResult()
             started = time.monotonic()
             next_flush = started + STATS_FLUSH_SECONDS
-            last_state = 0.0
             phase = ""
+            denied = triggers.denial_applies(spec)
             while not _stopping():
-                if time.monotonic() - last_state > 1.0:
-                    state = control.read_state(ctl, spec.name)
-                    phase = state.phase if state else "PREPARE"
-                    last_state = time.monotonic()
+                # the published state before every round: with denied writes only the authoritative store's
+                # log is mirrored, and a round never starts under an authority that has just moved
+                state = control.read_state(ctl, spec.name)
+                phase = state.phase if state else "PREPARE"
                 discard = ("new",) if phase in RETIRED_OLD else ()
-                res = drain(old, new, spec.name, mapping_for, logs=logs, discard=discard, limit=inp.batch,
-                            max_seconds=max(1.0, inp.poll_seconds * 10), control_store=ctl, stats=stats,
-                            should_stop=_stopping)
+                directions = (triggers.authoritative_side(phase),) if denied else ("old", "new")
+                res = drain(old, new, spec.name, mapping_for, logs=logs, directions=directions, discard=discard,
+                            limit=inp.batch, max_seconds=max(0.5, inp.poll_seconds * 5), control_store=ctl,
+                            stats=stats, should_stop=_stopping)
                 _absorb(out, res)
                 activity.heartbeat(out)
                 if time.monotonic() >= next_flush:
@@ -180,6 +216,9 @@ class RelayActivities:
                     lag = age if lag is None or (age is not None and age > lag) else lag
             out.remaining = remaining
             stats.gauge(st.RELAY_DEPTH, float(remaining))
+            if denied:
+                out.refused_writes = _refused(spec, old, new)
+                stats.gauge(st.REFUSED_WRITES, float(sum(out.refused_writes.values())))
             if lag is not None:
                 out.lag_seconds = max(out.lag_seconds, lag)
             _flush(stats, ctl)
@@ -198,17 +237,20 @@ class RelayActivities:
         with mapped_errors():
             spec = inp.spec
             old, new, ctl = self._stores(spec)
+            if spec.strategy is Strategy.CDC:
+                return cdc_relay.catch_up(self, inp, old, new, ctl, _absorb_catch_up)
             logs = (outbox.OUTBOX,) if spec.strategy is Strategy.OUTBOX else (outbox.CHANGELOG,)
             started = time.monotonic()
-            points = _drain_points(old, new, spec.name, logs)
+            sides = (inp.authoritative,) if inp.authoritative in ("old", "new") else ("old", "new")
+            points = _drain_points(old, new, spec.name, logs, sides)
             out = CatchUpResult()
             relayed = RelayResult()
             while True:
                 out.behind = sum(logs_behind(store, spec.name, lg, point) for store, lg, point in points)
                 if not out.behind or _stopping() or time.monotonic() - started >= inp.max_seconds:
                     break
-                res = drain(old, new, spec.name, self._mapping_for(spec), logs=logs, limit=inp.batch,
-                            max_seconds=1.0, control_store=ctl, should_stop=_stopping)
+                res = drain(old, new, spec.name, self._mapping_for(spec), logs=logs, directions=sides,
+                            limit=inp.batch, max_seconds=1.0, control_store=ctl, should_stop=_stopping)
                 relayed += res
                 activity.heartbeat({"behind": out.behind, "mirrored": relayed.mirrored})
                 if not res.entries:
@@ -222,10 +264,25 @@ class RelayActivities:
             return out
 
 
-def _drain_points(old: Store, new: Store, migration: str, logs: tuple[str, ...]) -> list[tuple[Store, str, int]]:
-    """(store, log, newest id) of every non-empty key log of the migration on both stores."""
+def _refused(spec: MigrationSpec, old: Store, new: Store) -> dict[str, int]:
+    """'store/table' -> writes refused so far by the denied-writes triggers (engines that count them)."""
+    out: dict[str, int] = {}
+    for store, tables in ((old, [t.source for t in spec.tables]), (new, [t.target_table for t in spec.tables])):
+        for table in tables:
+            try:
+                n = triggers.refused_writes(store, spec.name, table)
+            except Exception:  # noqa: BLE001 - a count is information, never a reason to stop the relay
+                n = None
+            if n:
+                out[f"{store.name}/{table}"] = n
+    return out
+
+
+def _drain_points(old: Store, new: Store, migration: str, logs: tuple[str, ...],
+                  sides: tuple[str, ...] = ("old", "new")) -> list[tuple[Store, str, int]]:
+    """(store, log, newest id) of every non-empty key log of the migration on the given sides' stores."""
     points = []
-    for store in (old, new):
+    for store in [{"old": old, "new": new}[side] for side in sides]:
         present = store.table_names()
         for lg in logs:
             point = log_point(store, migration, lg) if lg in present else None

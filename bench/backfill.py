@@ -98,11 +98,11 @@ def via_temporal(args: argparse.Namespace) -> None:
     import gc
     import time
 
-    from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
     import worker as dw_worker
     from activities.core import DualwriteActivities
+    from dualwrite.codec import data_converter
     from dualwrite.config import StoreResolver
     from dualwrite.spec import MigrationSpec
     from workflows.backfill import BackfillWorkflow
@@ -116,7 +116,7 @@ def via_temporal(args: argparse.Namespace) -> None:
         temporal = Path(sys.executable).parent / "temporal"
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(temporal), search_attributes=list(SEARCH_ATTRIBUTES),
-            data_converter=pydantic_data_converter, dev_server_log_level="error")
+            data_converter=data_converter(), dev_server_log_level="error")
         resolver = StoreResolver(environ={"DUALWRITE_STORE_SRC": common.pg_url(common.PG_SOURCE_DB),
                                           "DUALWRITE_STORE_DST": common.pg_url(common.PG_TARGET_DB)})
         acts = DualwriteActivities(resolver)

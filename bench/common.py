@@ -81,7 +81,10 @@ def pg_conninfo(db: str) -> str:
 
 
 def mysql_url(db: str = MY_DB) -> str:
-    return f"mysql+mysqldb://{MY_USER}@{MY_HOST}:{MY_PORT}/{db}"
+    """mysqlclient when installed (``pip install -e '.[mysqlclient]'``: the figures in RESULTS.md), else PyMySQL."""
+    from dualwrite.config import normalise_url
+
+    return normalise_url(f"mysql://{MY_USER}@{MY_HOST}:{MY_PORT}/{db}")
 
 
 def mysql_cli_args(db: str = MY_DB) -> list[str]:
@@ -94,7 +97,12 @@ def _pg_connect(db: str) -> psycopg.Connection[tuple[object, ...]]:
 
 
 def _my_connect(db: str | None = None, *, local_infile: bool = False):  # type: ignore[no-untyped-def]
-    import MySQLdb
+    from dualwrite.config import mysql_driver
+
+    if mysql_driver() == "mysqldb":
+        import MySQLdb as driver
+    else:
+        import pymysql as driver  # type: ignore[no-redef]
 
     kwargs: dict[str, object] = {"host": MY_HOST, "port": MY_PORT, "user": MY_USER, "charset": "utf8mb4",
                                  "autocommit": True, "init_command": "SET time_zone = '+00:00'"}
@@ -102,7 +110,7 @@ def _my_connect(db: str | None = None, *, local_infile: bool = False):  # type: 
         kwargs["database"] = db
     if local_infile:
         kwargs["local_infile"] = 1
-    return MySQLdb.connect(**kwargs)
+    return driver.connect(**kwargs)
 
 
 def _pg_ensure_database(db: str) -> None:

@@ -90,6 +90,10 @@ BENCHES: list[Bench] = [
                "plain SQLAlchemy ORM session", lambda v: v <= 0.10),
         Figure("shadow_read_p50_x", "read with 100 % shadow compare p50 / plain read p50", "<= 1.15",
                "plain SELECT by key", lambda v: v <= 1.15),
+        Figure("strict_p50_x", "strict dual write p50 / direct write p50", "<= 2.2",
+               "the seed's synchronous row: ~2x write latency", lambda v: v <= 2.2),
+        Figure("async_p99_x", "async secondary write p99 / direct write p99", "<= 1.15",
+               "direct SQLAlchemy Core UPDATE + COMMIT", lambda v: v <= 1.15),
     ]),
     Bench("zero_downtime", [PY, "-m", "bench.zero_downtime", "--quiet"],
           [PY, "-m", "bench.zero_downtime", "--quiet", "--hold", "3"], [

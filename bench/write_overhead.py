@@ -10,6 +10,9 @@ alike), after a warm-up:
   folded into the same statement);
 - ``sync``: ``DualWriter.update`` with the sync strategy (the committed row image is upserted, version-guarded,
   into the new store before the call returns);
+- ``strict``: ``DualWriter.update`` with the strict strategy (the key noted in the control store, the row
+  written to the new store and committed there, then the authoritative COMMIT);
+- ``async``: ``DualWriter.update`` with the async strategy (the key queued; background workers mirror it);
 - ``orm`` / ``orm+dualwrite``: the same application code (``get`` by key, set an attribute, commit) on a plain
   sessionmaker and on one with the ORM integration installed (sync strategy);
 - reads, in alternating blocks (so the comparisons running behind one block land in that block): ``read``
@@ -24,9 +27,16 @@ Ratios (goals from the issue in brackets):
   i.e. what the ORM integration adds beyond what the Core API adds for the same write, relative to the
   whole ORM request;
 - ``shadow_read_p50_x`` = p50(read+shadow) / p50(read)                               [<= 1.15]
+- ``strict_p50_x``  = p50(strict) / p50(direct)                                     [<= 2.2]
+- ``async_p99_x``   = p99(async) / p99(direct)                                      [<= 1.15]
 
-The last line prints them, e.g. ``outbox_p99_x=1.38 sync_p50_x=2.05 orm_overhead=0.06 shadow_read_p50_x=1.11``.
-Usage: ``python bench/write_overhead.py [--n 3000] [--rows 10000] [--keep]``.
+The last line prints them, e.g. ``outbox_p99_x=1.38 sync_p50_x=2.05 orm_overhead=0.06 shadow_read_p50_x=1.11
+strict_p50_x=2.1 async_p99_x=1.05`` (the p50 / p99 ratios of every strategy are printed above it, for the
+README's guide).
+Usage: ``python bench/write_overhead.py [--n 3000] [--rows 10000] [--keep] [--bypass-capture]``.
+``--bypass-capture`` measures the adapter with runtime bypass detection on (the adapter marks each
+transaction, a capture trigger with a ``WHEN`` clause sits on ``accounts``); the goal is that
+``outbox_p99_x`` moves by at most 0.05 against a run of the code before bypass detection.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from dualwrite import control, stats  # noqa: E402
+from dualwrite import bypass, control, stats  # noqa: E402
 from dualwrite.adapter import AdapterOptions, DualWriter, install  # noqa: E402
 from dualwrite.config import StoreRef  # noqa: E402
 from dualwrite.spec import MigrationSpec  # noqa: E402
@@ -102,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=3000, help="measured iterations per workload")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--keep", action="store_true", help="keep the benchmark databases")
+    ap.add_argument("--bypass-capture", action="store_true",
+                    help="install bypass capture on the old store (as from DUAL_WRITE to CUTOVER_WRITES with an "
+                         "adapter strategy); the direct anchor writes as a replica session, so it pays no capture")
     args = ap.parse_args(argv)
 
     fresh_databases(args.rows)
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     control.ensure_schema(old)
     writers: dict[str, DualWriter] = {}
     for label, strategy, phase in (("sync", "sync", "DUAL_WRITE"), ("outbox", "outbox", "DUAL_WRITE"),
+                                   ("strict", "strict", "DUAL_WRITE"), ("async", "async", "DUAL_WRITE"),
                                    ("shadow", "sync", "SHADOW_READ")):
         name = f"bench-{label}"
         control.publish_state(old, name, phase, 1)
@@ -118,7 +132,13 @@ def main(argv: list[str] | None = None) -> None:
                              tables=[{"source": "accounts", "version_column": "version", "tenant_column": "tenant"}])
         writers[label] = DualWriter(spec, old, new, old_engine=engine,
                                     options=AdapterOptions(sample_ratio=1.0, stats_window_seconds=5))
-    plain = sessionmaker(bind=engine)
+    anchor = engine
+    if args.bypass_capture:
+        for label in ("sync", "outbox"):
+            bypass.install(old, f"bench-{label}", "accounts", "accounts", ["id"])
+        anchor = sa.create_engine(common.pg_url(OLD_DB), pool_size=5,
+                                  connect_args={"options": "-c dualwrite.replica=on"})
+    plain = sessionmaker(bind=anchor)
     integrated = sessionmaker(bind=engine)
     install(integrated, writers["sync"])
     table = sa.Table("accounts", sa.MetaData(), autoload_with=engine)
@@ -140,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def direct() -> None:
         k = key()
-        with engine.begin() as c:
+        with anchor.begin() as c:
             c.execute(upd, {"k": k, "n": f"d{k}-{counter[0]}"})
 
     def via(w: DualWriter) -> Callable[[], None]:
@@ -168,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
 
     writes: dict[str, Callable[[], None]] = {
         "direct": direct, "outbox": via(writers["outbox"]), "sync": via(writers["sync"]),
+        "strict": via(writers["strict"]), "async": via(writers["async"]),
         "orm": orm(plain), "orm+dualwrite": orm(integrated)}
     times: dict[str, list[float]] = {k: [] for k in [*writes, "read", "read+shadow"]}
     try:
@@ -190,12 +211,25 @@ def main(argv: list[str] | None = None) -> None:
                     fn()
                     times[label].append((time.perf_counter() - t0) * 1000)
                 quiet(writers["shadow"])
+        lagged = writers["async"].lagged
+        async_flushed = lagged is not None and lagged.flush(timeout=60)
     finally:
         for w in writers.values():
             w.close()
+        async_stats = stats.read_stats(old, "bench-async", 3600)
+        strict_stats = stats.read_stats(old, "bench-strict", 3600)
+        left_in_repair = sum(control.repair_queue_depth(old, f"bench-{n}") for n in ("strict", "async"))
         shadow_stats = stats.read_stats(old, "bench-shadow", 3600)
+        bypassed = None
+        if args.bypass_capture:  # every write was the adapter's or the (replica) anchor's: none may be recorded
+            with old.connect() as conn:
+                cur = conn.cursor()
+                cur.execute(f"SELECT COUNT(*) FROM {bypass.BYPASS}")
+                bypassed = int(cur.fetchone()[0])
+                conn.rollback()
         sync_stats = stats.read_stats(old, "bench-sync", 3600)
         engine.dispose()
+        anchor.dispose()
         old.dispose()
         new.dispose()
         if not args.keep:
@@ -208,13 +242,24 @@ def main(argv: list[str] | None = None) -> None:
     p50 = {k: quantile(v, 0.5) for k, v in times.items()}
     p99 = {k: quantile(v, 0.99) for k, v in times.items()}
     print(f"shadow compares: {dict(shadow_stats.counters.get('shadow', {}))}; "
-          f"sync secondary writes: {sync_stats.secondary_successes} ok, {sync_stats.secondary_failures} failed")
+          f"sync secondary writes: {sync_stats.secondary_successes} ok, {sync_stats.secondary_failures} failed; "
+          f"strict: {strict_stats.secondary_successes} ok, {strict_stats.secondary_failures} failed; async: "
+          f"{async_stats.secondary_successes} ok, {async_stats.secondary_failures} failed, flushed: {async_flushed}, "
+          f"worst lag {async_stats.gauges.get(stats.ASYNC_AGE, 0.0):.3f}s; repair queue after close: {left_in_repair}")
+    for label in ("strict", "sync", "async", "outbox"):
+        print(f"ratio {label:<8} p50 x{p50[label] / p50['direct']:.2f}  p99 x{p99[label] / p99['direct']:.2f}")
+    if bypassed is not None:
+        print(f"bypass capture on: {bypassed} adapter writes recorded as bypassing it (must be 0)")
+        if bypassed:
+            raise SystemExit(1)
     outbox_p99_x = p99["outbox"] / p99["direct"]
     sync_p50_x = p50["sync"] / p50["direct"]
     orm_overhead = p50["orm+dualwrite"] / (p50["orm"] + p50["sync"] - p50["direct"]) - 1
     shadow_x = p50["read+shadow"] / p50["read"]
+    strict_p50_x = p50["strict"] / p50["direct"]
+    async_p99_x = p99["async"] / p99["direct"]
     print(f"outbox_p99_x={outbox_p99_x:.2f} sync_p50_x={sync_p50_x:.2f} orm_overhead={orm_overhead:.2f} "
-          f"shadow_read_p50_x={shadow_x:.2f}")
+          f"shadow_read_p50_x={shadow_x:.2f} strict_p50_x={strict_p50_x:.2f} async_p99_x={async_p99_x:.2f}")
 
 
 def quiet(w: DualWriter, timeout: float = 30.0) -> None:

@@ -97,11 +97,11 @@ async def start_relay(side: TemporalSide, spec: MigrationSpec) -> None:
     the migration: the MigrationWorkflow starts a relay with default tuning unless one already runs under
     the relay's id, in which case it adopts that one."""
     from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
 
+    from dualwrite.codec import data_converter
     from workflows.relay import RelayInput, relay_workflow_id
 
-    client = await Client.connect(f"127.0.0.1:{side.port}", data_converter=pydantic_data_converter)
+    client = await Client.connect(f"127.0.0.1:{side.port}", data_converter=data_converter())
     await client.start_workflow("RelayWorkflow", RelayInput(spec=spec, poll_seconds=0.1, heartbeat_timeout_seconds=5),
                                 id=relay_workflow_id(spec.name), task_queue=side.queue)
 

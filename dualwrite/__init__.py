@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "StoreUnavailableError": "dualwrite.errors",
     "IllegalTransitionError": "dualwrite.errors",
     "WriteFencedError": "dualwrite.errors",
+    "StrictWriteError": "dualwrite.errors",
     "VerificationError": "dualwrite.errors",
     "Problem": "dualwrite.errors",
     # spec and configuration

@@ -523,34 +523,37 @@ def table_reader(info: TableInfo, dialect: Dialect, quote: Callable[[str], str],
 
 
 def _my_date(s: Any) -> Any:
+    if isinstance(s, bytes):
+        s = s.decode("ascii")
     try:
         return dt.date.fromisoformat(s)
     except (ValueError, TypeError):
-        from MySQLdb.times import Date_or_None  # noqa: PLC0415 - zero dates and other oddities
-
-        return Date_or_None(s)
+        return None  # a zero date ('0000-00-00') or another that is no date: what mysqlclient reads as None
 
 
 @contextlib.contextmanager
 def _mysql_converters(conn: Any) -> Iterator[None]:
-    """mysqlclient's converters for one query, swapped in and back on this connection."""
-    base = getattr(conn, "converter", None)
+    """The driver's converters for one query, swapped in and back on this connection: mysqlclient keeps
+    them in ``conn.converter``, PyMySQL in ``conn.decoders`` (same MySQL field type numbers)."""
+    attr = "converter" if isinstance(getattr(conn, "converter", None), dict) else "decoders"
+    base = getattr(conn, attr, None)
     if not isinstance(base, dict):
         yield
         return
-    from MySQLdb.constants import FIELD_TYPE  # noqa: PLC0415 - optional driver
+    # the field type numbers are MySQL's own, the same in both drivers
+    decimal_t, newdecimal_t, date_t, timestamp_t, datetime_t = 0, 246, 10, 7, 12
 
     fast = dict(base)
     # DECIMAL and DATETIME/TIMESTAMP stay the text MariaDB sent: that text is their canonical form, and
     # building Decimal/datetime objects would be most of the cost; its DATE parser is Python (~1 us)
-    for t in (FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP):
-        fast[t] = str
-    fast[FIELD_TYPE.DATE] = _my_date
-    conn.converter = fast
+    for t in (decimal_t, newdecimal_t, datetime_t, timestamp_t):
+        fast[t] = str  # mysqlclient decodes for ``str`` itself; PyMySQL hands over text already
+    fast[date_t] = _my_date
+    setattr(conn, attr, fast)
     try:
         yield
     finally:
-        conn.converter = base
+        setattr(conn, attr, base)
 
 
 def fetch(conn: Any, dialect: Dialect, sql: str, params: Sequence[Any]) -> list[Row]:

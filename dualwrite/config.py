@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,20 +30,58 @@ DEFAULT_CONFIG = "dualwrite.yaml"
 _DRIVERS = {
     "postgres": "postgresql+psycopg",
     "postgresql": "postgresql+psycopg",
-    "mysql": "mysql+mysqldb",
-    "mariadb": "mysql+mysqldb",
     "mariadb+mysqldb": "mysql+mysqldb",
     "mariadb+pymysql": "mysql+pymysql",
 }
+_MYSQL_SCHEMES = ("mysql", "mariadb")
 
-_PASSWORD_RE = re.compile(r"(?P<pre>://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
-_QUERY_SECRET_RE = re.compile(r"(?i)(?P<k>(password|passwd|pwd|secret|token)=)(?P<v>[^&\s]+)")
+MYSQL_DRIVER_HINT = ("no MySQL/MariaDB driver is installed: pip install PyMySQL (pure Python, the default), "
+                     "or pip install 'dualwrite[mysqlclient]' for the faster C driver (needs libmariadb-dev)")
+
+
+def mysql_driver() -> str | None:
+    """The MySQL/MariaDB DBAPI driver to use: mysqlclient when it is importable (faster), else PyMySQL (pure
+    Python, installed by default), else None."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("MySQLdb") is not None:
+        return "mysqldb"
+    if importlib.util.find_spec("pymysql") is not None:
+        return "pymysql"
+    return None
+
+
+# The password runs to the *last* '@' before the path: a raw password may hold '@' and spaces
+# (``postgresql://u:p@ss w@rd@host/db``), and cutting at its first '@' would print the rest of it. Where no
+# path follows, this may redact more than the password; never less.
+_PASSWORD_RE = re.compile(r"(?P<pre>://[^:/@\s]*:)(?P<pw>[^/\n]*)(?P<post>@)")
+_QUERY_SECRET_RE = re.compile(
+    r"(?i)(?P<k>(password|passwd|pwd|secret|token)=)(?P<v>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^&\s]+)")
 
 
 def redact(text: str) -> str:
-    """Replace passwords in URLs (and ``password=`` query or DSN parts) in any text with ``***``."""
+    """Replace passwords in URLs (and ``password=`` query or DSN parts, quoted or not) in any text with
+    ``***``, whole, whatever characters they hold."""
     text = _PASSWORD_RE.sub(r"\g<pre>***\g<post>", text)
     return _QUERY_SECRET_RE.sub(r"\g<k>***", text)
+
+
+_URL_UNSAFE_IN_PASSWORD = set("@ /?#[]")
+
+
+def _quote_raw_password(rest: str) -> str:
+    """``user:p@ss w@rd@host/db`` -> ``user:p%40ss%20w%40rd@host/db``: a raw password is percent-encoded
+    once, so the driver parses the host and the password right (and no fragment of the password ends up
+    as a host name in an error message). An already encoded password is left as it is."""
+    head = rest.split("?", 1)[0]
+    at = head.rfind("@")
+    if at < 0:
+        return rest
+    userinfo, tail = rest[:at], rest[at:]
+    user, sep, password = userinfo.partition(":")
+    if not sep or not (_URL_UNSAFE_IN_PASSWORD & set(password)):
+        return rest
+    return f"{user}:{urllib.parse.quote(password, safe='')}{tail}"
 
 
 def env_var_for(name: str) -> str:
@@ -50,11 +89,15 @@ def env_var_for(name: str) -> str:
 
 
 def normalise_url(url: str) -> str:
-    """Pick our preferred DBAPI driver for bare scheme names (psycopg 3, mysqlclient)."""
+    """Pick our DBAPI driver for bare scheme names: psycopg 3; for ``mysql://`` and ``mariadb://`` whichever
+    of mysqlclient and PyMySQL is installed (:func:`mysql_driver`)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    return f"{_DRIVERS.get(scheme.lower(), scheme)}://{rest}"
+    driver = _DRIVERS.get(scheme.lower(), scheme)
+    if scheme.lower() in _MYSQL_SCHEMES:
+        driver = f"mysql+{mysql_driver() or 'pymysql'}"
+    return f"{driver}://{_quote_raw_password(rest)}"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
@@ -338,3 +339,68 @@ def _rollback(*conns: Any) -> None:
     for conn in conns:
         with contextlib.suppress(Exception):
             conn.rollback()
+
+
+# -- range planning --------------------------------------------------------------------------------------
+
+#: range bounds are quantiles of a sample of about this many keys (one sampled scan and one small sort)
+PLAN_SAMPLE_KEYS = 50_000
+
+
+def plan_bounds(store: Store, mapping: TableMapping, total: int, ranges: int,
+                on_bound: Callable[[int], None] | None = None) -> list[Key]:
+    """Up to ``ranges - 1`` increasing source keys splitting about ``total`` rows into ranges of roughly
+    equal size (``lo < key <= hi`` each).
+
+    On PostgreSQL and MariaDB/MySQL the bounds are quantiles of a sample of about ``PLAN_SAMPLE_KEYS``
+    keys (every key of a smaller table) - PostgreSQL's ``TABLESAMPLE SYSTEM``, a ``RAND()`` filter on
+    MySQL - sorted once in range order. Chained ``OFFSET`` queries walk the key index instead, which is
+    cheap for an integer key inserted in order but not for a random string key (a UUID as CHAR(36)):
+    each index entry sends the walk to a random heap page, and a bytewise order under a linguistic
+    collation (``COLLATE "C"``) cannot use the index at all, so every boundary sorted the whole table
+    (~20 s for a few million keys). Ranges only need to be roughly even. SQLite, and a sample smaller
+    than ``ranges``, use the offset walk."""
+    hooks.point("copy.before_plan")
+    side = source_side(mapping, store)
+    if ranges <= 1 or total <= 0:
+        return []
+    if store.dialect in (Dialect.POSTGRESQL, Dialect.MYSQL):
+        sample = _sample_keys(store, side, total)
+        if len(sample) >= ranges:
+            bounds: list[Key] = []
+            for j in range(1, ranges):
+                key = sample[len(sample) * j // ranges]
+                if not bounds or key != bounds[-1]:
+                    bounds.append(key)
+                    if on_bound is not None:
+                        on_bound(len(bounds))
+            return bounds
+    step = math.ceil(total / ranges)
+    out: list[Key] = []
+    lo: Key | None = None
+    with store.connect() as conn:
+        for _ in range(ranges - 1):
+            found = rowio.fetch(conn, *sqlgen.nth_key_sql(side, lo, None, step - 1))
+            if not found:
+                break
+            lo = tuple(found[0])
+            out.append(lo)
+            if on_bound is not None:
+                on_bound(len(out))
+        conn.rollback()
+    return out
+
+
+def _sample_keys(store: Store, side: Side, total: int) -> list[Key]:
+    """About ``PLAN_SAMPLE_KEYS`` keys of the table (all of a smaller one), sorted in range order."""
+    fraction = min(1.0, PLAN_SAMPLE_KEYS / max(1, total))
+    source, where = side.qtable, ""
+    if fraction < 1.0 and store.dialect is Dialect.POSTGRESQL:
+        source = f"{side.qtable} TABLESAMPLE SYSTEM ({fraction * 100:.6f})"
+    elif fraction < 1.0 and store.dialect is Dialect.MYSQL:
+        where = f" WHERE RAND() < {fraction:.8f}"
+    sql = f"SELECT {side.key_list()} FROM {source}{where} ORDER BY {side.order_by()}"
+    with store.connect() as conn:
+        keys = [tuple(r) for r in rowio.fetch(conn, sql, [])]
+        conn.rollback()
+    return keys

@@ -61,6 +61,21 @@ class StoreUnavailableError(StoreError):
     """A store is down or refuses connections; callers may retry later."""
 
 
+class PermanentStoreError(StoreError):
+    """A store refused an operation in a way that repeating it cannot change: only an operator can (grant a
+    privilege, fix a constraint, clean a row). Retrying it forever would look like progress and be none."""
+
+
+class StorePermissionError(PermanentStoreError):
+    """The account lacks a privilege or the ownership a statement needs (``must be owner of table ...``,
+    ``permission denied``, MySQL's ``command denied``)."""
+
+
+class RowRejectedError(PermanentStoreError):
+    """The target rejected a row: a unique, not-null, check or foreign-key constraint, or a value its type
+    cannot hold. The same rows fail the same way on every retry. The message never quotes the values."""
+
+
 class IllegalTransitionError(DualwriteError):
     """A phase transition that the phase machine forbids (skipping, leaving CLEANUP, while paused...)."""
 
@@ -70,8 +85,89 @@ class WriteFencedError(DualwriteError):
     ``fence_max_wait``, or was routed before the authority moved: nothing was written; retry the request."""
 
 
+class StrictWriteError(DualwriteError):
+    """A ``strict`` write failed, and neither store keeps it: ``store`` says which one failed.
+
+    ``store`` is ``'old'`` or ``'new'``: the store that refused or timed out. Strict is
+    the seed's synchronous strategy: the request fails if either store fails, so the application must
+    treat this like any failed transaction (retry or report), never as half done."""
+
+    def __init__(self, message: str, *, store: str, role: str) -> None:
+        self.store = store
+        self.role = role
+        """'authoritative' (its commit failed after the other store had committed: that one was restored)
+        or 'secondary' (the other store failed: the authoritative transaction was rolled back)."""
+        super().__init__(message)
+
+
 class VerificationError(DualwriteError):
     """A verification could not prove anything: it compared zero rows or skipped a chunk."""
+
+
+PERMANENT: tuple[type[DualwriteError], ...] = (ConfigError, VerificationError, PermanentStoreError)
+"""The roots of the errors no retry can fix: bad input, a verification that proved nothing, a store that
+refuses for good. Everything below them in this hierarchy is permanent too."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    return isinstance(exc, PERMANENT)
+
+
+def permanent_error_types() -> list[str]:
+    """Names of every permanent class (the roots and all their subclasses, including ones defined in other
+    modules once imported): what a Temporal retry policy lists as ``non_retryable_error_types``, because an
+    activity reports a dualwrite error with its class name as the failure type."""
+    out: list[str] = []
+    todo: list[type[BaseException]] = list(PERMANENT)
+    while todo:
+        cls = todo.pop(0)
+        if cls.__name__ not in out:
+            out.append(cls.__name__)
+        todo += cls.__subclasses__()
+    return out
+
+
+#: PostgreSQL SQLSTATEs of a refused privilege / ownership (42501; ownership checks raise 42501 too)
+_PG_DENIED = {"42501"}
+#: MySQL / MariaDB: access denied for a table, column, database, command or routine; super needed
+_MYSQL_DENIED = {1044, 1142, 1143, 1227, 1370}
+#: MySQL / MariaDB: duplicate entry, not null, check constraint, data too long / out of range, bad value
+_MYSQL_ROW = {1062, 1048, 3819, 4025, 1406, 1264, 1366, 1292}
+#: foreign-key violations are left out: while tables are backfilled in parallel a child row can arrive
+#: before its parent, and a retry succeeds once the parent is there
+_PG_FOREIGN_KEY = "23503"
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The DBAPI error under SQLAlchemy's wrapper (``.orig``), or the error itself."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def _mysql_code(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    if type(exc).__module__.split(".")[0] in ("MySQLdb", "pymysql") and args and isinstance(args[0], int):
+        return args[0]
+    return None
+
+
+def is_permission_denied(exc: BaseException) -> bool:
+    """A driver error saying the account may not do this (PostgreSQL 42501, MySQL access denied)."""
+    exc = _driver_error(exc)
+    return getattr(exc, "sqlstate", None) in _PG_DENIED or _mysql_code(exc) in _MYSQL_DENIED
+
+
+def is_row_rejected(exc: BaseException) -> bool:
+    """A driver error saying the target refused a row: PostgreSQL classes 22 (data) and 23 (integrity),
+    MySQL's constraint and data errors, SQLite's IntegrityError."""
+    exc = _driver_error(exc)
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    if sqlstate[:2] in ("22", "23"):
+        return sqlstate != _PG_FOREIGN_KEY
+    if _mysql_code(exc) in _MYSQL_ROW:
+        return True
+    return (type(exc).__module__ == "sqlite3" and type(exc).__name__ == "IntegrityError"
+            and "FOREIGN KEY" not in str(exc))
 
 
 def raise_if(problems: Sequence[Problem], kind: type[ConfigError], headline: str) -> None:

@@ -122,13 +122,31 @@ def mysql_text_supported(mapping: TableMapping) -> bool:
 
 @contextlib.contextmanager
 def _raw_values(conn: Any) -> Iterator[None]:
-    """Make mysqlclient hand back every value as the bytes the server sent: no decoding, no parsing."""
-    saved = conn.converter
-    conn.converter = {}
+    """Make the driver hand back every value as the server sent it, unparsed: bytes from mysqlclient
+    (``conn.converter``), text from PyMySQL (``conn.decoders``; it decodes by the column's charset first)."""
+    attr = "converter" if isinstance(getattr(conn, "converter", None), dict) else "decoders"
+    saved = getattr(conn, attr)
+    setattr(conn, attr, {})
     try:
         yield
     finally:
-        conn.converter = saved
+        setattr(conn, attr, saved)
+
+
+def _as_bytes(rows: Any) -> list[tuple[Any, ...]]:
+    """PyMySQL's rows as mysqlclient's raw ones: every text value back to the UTF-8 bytes sent."""
+    return [tuple(v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for v in r) for r in rows]
+
+
+def _ss_cursor_class(conn: Any) -> Any:
+    """The driver's unbuffered (streaming) cursor."""
+    if type(conn).__module__.startswith("pymysql"):
+        from pymysql.cursors import SSCursor as PySSCursor  # noqa: PLC0415 - the default driver
+
+        return PySSCursor
+    from MySQLdb.cursors import SSCursor  # noqa: PLC0415 - optional driver
+
+    return SSCursor
 
 
 def _lines(rows: Any, null_safe: bool) -> bytes:
@@ -145,17 +163,16 @@ def mysql_read_text_chunk(conn: Any, mapping: TableMapping, src: Side, lo: Key |
     """Read ``lo < key <= hi`` from MariaDB as COPY text blocks (the caller ends the transaction)."""
     sql, params, null_safe = sqlgen.mysql_copy_text_select(mapping, src, lo, hi, defaults)
     chunk = TextChunk()
-    from MySQLdb.cursors import SSCursor  # noqa: PLC0415 - optional driver
-
+    text_rows = type(conn).__module__.startswith("pymysql")
     with _raw_values(conn):
-        cur = conn.cursor(SSCursor)  # streams: only MYSQL_FETCH_ROWS raw rows exist at a time
+        cur = conn.cursor(_ss_cursor_class(conn))  # streams: only MYSQL_FETCH_ROWS raw rows exist at a time
         try:
             cur.execute(sql, tuple(params))
             while True:
                 rows = cur.fetchmany(MYSQL_FETCH_ROWS)
                 if not rows:
                     break
-                chunk.blocks.append(_lines(rows, null_safe))
+                chunk.blocks.append(_lines(_as_bytes(rows) if text_rows else rows, null_safe))
                 chunk.rows += len(rows)
         finally:
             cur.close()

@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 SHADOW_MISMATCH_CLASSES = ("missing", "extra", "field_different")
 TENANT_SCOPE_SEP = "#tenant="
 
+#: where a traffic metric's evidence comes from (named in the metric's ``source`` and detail)
+ADAPTER_SOURCE = "application adapters"
+WORKER_SAMPLE_SOURCE = "worker shadow sample"
+RELAY_SOURCE = "relay"
+#: triggers: a relay further behind than this (the age of the oldest unmirrored key-log entry) holds the gate
+MAX_RELAY_LAG_SECONDS = 60.0
+#: strategies whose secondary writes are made by the relay (the adapter records none of them)
+RELAYED = ("outbox", "triggers")
+
 
 class Verdict(StrEnum):
     PASS = "pass"
@@ -57,6 +66,8 @@ class GateMetric(_Model):
     min_samples: int = 0
     verdict: Verdict
     detail: str = ""
+    source: str = Field(default="", description="what produced the samples: application adapters, worker "
+                                                "shadow sample, relay (empty: the workflow's own evidence)")
 
     @property
     def ok(self) -> bool:
@@ -80,10 +91,28 @@ class TrafficFacts(_Model):
     p99_call_ms: float | None = None
     p99_direct_ms: float | None = None
     latency_samples: int = 0
+    sampled_match: int = Field(default=0, description="the worker's own shadow comparisons (triggers)")
+    sampled_mismatch: dict[str, int] = Field(default_factory=dict, description="worker samples, by class")
+    sampled_in_flight: int = Field(default=0, description="worker samples still on their way (not judged)")
+    sampled_exhaustive: int = Field(default=0, description="worker samples that compared every row of every "
+                                                           "table (the tables are smaller than the sample)")
+    relay_mirrored: int = Field(default=0, description="keys the relay mirrored from the key logs")
+    relay_failed: int = Field(default=0, description="keys the relay could not mirror (sent to repair)")
+    relay_lag_seconds: float | None = Field(default=None, description="the largest relay lag seen in the window")
+    async_depth: float | None = Field(default=None, description="strategy async: most keys queued in one "
+                                      "instance in the window (None: no instance writes async)")
+    async_lag_seconds: float | None = Field(default=None, description="strategy async: oldest queued key's "
+                                            "age, the worst seen in the window")
+    async_unclean: list[str] = Field(default_factory=list, description="async instances that stopped in the "
+                                     "window without a clean close (their queued keys may be lost)")
 
     @property
     def shadow_samples(self) -> int:
         return self.shadow_match + sum(self.shadow_mismatch.values())
+
+    @property
+    def sampled_samples(self) -> int:
+        return self.sampled_match + sum(self.sampled_mismatch.values())
 
     @property
     def secondary_failures(self) -> int:
@@ -96,7 +125,8 @@ class TrafficFacts(_Model):
     @property
     def empty(self) -> bool:
         return not (self.shadow_samples or self.secondary_success or self.secondary_failures
-                    or self.primary_success or self.primary_failures or self.latency_samples)
+                    or self.primary_success or self.primary_failures or self.latency_samples
+                    or self.sampled_samples or self.relay_mirrored or self.relay_failed)
 
     @classmethod
     def from_window(cls, window: Any, *, scope: str = "", seconds: float = 0.0) -> TrafficFacts:
@@ -109,6 +139,9 @@ class TrafficFacts(_Model):
             return {k.split(":", 1)[1]: int(n) for k, n in counters.get(name, {}).items() if k.startswith("failure:")}
 
         shadow = counters.get(st.SHADOW, {})
+        sampled = counters.get(st.SHADOW_SAMPLE, {})
+        relay = counters.get(st.RELAY, {})
+        lag = window.gauges.get(st.RELAY_LAG)
         call, direct = window.histograms.get(st.LAT_CALL), window.histograms.get(st.LAT_DIRECT)
         return cls(
             scope=scope, window_seconds=seconds, instances=len(window.instances),
@@ -120,6 +153,13 @@ class TrafficFacts(_Model):
             primary_failure=failures(st.PRIMARY),
             p99_call_ms=window.quantile(st.LAT_CALL, 0.99), p99_direct_ms=window.quantile(st.LAT_DIRECT, 0.99),
             latency_samples=min(call.count if call is not None else 0, direct.count if direct is not None else 0),
+            sampled_match=int(sampled.get("match", 0)),
+            sampled_mismatch={c: int(sampled[c]) for c in SHADOW_MISMATCH_CLASSES if sampled.get(c)},
+            sampled_in_flight=int(sampled.get("in_flight", 0)),
+            sampled_exhaustive=int(sampled.get("exhaustive", 0)),
+            relay_mirrored=int(relay.get("mirrored", 0)), relay_failed=int(relay.get("failed", 0)),
+            relay_lag_seconds=None if lag is None else float(lag),
+            async_depth=window.gauges.get(st.ASYNC_DEPTH), async_lag_seconds=window.gauges.get(st.ASYNC_AGE),
         )
 
 
@@ -134,6 +174,8 @@ class ReconFacts(_Model):
     repaired: int = 0
     problems: list[str] = Field(default_factory=list, description="per table: what is unresolved, the "
                                                                   "differing fields and a few keys")
+    empty_allowed: bool = Field(default=False, description="every table verified is empty and the spec allows "
+                                                           "it (allow_empty): zero rows compared is a pass")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -203,20 +245,74 @@ def rate_at_most(name: str, bad: int, total: int, maximum: float, min_samples: i
 # the gate's metrics
 
 
-def shadow_match_metric(t: TrafficFacts, g: Gates) -> GateMetric:
-    return rate_above("shadow_match_rate", t.shadow_match, t.shadow_samples, g.shadow_match_rate,
-                      g.min_shadow_samples, "shadow reads", t.shadow_mismatch)
+def _sourced(m: GateMetric, source: str) -> GateMetric:
+    """Name where a metric's samples came from (in its ``source`` and, for the worker's own evidence, in
+    the detail line the operator reads)."""
+    m.source = source
+    if source != ADAPTER_SOURCE:
+        m.detail = f"{source}: {m.detail}"
+    return m
 
 
-def write_success_metric(t: TrafficFacts, g: Gates) -> GateMetric:
+def shadow_match_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> GateMetric:
+    """Shadow reads of the application adapters; with ``triggers`` (no adapter) the worker's own samples."""
+    if strategy == "triggers":
+        # tables smaller than the sample: comparing every row of them is all the evidence there can be
+        whole = t.sampled_exhaustive > 0 and t.sampled_samples > 0
+        need = min(g.min_shadow_samples, t.sampled_samples) if whole else g.min_shadow_samples
+        m = rate_above("shadow_match_rate", t.sampled_match, t.sampled_samples, g.shadow_match_rate,
+                       need, "rows compared", t.sampled_mismatch)
+        if whole and need < g.min_shadow_samples:
+            m.min_samples = g.min_shadow_samples
+            m.detail += f" (every row of every table compared: fewer than the {g.min_shadow_samples:,} asked)"
+        if t.sampled_in_flight:
+            m.detail += f" ({t.sampled_in_flight:,} more still on their way, not judged)"
+        return _sourced(m, WORKER_SAMPLE_SOURCE)
+    return _sourced(rate_above("shadow_match_rate", t.shadow_match, t.shadow_samples, g.shadow_match_rate,
+                               g.min_shadow_samples, "shadow reads", t.shadow_mismatch), ADAPTER_SOURCE)
+
+
+def write_success_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> GateMetric:
+    """Secondary writes: the adapter's own (``sync``), or the relay's mirrors (``outbox`` / ``triggers``,
+    where the relay makes the secondary writes: keys mirrored against keys it had to send to repair)."""
+    if strategy in RELAYED:
+        good = t.relay_mirrored + t.secondary_success
+        bad = {"relay": t.relay_failed} if t.relay_failed else {}
+        bad.update(t.secondary_failure)
+        return _sourced(rate_above("secondary_write_success_rate", good, good + sum(bad.values()),
+                                   g.secondary_write_success_rate, g.min_write_samples, "mirrored keys", bad),
+                        RELAY_SOURCE)
     total = t.secondary_success + t.secondary_failures
-    return rate_above("secondary_write_success_rate", t.secondary_success, total, g.secondary_write_success_rate,
-                      g.min_write_samples, "secondary writes", t.secondary_failure)
+    return _sourced(rate_above("secondary_write_success_rate", t.secondary_success, total,
+                               g.secondary_write_success_rate, g.min_write_samples, "secondary writes",
+                               t.secondary_failure), ADAPTER_SOURCE)
 
 
-def latency_metric(t: TrafficFacts, g: Gates) -> GateMetric:
-    """Adapter p99 over the authoritative write's p99, minus one, must stay below the allowed increase."""
+def relay_lag_metric(t: TrafficFacts) -> GateMetric:
+    """triggers: the relay must keep up; its largest lag in the window stays below
+    :data:`MAX_RELAY_LAG_SECONDS` (a relay that stopped shows as a growing age of the oldest entry)."""
+    name, thr = "relay_lag_seconds", MAX_RELAY_LAG_SECONDS
+    if t.relay_lag_seconds is None:
+        return _sourced(GateMetric(name=name, threshold=thr, op="<", samples=0, min_samples=1,
+                                   verdict=Verdict.NOT_YET, detail="no relay lag measured in the window"),
+                        RELAY_SOURCE)
+    lag = t.relay_lag_seconds
+    return _sourced(GateMetric(name=name, value=lag, threshold=thr, op="<", samples=1, min_samples=1,
+                               verdict=Verdict.PASS if lag < thr else Verdict.FAIL,
+                               detail=f"largest lag {lag:.1f}s in the window; needs < {thr:.0f}s"), RELAY_SOURCE)
+
+
+def latency_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> GateMetric:
+    """Adapter p99 over the authoritative write's p99, minus one, must stay below the allowed increase.
+
+    Not applicable to ``triggers``: the application writes straight to the database, so there is no adapter
+    call to time against the write alone (the capture trigger's cost is inside the application's own write
+    and cannot be separated from it). It is said so in the evidence, and it does not hold the gate."""
     name, thr = "p99_latency_impact", g.p99_latency_increase
+    if strategy == "triggers":
+        return GateMetric(name=name, threshold=thr, op="<", verdict=Verdict.NA,
+                          detail="not measurable with triggers: no adapter in the application to time; the capture "
+                                 "trigger's cost is part of the application's own write")
     impact = None
     if t.p99_call_ms is not None and t.p99_direct_ms:
         impact = t.p99_call_ms / t.p99_direct_ms - 1.0
@@ -261,9 +357,13 @@ def reconciliation_metric(r: ReconFacts, now: datetime, window_seconds: float) -
     if r.direction != r.expected_direction:
         return metric(Verdict.NOT_YET, f"the last verification compared {r.direction}; needs "
                                        f"{r.expected_direction}")
+    if r.rows_compared <= 0 and not (r.empty_allowed and not r.unresolved):
+        return metric(Verdict.FAIL, "the last verification compared zero rows (a verifier must prove it looked)"
+                      + (": " + "; ".join(r.problems) if r.problems else
+                         "; a table meant to be empty needs 'allow_empty: true' in the spec"), float(r.unresolved))
     if r.rows_compared <= 0:
-        return metric(Verdict.FAIL, "the last verification compared zero rows (a verifier must prove it looked)",
-                      float(r.unresolved))
+        return metric(Verdict.PASS, f"every table is empty and allowed to be (allow_empty), verified {r.direction} "
+                                    f"{age:.0f}s ago", 0.0)
     if r.unresolved:
         return metric(Verdict.FAIL, f"{r.unresolved:,} unresolved of {r.rows_compared:,} rows compared "
                                     f"{r.direction}: " + "; ".join(r.problems), float(r.unresolved))
@@ -285,10 +385,55 @@ def approval_metric(approved: bool, to: str) -> GateMetric:
                       detail="approved" if approved else f"the spec requires an approval to enter {to}")
 
 
-def traffic_metrics(t: TrafficFacts | None, g: Gates) -> list[GateMetric]:
-    """The three metrics read from the live statistics (not-yet for all of them without statistics)."""
+def async_lag_metric(t: TrafficFacts, g: Gates) -> GateMetric:
+    """strategy async: the secondary's lag (the oldest queued key of any instance, worst in the window)."""
+    lag = t.async_lag_seconds or 0.0
+    if t.async_unclean:
+        return GateMetric(name="async_lag_seconds", value=lag, threshold=g.max_async_lag_seconds, op="<=",
+                          samples=1, min_samples=1, verdict=Verdict.FAIL,
+                          detail=f"{len(t.async_unclean)} async instance(s) stopped without a clean close in the "
+                                 f"window ({', '.join(t.async_unclean[:3])}): keys they had queued may be missing "
+                                 "from the other store; the gate holds until they leave the window, and then "
+                                 "needs a verification younger than it (run one with repair to level them now)")
+    passed = _dec(lag) <= _dec(g.max_async_lag_seconds)
+    return GateMetric(name="async_lag_seconds", value=lag, threshold=g.max_async_lag_seconds, op="<=", samples=1,
+                      min_samples=1, verdict=Verdict.PASS if passed else Verdict.FAIL,
+                      detail=f"the async queue lagged at most {lag:.3g}s ({int(t.async_depth or 0):,} keys queued "
+                             f"at most) in the window; needs <= {g.max_async_lag_seconds:g}s")
+
+
+def traffic_metrics(t: TrafficFacts | None, g: Gates, strategy: str = "sync") -> list[GateMetric]:
+    """The metrics read from the live statistics (not-yet for all of them without statistics); which
+    evidence each strategy provides is :func:`evidence_sources`; the async lag only when an instance writes
+    with the async strategy."""
     facts = t if t is not None else TrafficFacts()
-    return [shadow_match_metric(facts, g), write_success_metric(facts, g), latency_metric(facts, g)]
+    out = [shadow_match_metric(facts, g, strategy), write_success_metric(facts, g, strategy),
+           latency_metric(facts, g, strategy)]
+    if strategy == "triggers":
+        out.append(relay_lag_metric(facts))
+    if facts.async_lag_seconds is not None:
+        out.append(async_lag_metric(facts, g))
+    return out
+
+
+def evidence_sources(strategy: str) -> list[tuple[str, str]]:
+    """(metric, where its evidence comes from) for a strategy: what ``dualwrite check`` tells the operator."""
+    if strategy == "triggers":
+        return [("shadow_match_rate", "the worker's shadow samples: recently changed keys (from the change log, "
+                                      "once mirrored) and random key ranges, read from both stores and compared"),
+                ("secondary_write_success_rate", "the relay: keys mirrored from the change log vs keys it had "
+                                                 "to send to repair"),
+                ("relay_lag_seconds", f"the relay: age of the oldest unmirrored change-log entry, below "
+                                      f"{MAX_RELAY_LAG_SECONDS:.0f}s"),
+                ("p99_latency_impact", "not applicable: no adapter in the application to time (does not hold "
+                                       "the gate)")]
+    shadow = ("shadow_match_rate", "the application adapters' shadow reads (SHADOW_READ / CUTOVER_READS)")
+    latency = ("p99_latency_impact", "the application adapters: whole call vs authoritative write, p99")
+    if strategy == "outbox":
+        return [shadow, ("secondary_write_success_rate", "the relay: keys mirrored from the outbox vs keys it "
+                                                         "had to send to repair"), latency]
+    return [shadow, ("secondary_write_success_rate", "the application adapters' in-line secondary writes"),
+            latency]
 
 
 def reasons(metrics: list[GateMetric]) -> list[str]:
@@ -317,12 +462,23 @@ def new_store_errors(t: TrafficFacts, phase: str) -> tuple[int, int, dict[str, i
             "writes to the new store (mirror)")
 
 
-def evaluate_triggers(t: TrafficFacts, phase: str, cfg: RollbackTriggers) -> TriggerEvaluation:
-    """Should the workflow roll back one step by itself? Too few samples never trips."""
-    mism = sum(t.shadow_mismatch.values())
-    shadow = rate_at_most("shadow_mismatch_rate", mism, t.shadow_samples, cfg.max_shadow_mismatch_rate,
-                          cfg.min_shadow_samples, "shadow reads", "mismatched", t.shadow_mismatch)
+def evaluate_triggers(t: TrafficFacts, phase: str, cfg: RollbackTriggers, strategy: str = "sync"
+                      ) -> TriggerEvaluation:
+    """Should the workflow roll back one step by itself? Too few samples never trips. With ``triggers``
+    the shadow evidence is the worker's samples, and before write cutover the relay's failed mirrors are the
+    new store's write errors."""
+    if strategy == "triggers":
+        shadow = rate_at_most("shadow_mismatch_rate", sum(t.sampled_mismatch.values()), t.sampled_samples,
+                              cfg.max_shadow_mismatch_rate, cfg.min_shadow_samples, "rows sampled by the worker",
+                              "mismatched", t.sampled_mismatch)
+    else:
+        mism = sum(t.shadow_mismatch.values())
+        shadow = rate_at_most("shadow_mismatch_rate", mism, t.shadow_samples, cfg.max_shadow_mismatch_rate,
+                              cfg.min_shadow_samples, "shadow reads", "mismatched", t.shadow_mismatch)
     bad, total, by_class, noun = new_store_errors(t, phase)
+    if strategy == "triggers" and phase != "CUTOVER_WRITES":
+        bad, total = t.relay_failed, t.relay_mirrored + t.relay_failed
+        by_class, noun = ({"relay": t.relay_failed} if t.relay_failed else {}), "writes to the new store (relay)"
     errors = rate_at_most("new_store_error_rate", bad, total, cfg.max_new_store_error_rate, cfg.min_write_samples,
                           noun, "failed", by_class)
     metrics = [shadow, errors]
@@ -361,4 +517,7 @@ def read_traffic(store: Store, migration: str, seconds: float, tenant: str | Non
         facts = TrafficFacts.from_window(st.read_stats(store, scope, seconds), scope=scope, seconds=seconds)
         if not facts.empty:
             return facts
-    return TrafficFacts.from_window(st.read_stats(store, migration, seconds), scope=migration, seconds=seconds)
+    facts = TrafficFacts.from_window(st.read_stats(store, migration, seconds), scope=migration, seconds=seconds)
+    if facts.async_lag_seconds is not None:
+        facts.async_unclean = st.unclean_async_instances(store, migration, seconds)
+    return facts

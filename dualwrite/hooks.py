@@ -37,6 +37,8 @@ POINTS = (
     "mirror.after_commit",
     "copy.before_batch_commit",
     "copy.after_batch_commit",
+    "copy.before_plan",
+    "prepare.before_preflight",
     "relay.before_batch",
     "relay.after_batch",
     "phase.before_flip",

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -181,12 +183,46 @@ class TableMapping:
         )
 
 
+TRANSFORMS_PATH_ENV = "DUALWRITE_TRANSFORMS_PATH"
+"""Folders (``os.pathsep``-separated) that transforms are imported from, after the usual ``sys.path``."""
+
+
+def transform_search_path() -> list[str]:
+    """Where a transform's module is looked for once ``sys.path`` has not got it, in this order:
+    ``$DUALWRITE_TRANSFORMS_PATH``, then the current directory.
+
+    The installed ``dualwrite`` command puts its own bin folder first on ``sys.path``, not the folder it
+    was started in, so without this a worker started from a project's root could not import that
+    project's transforms (the README's ``examples.transforms:to_cents`` from a clone's root)."""
+    extra = [p for p in os.environ.get(TRANSFORMS_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, os.getcwd()]
+
+
+def _import_transform_module(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        top = module.partition(".")[0]
+        if exc.name not in (top, module):
+            raise  # the module was found; something it imports is missing
+    # appended, never prepended: a folder named here must not shadow an installed package
+    added = [p for p in transform_search_path() if p not in sys.path]
+    sys.path.extend(added)
+    importlib.invalidate_caches()
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(f"{exc} (transforms are imported from sys.path, ${TRANSFORMS_PATH_ENV} "
+                                  "and the current directory)", name=exc.name) from None
+
+
 def load_callable(dotted: str) -> Callable[[Any], Any]:
-    """Import ``pkg.module:function`` (or ``pkg.module.function``)."""
+    """Import ``pkg.module:function`` (or ``pkg.module.function``), from ``sys.path`` and then the folders of
+    :func:`transform_search_path`."""
     module, sep, attr = dotted.partition(":")
     if not sep:
         module, _, attr = dotted.rpartition(".")
-    obj = getattr(importlib.import_module(module), attr)
+    obj = getattr(_import_transform_module(module), attr)
     if not callable(obj):
         raise TypeError(f"{dotted} is not callable")
     return obj  # type: ignore[no-any-return]

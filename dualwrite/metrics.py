@@ -78,7 +78,8 @@ CATALOGUE: tuple[MetricDoc, ...] = (
     MetricDoc("dualwrite_latency_seconds", "histogram", ("migration", "path"),
               "latency per store (old, new), of the authoritative part (primary), the whole adapter call "
               "(call) and reads (read)", "adapter"),
-    MetricDoc("dualwrite_gauge", "gauge", ("migration", "name"), "relay lag (seconds) and depth", "adapter"),
+    MetricDoc("dualwrite_gauge", "gauge", ("migration", "name"), "relay lag (seconds) and depth; async queue "
+              "depth (async.depth) and oldest entry age (async.oldest_seconds)", "adapter"),
     # -- worker: activities ----------------------------------------------------------------------------
     MetricDoc("dualwrite_activities", "counter", ("activity", "outcome"),
               "activities run by this worker: completed, failed, cancelled", "worker"),
@@ -101,6 +102,9 @@ CATALOGUE: tuple[MetricDoc, ...] = (
               "rows copied / estimated (kind copied or estimate)", "worker"),
     MetricDoc("dualwrite_repair_queue_depth", "gauge", ("migration",),
               "keys waiting in the durable repair queue (reconciliation backlog)", "worker"),
+    MetricDoc("dualwrite_bypassed_writes", "gauge", ("migration", "table"),
+              "writes that bypassed the adapter (runtime bypass capture), collected since capture started; "
+              "the writers are named in `dualwrite status`", "worker"),
     MetricDoc("dualwrite_verification_rows_compared", "gauge", ("migration",),
               "rows compared by the last verification", "worker"),
     MetricDoc("dualwrite_verification_differences", "gauge", ("migration", "class"),
@@ -122,6 +126,10 @@ CATALOGUE: tuple[MetricDoc, ...] = (
               "shadow-read match rate over the gate window, all instances", "worker"),
     MetricDoc("dualwrite_shadow_samples", "gauge", ("migration",), "shadow compares in the gate window",
               "worker"),
+    MetricDoc("dualwrite_async_queue_depth", "gauge", ("migration",),
+              "strategy async: most keys queued in one instance in the gate window", "worker"),
+    MetricDoc("dualwrite_async_lag_seconds", "gauge", ("migration",),
+              "strategy async: age of the oldest queued key, worst in the gate window", "worker"),
     MetricDoc("dualwrite_secondary_write_failures", "gauge", ("migration", "error_class"),
               "failed secondary writes in the gate window by error class", "worker"),
 )
@@ -167,6 +175,7 @@ class WorkerMetrics:
         self.backfill_ratio = gauge("dualwrite_backfill_progress_ratio")
         self.backfill_rows = gauge("dualwrite_backfill_rows")
         self.repair_depth = gauge("dualwrite_repair_queue_depth")
+        self.bypassed = gauge("dualwrite_bypassed_writes")
         self.verify_rows = gauge("dualwrite_verification_rows_compared")
         self.verify_diff = gauge("dualwrite_verification_differences")
         self.verify_ok = gauge("dualwrite_verification_ok")
@@ -177,6 +186,8 @@ class WorkerMetrics:
         self.match_ratio = gauge("dualwrite_shadow_match_ratio")
         self.shadow_samples = gauge("dualwrite_shadow_samples")
         self.secondary_failures = gauge("dualwrite_secondary_write_failures")
+        self.async_depth = gauge("dualwrite_async_queue_depth")
+        self.async_lag = gauge("dualwrite_async_lag_seconds")
         self._lock = threading.Lock()
         self._label_sets: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
 
@@ -220,6 +231,8 @@ class WorkerMetrics:
             self._set(seen, self.backfill_rows, (m, table, "copied"), copied)
             self._set(seen, self.backfill_rows, (m, table, "estimate"), estimate)
         self._set(seen, self.repair_depth, (m,), view.repair_queue_depth)
+        for table, n in view.bypassed.items():
+            self._set(seen, self.bypassed, (m, table), n)
         if view.verification is not None:
             v = view.verification
             self._set(seen, self.verify_rows, (m,), v.get("rows_compared"))
@@ -265,6 +278,8 @@ class WorkerMetrics:
         self._set(seen, self.shadow_samples, (m,), w.shadow_samples)
         for cls, n in w.failures_by_class(st.SECONDARY).items():
             self._set(seen, self.secondary_failures, (m, cls), n)
+        self._set(seen, self.async_depth, (m,), w.gauges.get(st.ASYNC_DEPTH))
+        self._set(seen, self.async_lag, (m,), w.gauges.get(st.ASYNC_AGE))
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
@@ -287,9 +302,10 @@ class MigrationView:
     verification: Mapping[str, Any] | None = None
     gates: Mapping[str, bool] = ()  # type: ignore[assignment]
     window: st.StatsWindow | None = None
+    bypassed: Mapping[str, int] = ()  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        for name in ("tenant_overrides", "entity_overrides", "backfill", "gates"):
+        for name in ("tenant_overrides", "entity_overrides", "backfill", "gates", "bypassed"):
             if not isinstance(getattr(self, name), Mapping):
                 setattr(self, name, {})
 
@@ -312,6 +328,9 @@ class MigrationView:
         gate = getattr(status, "gate", None)
         if isinstance(gate, Mapping) and gate.get("to"):
             gates[str(gate["to"])] = bool(gate.get("passed"))
+        bypassed: dict[str, int] = {}
+        for g in getattr(getattr(status, "bypass", None), "groups", None) or []:
+            bypassed[str(g.table)] = bypassed.get(str(g.table), 0) + int(g.count)
         return cls(
             phase=str(getattr(status.phase, "value", status.phase)), epoch=int(status.epoch),
             paused=bool(status.paused),
@@ -320,7 +339,7 @@ class MigrationView:
             ramp_phase=str(ramp["phase"]) if ramp and ramp.get("phase") else None,
             ramp_percent=float(ramp.get("percent", 0)) if ramp else 0.0,
             backfill=backfill, repair_queue_depth=int(status.repair_queue_depth or 0),
-            verification=verification, gates=gates, window=window)
+            verification=verification, gates=gates, window=window, bypassed=bypassed)
 
 
 # ---------------------------------------------------------------------------------------------------------

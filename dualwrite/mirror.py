@@ -3,8 +3,12 @@
 Dual writes, retries, the outbox relay, backfill fix-ups and repair all end here, so there is exactly one
 place that decides how a row image crosses between stores. The source rows are read ``FOR UPDATE`` and the
 lock is held until the target has committed: two mirrors of one key cannot cross, and a live writer on
-that key waits a few milliseconds rather than being overwritten by an older image. With a version column
-the target also refuses an image that is not newer (unless ``force``, which repair uses to undo damage).
+that key waits a few milliseconds rather than being overwritten by an older image.
+
+Because the image is read under the key's lock, commit order on the source decides, not the application's
+version column: a key deleted and re-inserted with its version restarting at 1, or updated without a version
+bump, still arrives (DESIGN.md rule 1). The version guard ("only if newer") is used only for an unlocked read
+(``lock=False``), where no lock orders the images; ``force`` drops it there too.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Seque
             try:
                 result.deleted += rowio.delete_keys(tconn, dst, absent)
                 rowio.write_rows(tconn, mapping, dst, found, insert_only=False,
-                                 only_if_newer=not force and mapping.version is not None)
+                                 only_if_newer=not (force or lock) and mapping.version is not None)
             except Exception as exc:
                 clean = without_row_values(exc, f"mirroring {mapping.source_table} -> {mapping.target_table}")
                 if clean is exc:

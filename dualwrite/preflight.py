@@ -543,11 +543,50 @@ class _Run:
                 self._table(index, entry, old, new)
             for index, source, target in self.doc.broken_tables:
                 self._exists_only(index, source, target, old, new)
+            self._ownership(old, new)
+            self._capture(old, new)
         finally:
             for probe in self.probes.values():
                 probe.close()
         self._finish()
         return self.report
+
+    def _ownership(self, old: _Probe | None, new: _Probe | None) -> None:
+        """PostgreSQL lets only a table's owner (or a member of the owning role) alter, rename or drop it.
+        PREPARE brings existing control tables and key logs up to date in place, and CLEANUP renames (or
+        drops) the old tables: an account that does not own them fails there with ``must be owner of table
+        ...``, a permanent error, after the migration started. Say so here instead."""
+        from dualwrite import control, outbox, stats  # noqa: PLC0415 - only the table names
+
+        ctl = self.probes.get(self.doc.stores.get("control_store", "") or self.doc.stores.get("old", ""))
+        wanted: dict[_Probe, list[tuple[str, str]]] = {}
+        # only the key log this strategy uses: another one left by an earlier migration is nobody's business
+        strategy = getattr(getattr(self.doc.spec, "strategy", None), "value", "")
+        logs = {"outbox": [outbox.OUTBOX], "triggers": [outbox.CHANGELOG]}.get(strategy, [])
+        for probe, names, why in (
+                (ctl, [control.STATE, control.INSTANCES, control.REPAIR_QUEUE, control.CHECKPOINTS, stats.STATS],
+                 "PREPARE updates the control tables in place"),
+                (old, logs, "the relay updates the key logs in place"),
+                (new, logs, "the relay updates the key logs in place"),
+                (old, [entry.source for _, entry in self.doc.tables], "CLEANUP renames (or drops) the old tables")):
+            if probe is not None and probe.error is None and probe.dialect is Dialect.POSTGRESQL:
+                wanted.setdefault(probe, []).extend((t, why) for t in names)
+        for probe, tables in wanted.items():
+            try:
+                with probe._read_only() as cur:
+                    cur.execute("SELECT u.t, u.why, pg_get_userbyid(c.relowner) FROM unnest(%s::text[], %s::text[]) "
+                                "AS u(t, why) JOIN pg_class c ON c.oid = to_regclass(u.t) "
+                                "WHERE NOT pg_has_role(current_user, c.relowner, 'USAGE')",
+                                ([t for t, _ in tables], [w for _, w in tables]))
+                    found = list(dict.fromkeys((str(t), str(w), str(o)) for t, w, o in cur.fetchall()))
+            except Exception as exc:  # noqa: BLE001 - could not find out: say so rather than pass silently
+                self.problem(probe.label, f"could not check table ownership: {_error_text(exc)}")
+                continue
+            for table, why, owner in found:
+                self.problem(f"{probe.label} table {table}",
+                             f"{probe.user} does not own table {table} (owner: {owner}), and {why}, which PostgreSQL "
+                             f"allows only to the owner ('must be owner of table {table}'): ALTER TABLE {table} "
+                             f"OWNER TO {probe.user}, GRANT {owner} TO {probe.user}, or run the worker as {owner}")
 
     def _stores(self) -> None:
         for problem in self.resolver.file_problems:
@@ -639,6 +678,18 @@ class _Run:
                 target_key=mapping.target_key, columns=len(mapping.columns),
                 version_column=mapping.version[0] if mapping.version else None, rows=rows, rows_kind=kind,
                 mapping=mapping))
+
+    def _capture(self, old: _Probe | None, new: _Probe | None) -> None:
+        """Strategy cdc: both stores' log settings, free slots, privileges, a slot left behind."""
+        spec = self.doc.spec
+        if spec is None or spec.strategy.value != "cdc":
+            return
+        from dualwrite.cdc.checks import capture_problems  # noqa: PLC0415
+
+        for role, probe in (("old", old), ("new", new)):
+            if probe is not None and probe.error is None and probe.store is not None:
+                for msg in capture_problems(probe.store, spec.name, role):
+                    self.problem(f"{probe.label} (strategy cdc)", msg)
 
     def _reversible(self, index: int, entry: TableSpec, mapping: TableMapping) -> None:
         """Every migration goes through CUTOVER_WRITES, where rows are mirrored new -> old so that rollback

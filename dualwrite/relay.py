@@ -222,12 +222,14 @@ class RepairDrainResult:
 
 def drain_repairs(control_store: Store, old: Store, new: Store, migration: str, mapping_for: MappingFor, *,
                   batch: int = 1000, base_backoff_seconds: float = 2.0, max_backoff_seconds: float = 300.0,
-                  max_rounds: int = 0) -> RepairDrainResult:
+                  max_rounds: int = 0, authority: str | None = None) -> RepairDrainResult:
     """Mirror every *due* key of the repair queue; failures are deferred with exponential backoff + jitter.
 
     Per key only the newest entry decides the direction: it names the side that was authoritative when
     the latest write failed, so a key queued before and after a rollback is mirrored the right way.
-    ``max_rounds`` bounds the number of batches (0: until nothing is due).
+    ``max_rounds`` bounds the number of batches (0: until nothing is due). ``authority`` ('old' / 'new'), when
+    the caller knows which store is authoritative now, overrides the recorded sides: a repair writes only into
+    the store that is not authoritative (DESIGN.md rule 4).
     """
     out = RepairDrainResult()
     rounds = 0
@@ -245,7 +247,7 @@ def drain_repairs(control_store: Store, old: Store, new: Store, migration: str, 
                 latest[k] = e
         groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         for k, e in latest.items():
-            groups[(e.table, e.authoritative)].append(k)
+            groups[(e.table, authority or e.authoritative)].append(k)
         for (table, side), keys in groups.items():
             all_ids = [i for k in keys for i in ids[k]]
             try:

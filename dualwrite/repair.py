@@ -13,12 +13,18 @@ every round still reduces the number of differences.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import MirrorResult, mirror_keys
 from dualwrite.store import Store
 from dualwrite.verify import VerifyReport, verify_keys, verify_ranges
+
+log = logging.getLogger("dualwrite.repair")
+
+#: repaired keys named in the worker log per table and call (the count is always complete)
+LOGGED_KEYS = 50
 
 #: hard stop for capped reports: rounds x max_differences keys at most per repair call
 MAX_ROUNDS = 50
@@ -60,6 +66,11 @@ def repair(source: Store, target: Store, mapping: TableMapping, report: VerifyRe
         if not keys:
             break
         total += mirror_keys(source, target, mapping, keys, force=True)
+        # the operator must be able to tell which keys a repair rewrote (keys, never values): a repair that
+        # "fixed" good data is the worst outcome, and this line is how it is found afterwards
+        log.warning("repair %s -> %s of %s: %d keys rewritten from %s; keys: %s%s", source.name, target.name,
+                    mapping.target_table, len(keys), source.name, [list(k) for k in keys[:LOGGED_KEYS]],
+                    " ..." if len(keys) > LOGGED_KEYS else "")
         after = _reverify(source, target, mapping, current)
         progressed = after.total_differences < current.total_differences
         current = after

@@ -136,8 +136,10 @@ def adapters_for(mapping: TableMapping, dialect: Dialect) -> list[Callable[[Any]
     for kind in mapping.target_kinds():
         fn: Callable[[Any], Any] | None = None
         if dialect is Dialect.POSTGRESQL:
+            # a uuid read from one store into a text column of the other (CHAR(36) <-> uuid): psycopg would
+            # send it in its own text form, 32 hex digits without dashes, a different key in a CHAR(36)
             fn = {Kind.JSON: _pg_json, Kind.UUID: _pg_uuid, Kind.BOOL: _pg_bool,
-                  Kind.TIMESTAMPTZ: _pg_ts}.get(kind)
+                  Kind.TIMESTAMPTZ: _pg_ts, Kind.TEXT: _uuid_text}.get(kind)
         else:
             fn = {Kind.JSON: _json_text, Kind.UUID: _uuid_text, Kind.TIMESTAMP: _to_naive_utc,
                   Kind.TIMESTAMPTZ: _to_naive_utc}.get(kind)
@@ -161,7 +163,7 @@ def adapt(rows: list[Row], adapters: list[Callable[[Any], Any] | None]) -> list[
 
 def adapt_key(key: Key, kinds: Sequence[Kind], dialect: Dialect) -> Key:
     if dialect is Dialect.POSTGRESQL:
-        return tuple(_pg_uuid(v) if k is Kind.UUID else v for v, k in zip(key, kinds, strict=True))
+        return tuple(_pg_uuid(v) if k is Kind.UUID else _uuid_text(v) for v, k in zip(key, kinds, strict=True))
     return tuple(_uuid_text(v) for v in key)
 
 

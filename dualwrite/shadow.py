@@ -9,8 +9,10 @@ row is mapped the way the migration maps it), each value put in its canonical fo
 (:mod:`dualwrite.canonical`: ``1`` vs ``True``, ``Decimal('1.5')`` vs ``'1.50'``, naive vs aware UTC), with
 per-field ignore rules and custom normalisers.
 
-Every mismatch is logged as a structlog event ``shadow_mismatch`` with migration, table, entity id, field,
-old value, new value and its class (missing: only the old store has the row; extra: only the new one has
+Every mismatch is logged as a structlog event ``shadow_mismatch`` with migration, table, field, its class
+and short hashes of the entity id and of the old and new values (keys and values are data: they are
+logged in clear only when the operator asks, ``AdapterOptions.shadow_log_values`` or
+``DUALWRITE_SHADOW_LOG_VALUES=1``); the class is (missing: only the old store has the row; extra: only the new one has
 it; field_different). A mismatch on a key that was just written (here, or on another instance: the row
 versions differ, or the row exists on one side only) can be a read-your-write race between the two
 stores rather than drift, so it is read again a moment later and counted only if it persists.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import heapq
 import itertools
 import logging
@@ -35,7 +38,7 @@ from typing import Any
 
 import structlog
 
-from dualwrite.canonical import canonical_value
+from dualwrite.canonical import canonical_value, encode_row
 from dualwrite.mapping import SourceKind, TableMapping
 from dualwrite.stats import SHADOW, Stats
 
@@ -74,6 +77,8 @@ class ShadowOptions:
     """Sampled keys are read from the other store together, at most this long after the first of a batch."""
     batch_max: int = 200
     max_in_flight: int = 5000
+    log_values: bool = False
+    """Log mismatching keys and values in clear (the operator asked); else only their hashes."""
     """Above this many pending comparisons new samples are skipped (counted), protecting the application."""
     ignore: Mapping[str, frozenset[str]] | None = None
     """table -> field names (source or target names) never compared."""
@@ -94,6 +99,14 @@ def display(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     return str(value)
+
+
+def value_hash(value: Any) -> str | None:
+    """A short, stable hash of a value (None stays None): equal values give equal hashes on every instance,
+    so a drift can be followed across log lines without the value (a key, an e-mail) being in them."""
+    if value is None:
+        return None
+    return hashlib.sha256(encode_row((value,))).hexdigest()[:12]
 
 
 def entity_id(key: Key) -> str:
@@ -431,8 +444,13 @@ class ShadowReader:
         self.stats.count(SHADOW, kind)
         for d in diffs:
             self.mismatches.append(d)
-            slog.warning("shadow_mismatch", migration=self.migration, table=d.table, entity_id=d.entity_id,
-                         field=d.field, old_value=d.old_value, new_value=d.new_value, kind=d.kind)
+            if self.options.log_values:
+                slog.warning("shadow_mismatch", migration=self.migration, table=d.table, entity_id=d.entity_id,
+                             field=d.field, old_value=d.old_value, new_value=d.new_value, kind=d.kind)
+            else:
+                slog.warning("shadow_mismatch", migration=self.migration, table=d.table,
+                             entity_hash=value_hash(d.entity_id), field=d.field, old_hash=value_hash(d.old_value),
+                             new_hash=value_hash(d.new_value), kind=d.kind)
 
     def in_flight(self) -> int:
         with self._lock:

@@ -48,9 +48,21 @@ class _CrossFieldError(ValueError):
 
 
 class Strategy(StrEnum):
+    STRICT = "strict"
     SYNC = "sync"
+    ASYNC = "async"
     OUTBOX = "outbox"
     TRIGGERS = "triggers"
+    CDC = "cdc"
+
+    @property
+    def inline(self) -> bool:
+        """The adapter itself writes the other store (no key log, no relay): strict, sync, async.
+
+        Only these can be chosen per table: a key-log strategy (outbox, triggers) needs the relay, the
+        in-flight filter of verification and, for triggers, the denied-writes fence, all of which act on
+        the whole migration, and triggers also capture the adapter's own writes to every table."""
+        return self in (Strategy.STRICT, Strategy.SYNC, Strategy.ASYNC)
 
 
 class Mode(StrEnum):
@@ -169,6 +181,10 @@ class TableSpec(_Strict):
     version_column: str | None = Field(default=None, description="source column that grows on every write")
     batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
     tenant_column: str | None = None
+    allow_empty: bool = Field(default=False, description="the table may hold no rows: a verification that "
+                              "compared zero rows of it passes (otherwise it fails: a verifier must prove it looked)")
+    strategy: Strategy | None = Field(default=None, description="this table's write strategy (strict, sync or "
+                                      "async; default: the migration's)")
 
     @field_validator("source", "target")
     @classmethod
@@ -217,6 +233,8 @@ class Gates(_Strict):
     window_seconds: int = Field(default=300, ge=1, description="statistics window; the reconciliation "
                                 "evidence must be a verification younger than this")
     require_approval: bool = False
+    max_async_lag_seconds: float = Field(default=5.0, ge=0, description="strategy async: the oldest queued "
+                                         "secondary write of any instance must be younger than this")
 
 
 class RollbackTriggers(_Strict):
@@ -320,9 +338,35 @@ class MigrationSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _table_strategies(self) -> MigrationSpec:
+        odd = [t.source for t in self.tables if t.strategy is not None and not t.strategy.inline]
+        if odd:
+            raise ValueError(f"tables {', '.join(odd)}: a table's own strategy is strict, sync or async (outbox "
+                             "and triggers need the relay and act on the whole migration: set them as the "
+                             "migration's strategy)")
+        mixed = [t.source for t in self.tables if t.strategy is not None and t.strategy is not self.strategy]
+        if mixed and not self.strategy.inline:
+            raise ValueError(f"tables {', '.join(mixed)} choose their own strategy, but the migration's strategy "
+                             f"{self.strategy.value} needs the relay for every table (triggers would also capture "
+                             "the adapter's writes): use strict, sync or async as the migration's strategy")
+        return self
+
+    def strategy_of(self, table: str) -> Strategy:
+        """The write strategy of a source table: its own, else the migration's."""
+        for t in self.tables:
+            if t.source == table and t.strategy is not None:
+                return t.strategy
+        return self.strategy
+
+    @model_validator(mode="after")
     def _tenancy(self) -> MigrationSpec:
         if self.tenants is not None and not self.tenant_tables:
             raise ValueError("tenants: every table sets tenant_column: null, so no table can move by tenant")
+        if self.strategy is Strategy.CDC and self.tenant_tables:
+            # log capture sees dualwrite's own writes too: only denied writes tell them from the application's,
+            # and per-tenant authority cannot be denied table by table
+            raise ValueError("strategy cdc moves every table's authority as a whole: set tenant_column: null on "
+                             f"{', '.join(t.source for t in self.tenant_tables)}, or use strategy triggers")
         return self
 
     @property
@@ -380,6 +424,36 @@ class _LinedList(list[Any]):
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _duplicate_keys(node: yaml.Node, loc: tuple[int | str, ...] = (),
+                    seen: set[int] | None = None) -> list[tuple[tuple[int | str, ...], int, str]]:
+    """Every mapping key given twice, as (path of the later one, its line, message naming both lines).
+
+    YAML keeps the last of two equal keys without a word, so a spec edited by hand (``tables:`` pasted
+    twice, a column mapped twice) would lose the first silently. The walk is over the composed node tree,
+    not the constructed document, because the document no longer holds what the later key replaced.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: the anchored node was checked where it was defined
+        return []
+    seen.add(id(node))
+    out: list[tuple[tuple[int | str, ...], int, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key: Any = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in first:
+                out.append(((*loc, key), line,
+                            f"{key!r} is given twice (lines {first[key]} and {line}); remove one"))
+            elif key is not None:
+                first[key] = line
+            out += _duplicate_keys(value_node, (*loc, key) if key is not None else loc, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, (*loc, i), seen)
+    return out
 
 
 def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
@@ -529,6 +603,9 @@ def read_spec_text(text: str, source: str = "<spec>") -> SpecDocument:
         return out
     out.doc = doc
     found: list[tuple[int, Problem]] = []
+    root = yaml.compose(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass; parsed fine above
+    for loc, line, msg in _duplicate_keys(root) if root is not None else []:
+        found.append((line, Problem(f"{source}:{line} {_loc_text(loc)}", msg)))
     try:
         out.spec = MigrationSpec.model_validate(_plain(doc))
     except ValidationError as exc:

@@ -113,7 +113,13 @@ def source_side(mapping: TableMapping, store: Store) -> Side:
 
 
 def target_side(mapping: TableMapping, store: Store) -> Side:
-    return Side(store, mapping.target_table, mapping.target_key, mapping.key_kinds)
+    """The target's key columns with *their* kinds: a CHAR(36) key on one store may be a uuid on the other,
+    and a bound or key must be sent as what the target's column compares with."""
+    info = mapping.target_info
+    kinds = mapping.key_kinds
+    if info is not None and all(k in info.columns for k in mapping.target_key):
+        kinds = tuple(info.columns[k].kind for k in mapping.target_key)
+    return Side(store, mapping.target_table, mapping.target_key, kinds)
 
 
 def source_select_list(mapping: TableMapping, store: Store, *, cast_to_target: bool = False) -> list[str]:

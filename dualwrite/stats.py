@@ -40,7 +40,10 @@ SECONDARY = "secondary"          # labels: attempt, success, failure:<ErrorClass
 PRIMARY = "primary"              # labels: attempt, success, failure:<ErrorClass>
 SHADOW = "shadow"                # labels: match, missing, extra, field_different, timeout, error, skipped,
 #                                   rechecked (a mismatch that a re-check resolved: counted as a match too)
-REPAIR = "repair"                # labels: enqueued, enqueue_failed, buffered
+SHADOW_SAMPLE = "shadow_sample"  # the worker's own shadow comparisons (triggers: no adapter reads both stores);
+#                                   labels: match, missing, extra, field_different, in_flight,
+#                                   exhaustive (samples that compared every row of every table)
+REPAIR = "repair"                # labels: enqueued, enqueue_failed, buffered, spilled
 RELAY = "relay"                  # labels: mirrored, entries, failed, discarded
 # histogram names
 LAT_OLD = "latency.old"          # the statements on the old store (authoritative or mirrored)
@@ -51,6 +54,10 @@ LAT_READ = "latency.read"        # a read through the adapter (primary read only
 # gauges
 RELAY_LAG = "relay.lag_seconds"
 RELAY_DEPTH = "relay.depth"
+REFUSED_WRITES = "relay.refused_writes"
+ASYNC = "async"                  # labels: closed (a clean close flushed the queue), overflow
+ASYNC_DEPTH = "async.depth"            # strategy async: keys queued in an instance, not yet mirrored
+ASYNC_AGE = "async.oldest_seconds"     # strategy async: age of the oldest of them (the secondary's lag)
 
 SHADOW_MISMATCH_CLASSES = ("missing", "extra", "field_different")
 
@@ -217,6 +224,7 @@ class StatsWindow:
             "p99_call_ms": self.quantile(LAT_CALL, 0.99), "p99_primary_ms": self.quantile(LAT_DIRECT, 0.99),
             "p99_write_latency_impact": self.p99_write_latency_impact(),
             "relay_lag_seconds": self.gauges.get(RELAY_LAG),
+            "async_queue_depth": self.gauges.get(ASYNC_DEPTH), "async_lag_seconds": self.gauges.get(ASYNC_AGE),
         }
 
     # -- wire form ---------------------------------------------------------------------------------------
@@ -414,6 +422,29 @@ def read_stats(store: Store, migration: str, seconds: float = 300.0) -> StatsWin
     for instance_id, data in rows:
         merged.merge(StatsWindow.from_json(str(data), str(instance_id)))
     return merged
+
+
+def unclean_async_instances(store: Store, migration: str, seconds: float = 300.0,
+                            quiet_seconds: float = 60.0) -> list[str]:
+    """Instances that wrote with the async strategy in the last ``seconds`` and then stopped flushing
+    (nothing for ``quiet_seconds``) without a clean close: they may have died with keys still queued.
+
+    An async instance flushes a window at least every ``stats_window_seconds`` (its queue gauges are never
+    empty), and its ``close()`` counts ``async:closed`` in its last window."""
+    p = store.paramstyle
+    since, param = bk.now_plus(store, -float(seconds))
+    quiet, qparam = bk.now_plus(store, -float(quiet_seconds))
+    rows = bk.query(store, f"SELECT instance_id, data, CASE WHEN window_end < {quiet} THEN 1 ELSE 0 END "
+                           f"FROM {STATS} WHERE migration = {p} AND window_end >= {since} ORDER BY id",
+                    (qparam, migration, param))
+    seen: dict[str, list[bool]] = {}  # instance -> [wrote async, closed, flushed recently]
+    for instance_id, data, old in rows:
+        w = StatsWindow.from_json(str(data))
+        flags = seen.setdefault(str(instance_id), [False, False, False])
+        flags[0] = flags[0] or ASYNC_DEPTH in w.gauges
+        flags[1] = flags[1] or w.count(ASYNC, "closed") > 0
+        flags[2] = flags[2] or not int(old)
+    return sorted(i for i, (wrote, closed, recent) in seen.items() if wrote and not closed and not recent)
 
 
 def prune_stats(store: Store, migration: str, older_than_seconds: float = 86400.0) -> int:

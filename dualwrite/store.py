@@ -8,6 +8,7 @@ pooling and reflection. Every session runs in UTC so timestamps mean the same on
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, OperationalError, SQLAlchemyError
 
-from dualwrite.config import StoreRef, redact
-from dualwrite.errors import StoreError, StoreUnavailableError
+from dualwrite.config import MYSQL_DRIVER_HINT, StoreRef, redact
+from dualwrite.errors import RowRejectedError, StoreError, StoreUnavailableError, is_row_rejected
 
 
 class Dialect(StrEnum):
@@ -119,18 +120,8 @@ class Store:
         else:
             raise StoreError(f"store {ref.name!r}: unsupported database {backend!r} (postgresql, mysql, sqlite)")
         kwargs: dict[str, Any] = {}
-        if self.dialect is Dialect.MYSQL and url.get_driver_name() == "mysqldb":
-            from MySQLdb.constants import CLIENT  # noqa: PLC0415 - optional driver
-
-            kwargs["connect_args"] = {
-                "client_flag": CLIENT.MULTI_STATEMENTS, "local_infile": 1, "charset": "utf8mb4",
-                "init_command": "SET time_zone = '+00:00', SESSION tx_isolation = 'READ-COMMITTED'",
-            }
-        elif self.dialect is Dialect.MYSQL:
-            kwargs["connect_args"] = {
-                "charset": "utf8mb4",
-                "init_command": "SET time_zone = '+00:00', SESSION tx_isolation = 'READ-COMMITTED'",
-            }
+        if self.dialect is Dialect.MYSQL:
+            kwargs["connect_args"] = _mysql_connect_args(ref.name, url.get_driver_name())
         if self.dialect is Dialect.POSTGRESQL:
             kwargs["connect_args"] = {"options": "-c TimeZone=UTC"}
         if self.dialect is Dialect.SQLITE:
@@ -313,7 +304,7 @@ def is_transient(exc: BaseException) -> bool:
     if getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES:
         return True
     args = getattr(exc, "args", ())
-    if type(exc).__module__.startswith("MySQLdb") and args and args[0] in _TRANSIENT_MYSQL_CODES:
+    if is_mysql_error(exc) and args and args[0] in _TRANSIENT_MYSQL_CODES:
         return True
     return "database is locked" in str(exc) and type(exc).__module__.startswith("sqlite3")
 
@@ -323,7 +314,7 @@ def is_unique_violation(exc: BaseException) -> bool:
     if getattr(exc, "sqlstate", None) == "23505":
         return True
     args = getattr(exc, "args", ())
-    if type(exc).__module__.startswith("MySQLdb") and args and args[0] == 1062:
+    if is_mysql_error(exc) and args and args[0] == 1062:
         return True
     return type(exc).__name__ == "IntegrityError" and "UNIQUE constraint failed" in str(exc)
 
@@ -336,15 +327,63 @@ def without_row_values(exc: BaseException, what: str) -> BaseException:
     data must never go. Other errors are returned unchanged.
     """
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    is_mysql_row_error = type(exc).__module__.startswith("MySQLdb") and type(exc).__name__ in (
+    is_mysql_row_error = is_mysql_error(exc) and type(exc).__name__ in (
         "DataError", "IntegrityError")
     is_sqlite_row_error = type(exc).__module__.startswith("sqlite3") and type(exc).__name__ in (
         "DataError", "IntegrityError")
     if sqlstate[:2] in ("22", "23") or is_mysql_row_error or is_sqlite_row_error:
         code = sqlstate or (str(exc.args[0]) if getattr(exc, "args", None) else "?")
-        return StoreError(f"{what}: the target rejected a row ({type(exc).__name__}, code {code}); "
-                          "values are not shown")
+        constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+        on = f" on constraint {constraint}" if constraint else ""
+        if not is_row_rejected(exc):  # a foreign key: the referenced row may not be copied yet, retry
+            return StoreError(f"{what}: the target rejected a row ({type(exc).__name__}{on}, code {code}); "
+                              "values are not shown")
+        # permanent: the same rows are rejected the same way on every retry (an operator must act)
+        return RowRejectedError(f"{what}: the target rejected a row ({type(exc).__name__}{on}, code {code}); "
+                                "values are not shown")
     return exc
+
+
+def _mysql_connect_args(store: str, driver: str) -> dict[str, Any]:
+    """UTC, READ COMMITTED and utf8mb4 on either driver; a clear error when the URL's driver is missing."""
+    module = {"mysqldb": "MySQLdb", "pymysql": "pymysql"}.get(driver)
+    if module is None:
+        raise StoreError(f"store {store!r}: unsupported MySQL driver {driver!r} (mysqldb or pymysql)")
+    try:
+        constants = importlib.import_module(f"{module}.constants.CLIENT")
+    except ImportError:
+        raise StoreError(f"store {store!r}: the URL asks for the {module} driver, which is not installed; "
+                         f"{MYSQL_DRIVER_HINT} (or write mysql:// and dualwrite picks the one installed)") from None
+    args: dict[str, Any] = {
+        "client_flag": constants.MULTI_STATEMENTS, "local_infile": 1, "charset": "utf8mb4",
+        "init_command": "SET time_zone = '+00:00', SESSION tx_isolation = 'READ-COMMITTED'"}
+    if module == "pymysql":
+        args["conv"] = _pymysql_conversions()
+    return args
+
+
+def _pymysql_conversions() -> dict[Any, Any]:
+    """PyMySQL's converters, reading what is no date or time (a lax MariaDB's '0000-00-00') as NULL, as
+    mysqlclient does: PyMySQL hands such values back as the string sent, which no target can store."""
+    from pymysql import converters  # noqa: PLC0415 - the default driver, only for its stores
+
+    conv: dict[Any, Any] = dict(converters.conversions)
+
+    def or_none(parse: Any) -> Any:
+        def convert(value: Any) -> Any:
+            out = parse(value)
+            return None if isinstance(out, str | bytes) else out
+        return convert
+
+    for field_type, parse in ((10, converters.convert_date), (12, converters.convert_datetime),
+                              (7, converters.convert_datetime), (11, converters.convert_timedelta)):
+        conv[field_type] = or_none(parse)  # MySQL's numbers: DATE, DATETIME, TIMESTAMP, TIME
+    return conv
+
+
+def is_mysql_error(exc: BaseException) -> bool:
+    """An error raised by a MySQL/MariaDB driver (mysqlclient or PyMySQL): their ``args[0]`` is the code."""
+    return type(exc).__module__.startswith(("MySQLdb", "pymysql"))
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from dualwrite.errors import DualwriteError
 from dualwrite.outbox import CHANGELOG, ensure_log
+from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.store import Dialect, Kind, Store
 
 
@@ -209,7 +210,11 @@ def remove_triggers(store: Store, migration: str, table: str) -> None:
 
 def installed(store: Store, migration: str, table: str) -> bool:
     """Are the capture triggers of ``table`` present?"""
-    trig, _ = _names(migration, table)
+    return _triggers_present(store, _names(migration, table)[0])
+
+
+def _triggers_present(store: Store, trig: str) -> bool:
+    """Is the trigger ``trig`` (PostgreSQL) or are its per-event siblings ``trig_*`` (MariaDB, SQLite) there?"""
     with store.connect() as conn:
         cur = conn.cursor()
         if store.dialect is Dialect.POSTGRESQL:
@@ -235,7 +240,10 @@ _marked_lock = threading.Lock()
 def _set_replica_flag(dialect: Dialect) -> Any:
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
-        if dialect is Dialect.POSTGRESQL:
+        if dialect is Dialect.SQLITE:
+            # no session variables: the deny triggers call this function, which only replica sessions define
+            dbapi_conn.create_function(SQLITE_REPLICA_FN, 0, lambda: 1, deterministic=True)
+        elif dialect is Dialect.POSTGRESQL:
             cur.execute("SET dualwrite.replica = 'on'")
         elif dialect is Dialect.MYSQL:
             cur.execute("SET @dualwrite_replica = 1")
@@ -262,3 +270,160 @@ def mark_replica(store: Store) -> None:
 
 def is_replica(store: Store) -> bool:
     return id(store.engine) in _marked
+
+
+# ---------------------------------------------------------------------------------------------------------
+# denied writes: the store that is not authoritative refuses writes that bypass dualwrite
+
+#: SQLSTATE of a refused write (PostgreSQL: raise_exception's class; MariaDB: unhandled user exception)
+DENIED_SQLSTATE_PG = "P0001"
+DENIED_SQLSTATE_MY = "45000"
+#: SQLite has no session state: a connection dualwrite marks as a replica defines this function, and the
+#: deny triggers call it, so an application's connection fails to prepare the write ("no such function")
+SQLITE_REPLICA_FN = "dualwrite_replica"
+
+
+def denial_applies(spec: MigrationSpec) -> bool:
+    """Writes that bypass dualwrite are denied on the non-authoritative store for database-level capture
+    (``triggers``, ``cdc``) of a migration whose authority moves as a whole. Per-tenant authority cannot be denied
+    table by table: there both key logs are mirrored as before, and the README says so."""
+    return spec.strategy in (Strategy.TRIGGERS, Strategy.CDC) and not spec.tenant_tables
+
+
+def authoritative_side(phase: str | None) -> str:
+    """'old' or 'new' for a published phase name (the phase table of DESIGN.md; 'new' from write cutover)."""
+    return "new" if phase in ("CUTOVER_WRITES", "CLEANUP", "DONE") else "old"
+
+
+def _deny_names(migration: str, table: str) -> tuple[str, str]:
+    digest = hashlib.blake2s(f"{migration}\0{table}\0deny".encode(), digest_size=4).hexdigest()
+    base = "".join(ch if ch.isalnum() else "_" for ch in table.rsplit(".", 1)[-1])[:24]
+    return f"dw_deny_{base}_{digest}", f"dw_denyfn_{base}_{digest}"
+
+
+def _counter_name(store: Store, migration: str, table: str) -> str:
+    """The sequence that counts refused writes: a sequence, because its increments survive the refused
+    statement's rollback (PostgreSQL, MariaDB). In the table's schema, so its grants follow the table's."""
+    trig, _ = _deny_names(migration, table)
+    schema = table.rpartition(".")[0]
+    name = "dw_refused_" + trig.removeprefix("dw_deny_")
+    return f"{store.quote(schema)}.{name}" if schema else name
+
+
+def _counts_refusals(store: Store) -> bool:
+    """PostgreSQL and MariaDB have sequences; MySQL and SQLite refuse without counting."""
+    if store.dialect is Dialect.POSTGRESQL:
+        return True
+    if store.dialect is not Dialect.MYSQL:
+        return False
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT VERSION()")
+        version = str(cur.fetchone()[0]).lower()
+        cur.close()
+        conn.rollback()
+    return "mariadb" in version
+
+
+def denied_message(table: str, authoritative: str) -> str:
+    """What a writer that bypasses dualwrite reads when it writes a table on the non-authoritative store.
+
+    MariaDB keeps at most 128 characters of a SIGNAL's text, so the table name is shortened if need be."""
+    name = table if len(table) <= 40 else table[:37] + "..."
+    return f"dualwrite: writes to {name} are refused here; the table is served by store '{authoritative}' now"[:128]
+
+
+def deny_sql(store: Store, migration: str, table: str, authoritative: str, *, count: bool = False) -> list[str]:
+    """The statements that make ``table`` refuse every write that is not dualwrite's own (a replica session).
+
+    Vitess's "denied tables" at a switch of writes: an application that does not write through the adapter
+    (strategy ``triggers``, later log capture) and keeps writing to the store that lost authority gets an
+    error naming where the table is served now, instead of a write that the next mirror would silently
+    overwrite. The relay, backfill and repair write through replica sessions and pass."""
+    trig, fn = _deny_names(migration, table)
+    qt = store.quote(table)
+    msg = denied_message(table, authoritative)
+    seq = _counter_name(store, migration, table)
+    if store.dialect is Dialect.POSTGRESQL:
+        return [
+            f"CREATE SEQUENCE IF NOT EXISTS {seq}",
+            f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $dw$\n"
+            "BEGIN\n"
+            "  IF coalesce(current_setting('dualwrite.replica', true), '') = 'on' THEN RETURN NULL; END IF;\n"
+            f"  PERFORM nextval({_lit(seq)});\n"
+            f"  RAISE EXCEPTION USING ERRCODE = '{DENIED_SQLSTATE_PG}', MESSAGE = {_lit(msg)};\n"
+            "END $dw$",
+            f"DROP TRIGGER IF EXISTS {trig} ON {qt}",
+            f"CREATE TRIGGER {trig} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qt} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+        ]
+    if store.dialect is Dialect.MYSQL:
+        bump = f"SET @dualwrite_refused = NEXTVAL({seq}); " if count else ""
+        body = (f"BEGIN IF @dualwrite_replica IS NULL THEN {bump}SIGNAL SQLSTATE '{DENIED_SQLSTATE_MY}' "
+                f"SET MESSAGE_TEXT = {_lit(msg)}; END IF; END")
+        out = [f"CREATE SEQUENCE IF NOT EXISTS {seq} NOCACHE"] if count else []
+        for suffix, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
+            out += [f"DROP TRIGGER IF EXISTS {trig}_{suffix}",
+                    f"CREATE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} FOR EACH ROW {body}"]
+        return out
+    out = []
+    for suffix, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
+        out += [f"DROP TRIGGER IF EXISTS {trig}_{suffix}",
+                f"CREATE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} WHEN {SQLITE_REPLICA_FN}() IS NOT 1 "
+                f"BEGIN SELECT RAISE(ABORT, {_lit(msg)}); END"]
+    return out
+
+
+def undeny_sql(store: Store, migration: str, table: str) -> list[str]:
+    trig, fn = _deny_names(migration, table)
+    if store.dialect is Dialect.POSTGRESQL:
+        return [f"DROP TRIGGER IF EXISTS {trig} ON {store.quote(table)}", f"DROP FUNCTION IF EXISTS {fn}()"]
+    return [f"DROP TRIGGER IF EXISTS {trig}_{s}" for s in "iud"]
+
+
+def deny_writes(store: Store, migration: str, tables: Sequence[str], authoritative: str) -> None:
+    """Make ``tables`` on ``store`` refuse writes that bypass dualwrite (idempotent), counting them."""
+    count = _counts_refusals(store)
+    _run(store, [sql for t in tables for sql in deny_sql(store, migration, t, authoritative, count=count)])
+
+
+def refused_writes(store: Store, migration: str, table: str) -> int | None:
+    """How many writes to ``table`` on ``store`` were refused so far (None: not counted on this engine, or
+    the table was never denied)."""
+    if not _counts_refusals(store):
+        return None
+    seq = _counter_name(store, migration, table)
+    sql = (f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"
+           if store.dialect is Dialect.POSTGRESQL else f"SELECT next_not_cached_value - 1 FROM {seq}")
+    with store.connect() as conn:
+        cur = conn.cursor()
+        try:
+            cur.execute(sql)
+            (n,) = cur.fetchone()
+        except Exception:  # noqa: BLE001 - no counter: the table was never denied
+            return None
+        finally:
+            cur.close()
+            conn.rollback()
+    return int(n)
+
+
+def drop_refusal_counters(store: Store, migration: str, tables: Sequence[str]) -> None:
+    """Remove the counters (at the end of a migration; the deny triggers must be gone already)."""
+    if _counts_refusals(store):
+        _run(store, [f"DROP SEQUENCE IF EXISTS {_counter_name(store, migration, t)}" for t in tables])
+
+
+def allow_writes(store: Store, migration: str, tables: Sequence[str]) -> None:
+    """Lift :func:`deny_writes` (idempotent; a table that no longer exists is skipped)."""
+    for t in tables:
+        try:
+            _run(store, undeny_sql(store, migration, t))
+        except Exception:
+            if t in store.table_names():
+                raise
+
+
+def writes_denied(store: Store, migration: str, table: str) -> bool:
+    """Does ``table`` on ``store`` refuse writes that bypass dualwrite?"""
+    return _triggers_present(store, _deny_names(migration, table)[0])

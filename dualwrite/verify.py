@@ -676,8 +676,9 @@ def _method_for(mapping: TableMapping, source: Store, target: Store, method: str
 def _finish(report: VerifyReport, started: float, allow_empty: bool) -> VerifyReport:
     report.seconds = time.monotonic() - started
     if report.rows_source + report.rows_target == 0 and not allow_empty:
-        raise VerificationError(f"verification of {report.table} compared zero rows; pass allow_empty=True "
-                                "if the range is meant to be empty")
+        raise VerificationError(f"verification of {report.table} compared zero rows (a verifier must prove it "
+                                f"looked); if {report.table} is meant to be empty, set 'allow_empty: true' on "
+                                "the table in the spec (allow_empty=True from Python)")
     return report
 
 

@@ -12,11 +12,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from starter.cli import EXIT_BAD_INPUT, EXIT_FAILED, app
+
+if TYPE_CHECKING:
+    from dualwrite.config import StoreResolver
+    from dualwrite.errors import Problem
+    from dualwrite.preflight import PreflightReport
+    from dualwrite.spec import SpecDocument
 
 
 @app.command()
@@ -26,25 +32,41 @@ def check(
         "--config", "-c", help="file with 'stores: {name: url}' (default: $DUALWRITE_CONFIG, else ./dualwrite.yaml)",
     )] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    address: Annotated[str, typer.Option(
+        "--address", envvar="DUALWRITE_TEMPORAL_ADDRESS", show_envvar=True,
+        help="Temporal frontend, asked which running migrations own which tables")] = "localhost:7233",
+    namespace: Annotated[str, typer.Option(
+        "--namespace", envvar="DUALWRITE_NAMESPACE", show_envvar=True, help="Temporal namespace")] = "default",
 ) -> None:
     """Validate SPEC and preflight its stores: tables, columns, keys, types, transforms, privileges.
 
     Reads catalogs only and never writes. Exits 2 listing every problem, or 0 with a summary per table.
     """
     from dualwrite.config import StoreResolver, redact  # noqa: PLC0415 - keep `dualwrite --help` fast
-    from dualwrite.preflight import preflight_file  # noqa: PLC0415
+    from dualwrite.preflight import preflight  # noqa: PLC0415
+    from dualwrite.spec import read_spec  # noqa: PLC0415
 
     # transforms are named 'package.module:function'; like `python -m`, look in the working directory too
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        report = preflight_file(spec, StoreResolver(config_file=config))
+        resolver = StoreResolver(config_file=config)
+        doc = read_spec(spec)
+        report = preflight(doc, resolver)
+        if doc.spec is not None:
+            report.problems += _owner_problems(doc, resolver, address, namespace)
     except Exception as exc:  # noqa: BLE001 - a bug in the check must still not print a secret
         typer.echo(f"dualwrite check could not run: {type(exc).__name__}: {redact(str(exc))}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
 
+    _warn_clear_keys(report)
+    notes, evidence = _gate_notes(spec, report)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        doc = report.to_dict()
+        if not report.problems:
+            doc["gate_evidence"] = {"strategy": evidence[0][0], **dict(evidence[1:])} if evidence else {}
+            doc["notes"] = notes
+        typer.echo(json.dumps(doc, indent=2, default=str))
     elif report.problems:
         n = len(report.problems)
         typer.secho(f"{report.source}: {n} problem{'s' if n != 1 else ''}", fg="red", bold=True)
@@ -61,6 +83,74 @@ def check(
             version = f"version column {t.version_column}" if t.version_column else "no version column"
             typer.echo(f"  {t.source} -> {t.target}: key ({', '.join(t.source_key)}), {t.columns} columns mapped, "
                        f"{version}, {t.rows_text()}")
+        if evidence:
+            typer.echo(f"  gate evidence with strategy {evidence[0][0]}:")
+            for metric, source in evidence[1:]:
+                typer.echo(f"    {metric}: {source}")
+        for note in notes:
+            typer.secho(f"  note: {note}", fg="yellow")
         typer.echo("Nothing was written.")
     if report.problems:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _gate_notes(path: Path, report: Any) -> tuple[list[str], list[tuple[str, str]]]:
+    """What the cutover gates will read with this spec's strategy (first pair: the strategy itself), and a
+    note for each table that is empty and not allowed to be: its verifications would fail, and the gates
+    with them, until it holds rows or the spec says ``allow_empty: true``."""
+    from dualwrite.gates import evidence_sources  # noqa: PLC0415
+    from dualwrite.spec import load_spec  # noqa: PLC0415
+
+    if report.problems:
+        return [], []
+    try:
+        spec = load_spec(path)
+    except Exception:  # noqa: BLE001 - the preflight already reported on the spec
+        return [], []
+    notes = [f"{t.source} is empty: a verification that compares zero rows fails (a verifier must prove it "
+             f"looked), and the gates with it; if it is meant to be empty, set 'allow_empty: true' on it"
+             for t in report.tables if t.rows == 0 and t.rows_kind == "exact"
+             and not spec.table(t.source).allow_empty]
+    return notes, [(spec.strategy.value, ""), *evidence_sources(spec.strategy.value)]
+
+
+def _owner_problems(doc: SpecDocument, resolver: StoreResolver, address: str, namespace: str) -> list[Problem]:
+    """The single-owner rule: tables of this spec that a running migration already owns.
+
+    Without a reachable Temporal the rule cannot be checked here; a note says so (``start`` and PREPARE
+    check it again), and the rest of the report stands."""
+    import asyncio  # noqa: PLC0415
+    import gc  # noqa: PLC0415
+
+    from dualwrite.owners import conflicts  # noqa: PLC0415
+    from workflows.client import connect, live_migrations  # noqa: PLC0415
+
+    spec = doc.spec
+    assert spec is not None
+
+    async def lookup() -> list[Problem]:
+        client = await asyncio.wait_for(connect(address, namespace), timeout=10)
+        live = [m for m in await live_migrations(client) if m.name != spec.name]
+        return conflicts(spec, live, resolver, where=doc.where)
+
+    try:
+        found = asyncio.run(lookup())
+    except Exception as exc:  # noqa: BLE001 - the rule is checked again by start and PREPARE
+        typer.echo(f"note: running migrations not looked up (Temporal at {address}: {type(exc).__name__}); "
+                   "`dualwrite start` and PREPARE check that no running migration owns these tables", err=True)
+        found = []
+    gc.collect()  # collect the client while the interpreter is whole (temporalio/sdk-python#300)
+    return found
+
+
+def _warn_clear_keys(report: PreflightReport) -> None:
+    """Without a payload key, the bounds of backfill ranges (key values) reach Temporal history in clear:
+    harmless for integers, personal data for e-mail addresses. Say so for the tables it concerns."""
+    from dualwrite.codec import CLEAR_WARNING, payloads_in_clear  # noqa: PLC0415
+    from dualwrite.store import Kind  # noqa: PLC0415
+
+    if not payloads_in_clear():
+        return
+    tables = [t.source for t in report.tables if any(k is not Kind.INT for k in t.mapping.key_kinds)]
+    if tables:
+        typer.echo(f"warning: {', '.join(tables)}: keys are not integers. {CLEAR_WARNING}", err=True)

@@ -24,7 +24,7 @@ EXIT_BAD_INPUT = 2
 
 def _register() -> None:
     # imported for their side effect of adding commands to ``app``
-    from starter import check_cmd, demo_cmd, dev_cmd, ops_cmd  # noqa: F401
+    from starter import audit_cmd, check_cmd, codec_cmd, demo_cmd, dev_cmd, ops_cmd  # noqa: F401
 
 
 def main() -> None:

@@ -299,7 +299,6 @@ def _stores(cfg: DemoConfig) -> tuple[Store, Store, Tables]:
 
 async def _drive(cfg: DemoConfig) -> dict[str, Any]:
     from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
 
     from activities.core import DualwriteActivities
     from dualwrite import stats as st
@@ -328,7 +327,9 @@ async def _drive(cfg: DemoConfig) -> dict[str, Any]:
     resolver = StoreResolver(config_file=no_config,
                              environ={env_var_for("legacy"): old.ref.url, env_var_for("modern"): new.ref.url})
 
-    client = await Client.connect(cfg.address, data_converter=pydantic_data_converter,
+    from dualwrite.codec import data_converter
+
+    client = await Client.connect(cfg.address, data_converter=data_converter(),
                                   runtime=make_runtime(None, forward_logs=True))  # SDK warnings -> the log file
     acts = DualwriteActivities(resolver)
     worker = build_worker(client, acts, max_activities=8, shutdown_seconds=5)
@@ -431,13 +432,16 @@ class Watcher:
                 if rec.at <= v.at:
                     phase = str(rec.to_phase)
             entry = {"phase": phase, "at": v.at.isoformat(), "direction": v.direction, "ok": v.ok,
+                     "verdict": v.verdict,
                      "rows_compared": v.rows_compared, "missing": v.missing, "extra": v.extra,
                      "field_different": v.field_different, "repaired": v.repaired}
             self.verifications.append(entry)
+            shown = ("[green]clean[/]" if v.verdict == "ok" else f"[yellow]{v.verdict}[/]") if v.ok else \
+                "[red]NOT clean[/]"
             out.print(f"{self._t()}  verification ({v.direction}) in {phase}: "
                       f"{v.rows_compared:,} rows compared, {v.missing} missing, {v.extra} extra, "
                       f"{v.field_different} field-different, {v.repaired} repaired → "
-                      f"{'[green]clean[/]' if v.ok else '[red]NOT clean[/]'}")
+                      f"{shown}")
         gate = status.gate
         if isinstance(gate, dict) and gate.get("to") in GATED and gate.get("passed"):
             to = str(gate["to"])
@@ -515,8 +519,7 @@ def _checks_text(gate: dict[str, Any]) -> str:
 async def gate_decisions(handle: WorkflowHandle[Any, Any]) -> dict[str, dict[str, Any]]:
     """The gate decisions as the workflow history recorded them: for each gated phase, the last
     ``evaluate_gate`` result (its checks and evidence), and how many evaluations it took."""
-    from temporalio.contrib.pydantic import pydantic_data_converter
-
+    from dualwrite.codec import data_converter
     from workflows.models import ActivityNames, GateResult
 
     scheduled: set[int] = set()
@@ -530,8 +533,7 @@ async def gate_decisions(handle: WorkflowHandle[Any, Any]) -> dict[str, dict[str
         elif event.HasField("activity_task_completed_event_attributes"):
             done = event.activity_task_completed_event_attributes
             if done.scheduled_event_id in scheduled and done.result.payloads:
-                res = pydantic_data_converter.payload_converter.from_payloads(list(done.result.payloads),
-                                                                              [GateResult])[0]
+                res = (await data_converter().decode(list(done.result.payloads), [GateResult]))[0]
                 to = str(res.to)
                 tries[to] = tries.get(to, 0) + 1
                 if to in GATED:

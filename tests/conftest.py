@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dualwrite.config import StoreRef
+from dualwrite.config import StoreRef, mysql_driver, normalise_url
 from dualwrite.store import Store
 
 PG_HOST = os.environ.get("DUALWRITE_TEST_PG_HOST", "127.0.0.1")
@@ -27,6 +27,8 @@ MY_USER = os.environ.get("DUALWRITE_TEST_MYSQL_USER", "root")
 
 SESSION_ID = secrets.token_hex(3)
 
+pytest_plugins = ["cdc_fixtures"]  # private capture servers for strategy cdc, started only when asked for
+
 
 def pg_url(db: str) -> str:
     user = f"{PG_USER}@" if PG_USER else ""
@@ -34,7 +36,19 @@ def pg_url(db: str) -> str:
 
 
 def mysql_url(db: str) -> str:
-    return f"mysql+mysqldb://{MY_USER}@{MY_HOST}:{MY_PORT}/{db}"
+    """A ``mysql://`` URL resolved the way dualwrite resolves one: mysqlclient when installed, else PyMySQL."""
+    return normalise_url(f"mysql://{MY_USER}@{MY_HOST}:{MY_PORT}/{db}")
+
+
+def mysql_connect(**kwargs: Any) -> Any:
+    """A raw connection through the same driver as :func:`mysql_url` (both take these keyword arguments)."""
+    if mysql_driver() == "mysqldb":
+        import MySQLdb
+
+        return MySQLdb.connect(**kwargs)
+    import pymysql
+
+    return pymysql.connect(**kwargs)
 
 
 def _pg_admin() -> psycopg.Connection:
@@ -46,11 +60,9 @@ def _pg_admin() -> psycopg.Connection:
 
 
 def _my_admin():  # type: ignore[no-untyped-def]
-    import MySQLdb
-
     try:
-        return MySQLdb.connect(host=MY_HOST, port=MY_PORT, user=MY_USER, connect_timeout=5, autocommit=True)
-    except MySQLdb.OperationalError as exc:
+        return mysql_connect(host=MY_HOST, port=MY_PORT, user=MY_USER, connect_timeout=5, autocommit=True)
+    except Exception as exc:  # noqa: BLE001 - either driver's OperationalError
         pytest.fail(f"MariaDB is required at {MY_HOST}:{MY_PORT} and is not reachable: {exc}")
 
 
@@ -191,10 +203,10 @@ from collections.abc import AsyncIterator, Awaitable  # noqa: E402
 from typing import Any  # noqa: E402
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
+from dualwrite.codec import data_converter  # noqa: E402 - encrypting when $DUALWRITE_PAYLOAD_KEY is set
 from dualwrite.config import StoreResolver, env_var_for  # noqa: E402
 
 TEMPORAL_SUGGEST_CAN_AT = 150
@@ -227,7 +239,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
         search_attributes=list(SEARCH_ATTRIBUTES),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(),
         dev_server_log_level="error",
         dev_server_extra_args=["--dynamic-config-value",
                                f"limit.historyCount.suggestContinueAsNew={TEMPORAL_SUGGEST_CAN_AT}"],
@@ -438,6 +450,10 @@ class FakeApp:
         keys: list[int] = []
         with first.connect() as conn:
             cur = conn.cursor()
+            if first.dialect.value == "postgresql":  # the adapter's mark: bypass capture skips these writes
+                cur.execute("SELECT set_config('dualwrite.adapter', 'on', true)")
+            elif first.dialect.value == "mysql":
+                cur.execute("SET @dualwrite_adapter = 1")
             for _ in range(n):
                 self.counter += 1
                 i = self.counter
@@ -455,6 +471,8 @@ class FakeApp:
                     cur.execute(f"DELETE FROM {self.table} WHERE id = {ph}", (key,))
                 keys.append(key)
             conn.commit()
+            if first.dialect.value == "mysql":
+                cur.execute("SET @dualwrite_adapter = NULL")
         if lose_secondary:
             control.enqueue_repair(self.control, self.migration, self.table, [(k,) for k in keys],
                                    reason="secondary write timed out", authoritative=authoritative)
@@ -565,5 +583,5 @@ def replayer() -> Any:
 
     from worker import WORKFLOWS, sandbox_runner
 
-    return Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter,
+    return Replayer(workflows=list(WORKFLOWS), data_converter=data_converter(),
                     workflow_runner=sandbox_runner())

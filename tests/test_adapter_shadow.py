@@ -42,10 +42,40 @@ def mismatches(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.fixture
 def shadow_mig(pg_old: Store, pg_new: Store) -> Iterator[Migration]:
     m = make_migration(pg_old, pg_new, "sync", options=AdapterOptions(
-        background=False, phase_ttl=3600, recheck_delay=0.05, recheck_attempts=2))
+        background=False, phase_ttl=3600, recheck_delay=0.05, recheck_attempts=2, shadow_log_values=True))
     m.publish("SHADOW_READ")
     yield m
     m.close()
+
+
+def test_mismatch_logs_carry_hashes_not_values_or_keys_by_default(pg_old: Store, pg_new: Store) -> None:
+    """Keys (an e-mail, a name) and values are data: unless the operator asks, a mismatch line names the
+    table and the column and carries short hashes, equal for equal values, so drift can still be followed."""
+    m = make_migration(pg_old, pg_new, "sync", options=AdapterOptions(
+        background=False, phase_ttl=3600, recheck_delay=0.05, recheck_attempts=2))
+    try:
+        m.publish("SHADOW_READ")
+        w, t = m.writer, m.models.customers
+        a = m.shop.signup("acme", "Ada Secretname", "ada.secret@example.com")
+        b = m.shop.signup("acme", "Bob", "bob@example.com")
+        sql(m.new, f"UPDATE {t} SET email = %s WHERE id IN (%s, %s)", ("eve.secret@example.com", a, b))
+        with capture_logs() as logs:
+            w.read(t, a)
+            w.read(t, b)
+            quiet(w)
+        found = mismatches(logs)
+        assert len(found) == 2, found
+        text = repr(found)
+        for secret in ("ada.secret@example.com", "eve.secret@example.com", "bob@example.com", "Secretname"):
+            assert secret not in text
+        for e in found:
+            assert e["table"] == t and e["field"] == "email" and e["kind"] == "field_different"
+            assert "old_value" not in e and "new_value" not in e and "entity_id" not in e
+            assert len(e["new_hash"]) == 12 and e["old_hash"] != e["new_hash"]
+        assert found[0]["new_hash"] == found[1]["new_hash"]  # equal values, equal hashes
+        assert found[0]["entity_hash"] != found[1]["entity_hash"]
+    finally:
+        m.close()
 
 
 def test_field_mismatch_reported_with_exact_field_and_values(shadow_mig: Migration) -> None:

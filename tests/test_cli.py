@@ -49,7 +49,7 @@ _register()
 runner = CliRunner()
 
 COMMANDS = ["dev", "worker", "check", "start", "list", "status", "advance", "rollback", "pause", "resume",
-            "approve", "hold", "verify", "demo"]
+            "approve", "hold", "verify", "abort", "demo", "audit", "codec-server"]
 UNREACHABLE = "127.0.0.1:1"
 
 

@@ -102,7 +102,7 @@ def _demo(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
 
 def test_demo_store_url_runs_on_a_mariadb_server_in_databases_of_its_own(tmp_path: Path) -> None:
     """``--store-url`` names a server, not a database: the demo works in ``dwdemo_old``/``dwdemo_new``."""
-    import MySQLdb
+    from conftest import mysql_connect
 
     report_path = tmp_path / "report.json"
     proc = _demo("--short", "--store-url", "mysql://root@127.0.0.1:3306/test", "--workdir", str(tmp_path),
@@ -112,7 +112,7 @@ def test_demo_store_url_runs_on_a_mariadb_server_in_databases_of_its_own(tmp_pat
     assert r["ok"] is True and r["phase"] == "DONE"
     split = r["split_column"]
     assert split["rows_compared"] >= 200 and split["mismatches"] == 0, split
-    conn = MySQLdb.connect(host="127.0.0.1", port=3306, user="root")
+    conn = mysql_connect(host="127.0.0.1", port=3306, user="root")
     try:
         cur = conn.cursor()
         cur.execute("SELECT COUNT(*) FROM dwdemo_new.dwdemo_customers")

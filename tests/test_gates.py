@@ -124,3 +124,33 @@ def test_traffic_facts_merge_every_instance_window() -> None:
     assert t.latency_samples == 1200 and t.p99_call_ms is not None and t.p99_direct_ms is not None
     assert g.shadow_match_metric(t, Gates()).verdict.value == "pass"
     assert g.write_success_metric(t, Gates()).verdict.value == "fail"  # 99.83 %
+
+
+@pytest.mark.parametrize(("lag", "verdict"), [(5.0, "pass"), (5.001, "fail"), (0.0, "pass")])
+def test_async_lag_is_part_of_the_gate_when_an_instance_writes_async(lag: float, verdict: str) -> None:
+    a, b = st.StatsWindow(instances={"a"}), st.StatsWindow(instances={"b"})
+    a.gauge(st.ASYNC_AGE, 0.2)
+    a.gauge(st.ASYNC_DEPTH, 3)
+    b.gauge(st.ASYNC_AGE, lag)
+    b.gauge(st.ASYNC_DEPTH, 40)
+    t = g.TrafficFacts.from_window(st.StatsWindow().merge(a).merge(b), scope="m", seconds=300)
+    metrics = {m.name: m for m in g.traffic_metrics(t, Gates())}  # default: at most 5 s behind
+    lagm = metrics["async_lag_seconds"]
+    assert lagm.verdict.value == verdict and lagm.value == max(lag, 0.2)
+    assert "40 keys queued" in lagm.detail
+    # without any async instance the gate has no such metric (nothing to hold)
+    assert "async_lag_seconds" not in {m.name for m in g.traffic_metrics(traffic(), Gates())}
+
+
+def test_status_shows_the_async_lag_in_seconds() -> None:
+    from rich.console import Console
+
+    from starter.render import gate_section
+
+    facts = g.TrafficFacts(async_lag_seconds=0.25, async_depth=12)
+    m = g.async_lag_metric(facts, Gates())
+    console = Console(width=200, record=True)
+    console.print(gate_section({"to": "CUTOVER_READS", "passed": True, "metrics": [m.model_dump(mode="json")]},
+                               console=console))
+    text = console.export_text()
+    assert "async_lag_seconds" in text and "0.25 s" in text and "<= 5 s" in text and "12 keys queued" in text

@@ -1,7 +1,7 @@
 """The mirror primitive (DESIGN rule 1): make target rows K equal source rows K now, or absent.
 
-Covers insert, update and delete images, the version guard (an older image never replaces a newer row,
-unless forced), composite keys across engines, batching, and the source row lock held while the target
+Covers insert, update and delete images, the version column (not trusted under the key's lock; a guard only
+for unlocked reads), composite keys across engines, batching, and the source row lock held while the target
 is written.
 """
 
@@ -78,19 +78,25 @@ def test_insert_update_delete_images(request: pytest.FixtureRequest, pair: str, 
 
 
 @pytest.mark.parametrize("pair", ["pg_old>pg_new", "my_old>pg_new", "pg_old>my_new", "pg_old>sqlite_new"])
-def test_version_guard_refuses_older_images_unless_forced(request: pytest.FixtureRequest, pair: str,
-                                                          table_name: str) -> None:
+def test_locked_mirror_trusts_commit_order_not_the_version_column(request: pytest.FixtureRequest, pair: str,
+                                                                  table_name: str) -> None:
+    """[T2-1] A key deleted and re-inserted with its version restarting at 1, or updated without a version
+    bump, must still arrive: the image is read under the key's lock, so it is the newest, whatever its
+    version says. Only an unlocked read (no lock orders the images) keeps the version guard."""
     source, target = (request.getfixturevalue(n) for n in pair.split(">"))
     m = make_pair(source, target, table_name)
-    sql(source, f"INSERT INTO {table_name} VALUES (1, 'old', 3), (2, 'newer', 9), (3, 'same', 4)")
-    sql(target, f"INSERT INTO {table_name} VALUES (1, 'newer', 5), (2, 'older', 8), (3, 'other', 4)")
+    sql(source, f"INSERT INTO {table_name} VALUES (1, 'reinserted', 1), (2, 'newer', 9), (3, 'no-bump', 4)")
+    sql(target, f"INSERT INTO {table_name} VALUES (1, 'before-delete', 5), (2, 'older', 8), (3, 'other', 4)")
 
     mirror_keys(source, target, m, [(1,), (2,), (3,)])
-    # 1: target is newer, kept; 2: source is newer, taken; 3: same version, not rewritten
-    assert rows(target, table_name) == [(1, "newer", 5), (2, "newer", 9), (3, "other", 4)]
+    assert rows(target, table_name) == rows(source, table_name)
 
-    r = mirror_keys(source, target, m, [(1,), (3,)], force=True)  # repair undoes damage
-    assert r.upserted == 2
+    # unlocked: the version guard is all that orders images, so an older one is refused unless forced
+    sql(target, f"UPDATE {table_name} SET v = 'newer-elsewhere', version = 50 WHERE id = 1")
+    mirror_keys(source, target, m, [(1,)], lock=False)
+    assert rows(target, table_name)[0] == (1, "newer-elsewhere", 50)
+    r = mirror_keys(source, target, m, [(1,)], lock=False, force=True)
+    assert r.upserted == 1
     assert rows(target, table_name) == rows(source, table_name)
 
 

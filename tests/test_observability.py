@@ -154,6 +154,8 @@ def _window() -> st.StatsWindow:
         w.observe(st.LAT_NEW, 2.0)
     w.add(st.SECONDARY, "failure:timeout")
     w.add(st.SHADOW, "field_different")
+    w.gauge(st.ASYNC_DEPTH, 12)
+    w.gauge(st.ASYNC_AGE, 0.75)
     return w
 
 
@@ -188,6 +190,8 @@ def test_migration_gauges_follow_the_view() -> None:
     assert re.search(r'dualwrite_write_latency_seconds\{migration="orders",quantile="0.99",store="new"\} 0\.00', text)
     assert 'dualwrite_shadow_match_ratio{migration="orders"} 0.999' in text
     assert 'dualwrite_secondary_write_failures{error_class="timeout",migration="orders"} 1.0' in text
+    assert 'dualwrite_async_queue_depth{migration="orders"} 12.0' in text
+    assert 'dualwrite_async_lag_seconds{migration="orders"} 0.75' in text
     assert 'dualwrite_gate_passed{migration="orders",to="CUTOVER_READS"} 0.0' in text
     # a lifted override disappears, a finished migration too
     S.phase = "CUTOVER_READS"

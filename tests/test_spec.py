@@ -305,3 +305,41 @@ def test_reverse_rule_mistakes_are_reported_at_their_lines() -> None:
             reverse:
               2name: "a"
         """) == ["spec.yaml:6 tables[0].reverse: '2name' is not a column name"]
+
+
+def test_duplicate_keys_are_refused_with_both_lines_all_at_once() -> None:
+    """YAML lets a key appear twice and keeps the last: a spec edited by hand loses the first silently."""
+    found = problems_of("""
+        name: m
+        old: legacy
+        old: other
+        new: modern
+        tables:
+          - source: orders
+            columns:
+              total: amount
+              total: {from: price}
+        tables:
+          - source: items
+        """)
+    assert found == [
+        "spec.yaml:3 old: 'old' is given twice (lines 2 and 3); remove one",
+        "spec.yaml:9 tables[0].columns.total: 'total' is given twice (lines 8 and 9); remove one",
+        "spec.yaml:10 tables: 'tables' is given twice (lines 5 and 10); remove one",
+    ]
+
+
+def test_duplicate_keys_do_not_hide_other_problems() -> None:
+    found = problems_of("""
+        name: m
+        old: legacy
+        new: modern
+        tables:
+          - source: orders
+            batch_size: 0
+            batch_size: 0
+        """)
+    assert found == [
+        "spec.yaml:7 tables[0].batch_size: 'batch_size' is given twice (lines 6 and 7); remove one",
+        "spec.yaml:7 tables[0].batch_size: Input should be greater than or equal to 1",
+    ]

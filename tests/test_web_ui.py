@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from dualwrite.codec import data_converter
 from dualwrite.config import StoreResolver, env_var_for
 from dualwrite.spec import parse_spec
 from starter.dev_cmd import SEARCH_ATTRIBUTES, find_temporal
@@ -131,7 +131,7 @@ async def test_web_ui_finds_opens_and_advances_a_migration(ui_server: tuple[str,
     resolver = StoreResolver(config_file=config, environ={env_var_for(k): v for k, v in urls.items()})
     spec = parse_spec("name: webui\nold: uiold\nnew: uinew\nmode: manual\ntables:\n  - source: accounts\n"
                       "    version_column: version\n    columns: {holder: owner}\n", "webui.yaml")
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    client = await Client.connect(address, data_converter=data_converter())
     acts = DualwriteActivities(resolver)
     worker = build_worker(client, acts, max_activities=4, shutdown_seconds=5)
     shots: list[Path] = []

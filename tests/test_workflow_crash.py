@@ -114,3 +114,60 @@ async def test_worker_killed_mid_backfill_resumes(dw: MigrationDriver, temporal_
                 proc.wait(10)
         if log.exists():
             print(log.read_text()[-4000:])
+
+
+def fired(hooks_file: Path, point: str, pid: int) -> bool:
+    log = Path(str(hooks_file) + ".fired")
+    return log.exists() and f"{pid} {point}" in log.read_text()
+
+
+async def test_worker_killed_in_preflight_and_in_planning_costs_seconds_not_minutes(
+        dw: MigrationDriver, temporal_client: Client, pg_old: Store, pg_new: Store, table_name: str,
+        dw_store_env: dict[str, str], repo_root: Path, tmp_path: Path) -> None:
+    """SIGKILL while PREPARE's preflight runs, then while backfill plans its ranges (both held there by a
+    hook): each time a new worker takes the work over within the heartbeat timeout, not the activity's
+    start-to-close timeout (10 minutes for preflight and planning before)."""
+    import json
+    import time
+
+    create_pg(pg_old, table_name, 5_000)
+    create_pg(pg_new, table_name, 0)
+    name = f"crash-hb-{secrets.token_hex(3)}"
+    queue = f"dualwrite-crash-{secrets.token_hex(3)}"
+    hooks_file = tmp_path / "hooks.json"
+    hooks_file.write_text(json.dumps({"prepare.before_preflight": {"action": "delay", "seconds": 30},
+                                      "copy.before_plan": {"action": "delay", "seconds": 30}}))
+    (tmp_path / "none.yaml").write_text("stores: {}\n")
+    address = temporal_client.service_client.config.target_host
+    env = {**os.environ, **dw_store_env, "DUALWRITE_TEMPORAL_ADDRESS": address,
+           "DUALWRITE_NAMESPACE": temporal_client.namespace, "DUALWRITE_TASK_QUEUE": queue,
+           "DUALWRITE_CONFIG": str(tmp_path / "none.yaml"), "DUALWRITE_SHUTDOWN_SECONDS": "5",
+           "DUALWRITE_CHAOS_HOOKS": str(hooks_file)}
+    log = tmp_path / "workers.log"
+    procs = [start_worker(repo_root, env, log)]
+    try:
+        handle = await dw.start(spec_for(name, "pgold", "pgnew", table_name, mode="auto", batch_size=1_000),
+                                task_queue=queue, tuning=fast_tuning(heartbeat_timeout_seconds=5))
+        await eventually(lambda: fired(hooks_file, "prepare.before_preflight", procs[0].pid), 60, "preflight")
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(10)
+        killed = time.monotonic()
+        hooks_file.write_text(json.dumps({"copy.before_plan": {"action": "delay", "seconds": 30}}))
+        procs.append(start_worker(repo_root, env, log))
+        # the new worker redoes the preflight, the barriers and gates, and reaches the planning
+        await eventually(lambda: fired(hooks_file, "copy.before_plan", procs[1].pid), 60, "planning")
+        assert time.monotonic() - killed < 60
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(10)
+        killed = time.monotonic()
+        hooks_file.write_text("{}")
+        procs.append(start_worker(repo_root, env, log))
+        await dw.wait(handle, lambda s: s.tables[0].done, "the backfill to finish", timeout=60)
+        assert time.monotonic() - killed < 60
+        assert rows_of(pg_old, table_name) == rows_of(pg_new, table_name)
+        await handle.terminate("test over")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -47,10 +47,16 @@ async def _stop_relay(client: Client, migration: str) -> None:
             await client.get_workflow_handle(relay_workflow_id(migration)).terminate("test over")
 
 
+ADAPTER_MARK = "SELECT set_config('dualwrite.adapter', 'on', true)"
+"""The simulated applications here stand in for the adapter: they mark their transactions as its own, so
+bypass capture does not count their writes."""
+
+
 def _write_logged(store: Store, migration: str, table: str, key: int, name: str) -> None:
     """An application write with the outbox strategy: the row and its key in one transaction."""
     with store.connect() as conn:
         cur = conn.cursor()
+        cur.execute(ADAPTER_MARK)
         cur.execute(f"INSERT INTO {table} VALUES (%s, %s, 1.0, '2025-01-01', 1)", (key, name))
         cur.execute(outbox.append_sql(store), (migration, table, json.dumps([key])))
         cur.close()
@@ -149,6 +155,7 @@ class OutboxApp:
         value = f"o{self.counter}"
         with store.connect() as conn:
             cur = conn.cursor()
+            cur.execute(ADAPTER_MARK)
             if self.counter % 3 == 0:
                 self.next_id += 1
                 key = self.next_id

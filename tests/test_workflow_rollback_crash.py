@@ -119,11 +119,11 @@ def start_server(port: int, db: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def connect(address: str) -> Client:
-    from temporalio.contrib.pydantic import pydantic_data_converter
+    from dualwrite.codec import data_converter
 
     async def attempt() -> Client | None:
         try:
-            return await asyncio.wait_for(Client.connect(address, data_converter=pydantic_data_converter), 2)
+            return await asyncio.wait_for(Client.connect(address, data_converter=data_converter()), 2)
         except Exception:  # noqa: BLE001 - not up yet
             return None
 

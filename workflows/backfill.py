@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from dualwrite.errors import permanent_error_types
     from workflows.models import (
         BACKFILL_PERCENT,
         ActivityNames,
@@ -37,7 +39,9 @@ with workflow.unsafe.imports_passed_through():
         RangeResult,
     )
 
-PERMANENT_ERRORS = ["SchemaError", "SpecError", "UnknownStoreError", "ConfigError", "VerificationError"]
+PERMANENT_ERRORS = permanent_error_types()
+"""Failure types no retry fixes, from the hierarchy in dualwrite.errors (activities mark them non-retryable
+too): the step fails at once with the reason instead of looping while status shows no progress."""
 
 PROGRESS_SIGNAL = "backfill_progress"
 
@@ -61,13 +65,22 @@ class BackfillWorkflow:
         self._source = ""
         self._target = ""
 
-    @workflow.signal(name="set_paused", description="Hold (no new ranges) or resume the backfill.")
-    def set_paused(self, state: PauseState) -> None:
+    @workflow.signal(name="set_paused", description="Hold (no new ranges) or resume the backfill. {paused}")
+    def set_paused(self, *args: Any) -> None:
+        # ``*args``: no input or JSON null must not reach workflow code as a TypeError / AttributeError (a
+        # failing workflow task retries forever); bad input is dropped with a log line
+        try:
+            if len(args) != 1:
+                raise ValueError(f"expected one object {{\"paused\": true|false}}, got {len(args)} values")
+            state = PauseState.model_validate(args[0])
+        except ValueError as exc:  # pydantic's ValidationError is one
+            workflow.logger.warning("signal set_paused dropped: %s", str(exc).splitlines()[0][:200])
+            return
         self._paused = state.paused
         self._wake += 1
 
     @workflow.query(name="progress", description="Rows copied, ranges done, ETA.")
-    def progress(self) -> BackfillProgress:
+    def progress(self, *_args: Any) -> BackfillProgress:
         return self._progress(self._source)
 
     @workflow.run
@@ -80,8 +93,9 @@ class BackfillWorkflow:
             plan = await workflow.execute_activity(
                 ActivityNames.PLAN_RANGES,
                 PlanRangesInput(table=inp.table, ranges=inp.ranges or max(1, inp.concurrency * 2)),
-                # boundary queries scan one range's worth of index each: heartbeats come between them
-                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=max(hb, timedelta(minutes=10)),
+                # planning heartbeats from a background thread while its queries run: a dead worker's plan
+                # is picked up by another within the heartbeat timeout
+                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=hb,
                 retry_policy=activity_retry(), result_type=RangePlan,
             )
             self._carry = BackfillCarry(plan=plan, started_at=workflow.now())
@@ -115,7 +129,7 @@ class BackfillWorkflow:
             ActivityNames.CLEAR_CHECKPOINTS,
             CheckpointScope(migration=inp.table.spec.name, control_store=inp.table.spec.control,
                             scope=f"{workflow.info().workflow_id}/{inp.table.source}"),
-            start_to_close_timeout=timedelta(minutes=5), retry_policy=activity_retry(),
+            start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=hb, retry_policy=activity_retry(),
         )
         results = sorted(carry.done, key=lambda r: r.index)
         started = carry.started_at or workflow.now()

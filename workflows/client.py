@@ -7,8 +7,9 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from dualwrite.codec import data_converter
+from dualwrite.owners import LiveMigration
 from workflows.models import (
     BACKFILL_PERCENT,
     MIGRATION_PHASE,
@@ -32,11 +33,12 @@ def default_namespace() -> str:
 
 
 async def connect(address: str | None = None, namespace: str | None = None) -> Client:
-    """A client whose payloads are pydantic models: every workflow, update and query here expects that."""
+    """A client whose payloads are pydantic models (every workflow, update and query here expects that),
+    encrypted with ``$DUALWRITE_PAYLOAD_KEY`` when it is set (:mod:`dualwrite.codec`)."""
     return await Client.connect(
         address or default_address(),
         namespace=namespace or default_namespace(),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(),
     )
 
 
@@ -60,3 +62,26 @@ async def start_migration(client: Client, inp: MigrationInput, *, task_queue: st
         search_attributes=TypedSearchAttributes([SearchAttributePair(MIGRATION_PHASE, Phase.PREPARE.value),
                                                  SearchAttributePair(BACKFILL_PERCENT, 0)]),
     )
+
+
+async def live_migrations(client: Client) -> list[LiveMigration]:
+    """Every running migration with the spec it was started with, for the single-owner rule.
+
+    Visibility lists the running ``MigrationWorkflow`` executions; the spec is read from the first event of
+    each one's current run (its input), so it is there however the migration was started (CLI, Web UI,
+    API) and whether or not a worker is up. DONE, failed, terminated and aborted migrations are not
+    running and own nothing."""
+    out: list[LiveMigration] = []
+    query = 'WorkflowType="MigrationWorkflow" AND ExecutionStatus="Running"'
+    async for wf in client.list_workflows(query):
+        phase = wf.typed_search_attributes.get(MIGRATION_PHASE) or Phase.PREPARE.value
+        if phase == Phase.DONE.value:
+            continue
+        handle = client.get_workflow_handle(wf.id, run_id=wf.run_id)
+        async for event in handle.fetch_history_events(page_size=1):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            if payloads:
+                (inp,) = await client.data_converter.decode(payloads, [MigrationInput])
+                out.append(LiveMigration(name=inp.spec.name, phase=phase, started=wf.start_time, spec=inp.spec))
+            break
+    return out

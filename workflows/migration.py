@@ -50,6 +50,12 @@ preflight), as a child with the relay's fixed id that outlives it; one already r
 however the migration was started (CLI, Web UI, a script) exactly one relay drains the key logs until
 CLEANUP tells it to finish.
 
+Operator input is never trusted to be well formed: every handler takes whatever arrives, updates reject bad
+input in their validators and signals drop it (counted, shown in status), so no input can fail a workflow
+task. An advance may name the phase it leaves (``from_phase``): a stale one is a no-op. ``abort`` (before
+CLEANUP) returns authority to the old store the way a rollback to PREPARE would, removes the migration's
+capture and control state, and completes the workflow with ``aborted`` set.
+
 Only names, counts, key bounds and checkpoints enter history; activities resolve store names to URLs in
 the worker. The workflow continues as new when Temporal suggests it and nothing long is running.
 """
@@ -74,11 +80,15 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from workflows import bypass as bp
     from workflows import phases
     from workflows.backfill import PERMANENT_ERRORS, PROGRESS_SIGNAL, BackfillWorkflow
     from workflows.models import (
         BACKFILL_PERCENT,
         MIGRATION_PHASE,
+        AbortCleanupInput,
+        AbortCleanupResult,
+        AbortRecord,
         ActivityNames,
         BackfillInput,
         BackfillProgress,
@@ -115,14 +125,20 @@ with workflow.unsafe.imports_passed_through():
     from workflows.relay import (
         FINISH_SIGNAL,
         RELAY_CATCH_UP,
+        RELAY_DENY,
         CatchUpInput,
         CatchUpResult,
+        DenyWritesInput,
         RelayInput,
         RelayWorkflow,
+        poller_task_queue,
         relay_workflow_id,
     )
+    from workflows.sampling import SAMPLE_SHADOW, ShadowSampleInput, ShadowSampleResult
     from workflows.verify import VerificationWorkflow, failure_message
 
+ABORTED = "ABORTED"
+"""MigrationPhase search attribute of an aborted migration (``dualwrite list`` shows it)."""
 FENCE_KEY = "fence"
 """``overrides`` key of a write fence (dualwrite.control.FENCE; the workflow does not import dualwrite)."""
 
@@ -142,8 +158,22 @@ PROGRESS_UPSERT_PATCH = "progress-upsert-in-loop"
 """Histories from before: the backfill progress signal handler upserted BackfillPercent itself."""
 CATCH_UP_PATCH = "relay-catch-up"
 """Histories from before: no key-log catch-up before a rollback's or a phase's repairing verification."""
+NO_PROGRESS_UPSERT_PATCH = "no-progress-upsert"
+"""Histories from before: BackfillPercent followed the children's progress signals in steps of 10. A command
+issued because a signal arrived can land in another order on replay when the signal shares a workflow task
+with an activity completion (sdk-python #673): after a worker kill the chaos run met "Nondeterminism error: No
+command scheduled for event UpsertWorkflowSearchAttributes" and the migration froze. BackfillPercent is now
+set only where the workflow's own code decides (0 on entering BACKFILL, 100 when it completes); the status
+query and the Web UI's details still show the exact percentage."""
 WRITE_FENCE_PATCH = "write-fence"
 """Histories from before: authority moved between the stores without a write fence."""
+DENY_WRITES_PATCH = "deny-writes"
+"""Histories from before: with ``triggers`` the store that was not authoritative accepted the application's
+writes (and a later mirror or repair overwrote them); both key logs were mirrored at every moment."""
+WORKER_SAMPLE_PATCH = "worker-shadow-sample"
+"""Histories from before: a ``triggers`` gate read only application statistics (which never exist there)."""
+ROLLBACK_HOLDS_AUTO_PATCH = "rollback-holds-auto"
+"""Histories from before: auto mode advanced again right after an operator's rollback."""
 
 
 def _reject(reason: str) -> ApplicationError:
@@ -182,8 +212,11 @@ class MigrationWorkflow:
         self._gate_dirty = True
         self._gate_checked_at: Any = None
         self._last_signal_rejection = ""
+        self._dropped: list[str] = []
+        self._aborting = False
         self._backfill_children: list[str] = []
         self._progress_in_loop = False
+        self._progress_upserts = True
         self._progress_dirty = False
         """Backfill progress signals upsert BackfillPercent from the main loop (histories from before: from the
         signal handler)."""
@@ -197,6 +230,9 @@ class MigrationWorkflow:
     @workflow.run
     async def run(self, inp: MigrationInput) -> MigrationStatus:
         self._progress_in_loop = workflow.patched(PROGRESS_UPSERT_PATCH)
+        # decided once, at the start of the run: a patch marker is a command too, and must not depend on
+        # when a signal happens to arrive
+        self._progress_upserts = not workflow.patched(NO_PROGRESS_UPSERT_PATCH)
         s = self._s
         if inp.carry is None:
             s.epoch = 1
@@ -219,11 +255,11 @@ class MigrationWorkflow:
             if self._fatal is not None:
                 await self._stop_background()
                 raise self._fatal
-            if s.phase is Phase.DONE and s.phase_work_done:
+            if (s.phase is Phase.DONE and s.phase_work_done) or s.aborted is not None:
                 break
             if self._progress_in_loop and self._progress_dirty:
                 self._progress_dirty = False
-                if s.phase is Phase.BACKFILL and s.backfill_percent_step < 100:
+                if self._progress_upserts and s.phase is Phase.BACKFILL and s.backfill_percent_step < 100:
                     self._upsert_backfill_percent()
             await self._maybe_auto_advance()
             self._maybe_start_verification()
@@ -337,73 +373,124 @@ class MigrationWorkflow:
     # =====================================================================================================
     # operator interface: updates (validated, answered) and the same as signals (for the Web UI)
 
+    # Every handler takes ``*args``: whatever a caller sends (nothing, null, a string, two values, a 1 MB
+    # reason) reaches the handler, which validates it itself. A typed parameter would turn "no input" into a
+    # TypeError and JSON null into an AttributeError inside workflow code: a failing workflow task that is
+    # retried forever, freezing the migration (updates, queries and rollback triggers included). Updates
+    # reject bad input in their validator (nothing reaches history); signals drop it with a log line.
+
     @workflow.update(description="Advance to the next phase (gated into CUTOVER_* and CLEANUP; CLEANUP needs "
-                                 "confirm_cleanup). {to?, reason, by, force, dry_run, tenant?, confirm_cleanup, "
-                                 "drop_old_tables, confirm_drop}")
-    async def advance(self, req: TransitionRequest) -> TransitionResult:
-        return await self._advance(req, kind="advance")
+                                 "confirm_cleanup). {to?, from_phase?, reason, by, force, dry_run, tenant?, "
+                                 "confirm_cleanup, drop_old_tables, confirm_drop}; with from_phase (the phase it "
+                                 "leaves) a repeated advance is a no-op")
+    async def advance(self, *args: Any) -> TransitionResult:
+        return await self._advance(self._request(args), kind="advance")
 
     @advance.validator
-    def _validate_advance(self, req: TransitionRequest) -> None:
+    def _validate_advance(self, *args: Any) -> None:
+        req = self._request(args)
+        if phases.stale_advance(self.view(req.tenant), req):
+            return  # answered by the handler as a no-op success that says why
         self._check(phases.resolve_advance, req)
 
     @workflow.update(description="Roll back to an earlier phase (default: the previous one); old store "
                                  "authoritative again, no row lost. Needs a reason. {to?, reason, by, tenant?}")
-    async def rollback(self, req: TransitionRequest) -> TransitionResult:
-        return await self._rollback(req)
+    async def rollback(self, *args: Any) -> TransitionResult:
+        return await self._rollback(self._request(args))
 
     @rollback.validator
-    def _validate_rollback(self, req: TransitionRequest) -> None:
-        self._check(phases.resolve_rollback, req)
+    def _validate_rollback(self, *args: Any) -> None:
+        self._check(phases.resolve_rollback, self._request(args))
 
     @workflow.update(description="Pause: no transitions, no new backfill ranges, no scheduled "
                                  "verification. {reason, by}")
-    async def pause(self, req: TransitionRequest) -> TransitionResult:
-        return await self._pause(req, paused=True)
+    async def pause(self, *args: Any) -> TransitionResult:
+        return await self._pause(self._request(args), paused=True)
 
     @pause.validator
-    def _validate_pause(self, req: TransitionRequest) -> None:
-        self._check(phases.check_pause, req)
+    def _validate_pause(self, *args: Any) -> None:
+        self._check(phases.check_pause, self._request(args))
 
     @workflow.update(description="Resume a paused migration. {reason, by}")
-    async def resume(self, req: TransitionRequest) -> TransitionResult:
-        return await self._pause(req, paused=False)
+    async def resume(self, *args: Any) -> TransitionResult:
+        return await self._pause(self._request(args), paused=False)
 
     @resume.validator
-    def _validate_resume(self, req: TransitionRequest) -> None:
-        self._check(phases.check_resume, req)
+    def _validate_resume(self, *args: Any) -> None:
+        self._check(phases.check_resume, self._request(args))
 
     @workflow.update(description="Approve the next gated transition (or, in auto mode, entering "
                                  "CLEANUP with confirm_cleanup). {to?, reason, by, tenant?}")
-    async def approve(self, req: TransitionRequest) -> TransitionResult:
-        return await self._approve(req)
+    async def approve(self, *args: Any) -> TransitionResult:
+        return await self._approve(self._request(args))
 
     @approve.validator
-    def _validate_approve(self, req: TransitionRequest) -> None:
-        self._check(phases.resolve_approve, req)
+    def _validate_approve(self, *args: Any) -> None:
+        self._check(phases.resolve_approve, self._request(args))
 
     @workflow.update(description="Hold: no forward transition (manual or auto) until released; phase work "
                                  "and rollbacks go on. {reason, by, tenant?, release}")
-    async def hold(self, req: TransitionRequest) -> TransitionResult:
-        return await self._hold(req)
+    async def hold(self, *args: Any) -> TransitionResult:
+        return await self._hold(self._request(args))
 
     @hold.validator
-    def _validate_hold(self, req: TransitionRequest) -> None:
-        self._check(phases.check_hold, req)
+    def _validate_hold(self, *args: Any) -> None:
+        self._check(phases.check_hold, self._request(args))
 
     @workflow.update(description="Run a verification now (compare, repair, re-verify). {reason, by, tenant?}")
-    async def verify(self, req: TransitionRequest) -> TransitionResult:
-        return await self._request_verify(req)
+    async def verify(self, *args: Any) -> TransitionResult:
+        return await self._request_verify(self._request(args))
 
     @verify.validator
-    def _validate_verify(self, req: TransitionRequest) -> None:
-        self._check(phases.check_verify, req)
+    def _validate_verify(self, *args: Any) -> None:
+        self._check(phases.check_verify, self._request(args))
+
+    @workflow.update(description="Abort the migration (any phase before CLEANUP): authority back to the old "
+                                 "store (fenced, as a rollback), then its triggers, key-log entries, relay, "
+                                 "child workflows and control rows are removed and the workflow completes. The "
+                                 "old store is untouched; the new store's data is left as it is. {reason, by}")
+    async def abort(self, *args: Any) -> TransitionResult:
+        return await self._abort(self._request(args))
+
+    @abort.validator
+    def _validate_abort(self, *args: Any) -> None:
+        req = self._request(args)
+        if self._s.aborted is not None or self._aborting:
+            raise _reject("the migration is already being aborted")
+        self._check(phases.check_abort, req)
+
+    @staticmethod
+    def _request(args: tuple[Any, ...]) -> TransitionRequest:
+        """The operator request of an update; bad input fails the update (never the workflow task)."""
+        try:
+            return phases.parse_request(args)
+        except phases.Rejected as exc:
+            raise ApplicationError(str(exc), type="InvalidRequest", non_retryable=True) from None
 
     def _check(self, rule: Any, req: TransitionRequest) -> None:
         try:
             rule(self.view(req.tenant), req)
         except phases.Rejected as exc:
             raise _reject(str(exc)) from None
+
+    def _signal_request(self, name: str, args: tuple[Any, ...]) -> TransitionRequest | None:
+        """The request a signal carries, or None when its input is bad: dropped, logged, counted, shown."""
+        try:
+            req = phases.parse_request(args)
+        except phases.Rejected as exc:
+            self._drop_signal(name, str(exc))
+            return None
+        if self._s.aborted is not None or self._aborting:
+            self._drop_signal(name, "the migration is being aborted")
+            return None
+        return req
+
+    def _drop_signal(self, name: str, why: str) -> None:
+        self._count("signals_dropped")
+        self._dropped = [*self._dropped, f"{name}: {why}"][-5:]
+        self._last_signal_rejection = f"signal {name} dropped: {why}"
+        workflow.logger.warning("signal %s dropped: %s", name, why)
+        self._wake += 1
 
     def _signal_ok(self, rule: Any, req: TransitionRequest, name: str) -> bool:
         """Signals cannot be refused: a rejected one is logged and shown in the details instead."""
@@ -417,43 +504,65 @@ class MigrationWorkflow:
             return False
         return True
 
-    @workflow.signal(name="advance_signal", description="Same as the advance update (for the Web UI).")
-    async def advance_signal(self, req: TransitionRequest) -> None:
+    @workflow.signal(name="advance_signal", description="Same as the advance update (for the Web UI); give "
+                                                        "from_phase so that a double click moves one phase.")
+    async def advance_signal(self, *args: Any) -> None:
+        req = self._signal_request("advance_signal", args)
+        if req is None:
+            return
+        stale = phases.stale_advance(self.view(req.tenant), req)
+        if stale:
+            self._last_signal_rejection = f"advance by {req.by or '?'}: {stale}"
+            self._wake += 1
+            return
         if self._signal_ok(phases.resolve_advance, req, "advance"):
             await self._advance(req, kind="advance")
 
     @workflow.signal(name="rollback_signal", description="Same as the rollback update (for the Web UI).")
-    async def rollback_signal(self, req: TransitionRequest) -> None:
-        if self._signal_ok(phases.resolve_rollback, req, "rollback"):
+    async def rollback_signal(self, *args: Any) -> None:
+        req = self._signal_request("rollback_signal", args)
+        if req is not None and self._signal_ok(phases.resolve_rollback, req, "rollback"):
             await self._rollback(req)
 
     @workflow.signal(name="pause_signal", description="Same as the pause update (for the Web UI).")
-    async def pause_signal(self, req: TransitionRequest) -> None:
-        if self._signal_ok(phases.check_pause, req, "pause"):
+    async def pause_signal(self, *args: Any) -> None:
+        req = self._signal_request("pause_signal", args)
+        if req is not None and self._signal_ok(phases.check_pause, req, "pause"):
             await self._pause(req, paused=True)
 
     @workflow.signal(name="resume_signal", description="Same as the resume update (for the Web UI).")
-    async def resume_signal(self, req: TransitionRequest) -> None:
-        if self._signal_ok(phases.check_resume, req, "resume"):
+    async def resume_signal(self, *args: Any) -> None:
+        req = self._signal_request("resume_signal", args)
+        if req is not None and self._signal_ok(phases.check_resume, req, "resume"):
             await self._pause(req, paused=False)
 
     @workflow.signal(name="approve_signal", description="Same as the approve update (for the Web UI).")
-    async def approve_signal(self, req: TransitionRequest) -> None:
-        if self._signal_ok(phases.resolve_approve, req, "approve"):
+    async def approve_signal(self, *args: Any) -> None:
+        req = self._signal_request("approve_signal", args)
+        if req is not None and self._signal_ok(phases.resolve_approve, req, "approve"):
             await self._approve(req)
 
     @workflow.signal(name="hold_signal", description="Same as the hold update (for the Web UI).")
-    async def hold_signal(self, req: TransitionRequest) -> None:
-        if self._signal_ok(phases.check_hold, req, "hold"):
+    async def hold_signal(self, *args: Any) -> None:
+        req = self._signal_request("hold_signal", args)
+        if req is not None and self._signal_ok(phases.check_hold, req, "hold"):
             await self._hold(req)
 
     @workflow.signal(name="verify_signal", description="Same as the verify update (for the Web UI).")
-    async def verify_signal(self, req: TransitionRequest) -> None:
-        if self._signal_ok(phases.check_verify, req, "verify"):
+    async def verify_signal(self, *args: Any) -> None:
+        req = self._signal_request("verify_signal", args)
+        if req is not None and self._signal_ok(phases.check_verify, req, "verify"):
             await self._request_verify(req)
 
     @workflow.signal(name=PROGRESS_SIGNAL, description="Internal: backfill progress from a child.")
-    def backfill_progress(self, p: BackfillProgress) -> None:
+    def backfill_progress(self, *args: Any) -> None:
+        try:
+            if len(args) != 1:
+                raise ValueError(f"expected one progress report, got {len(args)} values")
+            p = BackfillProgress.model_validate(args[0])
+        except ValueError as exc:  # pydantic's ValidationError is one
+            self._drop_signal(PROGRESS_SIGNAL, str(exc).splitlines()[0][:200])
+            return
         if self._s.phase is not Phase.BACKFILL or self._s.phase_work_done:
             return
         for t in self._s.tables:
@@ -473,7 +582,7 @@ class MigrationWorkflow:
 
     @workflow.query(description="The full status: phase, per-table progress, counters, last verification, "
                                 "gate evidence, holds, tenants side by side, transitions, repair queue depth.")
-    def status(self) -> MigrationStatus:
+    def status(self, *_args: Any) -> MigrationStatus:
         s = self._s
         return MigrationStatus(
             name=self._spec.name, phase=s.phase, paused=s.paused, mode=self._spec.mode.value,
@@ -481,7 +590,8 @@ class MigrationWorkflow:
             counters=dict(s.counters), last_verification=s.last_verification, gate=s.gate,
             transitions=list(s.transitions), repair_queue_depth=s.repair_queue_depth,
             waiting_for=self._waiting_for(), hold=s.holds.get(phases.GLOBAL), tenants=self._tenant_rows(),
-            rolling_back=s.rolling_back, triggers=s.triggers, retirement=s.retirement)
+            rolling_back=s.rolling_back, triggers=s.triggers, retirement=s.retirement, aborted=s.aborted,
+            signals_dropped=list(self._dropped), bypass=s.bypass)
 
     def _tenant_rows(self) -> list[TenantStatus]:
         if self._spec.tenants is None:
@@ -508,6 +618,10 @@ class MigrationWorkflow:
 
     async def _advance(self, req: TransitionRequest, *, kind: str) -> TransitionResult:
         async with self._lock:
+            stale = phases.stale_advance(self.view(req.tenant), req)
+            if stale:  # a repeated / concurrent advance: the phase it meant to leave is already left
+                self._count("advances_already_done")
+                return self._result(True, stale, tenant=req.tenant)
             try:
                 to = phases.resolve_advance(self.view(req.tenant), req)
             except phases.Rejected as exc:
@@ -540,6 +654,7 @@ class MigrationWorkflow:
                 if refused:
                     return self._result(False, refused, tenant=req.tenant, gate=gate)
                 await self._enter(plan, by=req.by, reason=reason)
+                await self._lift_denial(plan)
                 return self._result(True, f"{label} (epoch {self._s.epoch}); waiting for the phase barrier",
                                     tenant=req.tenant, gate=gate)
             finally:
@@ -556,6 +671,13 @@ class MigrationWorkflow:
         if phases.authoritative(frm) != phases.authoritative(to):
             out.append(f"writes: the {phases.authoritative(to)} store becomes authoritative (written first), "
                        f"the {phases.authoritative(frm)} store is kept in sync for rollback")
+            if req.tenant is None and self._spec.strategy.value in ("triggers", "cdc") and not self._spec.tenant_tables:
+                losing, gaining = phases.authoritative(frm), phases.authoritative(to)
+                out.append(f"an application writing without the adapter: from the flip on, its writes to the "
+                           f"{losing} store ({getattr(self._spec, losing)}) are REFUSED with an error naming the "
+                           f"{gaining} store ({getattr(self._spec, gaining)}); point it there, where they are "
+                           "accepted once the flip is published. Nothing it wrote before is lost: the "
+                           f"{losing} store's key log is drained first")
         if req.tenant is None:
             following = sorted(t for t, p in self._tenant_phases().items() if p.rank <= to.rank)
             if following:
@@ -615,7 +737,9 @@ class MigrationWorkflow:
                 if kind == "auto-rollback":
                     self._count("auto_rollbacks")
                 await self._enter(plan, by=req.by, reason=req.reason)
-                return self._result(True, f"{label} (epoch {s.epoch}); waiting for the phase barrier",
+                await self._lift_denial(plan)
+                held = self._hold_after_manual_rollback(plan, req, kind)
+                return self._result(True, f"{label} (epoch {s.epoch}); waiting for the phase barrier{held}",
                                     tenant=req.tenant)
             finally:
                 s.rolling_back = ""
@@ -736,6 +860,112 @@ class MigrationWorkflow:
         self._wake += 1
         return self._result(True, f"{what} {'released' if req.release else 'held'} in {phase}", tenant=req.tenant)
 
+    def _hold_after_manual_rollback(self, plan: phases.Plan, req: TransitionRequest, kind: str) -> str:
+        """Auto mode: an operator who rolled back wants the migration to stay there, not to re-advance in
+        the same second (and rerun the backfill). Hold it until the operator releases the hold; automatic
+        rollbacks place their own hold. Returns what to add to the result."""
+        s = self._s
+        if (kind != "rollback" or plan.tenant is not None or self._spec.mode.value != "auto"
+                or phases.GLOBAL in s.holds or not workflow.patched(ROLLBACK_HOLDS_AUTO_PATCH)):
+            return ""
+        s.holds[phases.GLOBAL] = HoldState(
+            by=req.by or "rollback", at=workflow.now(),
+            reason=f"auto mode held after a manual rollback {plan.frm} -> {plan.to} ({req.reason}); "
+                   f"`dualwrite hold {self._spec.name} --release` lets it advance again")
+        self._record(plan.to, plan.to, "hold", req.by, "auto mode held after a manual rollback")
+        return "; auto mode holds here until `hold --release`"
+
+    async def _abort(self, req: TransitionRequest) -> TransitionResult:
+        """Abandon the migration: authority back to the old store, then its capture, relay, children and control
+        rows removed; the workflow completes. The old store's rows are never written here (a rollback out of
+        CUTOVER_WRITES levels it first, as any rollback does); the new store keeps its data for the operator."""
+        s = self._s
+        self._aborting = True
+        try:
+            async with self._lock:
+                try:
+                    phases.check_abort(self.view(), req)
+                except phases.Rejected as exc:
+                    return self._result(False, str(exc))
+                frm = s.phase
+                self._transitioning = f"abort in {frm} ({req.reason})"
+                self._wake += 1
+                try:
+                    return await self._abort_locked(req, frm)
+                except (ActivityError, ChildWorkflowError) as exc:
+                    if is_cancelled_exception(exc):
+                        raise
+                    s.work_state = f"abort stopped: {failure_message(exc)}; abort again to finish it"
+                    return self._result(False, f"abort stopped in {s.phase}: {failure_message(exc)}; "
+                                               "abort again to finish it")
+                finally:
+                    self._transitioning = ""
+        finally:
+            self._aborting = False
+
+    async def _abort_locked(self, req: TransitionRequest, frm: Phase) -> TransitionResult:
+        s = self._s
+        was_done = s.phase_work_done
+        await self._cancel_work()  # backfill and verification children are cancelled with their tasks
+        live_seen = True
+        levelled = False
+        if frm is not Phase.PREPARE:
+            plan = phases.plan_rollback(self.view(planning=True),
+                                        TransitionRequest(to=Phase.PREPARE, reason=req.reason, by=req.by), "abort")
+            levelled = bool(plan.verify_first)
+            refused = await self._level_old_store(plan) if plan.verify_first else ""
+            refused = refused or await self._fence_for(plan)
+            if refused:
+                if not was_done:
+                    self._start_work()
+                for kind in ("rollback refused", "advance refused"):
+                    refused = refused.replace(kind, "abort refused", 1)
+                return self._result(False, refused)
+            await self._enter(plan, by=req.by, reason=req.reason)  # recorded as kind "abort"
+            await self._cancel_work()  # PREPARE's entry work (the preflight) is not wanted: it never starts
+            s.work_state = "abort: waiting for live instances to see the old store authoritative"
+            self._wake += 1
+            wait = self._tuning.barrier_poll_seconds
+            barrier = await workflow.execute_activity(
+                ActivityNames.AWAIT_BARRIER,
+                ControlInput(migration=self._spec.name, control_store=self._spec.control, phase=s.phase,
+                             epoch=s.epoch, max_wait_seconds=wait),
+                start_to_close_timeout=timedelta(seconds=wait + 120),
+                heartbeat_timeout=timedelta(seconds=max(30.0, self._tuning.heartbeat_timeout_seconds)),
+                retry_policy=_RETRY, result_type=BarrierStatus, summary=f"abort barrier epoch {s.epoch}")
+            live_seen = barrier.passed
+        if self._spec.strategy.value != "sync":
+            s.work_state = "abort: telling the relay to finish"
+            self._wake += 1
+            try:
+                await workflow.get_external_workflow_handle(relay_workflow_id(self._spec.name)).signal(FINISH_SIGNAL)
+            except Exception as exc:  # noqa: BLE001 - no relay running: nothing to finish
+                workflow.logger.info("no relay to finish: %s", exc)
+        s.work_state = "abort: removing triggers, key-log entries and control rows"
+        self._wake += 1
+        res = await workflow.execute_activity(
+            ActivityNames.ABORT_CLEANUP, AbortCleanupInput(spec=self._spec, remove_state=live_seen),
+            start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=_RETRY, result_type=AbortCleanupResult, summary="abort: remove capture and control rows")
+        removed = [f"{len(res.triggers_removed)} capture triggers"] if res.triggers_removed else []
+        removed += [f"{res.log_entries_deleted} key-log entries", f"{res.repair_entries_deleted} queued repairs",
+                    f"{res.control_rows_deleted} control rows"]
+        untouched = ("brought level with the new store first (writes it acknowledged carried back), nothing else "
+                     "written to it" if levelled else "its data untouched by the abort")
+        message = (f"aborted in {frm}: the old store is authoritative, {untouched}; removed {', '.join(removed)}"
+                   + ("; the relay was told to finish" if self._spec.strategy.value != "sync" else "")
+                   + (("; the published state stays (PREPARE) because some live instances had not seen it yet: "
+                       "they pick it up on their next read") if not live_seen else "")
+                   + f". The new store's tables ({', '.join(t.target_table for t in self._spec.tables)}) and "
+                   f"their data in {self._spec.new} are left as they are: drop or keep them yourself")
+        s.phase_work_done, s.work_state, s.repair_queue_depth = True, "", 0
+        s.aborted = AbortRecord(by=req.by, reason=req.reason, at=workflow.now(), from_phase=frm, message=message)
+        if frm is Phase.PREPARE:  # else _enter recorded it
+            self._record(frm, s.phase, "abort", req.by, req.reason)
+        workflow.upsert_search_attributes([MIGRATION_PHASE.value_set(ABORTED)])
+        self._wake += 1
+        return self._result(True, message)
+
     async def _request_verify(self, req: TransitionRequest) -> TransitionResult:
         try:
             phases.check_verify(self.view(req.tenant), req)
@@ -823,8 +1053,8 @@ class MigrationWorkflow:
             ActivityNames.PUBLISH_STATE,
             ControlInput(migration=self._spec.name, control_store=self._spec.control, phase=s.phase,
                          epoch=s.epoch, paused=s.paused, overrides=self._overrides()),
-            start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
-            summary=f"publish {s.phase} epoch {s.epoch}")
+            start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._short_heartbeat(),
+            retry_policy=_RETRY, summary=f"publish {s.phase} epoch {s.epoch}")
         s.published_epoch = s.epoch
 
     def _overrides(self) -> dict[str, Any]:
@@ -876,6 +1106,8 @@ class MigrationWorkflow:
         note(f"write fence: writes of {who} held while authority moves ({plan.frm} -> {plan.to})")
         await self._publish()
         refused = ""
+        denied_losing = False
+        captured_gaining = False
         try:
             wait = self._tuning.fence_barrier_seconds
             status = await workflow.execute_activity(
@@ -890,10 +1122,18 @@ class MigrationWorkflow:
                            f"the write fence (epoch {s.epoch}) within {wait:g} s ("
                            f"{', '.join(status.lagging[:5])})")
             else:
+                losing = phases.authoritative(plan.frm)
+                if await self._deny_writes(deny=[losing], allow=[], authoritative=phases.authoritative(plan.to)):
+                    denied_losing = True
+                    note(f"write fence: the {losing} store refuses writes that bypass dualwrite; draining its "
+                         f"key log ({plan.frm} -> {plan.to})")
+                if plan.tenant is None and await self._bypass_capture(install=[phases.authoritative(plan.to)]):
+                    captured_gaining = True  # raw writes to the gaining store are seen from its first write
                 note(f"write fence: draining the repair queue ({plan.frm} -> {plan.to})")
-                await self._drain_once(max_seconds=self._tuning.fence_drain_seconds)
+                await self._drain_once(max_seconds=self._tuning.fence_drain_seconds, under_fence=True)
                 caught = await self._catch_up_logs("under the write fence", note,
-                                                   max_seconds=self._tuning.fence_drain_seconds)
+                                                   max_seconds=self._tuning.fence_drain_seconds,
+                                                   authoritative=losing)
                 if caught is not None and not caught.reached:
                     errors = f" ({'; '.join(caught.errors)})" if caught.errors else ""
                     refused = (f"the key logs still hold {caught.behind} entries after {caught.seconds:.0f} s of "
@@ -906,6 +1146,10 @@ class MigrationWorkflow:
             self._fence = None  # _enter publishes the new authority without it
             return ""
         self._fence = None
+        if denied_losing:
+            await self._deny_writes(deny=[], allow=[phases.authoritative(plan.frm)])
+        if captured_gaining:
+            await self._bypass_capture(remove=[phases.authoritative(plan.to)])
         s.epoch += 1
         await self._publish()
         note("")
@@ -958,6 +1202,13 @@ class MigrationWorkflow:
         phase = self._phase_of(tenant)
         self._transitioning = f"{label} (evaluating the gate)"
         self._wake += 1
+        if (self._spec.strategy.value == "triggers" and to in phases.TRAFFIC_GATED
+                and workflow.patched(WORKER_SAMPLE_PATCH)):
+            await self._worker_shadow_sample(label)
+        bypass_gated = (to in phases.TRAFFIC_GATED and tenant is None and bp.applies(self._spec)
+                        and workflow.patched(bp.BYPASS_PATCH))
+        if bypass_gated:
+            await self._collect_bypass()
         percent = 100 if s.backfill_done else min((t.percent for t in s.tables), default=0)
         approved = (ts.approved_for if ts is not None else (None if tenant is not None else s.approved_for)) is to
         result: GateResult = await workflow.execute_activity(
@@ -966,10 +1217,97 @@ class MigrationWorkflow:
                       backfill_done=s.backfill_done, last_verification=v, phase_entered_at=s.phase_entered_at,
                       repair_queue_depth=s.repair_queue_depth, approved=approved, tenant=tenant,
                       at=workflow.now()),
-            start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY, result_type=GateResult,
+            start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._short_heartbeat(),
+            retry_policy=_RETRY, result_type=GateResult,
             summary=f"gate {_who(tenant)}{phase} -> {to}{' (dry run)' if dry_run else ''}")
         self._count("gate_evaluations")
+        if bypass_gated:
+            window = self._spec.gates.window_seconds
+            metric = bp.gate_metric(s.bypass, workflow.now() - timedelta(seconds=window), window)
+            result.metrics.append(metric)
+            result.checks[metric.name] = metric.ok
+            result.evidence[metric.name] = [g.model_dump(mode="json") for g in
+                                            bp.in_window(s.bypass, workflow.now() - timedelta(seconds=window))]
+            if not metric.ok:
+                result.passed = False
+                result.reasons.append(metric.detail)
         return result
+
+    # =====================================================================================================
+    # bypass capture (adapter strategies): writes that did not come through the adapter
+
+    async def _bypass_capture(self, *, install: list[str] | None = None, remove: list[str] | None = None,
+                              discard: bool = False) -> bool:
+        """Install / remove bypass capture on store sides; False when it does not apply to this migration."""
+        if not bp.applies(self._spec) or not workflow.patched(bp.BYPASS_PATCH):
+            return False
+        s = self._s
+        on = {x for x in (s.bypass.capture_on if s.bypass is not None else "").split("+") if x}
+        on = (on | set(install or [])) - set(remove or [])
+        await workflow.execute_activity(
+            bp.BYPASS_CAPTURE, bp.BypassCaptureInput(spec=self._spec, install=install or [], remove=remove or [],
+                                                     discard=discard),
+            start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._short_heartbeat(),
+            retry_policy=_RETRY, summary=f"bypass capture on {'+'.join(install or []) or '-'}; off on "
+                                         f"{'+'.join(remove or []) or '-'}")
+        # re-read: a collection may have merged counts while the activity ran
+        s.bypass = (s.bypass or bp.BypassSummary()).model_copy(update={"capture_on": "+".join(sorted(on))})
+        return True
+
+    async def _bypass_capture_for(self, phase: Phase) -> None:
+        """Capture on the authoritative store from DUAL_WRITE to CUTOVER_WRITES; nowhere before or after (a
+        rollback to PREPARE, CLEANUP). Idempotent; nothing is called when capture is already as wanted."""
+        s = self._s
+        current = s.bypass.capture_on if s.bypass is not None else ""
+        if phases.secondary_is_mirrored(phase):
+            side = phases.authoritative(phase)
+            if current != side:
+                await self._bypass_capture(install=[side], remove=["new" if side == "old" else "old"])
+        elif current:
+            await self._bypass_capture(remove=["old", "new"], discard=True)
+
+    async def _collect_bypass(self) -> None:
+        """Collect the bypass records: counts per (table, writer) into the state, keys into the repair queue.
+        A failed collection leaves the counts as they were (the records wait for the next one)."""
+        s = self._s
+        if s.bypass is None or not s.bypass.capture_on or not workflow.patched(bp.BYPASS_PATCH):
+            return
+        try:
+            res: bp.BypassCollectResult = await workflow.execute_activity(
+                bp.BYPASS_COLLECT, bp.BypassCollectInput(spec=self._spec),
+                start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._short_heartbeat(),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+                result_type=bp.BypassCollectResult, summary="collect bypassed writes")
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise
+            workflow.logger.warning("bypass collection failed: %s", failure_message(exc))
+            return
+        if res.groups:
+            s.bypass = bp.merge(s.bypass or bp.BypassSummary(), res.groups)
+            self._count("bypassed_writes", res.queued)
+            s.repair_queue_depth += res.queued
+            self._gate_dirty = True
+            self._wake += 1
+
+    async def _worker_shadow_sample(self, label: str) -> None:
+        """triggers: no adapter reads both stores, so the worker samples rows itself before the gate reads the
+        statistics (its verdicts land in them, named as a worker shadow sample). A failed sample only leaves
+        the gate with fewer samples ("not yet"), never a pass."""
+        self._transitioning = f"{label} (worker shadow sample)"
+        self._wake += 1
+        try:
+            res: ShadowSampleResult = await workflow.execute_activity(
+                SAMPLE_SHADOW, ShadowSampleInput(spec=self._spec),
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=max(30.0, self._tuning.heartbeat_timeout_seconds)),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2),
+                result_type=ShadowSampleResult, summary="worker shadow sample")
+            self._count("worker_shadow_samples", res.compared)
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise
+            workflow.logger.warning("worker shadow sample failed: %s", failure_message(exc))
 
     async def _maybe_auto_advance(self) -> None:
         if self._spec.mode.value != "auto" or self._lock.locked():
@@ -1031,9 +1369,9 @@ class MigrationWorkflow:
                 TriggerWatchInput(spec=self._spec, scopes=self._monitor_scopes(),
                                   max_seconds=max(TRIGGER_WATCH_SECONDS, cfg.check_seconds * 3)),
                 start_to_close_timeout=timedelta(seconds=max(TRIGGER_WATCH_SECONDS, cfg.check_seconds * 3) + 300),
-                heartbeat_timeout=timedelta(seconds=max(cfg.check_seconds * 3,
-                                                        min(30.0, self._tuning.heartbeat_timeout_seconds))),
+                heartbeat_timeout=self._short_heartbeat(),
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                task_queue=poller_task_queue(workflow.info().task_queue),
                 retry_policy=_RETRY, result_type=TriggerWatchResult, summary="watch rollback triggers"))
             try:
                 await workflow.wait_condition(self._watch_ended(watch, key))
@@ -1108,13 +1446,17 @@ class MigrationWorkflow:
                 self._wake += 1
                 prep = await workflow.execute_activity(
                     ActivityNames.PREPARE, PrepareInput(spec=self._spec),
-                    start_to_close_timeout=timedelta(minutes=10), retry_policy=_RETRY,
-                    result_type=PrepareResult, summary="preflight")
+                    start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=self._short_heartbeat(),
+                    retry_policy=_RETRY, result_type=PrepareResult, summary="preflight")
                 for t in s.tables:
                     for p in prep.tables:
                         if p.source == t.source:
                             t.rows_estimate = p.rows_estimate
                 await self._ensure_relay()
+            if phase is not Phase.CLEANUP and phase is not Phase.DONE:
+                side = phases.authoritative(phase)
+                await self._deny_writes(deny=["new" if side == "old" else "old"], allow=[], authoritative=side)
+            await self._bypass_capture_for(phase)
             if s.published_epoch < epoch:
                 await self._publish()
             await self._barrier(epoch, self._set_work_state)
@@ -1211,11 +1553,16 @@ class MigrationWorkflow:
                  f"not seen epoch {epoch} ({', '.join(status.lagging[:5])})")
             self._wake += 1
 
-    async def _drain_once(self, max_seconds: float = 120) -> None:
+    def _short_heartbeat(self) -> timedelta:
+        """For activities that heartbeat from a background thread while they work (preflight, publish,
+        gate, retire): a killed worker costs this long, not the start-to-close timeout."""
+        return timedelta(seconds=min(30.0, self._tuning.heartbeat_timeout_seconds))
+
+    async def _drain_once(self, max_seconds: float = 120, *, under_fence: bool = False) -> None:
         """Mirror what the repair queue holds right now (a one-shot drain beside the background one)."""
         res = await workflow.execute_activity(
             ActivityNames.DRAIN_REPAIRS,
-            RepairDrainInput(spec=self._spec, max_idle_seconds=0, max_seconds=max_seconds),
+            RepairDrainInput(spec=self._spec, max_idle_seconds=0, max_seconds=max_seconds, under_fence=under_fence),
             start_to_close_timeout=timedelta(seconds=600),
             heartbeat_timeout=timedelta(seconds=min(30.0, max(10.0, self._tuning.heartbeat_timeout_seconds))),
             retry_policy=_RETRY, result_type=RepairDrainResult, summary="drain repairs now")
@@ -1232,7 +1579,7 @@ class MigrationWorkflow:
         finish). A relay already running under that id, e.g. one a bench started with its own tuning, is the
         relay: "already started" is success. Starting it after the preflight means a bad spec writes nothing
         (for ``triggers`` its setup installs the capture triggers)."""
-        if self._spec.strategy.value == "sync" or not workflow.patched(RELAY_AUTOSTART_PATCH):
+        if self._spec.strategy.inline or not workflow.patched(RELAY_AUTOSTART_PATCH):
             return
         spec = self._spec
         self._s.work_state = "starting the relay"
@@ -1240,7 +1587,8 @@ class MigrationWorkflow:
         try:
             handle = await workflow.start_child_workflow(
                 RelayWorkflow.run,
-                RelayInput(spec=spec, heartbeat_timeout_seconds=self._tuning.heartbeat_timeout_seconds),
+                RelayInput(spec=spec, heartbeat_timeout_seconds=self._tuning.heartbeat_timeout_seconds,
+                           drain_task_queue=poller_task_queue(workflow.info().task_queue)),
                 id=relay_workflow_id(spec.name), parent_close_policy=ParentClosePolicy.ABANDON,
                 static_summary=f"relay {spec.name}: {spec.strategy.value} key logs, {spec.old} ⇄ {spec.new}")
         except WorkflowAlreadyStartedError:
@@ -1251,15 +1599,17 @@ class MigrationWorkflow:
         self._count("relay_started")
 
     async def _catch_up_logs(self, why: str, note: Callable[[str], None],
-                             max_seconds: float = CATCH_UP_SECONDS) -> CatchUpResult | None:
+                             max_seconds: float = CATCH_UP_SECONDS,
+                             authoritative: str | None = None) -> CatchUpResult | None:
         """outbox / triggers: mirror every key-log entry logged so far (its drain point), whether the relay
         or this activity gets to it first. None for ``sync`` (no key logs) and in histories from before."""
-        if self._spec.strategy.value == "sync" or not workflow.patched(CATCH_UP_PATCH):
+        if self._spec.strategy.inline or not workflow.patched(CATCH_UP_PATCH):
             return None
         note(f"mirroring the key logs up to now ({why})")
         self._wake += 1
         res: CatchUpResult = await workflow.execute_activity(
-            RELAY_CATCH_UP, CatchUpInput(spec=self._spec, max_seconds=max_seconds),
+            RELAY_CATCH_UP, CatchUpInput(spec=self._spec, max_seconds=max_seconds,
+                                         authoritative=self._denied_log_side(authoritative)),
             start_to_close_timeout=timedelta(seconds=max_seconds + 300),
             heartbeat_timeout=timedelta(seconds=max(10.0, self._tuning.heartbeat_timeout_seconds)),
             retry_policy=_RETRY, result_type=CatchUpResult, summary=f"catch up the key logs ({why})")
@@ -1269,11 +1619,40 @@ class MigrationWorkflow:
                                     self._spec.name, res.behind, why)
         return res
 
+    def _denies_writes(self) -> bool:
+        """``triggers`` / ``cdc`` without tenants: the store that is not authoritative refuses writes that bypass
+        dualwrite (Vitess's denied tables), so no write it acknowledged can be overwritten by a mirror."""
+        return (self._spec.strategy.value in ("triggers", "cdc") and not self._spec.tenant_tables
+                and workflow.patched(DENY_WRITES_PATCH))
+
+    def _denied_log_side(self, authoritative: str | None) -> str:
+        """The key log a catch-up mirrors: only the authoritative store's when writes are denied on the other."""
+        if not self._denies_writes():
+            return ""
+        return authoritative or phases.authoritative(self._s.phase)
+
+    async def _deny_writes(self, *, deny: list[str], allow: list[str], authoritative: str = "new") -> bool:
+        """Install (``deny``) or lift (``allow``) the denied-writes triggers; False when they do not apply."""
+        if not self._denies_writes():
+            return False
+        await workflow.execute_activity(
+            RELAY_DENY, DenyWritesInput(spec=self._spec, deny=deny, allow=allow, authoritative=authoritative),
+            start_to_close_timeout=timedelta(minutes=1), retry_policy=_RETRY,
+            summary=f"deny writes on {', '.join(deny) or '-'}; allow on {', '.join(allow) or '-'}")
+        return True
+
+    async def _lift_denial(self, plan: phases.Plan) -> None:
+        """After a flip is published: the store that gained authority accepts the application's writes."""
+        if plan.tenant is None and phases.authoritative(plan.frm) != phases.authoritative(plan.to):
+            gaining = phases.authoritative(plan.to)
+            if await self._deny_writes(deny=[], allow=[gaining]):
+                self._count("denied_writes_lifted")
+
     async def _retire_old_store(self) -> None:
         """CLEANUP (applications stopped mirroring at the barrier): finish the relay, remove capture and key
         logs, discard repairs towards the old store, and rename (or drop) the old tables."""
         s = self._s
-        if self._spec.strategy.value != "sync":
+        if not self._spec.strategy.inline:
             s.work_state = "cleanup: telling the relay to finish"
             self._wake += 1
             try:
@@ -1286,7 +1665,8 @@ class MigrationWorkflow:
         res = await workflow.execute_activity(
             ActivityNames.RETIRE_OLD, RetireInput(spec=self._spec, drop=s.cleanup_drop,
                                                   stamp=entered.strftime("%Y%m%d%H%M%S")),
-            start_to_close_timeout=timedelta(minutes=30), retry_policy=_RETRY, result_type=RetireResult,
+            start_to_close_timeout=timedelta(minutes=30), heartbeat_timeout=self._short_heartbeat(),
+            retry_policy=_RETRY, result_type=RetireResult,
             summary="retire the old store")
         s.retirement = res
         s.repair_queue_depth = 0
@@ -1448,6 +1828,7 @@ class MigrationWorkflow:
                     start_to_close_timeout=timedelta(seconds=self._tuning.repair_idle_seconds + 600),
                     heartbeat_timeout=timedelta(seconds=min(10.0, self._tuning.heartbeat_timeout_seconds)),
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    task_queue=poller_task_queue(workflow.info().task_queue),
                     retry_policy=_RETRY, result_type=RepairDrainResult, summary="repair drain")
             except ActivityError as exc:
                 if is_cancelled_exception(exc) or self._drain_stop:
@@ -1461,6 +1842,8 @@ class MigrationWorkflow:
             self._count("repair_mirrored", res.mirrored)
             self._count("repair_failed", res.failed)
             self._wake += 1
+            if bp.applies(self._spec):
+                await self._collect_bypass()
 
     # =====================================================================================================
     # presentation
@@ -1473,7 +1856,7 @@ class MigrationWorkflow:
         s = self._s
         if self._fatal is not None:
             return f"nothing: failed ({self._fatal})"
-        if s.phase is Phase.DONE and s.phase_work_done:
+        if (s.phase is Phase.DONE and s.phase_work_done) or s.aborted is not None:
             return ""
         if s.rolling_back:
             return f"transition: {s.rolling_back}" + (f" — {s.work_state}" if s.work_state else "")
@@ -1493,6 +1876,11 @@ class MigrationWorkflow:
 
     def _render(self) -> None:
         s = self._s
+        if s.aborted is not None:
+            a = s.aborted
+            workflow.set_current_details(f"**{self._spec.name}**: **ABORTED** in {a.from_phase} by {a.by or '?'}: "
+                                         f"{a.reason}\n\n{a.message}")
+            return
         lines = [f"**{self._spec.name}**: {self._spec.old} → {self._spec.new} · phase **{s.phase}** "
                  f"(epoch {s.epoch}){' · **PAUSED**' if s.paused else ''}"
                  f"{' · **HELD**' if s.holds.get(phases.GLOBAL) else ''} · {self._spec.mode.value} mode",
@@ -1510,7 +1898,7 @@ class MigrationWorkflow:
         v = s.last_verification
         if v is not None:
             lines += ["", f"last verification {v.direction} at {v.at:%Y-%m-%d %H:%M:%S}Z: "
-                          f"{'clean' if v.ok else 'NOT clean'}, {v.rows_compared:,} rows, "
+                          f"{v.verdict}, {v.rows_compared:,} rows, "
                           f"missing {v.missing}, extra {v.extra}, field-different {v.field_different}, "
                           f"repaired {v.repaired}"]
         lines += ["", f"repair queue: {s.repair_queue_depth}"]
@@ -1578,6 +1966,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 def _verification_text(v: VerificationSummary) -> str:
     errors = "; ".join(f"{t.source}: {t.error}" for t in v.tables if t.error)
-    return (f"{v.direction}: {v.rows_compared} rows compared, missing {v.missing}, extra {v.extra}, "
-            f"field-different {v.field_different}" + (f"; {errors}" if errors else ""))
+    repaired = f", {v.repaired} repaired in the {v.repaired_into} store" if v.repaired else ""
+    return (f"{v.verdict} ({v.direction}: {v.rows_compared} rows compared, missing {v.missing}, extra {v.extra}, "
+            f"field-different {v.field_different}{repaired})" + (f"; {errors}" if errors else ""))
 

@@ -23,6 +23,7 @@ from temporalio.common import SearchAttributeKey
 
 from dualwrite.gates import GateMetric, TrafficFacts, TriggerEvaluation
 from dualwrite.spec import MigrationSpec
+from workflows.bypass import BypassSummary
 
 TASK_QUEUE = "dualwrite"
 WORKFLOW_ID_PREFIX = "dualwrite-"
@@ -56,6 +57,8 @@ PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
 # Search attributes (register them on the server: `dualwrite dev` and the tests do).
 MIGRATION_PHASE = SearchAttributeKey.for_keyword("MigrationPhase")
 BACKFILL_PERCENT = SearchAttributeKey.for_int("BackfillPercent")
+"""0 on entering BACKFILL, 100 when the backfill completed (not the steps between: see the no-progress-upsert
+patch in workflows/migration.py); the exact percentage is in the status query."""
 SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (MIGRATION_PHASE, BACKFILL_PERCENT)
 """The custom search attributes, as keys (``key.name``, ``key.indexed_value_type``)."""
 
@@ -122,6 +125,20 @@ class TransitionRequest(_Model):
                                                              "renaming them (needs confirm_drop)")
     confirm_drop: str = Field(default="", description="the migration's name again, to confirm drop_old_tables")
     release: bool = Field(default=False, description="hold: release the hold instead of placing one")
+    from_phase: Phase | None = Field(default=None, description="advance: the phase this advance means to leave "
+                                     "(`dualwrite advance` fills it in); when the migration (or the tenant) is "
+                                     "no longer in it, the advance is a no-op, so a repeated or concurrent "
+                                     "advance never moves twice")
+
+
+class AbortRecord(_Model):
+    """An operator's abort: the migration ended with the old store authoritative (see ``abort``)."""
+
+    by: str = ""
+    reason: str = ""
+    at: datetime | None = None
+    from_phase: Phase
+    message: str = ""
 
 
 class TransitionResult(_Model):
@@ -183,6 +200,19 @@ class VerificationSummary(_Model):
     repair: bool = True
     tenant: str | None = None
     tables: list[TableVerification] = Field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """``ok`` only when nothing differed: a run that had to repair says so (``repaired N``), since its
+        repairs rewrote rows of the store that is not authoritative ([T2-1]); else ``FAILED``."""
+        if not self.ok:
+            return "FAILED"
+        return f"repaired {self.repaired}" if self.repaired else "ok"
+
+    @property
+    def repaired_into(self) -> str:
+        """The store a repair writes into: always the one that is not authoritative."""
+        return "new" if self.direction == "old->new" else "old"
 
 
 class TransitionRecord(_Model):
@@ -269,6 +299,12 @@ class MigrationStatus(_Model):
     rolling_back: str = Field(default="", description="a rollback in progress (it finishes after a crash)")
     triggers: TriggerEvaluation | None = Field(default=None, description="last automatic-rollback check")
     retirement: RetireResult | None = None
+    aborted: AbortRecord | None = Field(default=None, description="set when an operator aborted the migration: "
+                                        "it ended with the old store authoritative")
+    signals_dropped: list[str] = Field(default_factory=list, description="the last signals dropped for bad "
+                                       "input (name and why), newest last")
+    bypass: BypassSummary | None = Field(default=None, description="writes that bypassed the adapter "
+                                         "(counts per table and writer identity; no keys)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,6 +333,7 @@ class MigrationCarry(_Model):
     entered_by_rollback: bool = False
     cleanup_drop: bool = False
     retirement: RetireResult | None = None
+    bypass: BypassSummary | None = None
     triggers: TriggerEvaluation | None = None
     next_verify_at: datetime | None = None
     verify_requested: bool = False
@@ -308,6 +345,7 @@ class MigrationCarry(_Model):
     work_state: str = ""
     started_by: str = ""
     runs: int = 1
+    aborted: AbortRecord | None = None
 
 
 class KeyRange(_Model):
@@ -487,6 +525,8 @@ class RepairDrainInput(_Model):
     batch: int = 1000
     base_backoff_seconds: float = 2.0
     max_backoff_seconds: float = 300.0
+    under_fence: bool = Field(default=False, description="the workflow's own drain under a write fence; the "
+                              "background drain waits while a fence is published (authority is moving)")
 
 
 class RepairDrainResult(_Model):
@@ -511,6 +551,22 @@ class ActivityNames:
     EVALUATE_GATE = "evaluate_gate"
     WATCH_TRIGGERS = "watch_rollback_triggers"
     RETIRE_OLD = "retire_old_store"
+    ABORT_CLEANUP = "abort_cleanup"
+
+
+class AbortCleanupInput(_Model):
+    """Remove what a migration left in the stores when it is aborted (the old store's data stays as it is)."""
+
+    spec: MigrationSpec
+    remove_state: bool = Field(default=True, description="delete the published state and instance rows too "
+                               "(only once every live instance has seen the abort's epoch)")
+
+
+class AbortCleanupResult(_Model):
+    triggers_removed: list[str] = Field(default_factory=list, description="store/table pairs")
+    log_entries_deleted: int = 0
+    repair_entries_deleted: int = 0
+    control_rows_deleted: int = 0
 
 
 class GateInput(_Model):

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from dualwrite import gates as g
 from dualwrite.spec import TENANT_ID_RE
 from workflows.models import (
@@ -161,6 +163,85 @@ class MachineView:
 
 class Rejected(Exception):  # noqa: N818 - a decision, not a crash
     """A transition the rules forbid; ``str()`` is the reason shown to the operator."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# operator input: whatever arrives (the CLI, the Web UI's forms, `temporal workflow signal`, a script)
+
+
+MAX_REASON_CHARS = 2000
+"""A reason is shown in status and kept in every transition record (and in the continue-as-new carry)."""
+MAX_NAME_CHARS = 200
+"""``by``, ``tenant`` and ``confirm_drop`` are names."""
+
+_REQUEST_EXAMPLE = '{"reason": "why", "by": "you"} (fields: ' + ", ".join(TransitionRequest.model_fields) + ")"
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def parse_request(args: tuple[Any, ...] | list[Any]) -> TransitionRequest:
+    """The one operator request a handler was sent, validated; :class:`Rejected` with a short reason for
+    anything else: no input, JSON null, several values, a value that is not an object, unknown or
+    wrong-typed fields, text longer than a reason or a name should be. The reason never echoes the input
+    back whole (it may be a megabyte)."""
+    if len(args) != 1:
+        got = "no input" if not args else f"{len(args)} values"
+        raise Rejected(f"expected one JSON object like {_REQUEST_EXAMPLE}, got {got}")
+    raw = args[0]
+    if isinstance(raw, TransitionRequest):
+        raw = raw.model_dump()
+    if not isinstance(raw, dict):
+        raise Rejected(f"expected one JSON object like {_REQUEST_EXAMPLE}, got {_kind_of(raw)}")
+    unknown = sorted(str(k)[:40] for k in raw if k not in TransitionRequest.model_fields)
+    if unknown:
+        raise Rejected(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:5])}: expected "
+                       f"{', '.join(TransitionRequest.model_fields)}")
+    for key, limit in (("reason", MAX_REASON_CHARS), ("by", MAX_NAME_CHARS), ("tenant", MAX_NAME_CHARS),
+                       ("confirm_drop", MAX_NAME_CHARS)):
+        value = raw.get(key)
+        if isinstance(value, str) and len(value) > limit:
+            raise Rejected(f"{key} is {len(value)} characters long: at most {limit} are kept")
+    try:
+        return TransitionRequest.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(x) for x in e['loc']) or 'input'}: {e['msg']}"
+                    + (f" (got {_short(e.get('input'))})" if "input" in e else "") for e in exc.errors()[:5]]
+        raise Rejected("invalid request: " + "; ".join(problems)) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def stale_advance(view: MachineView, req: TransitionRequest) -> str:
+    """An advance that names the phase it leaves (``from_phase``) when the migration (or the tenant) is no
+    longer in it: what to tell the caller, for a no-op success. '' when the advance is current."""
+    if req.from_phase is None:
+        return ""
+    current = effective_phase(view.phase, view.tenants, req.tenant) if req.tenant is not None else view.phase
+    if current is req.from_phase:
+        return ""
+    who = f"tenant {req.tenant}" if req.tenant is not None else "the migration"
+    return (f"nothing done: this advance was to leave {req.from_phase}, and {who} is in {current} now "
+            "(a repeated or concurrent advance already moved it, or it was rolled back); check status and "
+            "advance again if you mean to leave " + str(current))
+
+
+def check_abort(view: MachineView, req: TransitionRequest) -> None:
+    """Abort: from any phase before CLEANUP, with a reason; the migration-wide command takes no tenant."""
+    if req.tenant is not None:
+        raise Rejected("abort ends the whole migration: it takes no tenant (use rollback --tenant for one)")
+    if view.phase in (Phase.CLEANUP, Phase.DONE):
+        raise Rejected(f"cannot abort in {view.phase}: entering CLEANUP retired the old store (the point of no "
+                       "return); let the migration finish")
+    if not req.reason.strip():
+        raise Rejected("an abort needs a reason (it is recorded)")
 
 
 def _tenant(view: MachineView, req: TransitionRequest) -> TenantView:
@@ -307,6 +388,9 @@ def check_resume(view: MachineView, req: TransitionRequest) -> None:
     if req.tenant is not None:
         raise Rejected("resume applies to the whole migration (use hold --release --tenant for one tenant)")
     if not view.paused:
+        if view.held:  # e.g. auto mode holding after a manual rollback: `resume` is the word that comes to mind
+            raise Rejected(f"the migration is not paused (phase {view.phase}) but held ({view.held}); release the "
+                           "hold with `dualwrite hold NAME --release`")
         raise Rejected(f"the migration is not paused (phase {view.phase})")
 
 
@@ -464,9 +548,13 @@ def plan_rollback(view: MachineView, req: TransitionRequest, kind: str = "rollba
 # the gate
 
 
-def _recon_facts(v: VerificationSummary | None, expected: str) -> g.ReconFacts:
+def _recon_facts(v: VerificationSummary | None, expected: str, allowed_empty: frozenset[str] = frozenset()
+                 ) -> g.ReconFacts:
     if v is None:
         return g.ReconFacts(expected_direction=expected)
+    # a clean verification of tables that are all empty and allowed to be (spec ``allow_empty``)
+    empty_allowed = v.ok and bool(v.tables) and all(
+        t.source in allowed_empty and t.rows_source == 0 and t.rows_target == 0 and not t.error for t in v.tables)
     problems: list[str] = []
     unresolved = 0
     for t in v.tables:
@@ -488,7 +576,8 @@ def _recon_facts(v: VerificationSummary | None, expected: str) -> g.ReconFacts:
         if not problems:
             problems.append("the verification did not complete")
     return g.ReconFacts(at=v.at, direction=v.direction, expected_direction=expected, rows_compared=v.rows_compared,
-                        unresolved=0 if v.ok else unresolved, repaired=v.repaired, problems=problems)
+                        unresolved=0 if v.ok else unresolved, repaired=v.repaired, problems=problems,
+                        empty_allowed=empty_allowed)
 
 
 def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None) -> GateResult:
@@ -509,8 +598,9 @@ def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None) -> Gate
     expected = "new->old" if verification_reverse(inp.phase) else "old->new"
     metrics = [g.backfill_metric(inp.backfill_percent, inp.backfill_done, len(inp.spec.tables))]
     if inp.to in TRAFFIC_GATED:
-        metrics += g.traffic_metrics(traffic, gates)
-    metrics.append(g.reconciliation_metric(_recon_facts(v, expected), now, gates.window_seconds))
+        metrics += g.traffic_metrics(traffic, gates, inp.spec.strategy.value)
+    allowed_empty = frozenset(t.source for t in inp.spec.tables if t.allow_empty)
+    metrics.append(g.reconciliation_metric(_recon_facts(v, expected, allowed_empty), now, gates.window_seconds))
     metrics.append(g.repair_queue_metric(inp.repair_queue_depth))
     if gates.require_approval:
         metrics.append(g.approval_metric(inp.approved, inp.to.value))
@@ -518,6 +608,7 @@ def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None) -> Gate
     if traffic is not None and inp.to in TRAFFIC_GATED:
         evidence["stats_scope"] = traffic.scope
         evidence["instances"] = traffic.instances
+        evidence["sources"] = {m.name: m.source for m in metrics if m.source}
     if v is not None:
         evidence["verification"] = {"at": v.at.isoformat(), "ok": v.ok, "rows_compared": v.rows_compared,
                                     "missing": v.missing, "extra": v.extra, "field_different": v.field_different,

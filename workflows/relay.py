@@ -1,4 +1,6 @@
-"""RelayWorkflow: one per migration with the ``outbox`` or ``triggers`` strategy (id ``dualwrite-<name>-relay``).
+"""RelayWorkflow: one per migration with the ``outbox``, ``triggers`` or ``cdc`` strategy (id
+``dualwrite-<name>-relay``; with ``cdc`` its activities read the databases' own logs, see
+``activities/cdc_relay.py``).
 
 ``MigrationWorkflow`` starts it at PREPARE (a child that outlives it) unless one already runs under that id,
 so nobody has to start it by hand; a caller that wants its own tuning starts it *before* the migration.
@@ -30,15 +32,29 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from dualwrite.errors import permanent_error_types
     from dualwrite.spec import MigrationSpec
 
 RELAY_SETUP = "relay_setup"
 RELAY_DRAIN = "relay_drain"
 RELAY_TEARDOWN = "relay_teardown"
 RELAY_CATCH_UP = "relay_catch_up"
+RELAY_DENY = "relay_deny_writes"
 FINISH_SIGNAL = "finish"
 
-PERMANENT_ERRORS = ["SchemaError", "SpecError", "UnknownStoreError", "ConfigError", "TriggerError"]
+# TriggerError, CaptureError: dualwrite.triggers / dualwrite.cdc (not imported here)
+PERMANENT_ERRORS = [*permanent_error_types(), "TriggerError", "CaptureError"]
+
+
+POLLERS_SUFFIX = "-pollers"
+
+
+def poller_task_queue(task_queue: str) -> str:
+    """The task queue of a queue's long pollers (the background repair drain, the relay's drain, the
+    rollback-trigger watch). Every dualwrite worker polls both with separate activity slots
+    (``worker.build_worker``), so pollers that each hold a slot for minutes never take the slots that
+    phase work (copies, verifications, barriers) needs, however many migrations share the workers."""
+    return task_queue + POLLERS_SUFFIX
 
 
 def relay_workflow_id(migration: str) -> str:
@@ -73,6 +89,8 @@ class RelayInput(_Model):
     heartbeat_timeout_seconds: float = Field(default=30.0, ge=1)
     batch: int = Field(default=500, ge=1, le=10_000)
     remove_triggers_on_finish: bool = True
+    drain_task_queue: str | None = Field(default=None, description="task queue of the long drain activity "
+                                         "(the migration names its workers' pollers queue); None: this workflow's")
     carry: RelayCarry | None = None
 
 
@@ -81,10 +99,20 @@ class RelayCarry(_Model):
     runs: int = 1
     last_lag_seconds: float = 0.0
     finishing: bool = False
+    refused_writes: dict[str, int] = Field(default_factory=dict)
 
 
 class RelaySetupInput(_Model):
     spec: MigrationSpec
+
+
+class DenyWritesInput(_Model):
+    """Which stores' migrated tables refuse writes that bypass dualwrite (strategy ``triggers``)."""
+
+    spec: MigrationSpec
+    deny: list[str] = Field(default_factory=list, description="'old' / 'new': start refusing")
+    allow: list[str] = Field(default_factory=list, description="'old' / 'new': stop refusing")
+    authoritative: str = Field(default="new", description="the store named in the refusal message")
 
 
 class RelaySetupResult(_Model):
@@ -106,6 +134,8 @@ class RelayDrainResult(_Model):
     remaining: int = Field(default=0, description="entries still waiting when the activity returned")
     phase: str = ""
     errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
+    refused_writes: dict[str, int] = Field(default_factory=dict, description="'store/table' -> writes that "
+                                           "bypassed dualwrite and were refused there so far (denied writes)")
 
 
 class CatchUpInput(_Model):
@@ -115,6 +145,8 @@ class CatchUpInput(_Model):
     spec: MigrationSpec
     max_seconds: float = Field(default=120.0, gt=0, description="give up (reached=False) after this long")
     batch: int = Field(default=500, ge=1, le=10_000)
+    authoritative: str = Field(default="", description="'old' or 'new': only that store's key log is mirrored "
+                               "(writes to the other store are denied); '' mirrors both (tenants, outbox)")
 
 
 class CatchUpResult(_Model):
@@ -132,6 +164,7 @@ class RelayStatus(_Model):
     remaining: int
     runs: int
     finishing: bool
+    refused_writes: dict[str, int] = Field(default_factory=dict)
 
 
 RelayInput.model_rebuild()
@@ -152,17 +185,19 @@ class RelayWorkflow:
         self._migration = ""
         self._drain: asyncio.Task[Any] | None = None
 
-    @workflow.signal(name=FINISH_SIGNAL, description="Drain what is left, remove the triggers, and complete.")
-    def finish(self) -> None:
+    @workflow.signal(name=FINISH_SIGNAL, description="Drain what is left, remove the triggers, and complete. "
+                                                    "Takes no input (any input is ignored).")
+    def finish(self, *_args: Any) -> None:
         self._carry.finishing = True
         if self._drain is not None and not self._drain.done():
             self._drain.cancel()
 
     @workflow.query(name="status", description="Counters, lag and backlog of the relay.")
-    def status(self) -> RelayStatus:
+    def status(self, *_args: Any) -> RelayStatus:
         return RelayStatus(migration=self._migration, totals=self._carry.totals,
                            last_lag_seconds=self._carry.last_lag_seconds, remaining=self._remaining,
-                           runs=self._carry.runs, finishing=self._carry.finishing)
+                           runs=self._carry.runs, finishing=self._carry.finishing,
+                           refused_writes=self._carry.refused_writes)
 
     @workflow.run
     async def run(self, inp: RelayInput) -> RelayStatus:
@@ -172,7 +207,8 @@ class RelayWorkflow:
         else:
             await workflow.execute_activity(
                 RELAY_SETUP, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
-                retry_policy=_retry(), result_type=RelaySetupResult, summary="set up capture")
+                heartbeat_timeout=timedelta(seconds=min(30.0, inp.heartbeat_timeout_seconds)), retry_policy=_retry(),
+                result_type=RelaySetupResult, summary="set up capture")
         hb = timedelta(seconds=inp.heartbeat_timeout_seconds)
         self._details()
         while not self._carry.finishing:
@@ -181,7 +217,7 @@ class RelayWorkflow:
                 RelayDrainInput(spec=inp.spec, max_seconds=inp.max_activity_seconds, poll_seconds=inp.poll_seconds,
                                 batch=inp.batch),
                 start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, task_queue=inp.drain_task_queue,
                 retry_policy=_retry(), result_type=RelayDrainResult, summary="relay drain"))
             try:
                 res: RelayDrainResult = await self._drain
@@ -207,16 +243,17 @@ class RelayWorkflow:
             start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
             retry_policy=_retry(), result_type=RelayDrainResult, summary="final drain")
         self._absorb(res)
-        if inp.remove_triggers_on_finish and inp.spec.strategy.value == "triggers":
+        if inp.remove_triggers_on_finish and inp.spec.strategy.value in ("triggers", "cdc"):
             await workflow.execute_activity(
                 RELAY_TEARDOWN, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
-                retry_policy=_retry(), summary="remove triggers")
+                heartbeat_timeout=hb, retry_policy=_retry(), summary="remove triggers")
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 
     def _absorb(self, res: RelayDrainResult) -> None:
         self._carry.totals.add(res.counters)
         self._carry.last_lag_seconds = res.lag_seconds
+        self._carry.refused_writes = res.refused_writes or self._carry.refused_writes
         self._remaining = res.remaining
         self._details()
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from dualwrite.errors import permanent_error_types
     from workflows.models import (
         ActivityNames,
         TableRef,
@@ -25,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         VerifyTableInput,
     )
 
-PERMANENT_ERRORS = ["SchemaError", "SpecError", "UnknownStoreError", "ConfigError", "VerificationError"]
+PERMANENT_ERRORS = permanent_error_types()
 
 
 def failure_message(exc: BaseException) -> str:
@@ -49,7 +51,7 @@ class VerificationWorkflow:
         self._total = 0
 
     @workflow.query(name="progress", description="Tables verified so far.")
-    def progress(self) -> list[TableVerification]:
+    def progress(self, *_args: Any) -> list[TableVerification]:
         return list(self._done)
 
     @workflow.run
@@ -60,7 +62,9 @@ class VerificationWorkflow:
         direction_note = f" for tenant {inp.tenant}" if inp.tenant is not None else ""
         workflow.set_current_details(f"verifying {len(tables)} tables ({direction}{direction_note})")
         limit = asyncio.Semaphore(max(1, inp.spec.backfill_concurrency))
-        hb = timedelta(seconds=inp.tuning.verify_heartbeat_seconds)
+        # the activity also heartbeats from a background thread between chunks (a tenant's verification,
+        # a repair round are single long calls): a dead worker is noticed within 30 s whatever the tuning
+        hb = timedelta(seconds=min(30.0, inp.tuning.verify_heartbeat_seconds))
 
         async def one(source: str) -> TableVerification:
             async with limit:
@@ -87,9 +91,12 @@ class VerificationWorkflow:
 
         results = list(await asyncio.gather(*(one(s) for s in tables)))
         compared = sum(r.rows_source for r in results)
-        # every table must prove it looked; a tenant may own no row of one table, but of some table
-        looked = compared > 0 if inp.tenant is not None else compared > 0 and all(
-            r.rows_source > 0 or r.rows_target > 0 for r in results)
+        # every table must prove it looked; a tenant may own no row of one table, but of some table; a table
+        # the spec marks allow_empty may hold no row at all
+        allowed = {t.source for t in inp.spec.tables if t.allow_empty}
+        looked = compared > 0 if inp.tenant is not None else (
+            compared > 0 or all(r.source in allowed for r in results)) and all(
+            r.rows_source > 0 or r.rows_target > 0 or r.source in allowed for r in results)
         ok = all(r.ok and not r.error for r in results) and looked
         summary = VerificationSummary(
             at=workflow.now(), ok=ok, rows_compared=compared, missing=sum(r.missing for r in results),
@@ -97,6 +104,11 @@ class VerificationWorkflow:
             repaired=sum(r.repaired for r in results), direction=direction, tables=results,
             unresolved=sum(r.unresolved for r in results), repair=inp.repair, tenant=inp.tenant,
         )
+        if ok and summary.repaired:
+            workflow.logger.warning(
+                "verification %s repaired %d rows in the %s store (missing %d, extra %d, field-different %d); "
+                "the repaired keys are in the worker log", direction, summary.repaired, summary.repaired_into,
+                summary.missing, summary.extra, summary.field_different)
         if not ok:
             workflow.logger.warning(
                 "verification %s is NOT clean: compared %d rows, missing %d, extra %d, field-different %d; %s",

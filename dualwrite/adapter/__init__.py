@@ -23,11 +23,11 @@ waits (reads never do) and fails with :class:`WriteFencedError` only past ``Adap
 from dualwrite.adapter.aio import AsyncDualWriter, AsyncUnitOfWork
 from dualwrite.adapter.orm import ENTITY, TENANT, install, install_async
 from dualwrite.adapter.phase import RULES, PhaseCache, PhaseRules, PhaseUnknownError, Routing, Side, ramp_bucket
-from dualwrite.adapter.writer import AdapterOptions, DualWriter, RoutingError, UnitOfWork, error_class
-from dualwrite.errors import WriteFencedError
+from dualwrite.adapter.writer import AdapterOptions, CloseReport, DualWriter, RoutingError, UnitOfWork, error_class
+from dualwrite.errors import StrictWriteError, WriteFencedError
 
 __all__ = [
-    "ENTITY", "RULES", "TENANT", "AdapterOptions", "AsyncDualWriter", "AsyncUnitOfWork", "DualWriter",
-    "PhaseCache", "PhaseRules", "PhaseUnknownError", "Routing", "RoutingError", "Side", "UnitOfWork",
-    "WriteFencedError", "error_class", "install", "install_async", "ramp_bucket",
+    "ENTITY", "RULES", "TENANT", "AdapterOptions", "AsyncDualWriter", "AsyncUnitOfWork", "CloseReport", "DualWriter",
+    "PhaseCache", "PhaseRules", "PhaseUnknownError", "Routing", "RoutingError", "Side", "StrictWriteError",
+    "UnitOfWork", "WriteFencedError", "error_class", "install", "install_async", "ramp_bucket",
 ]

@@ -14,9 +14,12 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from dualwrite import bypass
 from dualwrite import stats as st
 from dualwrite.adapter.phase import Routing, Side
+from dualwrite.adapter.strict import strict_groups
 from dualwrite.adapter.writer import (
+    CloseReport,
     DualWriter,
     Key,
     KeyLike,
@@ -24,8 +27,10 @@ from dualwrite.adapter.writer import (
     Statement,
     UnitOfWorkBase,
     _entity_of,
+    _secondary_only,
     error_class,
 )
+from dualwrite.store import Dialect
 
 
 class AsyncUnitOfWork(UnitOfWorkBase):
@@ -128,22 +133,41 @@ class AsyncDualWriter:
             started = time.perf_counter()
             try:
                 async with self.engines[route.authoritative].connect() as conn:
+                    if (w.marks_writes and bypass.marks(route.phase)
+                            and w.data[route.authoritative].dialect.value == "postgresql"):
+                        bypass.mark_transaction(conn.sync_connection, Dialect.POSTGRESQL)  # no SQL on PostgreSQL
                     uow = AsyncUnitOfWork(w, route, conn)
                     yield uow
                     await uow._before_commit()
-                    await conn.commit()
+                    await self._commit(route, uow, conn)
             except BaseException as exc:
-                if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                if not isinstance(exc, GeneratorExit | asyncio.CancelledError) and not _secondary_only(exc):
                     w.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
                 raise
             committed = time.perf_counter()
-            if w.strategy.value == "sync" and route.mirror_to is not None and uow.touched:
+            if route.mirror_to is not None and any(t.table.strategy.value == "sync" for t in uow.touched):
                 await asyncio.get_running_loop().run_in_executor(
                     w.executor, w.finish, route, uow.touched, started, committed)
             else:
                 w.finish(route, uow.touched, started, committed)
         finally:
             w.end_write(route)
+
+    async def _commit(self, route: Routing, uow: AsyncUnitOfWork, conn: Any) -> None:
+        """Commit; strict tables first write the other store on a thread, inside the open transaction."""
+        w = self.writer
+        strict = strict_groups(uow.touched) if w.strict is not None and route.mirror_to is not None else []
+        if not strict:
+            await conn.commit()
+            return
+        assert w.strict is not None
+        rows = await w.strict.read_async(route, strict, conn)
+        ticket = await asyncio.to_thread(w.strict.prepare, route, strict, None, rows)
+        try:
+            await conn.commit()
+        except Exception as exc:
+            raise await asyncio.to_thread(w.strict.commit_failed, ticket, exc) from exc
+        w.strict.committed(ticket)
 
     async def insert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         rt = self.writer.table(table)
@@ -197,8 +221,11 @@ class AsyncDualWriter:
             handoff.set(row)  # the shadow compares store rows, in each store's own column names
         return app
 
-    async def close(self, *, close_writer: bool = False) -> None:
+    async def close(self, *, close_writer: bool = False) -> CloseReport | None:
+        """Dispose of the engines this wrapper made; with ``close_writer`` also close the writer and return
+        what it did with its pending repair keys (:meth:`DualWriter.close`)."""
         for e in self._own:
             await e.dispose()
         if close_writer:
-            await asyncio.to_thread(self.writer.close)
+            return await asyncio.to_thread(self.writer.close)
+        return None

@@ -43,8 +43,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, sessionmaker
 
-from dualwrite import outbox
+from dualwrite import bypass, outbox
 from dualwrite.adapter.phase import Routing, Side
+from dualwrite.adapter.strict import strict_groups
 from dualwrite.adapter.writer import DualWriter, Key, RoutingError, TableRuntime, Touched
 from dualwrite.mirror import normal_key
 from dualwrite.spec import Strategy
@@ -62,6 +63,7 @@ _WROTE = "_dw_wrote"
 _PENDING = "_dw_pending"
 _FLUSHING = "_dw_flushing"
 _STARTED = "_dw_started"
+_STRICT = "_dw_strict"
 _ASYNC_COMMIT = "_dw_async_commit"
 _DEFERRED = "_dw_deferred"
 _INTERNAL = "_dw_internal"
@@ -275,6 +277,7 @@ def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
     route = _route(session, binding)
     for _obj, mi, _kind in objs:
         _write_side(mi.rt, route)
+    _mark(session, binding, route, sa.inspect(objs[0][0]).mapper)
     for obj, mi, kind in objs:
         if mi.version_attr is None or mi.version_managed or kind == "deleted":
             continue
@@ -288,6 +291,14 @@ def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
             if not hist.added:  # the application did not set it
                 setattr(obj, mi.version_attr, _next_version(mi, current))
     info[_FLUSHING] = True
+
+
+def _mark(session: Session, binding: OrmBinding, route: Routing, mapper: Any) -> None:
+    """Mark the session's transaction on the authoritative store as the adapter's (bypass capture ignores it)."""
+    if binding.writer.marks_writes and bypass.marks(route.phase):
+        # the write side's engine, named outright: outside a flush the mapper's bind is the read side
+        conn = session.connection(bind_arguments={"bind": binding.engines[route.authoritative], "mapper": mapper})
+        bypass.mark_transaction(conn, binding.writer.data[route.authoritative].dialect)
 
 
 def _first_version(mi: _MapperInfo) -> Any:
@@ -397,6 +408,7 @@ def _after_commit(session: Session) -> None:
     route: Routing | None = session.info.get(_ROUTE)
     started = session.info.get(_STARTED)
     inflight: int | None = session.info.pop(_INFLIGHT, None)
+    _strict_end(session, binding, committed=True)
     _end(session)
     if route is None or started is None:
         if inflight is not None:
@@ -425,6 +437,35 @@ def _after_commit(session: Session) -> None:
         work()
 
 
+def _before_commit(session: Session) -> None:
+    """strict tables: flush now, then write the other store inside the still open authoritative transaction
+    (:mod:`dualwrite.adapter.strict`); a :class:`~dualwrite.errors.StrictWriteError` fails the commit."""
+    binding = _binding(session)
+    if binding is None or binding.writer.strict is None or session.in_nested_transaction():
+        return
+    session.flush()
+    route: Routing | None = session.info.get(_ROUTE)
+    if route is None or route.mirror_to is None:
+        return
+    strict = strict_groups(session.info.get(_PENDING) or [])
+    if not strict:
+        return
+    conn = session.connection(bind_arguments={"bind": binding.engines[route.authoritative]})
+    session.info[_STRICT] = binding.writer.strict.prepare(route, strict, conn.connection.dbapi_connection)
+
+
+def _strict_end(session: Session, binding: OrmBinding, *, committed: bool) -> None:
+    """The authoritative transaction of a prepared strict write ended: forget its note, or (not committed:
+    the commit failed after the other store committed) restore the other store from the authoritative rows."""
+    ticket = session.info.pop(_STRICT, None)
+    if ticket is None or binding.writer.strict is None:
+        return
+    if committed:
+        binding.writer.strict.committed(ticket)
+    else:
+        log.warning("%s", binding.writer.strict.commit_failed(ticket, RuntimeError("the commit did not happen")))
+
+
 def _after_rollback(session: Session) -> None:
     binding = _binding(session)
     if binding is not None:
@@ -436,6 +477,7 @@ def _after_transaction_end(session: Session, transaction: Any) -> None:
     """The outermost transaction ended however it ended (close() included): nothing of it is in flight."""
     binding = _binding(session)
     if binding is not None and getattr(transaction, "parent", None) is None:
+        _strict_end(session, binding, committed=False)
         _release(session, binding)
 
 
@@ -474,6 +516,7 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
         info[_ROUTE] = _begin_write(session, binding, [info.get(TENANT)])[0]
     route = _route(session, binding)
     _write_side(rt, route)
+    _mark(session, binding, route, state.bind_mapper)
     info[_WROTE] = True
     if route.mirror_to is None:
         return
@@ -561,7 +604,8 @@ def _session_class(base: type[Session], binding: OrmBinding) -> type[Session]:
     cls: type[Session] = type(f"Dualwrite{base.__name__}", (DualwriteSessionMixin, base), {"_dw_binding": binding})
     listeners: list[tuple[str, Callable[..., Any]]] = [
         ("before_flush", _before_flush), ("after_flush", _after_flush),
-        ("after_flush_postexec", _after_flush_postexec), ("after_commit", _after_commit),
+        ("after_flush_postexec", _after_flush_postexec), ("before_commit", _before_commit),
+        ("after_commit", _after_commit),
         ("after_rollback", _after_rollback), ("after_soft_rollback", _after_soft_rollback),
         ("do_orm_execute", _do_orm_execute), ("after_transaction_end", _after_transaction_end),
     ]

@@ -16,6 +16,13 @@ overrides and the sticky ramp):
    - ``outbox``: the keys are appended to ``dualwrite_outbox`` *inside* the authoritative transaction (on
      PostgreSQL folded into the same statement, so it costs no extra round trip); the relay mirrors them;
    - ``triggers``: nothing: triggers on the store capture the keys and the relay mirrors them.
+   - ``strict`` (:mod:`dualwrite.adapter.strict`): *before* the authoritative commit, inside its open
+     transaction, the keys are noted durably and the other store is written and committed; a failure of
+     either store fails the request and neither keeps the write;
+   - ``async`` (:mod:`dualwrite.adapter.lagged`): the keys are queued for background workers; the request
+     returns right after the authoritative commit.
+
+   A table may choose its own strategy among strict, sync and async (``tables[].strategy``).
 
 After write cutover the new store is authoritative: the same calls write the new store (column names
 translated through the mapping) and mirror back to the old one with ``mapping.reversed()``. A column the
@@ -27,6 +34,7 @@ its schema from the first phase to the last.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -35,28 +43,39 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
 
-from dualwrite import control, hooks, outbox
+from dualwrite import bypass, control, hooks, outbox, spill
 from dualwrite import stats as st
+from dualwrite.adapter.lagged import AsyncMirror
 from dualwrite.adapter.phase import PhaseCache, Routing, Side
+from dualwrite.adapter.strict import StrictStrategy, ensure_notes, strict_groups
 from dualwrite.config import StoreRef, StoreResolver
-from dualwrite.errors import DualwriteError, Problem, SchemaError, StoreUnavailableError, WriteFencedError
+from dualwrite.errors import (
+    DualwriteError,
+    Problem,
+    SchemaError,
+    StoreUnavailableError,
+    StrictWriteError,
+    WriteFencedError,
+)
 from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping, compile_table
 from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.rows import adapt, adapters_for
 from dualwrite.shadow import RecentWrites, Scheduler, ShadowOptions, ShadowReader, TableComparator
 from dualwrite.spec import MigrationSpec, Strategy, TableSpec
 from dualwrite.sqlgen import target_side, upsert_sql, user_expr
-from dualwrite.store import Dialect, Kind, Store
+from dualwrite.store import Dialect, Kind, Store, is_mysql_error
 
 log = logging.getLogger("dualwrite.adapter")
 
@@ -79,6 +98,9 @@ class AdapterOptions:
     shadow_timeout: float = 0.5
     shadow_batch_window: float = 0.02
     """Sampled reads are compared in batches: one read of the other store per table per window."""
+    shadow_log_values: bool | None = None
+    """Log shadow mismatches with keys and values in clear (None: ``$DUALWRITE_SHADOW_LOG_VALUES`` is 1 /
+    true); by default a mismatch line carries the table, the column and short hashes only."""
     shadow_after_write_cutover: bool = False
     """CUTOVER_WRITES: also compare reads (DESIGN: optional)."""
     ignore_fields: Mapping[str, Sequence[str]] = field(default_factory=dict)
@@ -114,10 +136,32 @@ class AdapterOptions:
     to lift, then fails with :class:`WriteFencedError` (it never writes in the wrong order)."""
     fence_poll: float = 0.025
     """While fenced, the control state is read this often (bypassing the phase cache's ttl)."""
+    strict_note_grace: float = 30.0
+    """strict: a note of a write in flight older than this is swept into the repair queue (only a crash
+    between the two commits, or a failed clean-up, leaves it there that long)."""
+    async_queue_size: int = 10_000
+    """async: keys queued at most; beyond it they go to the durable repair queue (the request never waits)."""
+    async_workers: int = 2
+    async_batch: int = 200
+    async_batch_wait: float = 0.1
+    """async: a worker that finds fewer than ``async_batch`` keys waits this long for more (the lag it adds
+    buys fewer, larger mirror batches: less CPU beside the requests)."""
+    spill_dir: str | None = None
+    """Where repair keys the control store could not take are written at exit, and re-queued from at the
+    next start (a local directory of the application's host; default ``$DUALWRITE_SPILL_DIR``, else the
+    user's state directory, ``~/.local/state/dualwrite/spill``)."""
+
+
+def _log_values(option: bool | None) -> bool:
+    if option is not None:
+        return option
+    return os.environ.get("DUALWRITE_SHADOW_LOG_VALUES", "").strip().lower() in ("1", "true", "yes")
 
 
 def error_class(exc: BaseException) -> str:
     """A short, stable class name for counting failures ("unavailable", "timeout", or the exception type)."""
+    if isinstance(exc, StrictWriteError) and exc.__cause__ is not None:
+        return error_class(exc.__cause__)  # what the store said, not the wrapper
     if isinstance(exc, StoreUnavailableError):
         return "unavailable"
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
@@ -126,7 +170,7 @@ def error_class(exc: BaseException) -> str:
     if sqlstate.startswith("08"):
         return "unavailable"
     args = getattr(exc, "args", ())
-    if type(exc).__module__.startswith("MySQLdb") and args and isinstance(args[0], int):
+    if is_mysql_error(exc) and args and isinstance(args[0], int):
         if args[0] in (1205, 3024, 1969):
             return "timeout"
         if args[0] in (2002, 2003, 2006, 2013):
@@ -144,7 +188,7 @@ def is_disconnect(exc: BaseException) -> bool:
     if type(exc).__module__.startswith("psycopg"):
         return type(exc).__name__ == "OperationalError" and not getattr(exc, "sqlstate", None)
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
-    return type(exc).__module__.startswith("MySQLdb") and len(args) > 0 and args[0] in (2006, 2013)
+    return is_mysql_error(exc) and len(args) > 0 and args[0] in (2006, 2013)
 
 
 def _short(exc: BaseException) -> str:
@@ -296,9 +340,11 @@ class FastPath:
 class TableRuntime:
     """Everything the adapter knows about one migrated table."""
 
-    def __init__(self, spec: TableSpec, forward: TableMapping, old: Store, new: Store) -> None:
+    def __init__(self, spec: TableSpec, forward: TableMapping, old: Store, new: Store,
+                 strategy: Strategy = Strategy.SYNC) -> None:
         self.name = spec.source
         self.spec = spec
+        self.strategy = strategy
         self.forward = forward
         try:
             self.backward: TableMapping | None = forward.reversed()
@@ -324,9 +370,13 @@ class TableRuntime:
                                and all(p.source == p.target for p in forward.columns))
         # the image path computes columns in Python: a mapping with SQL (expr) re-reads the source instead
         self.fast: dict[Side, FastPath | None] = {Side.OLD: None, Side.NEW: None}
-        if forward.version is not None and not _has_expr(forward):
+        # the fast path trusts the version guard only where a refused image can be told from a written one
+        # (the upsert's row count); MariaDB/MySQL report a matched row as written, so an image refused there
+        # would be lost silently: their side always re-reads the authoritative row (mirror_keys)
+        if forward.version is not None and not _has_expr(forward) and new.dialect is not Dialect.MYSQL:
             self.fast[Side.OLD] = FastPath(forward, new, self.old.columns)
-        if forward.version is not None and self.backward is not None and not _has_expr(self.backward):
+        if (forward.version is not None and self.backward is not None and not _has_expr(self.backward)
+                and old.dialect is not Dialect.MYSQL):
             self.fast[Side.NEW] = FastPath(self.backward, old, self.new.columns)
         self.read_sql: dict[Side, str] = {}
         self.comparator = TableComparator(forward)
@@ -394,8 +444,36 @@ class _Pending:
     authoritative: str
 
 
+@dataclass(frozen=True)
+class CloseReport:
+    """What :meth:`DualWriter.close` did with the repair keys it still held in memory (counts, no keys)."""
+
+    pending: int = 0
+    """keys held in memory at close (their secondary write failed and the control store had not taken them)"""
+    enqueued: int = 0
+    """of those, queued to the control store's repair queue at close"""
+    spilled: int = 0
+    """of those, written to the spill file (re-queued by the next writer of the migration)"""
+    lost: int = 0
+    """of those, neither queued nor spilled (the spill file could not be written): a verification finds them"""
+    spill_path: str | None = None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the writer
+
+_LIVE: weakref.WeakSet[DualWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _spill_at_exit() -> None:
+    """An application that exits without ``close()`` must not take its pending repair keys with it."""
+    for writer in list(_LIVE):
+        with contextlib.suppress(Exception):
+            if not writer._closed and writer.pending_repairs:
+                n, path = writer.spill_pending()
+                log.warning("migration %s: exiting without close(): %d repair key(s) spilled to %s (re-queued "
+                            "by the next start)", writer.migration, n, path)
 
 
 def default_instance_id() -> str:
@@ -422,6 +500,7 @@ def _data_store(store: Store, timeout: float, pool_size: int) -> Store:
             cparams.setdefault("connect_timeout", max(1, int(timeout + 0.999)))
             cparams.setdefault("read_timeout", max(1, int(timeout * 2 + 0.999)))
             cparams.setdefault("write_timeout", max(1, int(timeout * 2 + 0.999)))
+        bypass.connect_options(clone.dialect, cparams)  # the adapter's own pools: every write is marked
 
     sa.event.listen(clone.engine, "do_connect", add_timeouts)
     return clone
@@ -447,6 +526,8 @@ class DualWriter:
         self.engines: dict[Side, Engine] = {Side.OLD: old_engine or old.engine, Side.NEW: new_engine or new.engine}
         self.data: dict[Side, Store] = {Side.OLD: _data_store(old, opts.secondary_timeout, opts.pool_size),
                                         Side.NEW: _data_store(new, opts.secondary_timeout, opts.pool_size)}
+        self.marks_writes = bypass.adapter_marks(spec)
+        """Mark the authoritative transactions as the adapter's, so bypass capture tells them from raw writes."""
         self.tables: dict[str, TableRuntime] = {}
         problems: list[Problem] = []
         for t in spec.tables:
@@ -460,7 +541,8 @@ class DualWriter:
             if mapping is None:
                 problems += found
                 continue
-            self.tables[t.source] = TableRuntime(t, mapping, self.data[Side.OLD], self.data[Side.NEW])
+            self.tables[t.source] = TableRuntime(t, mapping, self.data[Side.OLD], self.data[Side.NEW],
+                                                 spec.strategy_of(t.source))
         if problems:
             for s in self.data.values():
                 s.dispose()
@@ -494,15 +576,31 @@ class DualWriter:
                                                  recent_write_seconds=opts.recent_write_seconds,
                                                  recheck_delay=opts.recheck_delay,
                                                  recheck_attempts=opts.recheck_attempts,
-                                                 batch_window=opts.shadow_batch_window),
+                                                 batch_window=opts.shadow_batch_window,
+                                                 log_values=_log_values(opts.shadow_log_values)),
                                    read_rows=self.read_rows_direct)
         self.phase.on_change(self._on_state)
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()
+        self.spill_dir = Path(opts.spill_dir).expanduser() if opts.spill_dir else spill.default_spill_dir()
+        self._spill_waiting = self.requeue_spilled() is None
         self._closed = False
+        self._close_report: CloseReport | None = None
+        _LIVE.add(self)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.phase.refresh(force=True)
+        used = {rt.strategy for rt in self.tables.values()}
+        self.strict = StrictStrategy(self) if Strategy.STRICT in used else None
+        if self.strict is not None:
+            if opts.ensure_schema:
+                ensure_notes(old)
+                ensure_notes(new)
+            if opts.background:
+                self.strict.start()
+        self.lagged = (AsyncMirror(self, capacity=opts.async_queue_size, workers=opts.async_workers,
+                                  batch=opts.async_batch, batch_wait=opts.async_batch_wait)
+                       if Strategy.ASYNC in used else None)
         if opts.background:
             self._thread = threading.Thread(target=self._background, name="dualwrite-runtime", daemon=True)
             self._thread.start()
@@ -537,8 +635,8 @@ class DualWriter:
     def read_side(self, rt: TableRuntime, routing: Routing, key: Key | None = None) -> Side:
         """Where this instance reads ``rt`` from: the phase's store, unless it must read its own writes."""
         side = routing.reads_from
-        if side is routing.authoritative or self.strategy is Strategy.SYNC:
-            return side  # sync: the other store had the write before the request returned
+        if side is routing.authoritative or rt.strategy in (Strategy.SYNC, Strategy.STRICT):
+            return side  # sync / strict: the other store had the write before the request returned
         window = self.options.read_your_writes_seconds
         if window > 0 and (self.recent.recent(rt.name, key, window) if key is not None
                            else self.recent.table_recent(rt.name, window)):
@@ -617,12 +715,14 @@ class DualWriter:
             side = route.authoritative
             try:
                 with self.engines[side].connect() as conn:
+                    if self.marks_writes and bypass.marks(route.phase):
+                        bypass.mark_transaction(conn, self.data[side].dialect)
                     uow = UnitOfWork(self, route, conn)
                     yield uow
                     uow._before_commit()
-                    conn.commit()
+                    self.commit_unit(route, uow.touched, conn)
             except BaseException as exc:
-                if not isinstance(exc, GeneratorExit):
+                if not isinstance(exc, GeneratorExit) and not _secondary_only(exc):
                     self.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
                 raise
             committed = time.perf_counter()
@@ -630,15 +730,32 @@ class DualWriter:
         finally:
             self.end_write(route)
 
+    def commit_unit(self, route: Routing, touched: Sequence[Touched], conn: Connection) -> None:
+        """Commit the authoritative transaction; tables with the strict strategy write the other store
+        first, inside it (:mod:`dualwrite.adapter.strict`)."""
+        strict = strict_groups(touched) if self.strict is not None and route.mirror_to is not None else []
+        if not strict:
+            conn.commit()
+            return
+        assert self.strict is not None
+        self.strict.commit(route, strict, conn.connection.dbapi_connection, conn.commit)
+
     def finish(self, route: Routing, touched: list[Touched], started: float, committed: float) -> None:
-        """After an authoritative commit: remember the keys, mirror them (sync), record the latencies."""
+        """After an authoritative commit: remember the keys, mirror them (sync) or queue them (async), record
+        the latencies (strict tables were written to both stores before the commit)."""
         hooks.point("adapter.after_primary_commit")
         for t in touched:
             self.recent.add(t.table.name, t.key)
         primary_ms = (committed - started) * 1000
         lat_side = st.LAT_OLD if route.authoritative is Side.OLD else st.LAT_NEW
-        if self.strategy is Strategy.SYNC and route.mirror_to is not None and touched:
-            self.mirror_now(route, touched, committed)
+        if route.mirror_to is not None and touched:
+            sync = [t for t in touched if t.table.strategy is Strategy.SYNC]
+            if sync:
+                self.mirror_now(route, sync, committed)
+            if self.lagged is not None:
+                lagged = [t for t in touched if t.table.strategy is Strategy.ASYNC]
+                if lagged:
+                    self.lagged.submit(route, lagged)
         done = time.perf_counter()
         self.stats.record(counts=[(st.PRIMARY, "success", 1)],
                           latencies=[(lat_side, primary_ms), (st.LAT_DIRECT, primary_ms),
@@ -818,7 +935,14 @@ class DualWriter:
                           slow: list[Key] = slow) -> None:
                     if images:
                         assert fast is not None
-                        self._write_images(fast, list(images.values()))
+                        applied = self._write_images(fast, list(images.values()))
+                        if applied is not None and applied < len(images):
+                            # the version guard refused an image: either a newer one is there already, or
+                            # the target holds a stale row whose version is higher (a key deleted and
+                            # re-inserted, an application that set its version backwards, two ORM
+                            # processes that bumped the same version). The version column is not proof:
+                            # re-read the authoritative rows under their lock (DESIGN.md rule 1)
+                            mirror_keys(self.data[a], self.data[b], rt.mapping_from(a), list(images))
                     if slow:
                         mirror_keys(self.data[a], self.data[b], rt.mapping_from(a), slow)
 
@@ -850,7 +974,9 @@ class DualWriter:
                 self.data[side].engine.dispose()
             return fn()
 
-    def _write_images(self, fast: FastPath, images: list[dict[str, Any]]) -> None:
+    def _write_images(self, fast: FastPath, images: list[dict[str, Any]]) -> int | None:
+        """Write committed images with the guarded upsert; the number of rows it wrote, or None where the
+        driver cannot tell a refused image from a written one (MySQL/MariaDB report a matched row as 1)."""
         rows = adapt([fast.row(img) for img in images], fast.adapters)
         store = fast.target
         with store.connect() as conn:
@@ -865,12 +991,16 @@ class DualWriter:
                     cur.execute(fast.sql, rows[0])
                 else:
                     cur.executemany(fast.sql, rows)
+                applied = cur.rowcount
                 cur.close()
                 if not auto:
                     conn.commit()
             finally:
                 if auto:
                     conn.autocommit = False
+        if store.dialect is Dialect.MYSQL or applied is None or applied < 0:
+            return None
+        return int(applied)
 
     def _recheck_deletes(self, rt: TableRuntime, a: Side, b: Side, keys: list[Key]) -> None:
         def run() -> None:
@@ -917,6 +1047,39 @@ class DualWriter:
         with self._pending_lock:
             return sum(len(p.keys) for p in self._pending)
 
+    def requeue_spilled(self) -> int | None:
+        """Queue the keys an earlier run of this migration spilled at exit (this host's spill directory);
+        returns how many, or None when the control store cannot take them yet (the files stay)."""
+        if not spill.spilled_files(self.spill_dir, self.migration):
+            return 0
+
+        def enqueue(table: str, keys: list[Key], reason: str, side: str) -> None:
+            control.enqueue_repair(self.control, self.migration, table, keys, reason=reason, authoritative=side)
+            self.stats.count(st.REPAIR, "enqueued", len(keys))
+
+        try:
+            return spill.requeue(self.spill_dir, self.migration, enqueue)
+        except Exception as exc:  # noqa: BLE001 - the control store is still down: retried later
+            log.warning("migration %s: cannot re-queue spilled repair keys yet (%s); retried later", self.migration,
+                        error_class(exc))
+            return None
+
+    def spill_pending(self) -> tuple[int, str | None]:
+        """Write the keys held in memory to this instance's spill file; returns (keys spilled, path)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        entries = [spill.SpillEntry(p.table, tuple(k), p.authoritative, p.reason) for p in pending for k in p.keys]
+        if not entries:
+            return 0, None
+        try:
+            path, n = spill.spill(self.spill_dir, self.migration, self.instance_id, entries)
+        except OSError:
+            with self._pending_lock:
+                self._pending = pending + self._pending
+            raise
+        self.stats.count(st.REPAIR, "spilled", n)
+        return n, str(path)
+
     # -- maintenance --------------------------------------------------------------------------------------
 
     def mapping_for(self, table: str, reverse: bool) -> TableMapping:
@@ -943,38 +1106,76 @@ class DualWriter:
     def _background(self) -> None:
         ttl = max(0.05, self.options.phase_ttl)
         next_flush = time.monotonic() + self.options.stats_window_seconds
+        next_requeue = time.monotonic() + 5.0
         while not self._stop.wait(min(ttl / 2, 0.5)):
             with contextlib.suppress(Exception):
                 self.phase.refresh(force=True)
             if self._pending:
                 with contextlib.suppress(Exception):
                     self.retry_pending_repairs()
+            if self._spill_waiting and time.monotonic() >= next_requeue:
+                self._spill_waiting = self.requeue_spilled() is None
+                next_requeue = time.monotonic() + 5.0
             if time.monotonic() >= next_flush:
                 self.flush_stats()
                 next_flush = time.monotonic() + self.options.stats_window_seconds
 
-    def close(self, *, leave_barrier: bool = True) -> None:
-        """Stop background work, run due re-checks, flush the last stats window, leave the barrier."""
+    def close(self, *, leave_barrier: bool = True) -> CloseReport:
+        """Stop background work, run due re-checks, flush the last stats window, leave the barrier.
+
+        Repair keys still held in memory (the control store was unreachable) are queued if it is back, else
+        spilled to this host's spill file, to be re-queued by the next writer of the migration: the
+        returned :class:`CloseReport` (and one log line, with counts and the file, never keys) says which."""
         if self._closed:
-            return
+            return self._close_report or CloseReport()
         self._closed = True
+        self._close_strategies()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.scheduler.stop(run_pending=True)
         self.executor.shutdown(wait=True)
-        self.retry_pending_repairs()
+        pending = self.pending_repairs
+        enqueued = self.retry_pending_repairs() if pending else 0
+        spilled, path, lost = 0, None, 0
+        if self.pending_repairs:
+            try:
+                spilled, path = self.spill_pending()
+            except OSError as exc:
+                lost = self.pending_repairs
+                log.error("migration %s: %d repair key(s) could not be spilled to %s (%s); a verification will "
+                          "find their rows", self.migration, lost, self.spill_dir, type(exc).__name__)
+        self._close_report = report = CloseReport(pending=pending, enqueued=enqueued, spilled=spilled, lost=lost,
+                                                  spill_path=path)
+        if pending:
+            log.warning("migration %s: closing with %d repair key(s) pending: %d queued for repair, %d spilled to "
+                        "%s (re-queued by the next start), %d lost", self.migration, pending, enqueued, spilled,
+                        path or "-", lost)
         self.flush_stats()
         if leave_barrier:
             self.phase.forget()
         for s in self.data.values():
             s.dispose()
+        return report
+
+    def _close_strategies(self) -> None:
+        """async: flush the queue (what cannot be flushed goes to the repair queue); strict: clear the notes."""
+        if self.lagged is not None:
+            self.lagged.close()
+        if self.strict is not None:
+            self.strict.close()
 
     def __enter__(self) -> DualWriter:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _secondary_only(exc: BaseException) -> bool:
+    """A strict write that failed on the other store: the authoritative store did not fail (it was rolled
+    back on purpose), so it is not counted as a primary failure (the secondary failure is counted)."""
+    return isinstance(exc, StrictWriteError) and exc.role == "secondary"
 
 
 def _entity_of(rt: TableRuntime, key: Key) -> str:
@@ -1013,7 +1214,7 @@ class UnitOfWorkBase:
         self._log: list[tuple[TableRuntime, Key]] = []
         strategy = writer.strategy
         self._outbox = strategy is Strategy.OUTBOX and routing.mirror_to is not None
-        self._image = strategy is Strategy.SYNC and routing.mirror_to is not None and writer.options.fast_path
+        self._image = routing.mirror_to is not None and writer.options.fast_path  # sync tables only (below)
 
     def _side(self, rt: TableRuntime) -> SideTable:
         s = rt.sides[self.side]
@@ -1113,7 +1314,7 @@ class UnitOfWorkBase:
         # MariaDB returns rows from a plain INSERT only (not from UPDATE or ON DUPLICATE KEY UPDATE)
         can_return = s.dialect is not Dialect.MYSQL or (st_.sql.startswith("INSERT") and "DUPLICATE" not in st_.sql)
         st_.want_image = (not st_.deleted and can_return and self._image and rt.fast[self.side] is not None
-                          and st_.moved_from is None)
+                          and st_.moved_from is None and rt.strategy in (Strategy.SYNC, Strategy.STRICT))
         if self._outbox and st_.key is not None and s.dialect is Dialect.POSTGRESQL and st_.moved_from is None:
             cached = s.sql.get(("cte", st_.sql))
             if cached is None:

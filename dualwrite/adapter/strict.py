@@ -1,0 +1,417 @@
+"""The ``strict`` write strategy: the request succeeds only if both stores have the write (the seed's
+"synchronous, fail if either fails").
+
+Order, inside one unit of work (the authoritative transaction is still open throughout):
+
+1. the rows are read **in the authoritative transaction** (the ``RETURNING`` image, or a read on its own
+   connection, under the row locks it holds);
+2. they are written to the other store **together with a note of their keys** (``dualwrite_strict_notes``,
+   in the same transaction there; on PostgreSQL folded into the same statement, so it costs no round
+   trip), which commits. The note exists exactly when the other store has the write, so it is the durable
+   record of the window below. Because the authoritative row locks are held until step 3, two strict writers
+   of one key reach the other store in the authoritative store's commit order: no version guard is needed
+   (DESIGN.md rule 1 rests on the lock, not on a column);
+3. the authoritative transaction commits;
+4. the note is deleted off the request path, in batches.
+
+A note older than ``strict_note_grace`` is a crash between steps 2 and 3 (or a failed clean-up): every
+writer sweeps both stores now and then (:meth:`StrictStrategy.sweep`) and turns such notes into repair-queue
+entries, and the repair drain makes the other store equal to the authoritative row (or absent) - the right
+outcome whatever happened. Until then the verification the gates require finds the difference too.
+
+Failures: the secondary write fails or times out -> the authoritative transaction rolls back and
+:class:`StrictWriteError` names the secondary store (the keys also go to the repair queue, in case the
+secondary committed before the error reached us); the authoritative commit fails after the secondary
+committed -> the secondary is restored at once from the authoritative row with
+:func:`dualwrite.mirror.mirror_keys` (else its note repairs it), and ``StrictWriteError`` names the
+authoritative store.
+
+What this does not give: between steps 2 and 3 (one commit round trip) a read of the other store sees the
+new row before the authoritative store does; a compensated write was visible there for that long.
+
+The module is a capture method on its own (the later seam refactor lifts it into a plug-in): the writer
+calls :meth:`StrictStrategy.commit` instead of committing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dualwrite import bookkeeping as bk
+from dualwrite import control, hooks, sqlgen
+from dualwrite import rows as rowio
+from dualwrite import stats as st
+from dualwrite.adapter.phase import Side
+from dualwrite.errors import StrictWriteError
+from dualwrite.keys import encode_key
+from dualwrite.mirror import mirror_keys, normal_key
+from dualwrite.sqlgen import source_side, target_side
+from dualwrite.store import Dialect, Store, without_row_values
+
+if TYPE_CHECKING:
+    from dualwrite.adapter.phase import Routing
+    from dualwrite.adapter.writer import DualWriter, Key, TableRuntime, Touched
+
+log = logging.getLogger("dualwrite.adapter")
+
+NOTES = "dualwrite_strict_notes"
+"""The keys of strict writes between their two commits, in the store that committed first (the secondary)."""
+
+
+def notes_ddl(store: Store) -> list[str]:
+    now = bk.now_sql(store)
+    default = f"({now})" if store.dialect is Dialect.SQLITE else now
+    return [
+        f"CREATE TABLE IF NOT EXISTS {NOTES} (id {bk.identity_pk(store)}, migration VARCHAR(128) NOT NULL, "
+        f"table_name VARCHAR(255) NOT NULL, key_json TEXT NOT NULL, token VARCHAR(32) NOT NULL, "
+        f"created_at {bk.ts_type(store)} NOT NULL DEFAULT {default}){bk.table_suffix(store)}",
+    ]  # no secondary index: the table holds only writes in flight and a second of finished ones
+
+
+def ensure_notes(store: Store) -> None:
+    """Create the notes table if missing (both stores: either can be the secondary)."""
+    bk.create_all(store, notes_ddl(store))
+
+
+@dataclass
+class Ticket:
+    """A strict write between its two commits: what to forget or to restore."""
+
+    token: str
+    groups: dict[str, tuple[TableRuntime, list[Key]]]
+    a: Side
+    b: Side
+
+
+class StrictStrategy:
+    """Commits strict units of work (secondary first, inside the open authoritative transaction)."""
+
+    def __init__(self, writer: DualWriter, *, sweep_seconds: float = 10.0) -> None:
+        self.writer = writer
+        self.sweep_seconds = sweep_seconds
+        self._next_sweep = 0.0
+        self._done: list[tuple[Side, str]] = []
+        self._sql: dict[tuple[str, str], tuple[str, list[Any]]] = {}
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the protocol ------------------------------------------------------------------------------------
+
+    def commit(self, route: Routing, touched: Sequence[Touched], dbapi_conn: Any, commit: Callable[[], None]) -> None:
+        """Write the strict tables' keys of ``touched`` to the other store, then ``commit()`` the authoritative
+        transaction (``dbapi_conn`` is its driver connection). Raises :class:`StrictWriteError`."""
+        ticket = self.prepare(route, touched, dbapi_conn)
+        hooks.point("strict.between_commits")
+        try:
+            commit()
+        except Exception as exc:
+            raise self.commit_failed(ticket, exc) from exc
+        self.committed(ticket)
+
+    def prepare(self, route: Routing, touched: Sequence[Touched], dbapi_conn: Any,
+                rows: dict[str, list[Any]] | None = None) -> Ticket:
+        """Steps 1 and 2: note the keys, write and commit them on the other store (the authoritative
+        transaction stays open). The rows are read on ``dbapi_conn`` (the authoritative transaction's driver
+        connection) unless ``rows`` has them already (:meth:`read_async`). Raises :class:`StrictWriteError`;
+        then the caller must roll back."""
+        w = self.writer
+        a, b = route.authoritative, route.mirror_to
+        assert b is not None
+        groups = _groups(touched)
+        nkeys = sum(len(keys) for _, keys in groups.values())
+        lat_name = st.LAT_NEW if b.value == "new" else st.LAT_OLD
+        token = uuid.uuid4().hex
+        started = time.perf_counter()
+        try:
+            self._write_secondary(groups, a, b, dbapi_conn, rows, touched, token)
+        except Exception as exc:
+            cls = _error_class(exc)
+            w.stats.record(counts=[(st.SECONDARY, "attempt", nkeys), (st.SECONDARY, f"failure:{cls}", nkeys)],
+                           latencies=[(lat_name, (time.perf_counter() - started) * 1000)])
+            for rt, keys in groups.values():  # it may have committed before the error reached us: level it
+                w.enqueue_repair(rt.name, keys, reason=f"strict {cls}", authoritative=a.value)
+            raise StrictWriteError(f"migration {w.migration}: strict write failed on the {b.value} store "
+                                   f"(secondary, {cls}: {_short(exc)}); the {a.value} store rolled back, "
+                                   "nothing was written", store=b.value, role="secondary") from exc
+        w.stats.record(counts=[(st.SECONDARY, "attempt", nkeys), (st.SECONDARY, "success", nkeys)],
+                       latencies=[(lat_name, (time.perf_counter() - started) * 1000)])
+        return Ticket(token, groups, a, b)
+
+    def start(self) -> None:
+        """Start the background clean-up and sweep (the writer calls it: a restarted process sweeps at once)."""
+        with self._lock:
+            self._start()
+
+    def committed(self, ticket: Ticket) -> None:
+        """Step 4: both stores have the write; the note goes (off the request path)."""
+        self._forget(ticket.b, ticket.token)
+
+    def commit_failed(self, ticket: Ticket, exc: BaseException) -> StrictWriteError:
+        """The authoritative commit failed after the other store committed: restore it; the error to raise."""
+        restored = self._compensate(ticket.groups, ticket.a, ticket.b)
+        if restored:
+            self._forget(ticket.b, ticket.token)
+        return StrictWriteError(
+            f"migration {self.writer.migration}: strict write failed on the {ticket.a.value} store (authoritative "
+            f"commit, {_error_class(exc)}: {_short(exc)}); the {ticket.b.value} store was "
+            + ("restored" if restored else "queued for repair"), store=ticket.a.value, role="authoritative")
+
+    async def read_async(self, route: Routing, touched: Sequence[Touched], conn: Any) -> dict[str, list[Any]]:
+        """The rows of ``touched`` as the open transaction of an SQLAlchemy ``AsyncConnection`` sees them
+        (for :meth:`prepare` on a thread: the event loop never waits for the other store)."""
+        w = self.writer
+        a = route.authoritative
+        out: dict[str, list[Any]] = {}
+        for name, (rt, keys) in _groups(touched).items():
+            mapping = rt.mapping_from(a)
+            src = source_side(mapping, w.data[a])
+            src_keys = [rowio.adapt_key(k, src.key_kinds, src.store.dialect) for k in keys]
+            sql, params = sqlgen.select_keys_sql(mapping, src, src_keys, lock=False)
+            res = await conn.exec_driver_sql(sql, tuple(params))
+            out[name] = rowio.finish_rows(mapping, [tuple(r) for r in res.fetchall()])
+        return out
+
+    def _write_secondary(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Any, b: Any,
+                         dbapi_conn: Any, rows: dict[str, list[Any]] | None,
+                         touched: Sequence[Touched], token: str) -> None:
+        """The rows as the open authoritative transaction sees them -> the other store, one transaction.
+
+        A row image the statement returned (``RETURNING``, taken inside this very transaction, under its
+        row lock) is used as it is; other keys are read on the transaction's connection. One statement in
+        all runs in autocommit (PostgreSQL): no separate COMMIT round trip."""
+        w = self.writer
+        target = w.data[b]
+        last = {(t.table.name, normal_key(t.key)): t for t in touched}
+        plans: list[tuple[TableRuntime, Any, list[Any], list[Key]]] = []
+        for rt, keys in groups.values():
+            mapping = rt.mapping_from(a)
+            src, dst = source_side(mapping, w.data[a]), target_side(mapping, target)
+            fast = rt.fast[a]
+            found: list[Any] = []
+            absent: list[Key] = []
+            unknown: list[Key] = []
+            for k in keys:
+                t = last.get((rt.name, k))
+                if t is not None and t.deleted:
+                    absent.append(k)
+                elif t is not None and t.image is not None and fast is not None:
+                    found.append(fast.row(t.image))
+                else:
+                    unknown.append(k)
+            if unknown:
+                if rows is not None:
+                    read = rows[rt.name]
+                else:
+                    src_keys = [rowio.adapt_key(k, src.key_kinds, src.store.dialect) for k in unknown]
+                    read = rowio.read_keys(dbapi_conn, mapping, src, src_keys)
+                wanted = set(unknown)
+                read = [r for r in read if normal_key(rowio.key_of(r, mapping.key_positions)) in wanted]
+                present = {normal_key(rowio.key_of(r, mapping.key_positions)) for r in read}
+                found += read
+                absent += [k for k in unknown if k not in present]
+            plans.append((rt, dst, found, absent))
+        notes = [(w.migration, rt.name, json.dumps(encode_key(tuple(k))), token)
+                 for rt, keys in groups.values() for k in keys]
+        p = target.paramstyle
+        one_note = f"({p}, {p}, {p}, {p})"
+        statements = sum(bool(found) + bool(absent) for _, _, found, absent in plans)
+        # PostgreSQL, one row written or deleted: the note rides in the same statement, autocommitted
+        fold = target.dialect is Dialect.POSTGRESQL and statements == 1 and all(len(f) <= 1 for _, _, f, _ in plans)
+        hooks.point("strict.before_secondary_write")
+        with target.connect() as tconn:
+            auto = _autocommit(tconn, target.dialect, fold)
+            try:
+                if not auto:
+                    cur = tconn.cursor()
+                    cur.executemany(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES "
+                                    f"{one_note}", notes)
+                    cur.close()
+                head = (f"WITH dw_n AS (INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES "
+                        f"{', '.join([one_note] * len(notes))}) ") if auto else ""
+                head_params = [v for n in notes for v in n] if auto else []
+                for rt, dst, found, absent in plans:
+                    mapping = rt.mapping_from(a)
+                    try:
+                        if absent:
+                            keys = [rowio.adapt_key(k, dst.key_kinds, target.dialect) for k in absent]
+                            sql, params = sqlgen.delete_keys_sql(dst, keys)
+                            cur = tconn.cursor()
+                            cur.execute(head + sql, (*head_params, *params))
+                            cur.close()
+                        if len(found) == 1 and not absent:  # a plain execute (executemany pipelines: more waits)
+                            sql, adapters = self._upsert(rt, a, mapping, dst)
+                            cur = tconn.cursor()
+                            cur.execute(head + sql, (*head_params, *rowio.adapt(found, adapters)[0]))
+                            cur.close()
+                        elif found:
+                            rowio.write_rows(tconn, mapping, dst, found, insert_only=False, only_if_newer=False)
+                    except Exception as exc:
+                        clean = without_row_values(exc, f"strict write {mapping.source_table} -> "
+                                                        f"{mapping.target_table}")
+                        if clean is exc:
+                            raise
+                        raise clean from None
+                if not auto:
+                    tconn.commit()
+            finally:
+                if auto:
+                    tconn.autocommit = False
+
+    def _upsert(self, rt: TableRuntime, a: Side, mapping: Any, dst: Any) -> tuple[str, list[Any]]:
+        """The unguarded upsert of one row into the other store, and the driver adapters (cached)."""
+        cached = self._sql.get((rt.name, a.value))
+        if cached is None:
+            cached = self._sql[(rt.name, a.value)] = (
+                sqlgen.upsert_sql(mapping, dst, only_if_newer=False, insert_only=False),
+                rowio.adapters_for(mapping, dst.store.dialect))
+        return cached
+
+    def _compensate(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Any, b: Any) -> bool:
+        """After a failed authoritative commit: the other store follows the authoritative rows again."""
+        w = self.writer
+        try:
+            for rt, keys in groups.values():
+                w.retry_stale(functools.partial(mirror_keys, w.data[a], w.data[b], rt.mapping_from(a), keys), a, b)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the note stays in the repair queue
+            log.warning("migration %s: cannot restore the %s store after a failed strict commit (%s); the keys "
+                        "are repaired from the repair queue", w.migration, b.value, _error_class(exc))
+            return False
+
+    # -- deleting the notes of finished writes, off the request path -------------------------------------
+
+    def _forget(self, side: Side, token: str) -> None:
+        with self._lock:
+            self._done.append((side, token))
+            many = len(self._done) >= 200
+            self._start()
+        if many:
+            self._wake.set()
+
+    def _start(self) -> None:
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name="dualwrite-strict-notes", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)  # batched: one DELETE per second (or per 200 writes), not one per write
+            self._wake.clear()
+            self.flush()
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + self.sweep_seconds
+                try:
+                    self.sweep()
+                except Exception as exc:  # noqa: BLE001 - next time
+                    log.warning("migration %s: cannot sweep strict notes (%s)", self.writer.migration,
+                                _error_class(exc))
+
+    def flush(self) -> int:
+        """Delete the notes of finished strict writes; returns how many were cleared (a concurrent flush is
+        waited for, so after it returns every note of a write finished before the call is gone)."""
+        with self._flush_lock:
+            with self._lock:
+                done, self._done = self._done, []
+            by_side: dict[Side, list[str]] = {}
+            for side, token in done:
+                by_side.setdefault(side, []).append(token)
+            for side, tokens in by_side.items():
+                store = self.writer.data[side]
+                p = store.paramstyle
+                try:
+                    for start in range(0, len(tokens), 200):
+                        part = tokens[start:start + 200]
+                        bk.execute(store, f"DELETE FROM {NOTES} WHERE token IN ({', '.join([p] * len(part))})", part)
+                except Exception as exc:  # noqa: BLE001 - a note left behind is one harmless repair
+                    log.warning("migration %s: cannot clear %d strict note(s) (%s); they will be repaired instead",
+                                self.writer.migration, len(tokens), _error_class(exc))
+            return len(done)
+
+    def sweep(self, older_than: float | None = None) -> int:
+        """Turn notes older than the grace period (a crash between the two commits) into repair-queue
+        entries, on both stores; returns how many. Safe to run from every instance at once."""
+        w = self.writer
+        grace = w.options.strict_note_grace if older_than is None else older_than
+        moved = 0
+        for side in (Side.OLD, Side.NEW):
+            store = w.data[side]
+            p = store.paramstyle
+            before, param = bk.now_plus(store, -grace)
+            try:
+                found = bk.query(store, f"SELECT id, table_name, key_json FROM {NOTES} WHERE migration = {p} AND "
+                                        f"created_at <= {before} ORDER BY id LIMIT 1000", [w.migration, param])
+            except Exception as exc:  # noqa: BLE001 - no notes table there (yet): nothing to sweep
+                log.debug("no strict notes on the %s store: %s", side.value, _error_class(exc))
+                continue
+            if not found:
+                continue
+            c = w.control.paramstyle
+            with w.control.connect() as conn:
+                cur = conn.cursor()
+                cur.executemany(f"INSERT INTO {control.REPAIR_QUEUE} (migration, table_name, key_json, reason, "
+                                f"authoritative, attempts) VALUES ({c}, {c}, {c}, {c}, {c}, 0)",
+                                [(w.migration, str(t), str(k), "strict: interrupted between the commits",
+                                  side.other.value) for _, t, k in found])
+                cur.close()
+                conn.commit()
+            ids = [int(i) for i, _, _ in found]
+            bk.execute(store, f"DELETE FROM {NOTES} WHERE id IN ({', '.join([p] * len(ids))})", ids)
+            moved += len(ids)
+            log.warning("migration %s: %d strict write(s) interrupted between their commits; queued for repair",
+                        w.migration, len(ids))
+        return moved
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+
+def _groups(touched: Sequence[Touched]) -> dict[str, tuple[TableRuntime, list[Key]]]:
+    groups: dict[str, tuple[TableRuntime, list[Key]]] = {}
+    for t in touched:
+        groups.setdefault(t.table.name, (t.table, []))[1].append(normal_key(t.key))
+    return {n: (rt, list(dict.fromkeys(keys))) for n, (rt, keys) in groups.items()}
+
+
+def strict_groups(touched: Sequence[Touched]) -> list[Touched]:
+    """The touched keys of tables whose strategy is strict."""
+    from dualwrite.spec import Strategy  # noqa: PLC0415
+
+    return [t for t in touched if t.table.strategy is Strategy.STRICT]
+
+
+def _autocommit(conn: Any, dialect: Dialect, single: bool) -> bool:
+    if dialect is Dialect.POSTGRESQL and single:
+        try:
+            conn.autocommit = True  # one statement: no separate COMMIT round trip
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+    return False
+
+
+def _error_class(exc: BaseException) -> str:
+    from dualwrite.adapter.writer import error_class  # noqa: PLC0415 - the writer imports this module
+
+    return error_class(exc)
+
+
+def _short(exc: BaseException) -> str:
+    from dualwrite.adapter.writer import _short as short  # noqa: PLC0415
+
+    return short(exc)
+

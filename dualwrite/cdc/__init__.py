@@ -1,0 +1,1 @@
+"""Log-based change data capture (strategy ``cdc``): PostgreSQL logical decoding, MariaDB/MySQL binlog."""

@@ -1,0 +1,237 @@
+"""MariaDB / MySQL change capture: the row-based binlog, read with ``mysql-replication`` (on PyMySQL).
+
+The relay connects as a replica (a server id of its own), reads from the last checkpointed position up to
+the end of the binlog or about ``limit`` row changes (whole transactions only), mirrors the keys, and only
+then stores the position after the last transaction applied in the control store. A worker killed in
+between re-reads those transactions: harmless (the mirror copies the authoritative row as it is now).
+
+Positions are GTID states on MariaDB (``0-1-42,1-1-7``: the last transaction applied per replication
+domain; mysql-replication resumes MariaDB only from GTIDs) and binlog file + offset on MySQL. The server
+needs ``log_bin``, ``binlog_format=ROW``,
+``binlog_row_image=FULL`` and on MariaDB ``binlog_row_metadata=FULL`` (without it column names arrive as
+``UNKNOWN_COL0``...): ``dualwrite check`` verifies them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dualwrite import control
+from dualwrite.cdc.pg import CaptureError, TableKeys, schema_change
+from dualwrite.keys import decode_value
+from dualwrite.store import Store
+
+#: MariaDB's GTID event flag of a statement that is its own transaction (DDL: no XID/COMMIT event follows)
+FL_STANDALONE = 1
+
+#: the control store's checkpoint scope of a store's binlog position
+SCOPE = "cdc:binlog:{store}"
+
+
+def _scope(store: Store) -> str:
+    return SCOPE.format(store=store.name)
+
+
+def replica_server_id(migration: str, store: Store) -> int:
+    """A server id for one replica connection, away from the small numbers real servers use. Random per
+    read: the server drops an older connection of the same id, and the relay and a catch-up read at once."""
+    digest = hashlib.blake2s(f"{migration}\0{store.name}\0{secrets.token_hex(4)}".encode(), digest_size=4).digest()
+    return 1_000_000 + int.from_bytes(digest, "big") % 1_000_000_000
+
+
+def _settings(store: Store) -> dict[str, Any]:
+    url = store.engine.url
+    return {"host": url.host or "127.0.0.1", "port": int(url.port or 3306), "user": url.username or "root",
+            "password": url.password or ""}
+
+
+#: a position: ("gtid", "0-1-42,1-1-7") on MariaDB, (file, "offset") on MySQL
+Position = tuple[str, str]
+GTID = "gtid"
+
+
+def current_position(store: Store) -> Position:
+    """The end of the binlog now: the GTID state on MariaDB, file and offset on MySQL."""
+    mariadb = _is_mariadb(store)
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SHOW MASTER STATUS")
+        row = cur.fetchone()
+        gtid = ""
+        if mariadb and row:
+            cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+            gtid = str(cur.fetchone()[0] or "")
+        cur.close()
+        conn.rollback()
+    if not row:
+        raise CaptureError(f"store {store.name!r}: the binary log is off (log_bin); a restart with --log-bin is "
+                           "needed; `dualwrite check` lists every setting")
+    return (GTID, gtid) if mariadb else (str(row[0]), str(row[1]))
+
+
+def load_position(control_store: Store, migration: str, store: Store) -> Position | None:
+    cp = control.load_checkpoint(control_store, migration, _scope(store), 0)
+    if cp is None or not cp.cursor:
+        return None
+    return str(cp.cursor[0]), str(cp.cursor[1])
+
+
+def _merge_gtid(state: str, gtid: str) -> str:
+    """The GTID state after transaction ``gtid`` (domain-server-seq): the newest per domain."""
+    domains = {p.split("-")[0]: p for p in state.split(",") if p}
+    domains[gtid.split("-")[0]] = gtid
+    return ",".join(domains[d] for d in sorted(domains, key=int))
+
+
+def gtid_reached(state: str, point: str) -> bool:
+    """Does GTID state ``state`` include every transaction of ``point`` (per domain, seq >= point's)?"""
+    have = {p.split("-")[0]: int(p.split("-")[2]) for p in state.split(",") if p}
+    return all(have.get(p.split("-")[0], -1) >= int(p.split("-")[2]) for p in point.split(",") if p)
+
+
+def save_position(control_store: Store, migration: str, store: Store, pos: Position) -> None:
+    """Checkpoint the position (after the changes before it were applied). The ``batches`` counter of
+    the checkpoint row orders saves, so a stale retry cannot rewind it."""
+    cp = control.load_checkpoint(control_store, migration, _scope(store), 0)
+    n = cp.batches + 1 if cp is not None else 1
+    control.save_checkpoint(control_store, migration, _scope(store), 0, [pos[0], pos[1]], 0, n)
+
+
+def setup(control_store: Store, migration: str, store: Store) -> bool:
+    """Record where capture starts (the current end of the binlog) unless a position is stored already.
+    True when capture starts now."""
+    if load_position(control_store, migration, store) is not None:
+        return False
+    save_position(control_store, migration, store, current_position(store))
+    return True
+
+
+def teardown(control_store: Store, migration: str, store: Store) -> None:
+    control.clear_checkpoints(control_store, migration, _scope(store))
+
+
+def _value(value: Any, kind: Any) -> Any:
+    return decode_value(value, kind) if isinstance(value, str) else value
+
+
+@dataclass
+class Batch:
+    keys: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    changes: int = 0
+    transactions: int = 0
+    end: Position | None = None
+    unknown: set[str] = field(default_factory=set)
+    lag_seconds: float = 0.0
+
+
+def read_batch(control_store: Store, migration: str, store: Store, tables: Sequence[TableKeys],
+               limit: int = 5000) -> Batch:
+    """Keys changed by whole transactions after the stored position (at most about ``limit`` changes)."""
+    from pymysqlreplication import BinLogStreamReader  # noqa: PLC0415 - only workers that capture need it
+    from pymysqlreplication.event import (  # noqa: PLC0415
+        GtidEvent,
+        MariadbGtidEvent,
+        QueryEvent,
+        RotateEvent,
+        XidEvent,
+    )
+    from pymysqlreplication.row_event import (  # noqa: PLC0415
+        DeleteRowsEvent,
+        UpdateRowsEvent,
+        WriteRowsEvent,
+    )
+
+    start = load_position(control_store, migration, store)
+    if start is None:
+        raise CaptureError(f"store {store.name!r}: no binlog position is stored for migration {migration!r}; "
+                           "restart the relay (its setup records one), then verify")
+    mariadb = start[0] == GTID
+    schema = store.engine.url.database or ""
+    by_name = {t.table.rpartition(".")[2]: t for t in tables}
+    out = Batch()
+    where: dict[str, Any] = ({"auto_position": start[1] or None} if mariadb
+                             else {"log_file": start[0], "log_pos": int(start[1]), "resume_stream": True})
+    stream = BinLogStreamReader(
+        connection_settings=_settings(store), server_id=replica_server_id(migration, store), blocking=False,
+        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
+                     MariadbGtidEvent, GtidEvent],
+        only_schemas=[schema] if schema else None, is_mariadb=mariadb, **where)
+    pending: dict[str, list[tuple[Any, ...]]] = {}
+    pending_changes = 0
+    first_ts: float | None = None
+    state = start[1]
+    txn_gtid: str | None = None  # MariaDB: the transaction being read
+    standalone = False  # ... and whether it is a statement with no COMMIT of its own (DDL)
+
+    def complete() -> None:
+        nonlocal pending, pending_changes, state, txn_gtid
+        for table, keys in pending.items():
+            out.keys.setdefault(table, []).extend(keys)
+        out.changes += pending_changes
+        pending, pending_changes = {}, 0
+        out.transactions += 1
+        if mariadb:
+            if txn_gtid is not None:
+                state = _merge_gtid(state, txn_gtid)
+                txn_gtid = None
+            out.end = (GTID, state)
+        else:
+            out.end = (str(stream.log_file), str(stream.log_pos))
+
+    try:
+        for ev in stream:
+            if isinstance(ev, MariadbGtidEvent):
+                if txn_gtid is not None:
+                    complete()  # the previous one had no COMMIT of its own (DDL): the next began, it is whole
+                    if out.changes >= limit:
+                        break
+                txn_gtid = str(ev.gtid)
+                standalone = bool(int(ev.flags) & FL_STANDALONE)
+            elif isinstance(ev, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+                t = by_name.get(ev.table)
+                if t is None or (schema and ev.schema != schema):
+                    out.unknown.add(f"{ev.schema}.{ev.table}")
+                    continue
+                if t.columns is not None:
+                    changed = schema_change(store, t.table, t.columns, [str(c.name) for c in ev.columns])
+                    if changed is not None:
+                        raise changed
+                if first_ts is None:
+                    first_ts = float(ev.timestamp)
+                for row in ev.rows:
+                    images = ([row["before_values"], row["after_values"]] if isinstance(ev, UpdateRowsEvent)
+                              else [row["values"]])
+                    for img in images:
+                        pending.setdefault(t.table, []).append(
+                            tuple(_value(img.get(k), kind) for k, kind in zip(t.key, t.kinds, strict=True)))
+                    pending_changes += 1
+            elif isinstance(ev, XidEvent) or (isinstance(ev, QueryEvent) and ev.query.strip().upper() == "COMMIT"):
+                complete()
+                if out.changes >= limit:
+                    break
+        else:
+            # the end of what the server sent: only a standalone statement (DDL, no COMMIT event) is known to be
+            # whole there; a transaction whose COMMIT was not seen yet is read again next time, never half
+            # applied or skipped
+            if txn_gtid is not None and standalone and not pending:
+                complete()
+    finally:
+        stream.close()
+    if first_ts is not None:
+        out.lag_seconds = max(0.0, time.time() - first_ts)
+    return out
+
+
+def _is_mariadb(store: Store) -> bool:
+    with store.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT VERSION()")
+        version = str(cur.fetchone()[0]).lower()
+        cur.close()
+        conn.rollback()
+    return "mariadb" in version

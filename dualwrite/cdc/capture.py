@@ -1,0 +1,240 @@
+"""Strategy ``cdc``: the relay's key source is the database's own log instead of a trigger-written table.
+
+One interface over both engines, used by the relay activities:
+
+- :func:`setup` (relay setup, at PREPARE, before the first backfill range is copied): PostgreSQL gets a
+  publication for the migrated tables and a ``pgoutput`` slot; MariaDB/MySQL records the binlog position
+  where capture starts. Both stores get capture, because after write cutover the new store's changes are
+  mirrored back to the old store for rollback.
+- :func:`drain_batch`: read a bounded batch of whole transactions from the authoritative store's log,
+  mirror their keys with the one mirror primitive (which re-reads the authoritative row under the key's
+  lock, so a change captured during the backfill wins over the copy, and a replayed batch is harmless), and
+  only then move the position (slot advance / checkpoint).
+- :func:`skip`: the store that is *not* authoritative refuses writes that bypass dualwrite (denied writes),
+  so what its log holds is dualwrite's own writes (backfill, mirrors, repairs): they are skipped, not
+  mirrored back. The skip reads the log's end first and checks the denial afterwards: a write the
+  application made after the denial was lifted is always past that end, so nothing of it is skipped.
+- :func:`teardown` (CLEANUP, rollback to PREPARE): drop slot and publication / forget the position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dualwrite.cdc import binlog, pg
+from dualwrite.cdc.pg import CaptureError, SchemaChanged, TableKeys
+from dualwrite.errors import StoreUnavailableError
+from dualwrite.keys import Key
+from dualwrite.mapping import TableMapping
+from dualwrite.mirror import mirror_keys
+from dualwrite.relay import RelayResult, _mirror_isolated, _short
+from dualwrite.store import Dialect, Store, is_transient
+
+log = logging.getLogger("dualwrite.cdc")
+
+__all__ = ["CaptureError", "SchemaChanged", "TableKeys", "drain_batch", "lag_bytes", "setup", "skip", "teardown"]
+
+
+def _check_dialect(store: Store) -> None:
+    if store.dialect is Dialect.SQLITE:
+        raise CaptureError(f"store {store.name!r} is SQLite: it has no change log to capture from; "
+                           "use strategy triggers or outbox")
+
+
+def setup(store: Store, control_store: Store, migration: str, tables: Sequence[str]) -> bool:
+    """Start capture on ``store`` for ``tables`` (idempotent; True when it starts now)."""
+    _check_dialect(store)
+    if store.dialect is Dialect.POSTGRESQL:
+        return pg.setup(store, migration, tables)
+    return binlog.setup(control_store, migration, store)
+
+
+def teardown(store: Store, control_store: Store, migration: str) -> None:
+    """Stop capture on ``store`` (idempotent)."""
+    if store.dialect is Dialect.POSTGRESQL:
+        pg.teardown(store, migration)
+    elif store.dialect is Dialect.MYSQL:
+        binlog.teardown(control_store, migration, store)
+
+
+def drain_batch(store: Store, other: Store, control_store: Store, migration: str, tables: Sequence[TableKeys],
+                mapping_for: Callable[[str], TableMapping], *, reverse: bool, limit: int = 5000) -> RelayResult:
+    """Mirror one batch of captured changes of ``store`` to ``other``; entries 0 = nothing captured.
+
+    ``tables`` name the migrated tables as they are on ``store``; ``mapping_for(name)`` gives the mapping
+    from ``store`` to ``other`` for one of them. A key the target rejects goes to the repair queue, so it
+    does not hold the log back; an unreachable store or a deadlock raises, and the position stays."""
+    out = RelayResult()
+    if store.dialect is Dialect.POSTGRESQL:
+        try:
+            pbatch = pg.read_batch(store, migration, tables, limit)
+        except pg.SlotBusy:
+            return out  # the other reader (relay or catch-up) is applying it
+        keys, changes, lag, done = pbatch.keys, pbatch.changes, pbatch.lag_seconds, pbatch.end_lsn is not None
+        truncated = pbatch.truncated
+        if not done and pbatch.idle_lsn is not None:
+            # nothing of ours up to the WAL flushed before the read: move there, so an idle source (or one
+            # busy with other tables) does not hold WAL back, and a catch-up point is reached
+            with contextlib.suppress(pg.SlotBusy):
+                pg.advance(store, migration, pbatch.idle_lsn)
+    else:
+        bbatch = binlog.read_batch(control_store, migration, store, tables, limit)
+        keys, changes, lag, done = bbatch.keys, bbatch.changes, bbatch.lag_seconds, bbatch.end is not None
+        truncated = []
+    if not done:
+        return out
+    out.entries, out.batches, out.lag_seconds = changes, 1, lag
+    for table in truncated:
+        log.warning("cdc %s: TRUNCATE of %s captured on %s; it is not mirrored: run a verification with repair",
+                    migration, table, store.name)
+    for table, table_keys in keys.items():
+        mapping = mapping_for(table)
+        _mirror(store, other, control_store, migration, mapping, table, table_keys, reverse, out)
+    if store.dialect is Dialect.POSTGRESQL:
+        assert pbatch.end_lsn is not None
+        with contextlib.suppress(pg.SlotBusy):  # the other reader advances it; re-reading is harmless
+            pg.advance(store, migration, max(pbatch.end_lsn, pbatch.idle_lsn or 0))
+    else:
+        assert bbatch.end is not None
+        binlog.save_position(control_store, migration, store, bbatch.end)
+    return out
+
+
+def _mirror(store: Store, other: Store, control_store: Store, migration: str, mapping: TableMapping, table: str,
+            keys: list[Key], reverse: bool, out: RelayResult) -> None:
+    from dualwrite import control  # noqa: PLC0415
+
+    try:
+        res = mirror_keys(store, other, mapping, keys)
+        out.mirrored += res.keys
+    except StoreUnavailableError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # a deadlock: the batch is read again, nothing was advanced
+        done, failed, errors = _mirror_isolated(store, other, mapping, list(dict.fromkeys(keys)))
+        out.mirrored += done
+        if failed:
+            control.enqueue_repair(control_store, migration, table, failed,
+                                   reason=f"relay: {errors[0] if errors else _short(exc)}",
+                                   authoritative="new" if reverse else "old")
+            out.failed += len(failed)
+            out.errors += [e for e in errors if e not in out.errors][:5 - len(out.errors)]
+
+
+def skip(store: Store, control_store: Store, migration: str, still_denied: Callable[[], bool]) -> bool:
+    """Move ``store``'s capture to the end of its log without mirroring (see the module docstring).
+
+    The end is read *before* ``still_denied`` is asked: True means the application could not write there
+    up to that end, so only dualwrite's own writes are skipped. False: nothing is moved."""
+    if store.dialect is Dialect.POSTGRESQL:
+        if pg.lag(store, migration) is None:
+            return False
+        lsn = pg.current_lsn(store)
+        if not still_denied():
+            return False
+        try:
+            pg.advance(store, migration, lsn)
+        except pg.SlotBusy:
+            return False
+        return True
+    if store.dialect is Dialect.MYSQL:
+        if binlog.load_position(control_store, migration, store) is None:
+            return False
+        pos = binlog.current_position(store)
+        if not still_denied():
+            return False
+        binlog.save_position(control_store, migration, store, pos)
+        return True
+    return False
+
+
+def lag_bytes(store: Store, control_store: Store, migration: str) -> int | None:
+    """How far capture on ``store`` is behind the end of its log, in bytes (None: no capture there)."""
+    if store.dialect is Dialect.POSTGRESQL:
+        res = pg.lag(store, migration)
+        return None if res is None else res[0]
+    if store.dialect is Dialect.MYSQL:
+        at = binlog.load_position(control_store, migration, store)
+        if at is None:
+            return None
+        end = binlog.current_position(store)
+        if at[0] == binlog.GTID:  # GTIDs count transactions, not bytes
+            return 0 if end[1] == at[1] else None
+        return max(0, int(end[1]) - int(at[1])) if end[0] == at[0] else None
+    return None
+
+
+def end_point(store: Store, control_store: Store, migration: str) -> object | None:
+    """The end of ``store``'s log now (a catch-up's drain point); None without capture there."""
+    if store.dialect is Dialect.POSTGRESQL:
+        return pg.current_lsn(store) if pg.slot_exists(store, migration) else None
+    if store.dialect is Dialect.MYSQL:
+        if binlog.load_position(control_store, migration, store) is None:
+            return None
+        return binlog.current_position(store)
+    return None
+
+
+def reached(store: Store, control_store: Store, migration: str, point: object) -> bool:
+    """Has capture on ``store`` applied everything up to ``point`` (from :func:`end_point`)?"""
+    if store.dialect is Dialect.POSTGRESQL:
+        at = pg.confirmed(store, migration)
+        return at is not None and isinstance(point, int) and at >= point
+    pos = binlog.load_position(control_store, migration, store)
+    if pos is None or not isinstance(point, tuple):
+        return False
+    if pos[0] == binlog.GTID:
+        return binlog.gtid_reached(pos[1], str(point[1]))
+    return (pos[0], int(pos[1])) >= (str(point[0]), int(point[1]))
+
+
+def pending_keys(store: Store, control_store: Store, migration: str, table: str, key: Sequence[str],
+                 kinds: Sequence[Any], limit: int = 20_000) -> set[tuple[Any, ...]]:
+    """Keys of ``table`` captured on ``store`` and not applied yet (in flight), normalized like the
+    mirror's keys: a verification counts their differences as in flight, not as unresolved. Read without
+    moving anything; a slot the relay holds right now is asked again a few times, then nothing is known."""
+    from dualwrite.mirror import normal_key  # noqa: PLC0415
+
+    tk = [TableKeys(table, list(key), list(kinds))]
+    for _ in range(20):
+        try:
+            if store.dialect is Dialect.POSTGRESQL:
+                if not pg.slot_exists(store, migration):
+                    return set()
+                found = pg.read_batch(store, migration, tk, limit).keys
+            elif store.dialect is Dialect.MYSQL:
+                if binlog.load_position(control_store, migration, store) is None:
+                    return set()
+                found = binlog.read_batch(control_store, migration, store, tk, limit).keys
+            else:
+                return set()
+        except pg.SlotBusy:
+            time.sleep(0.05)
+            continue
+        return {normal_key(k) for keys in found.values() for k in keys}
+    return set()
+
+
+#: retained log past which the relay warns (bytes)
+RETENTION_WARNING_BYTES = 1 << 30
+
+
+def retention_warning(store: Store, control_store: Store, migration: str,
+                      threshold_bytes: int = RETENTION_WARNING_BYTES) -> str | None:
+    """A warning when capture on ``store`` holds back more log than ``threshold_bytes`` (a slot that does
+    not move keeps every WAL segment after it until the disk fills), with what to do about it."""
+    behind = lag_bytes(store, control_store, migration)
+    if behind is None or behind <= threshold_bytes:
+        return None
+    if store.dialect is Dialect.POSTGRESQL:
+        return (f"store {store.name!r}: the replication slot of migration {migration!r} holds back "
+                f"{behind / 1e6:,.0f} MB of WAL; check that the relay runs, and set max_slot_wal_keep_size so "
+                "that a stuck slot is invalidated before the disk fills (capture would then need a restart "
+                "and a verification with repair)")
+    return (f"store {store.name!r}: capture of migration {migration!r} is {behind / 1e6:,.0f} MB behind the end "
+            "of the binlog; check that the relay runs, and that binlog_expire_logs_seconds outlasts the lag")

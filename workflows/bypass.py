@@ -1,0 +1,116 @@
+"""Bypass capture's activity names and their arguments / results (pydantic, no I/O).
+
+With an adapter strategy, the workflow keeps a capture trigger on the authoritative store's migrated tables
+that records writes which did not come through the adapter (:mod:`dualwrite.bypass`), and collects the records
+before a cutover gate: counts per (table, writer identity) reach history, the keys go to the repair queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dualwrite.gates import GateMetric, Verdict
+from dualwrite.spec import MigrationSpec
+
+BYPASS_CAPTURE = "bypass_capture"
+BYPASS_COLLECT = "bypass_collect"
+BYPASS_PATCH = "bypass-capture"
+"""Histories from before: no bypass capture, no bypass metric in the gate."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+MAX_GROUPS = 50
+"""At most this many (table, writer) groups are kept in history; the rest are summed into one."""
+
+
+class BypassGroup(_Model):
+    """Bypassed writes of one writer to one table: counts and the writer's identity only, never keys."""
+
+    table: str
+    writer: str
+    count: int = 0
+    last_seen: datetime | None = None
+
+
+class BypassSummary(_Model):
+    """What the workflow keeps: every group seen since capture started, and the total."""
+
+    total: int = 0
+    groups: list[BypassGroup] = Field(default_factory=list)
+    capture_on: str = Field(default="", description="the store side capturing now: old, new or '' (none)")
+
+
+def applies(spec: MigrationSpec) -> bool:
+    """As :func:`dualwrite.bypass.applies` (the workflow does not import the data path)."""
+    return spec.strategy.value not in ("triggers", "cdc") and not spec.tenant_tables
+
+
+def in_window(summary: BypassSummary | None, since: datetime) -> list[BypassGroup]:
+    """The groups with a bypassed write seen at or after ``since``."""
+    if summary is None:
+        return []
+    return [g for g in summary.groups if g.last_seen is not None and g.last_seen >= since]
+
+
+BYPASS_SOURCE = "bypass capture"
+METRIC = "bypassed_writes"
+
+
+def gate_metric(summary: BypassSummary | None, since: datetime, window_seconds: float) -> GateMetric:
+    """The gate's verdict: no write may have bypassed the adapter within the window (tables and writer
+    identities as evidence, never keys)."""
+    recent = in_window(summary, since)
+    n = sum(g.count for g in recent)
+    if not recent:
+        detail = f"no write bypassed the adapter in the last {window_seconds:g} s"
+    else:
+        who = "; ".join(f"{g.table}: {g.count:,} by {g.writer}" for g in recent[:10])
+        more = f" and {len(recent) - 10} more" if len(recent) > 10 else ""
+        detail = (f"{n:,} writes bypassed the adapter in the last {window_seconds:g} s ({who}{more}); route "
+                  "those write paths through the adapter (see `dualwrite audit`), their keys were queued for repair")
+    return GateMetric(name=METRIC, value=float(n), threshold=0, op="==", samples=n, min_samples=0,
+                      verdict=Verdict.FAIL if recent else Verdict.PASS, detail=detail, source=BYPASS_SOURCE)
+
+
+def merge(summary: BypassSummary, groups: Sequence[BypassGroup]) -> BypassSummary:
+    """Add freshly collected groups into the summary (pure: the workflow calls it)."""
+    by = {(g.table, g.writer): g.model_copy() for g in summary.groups}
+    for g in groups:
+        cur = by.get((g.table, g.writer))
+        if cur is None:
+            by[(g.table, g.writer)] = g.model_copy()
+        else:
+            cur.count += g.count
+            if g.last_seen is not None and (cur.last_seen is None or g.last_seen > cur.last_seen):
+                cur.last_seen = g.last_seen
+    ordered = sorted(by.values(), key=lambda g: g.last_seen.timestamp() if g.last_seen else 0.0, reverse=True)
+    if len(ordered) > MAX_GROUPS:
+        rest = ordered[MAX_GROUPS - 1:]
+        other = BypassGroup(table="*", writer="(other writers)", count=sum(g.count for g in rest),
+                            last_seen=max((g.last_seen for g in rest if g.last_seen), default=None))
+        ordered = [*ordered[:MAX_GROUPS - 1], other]
+    return summary.model_copy(update={"groups": ordered, "total": summary.total + sum(g.count for g in groups)})
+
+
+class BypassCaptureInput(_Model):
+    spec: MigrationSpec
+    install: list[str] = Field(default_factory=list, description="store sides to capture on: old, new")
+    remove: list[str] = Field(default_factory=list, description="store sides to stop capturing on")
+    discard: bool = Field(default=False, description="also delete the migration's uncollected records")
+
+
+class BypassCollectInput(_Model):
+    """Both stores are collected; a record's key is repaired from the store it was captured on."""
+
+    spec: MigrationSpec
+
+
+class BypassCollectResult(_Model):
+    groups: list[BypassGroup] = Field(default_factory=list, description="counts per (table, writer), no keys")
+    queued: int = Field(default=0, description="records whose keys went to the repair queue")
