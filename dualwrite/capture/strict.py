@@ -1,0 +1,8 @@
+"""``strict``: both stores have the write or the request fails (dualwrite/adapter/strict.py)."""
+
+from dualwrite.capture._method import CaptureMethod, Evidence
+
+METHOD = CaptureMethod(
+    name="strict", summary="synchronous; the request fails if either store fails",
+    inline=True, through_adapter=True, key_log=None, database_capture=False, evidence=Evidence.ADAPTER,
+    relay_lag_gated=False, latency_measurable=True)
