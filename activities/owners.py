@@ -35,7 +35,7 @@ class OwnerCheck:
         A failed lookup raises: PREPARE retries it rather than start a migration it could not check."""
         if self._client is None or self._loop is None:
             return []
-        from workflows.client import live_migrations  # noqa: PLC0415 - the client side, only here
+        from starter.client import live_migrations  # noqa: PLC0415 - the client side, only here
 
         live = asyncio.run_coroutine_threadsafe(live_migrations(self._client), self._loop).result(
             LOOKUP_TIMEOUT_SECONDS)

@@ -813,7 +813,7 @@ class TemporalSide:
         from temporalio.client import Client
 
         from dualwrite.codec import data_converter
-        from workflows.client import start_migration
+        from starter.client import start_migration
         from workflows.models import MigrationInput, Tuning
 
         client = await Client.connect(f"127.0.0.1:{self.port}", data_converter=data_converter())

@@ -7,7 +7,7 @@ by another running migration, naming it. A finished (DONE), failed, terminated o
 nothing: only running ``MigrationWorkflow`` executions count, as listed by Temporal's visibility store,
 with the spec they were started with (read from their history, so a migration started from the Web UI
 counts the same). The listing itself needs Temporal and lives with the client code
-(:func:`workflows.client.live_migrations`); this module only compares, and has no Temporal import.
+(:func:`starter.client.live_migrations`); this module only compares, and has no Temporal import.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ from typing import Annotated
 
 import typer
 
-from starter.cli import EXIT_BAD_INPUT, EXIT_FAILED, app
+from starter.command import EXIT_BAD_INPUT, EXIT_FAILED
+
+commands = typer.Typer()
+
 
 _HELP = """Find every write to a migrated table that does not go through the dual-write adapter.
 
@@ -29,7 +32,7 @@ def _paragraphs(text: str) -> str:
     return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
 
 
-@app.command(help=_paragraphs(_HELP))
+@commands.command(help=_paragraphs(_HELP))
 def audit(
     spec: Annotated[Path, typer.Argument(help="the migration spec (YAML): its tables' source names are audited",
                                          metavar="SPEC", show_default=False)],

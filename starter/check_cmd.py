@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from starter.cli import EXIT_BAD_INPUT, EXIT_FAILED, app
+from starter.command import EXIT_BAD_INPUT, EXIT_FAILED
 
 if TYPE_CHECKING:
     from dualwrite.config import StoreResolver
@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from dualwrite.spec import SpecDocument
 
 
-@app.command()
+commands = typer.Typer()
+
+
+@commands.command()
 def check(
     spec: Annotated[Path, typer.Argument(help="the migration spec (YAML)", metavar="SPEC", show_default=False)],
     config: Annotated[Path | None, typer.Option(
@@ -62,11 +65,11 @@ def check(
     _warn_clear_keys(report)
     notes, evidence = _gate_notes(spec, report)
     if as_json:
-        doc = report.to_dict()
+        found = report.to_dict()
         if not report.problems:
-            doc["gate_evidence"] = {"strategy": evidence[0][0], **dict(evidence[1:])} if evidence else {}
-            doc["notes"] = notes
-        typer.echo(json.dumps(doc, indent=2, default=str))
+            found["gate_evidence"] = {"strategy": evidence[0][0], **dict(evidence[1:])} if evidence else {}
+            found["notes"] = notes
+        typer.echo(json.dumps(found, indent=2, default=str))
     elif report.problems:
         n = len(report.problems)
         typer.secho(f"{report.source}: {n} problem{'s' if n != 1 else ''}", fg="red", bold=True)
@@ -123,7 +126,7 @@ def _owner_problems(doc: SpecDocument, resolver: StoreResolver, address: str, na
     import gc  # noqa: PLC0415
 
     from dualwrite.owners import conflicts  # noqa: PLC0415
-    from workflows.client import connect, live_migrations  # noqa: PLC0415
+    from starter.client import connect, live_migrations  # noqa: PLC0415
 
     spec = doc.spec
     assert spec is not None

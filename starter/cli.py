@@ -1,12 +1,19 @@
-"""Entry point of the ``dualwrite`` command.
+"""Entry point of the ``dualwrite`` command: the app, assembled from the command modules.
 
 Exit codes: 0 ok, 1 refused or failed, 2 bad input (spec, configuration, arguments). Each command group
-lives in its own module and registers itself on :data:`app`.
+lives in its own ``*_cmd.py`` module, which declares its commands on its own ``commands`` group and imports
+only what ``--help`` needs; what a command does (and the Temporal SDK it needs) loads when it runs. Shared
+pieces live in :mod:`starter.command` (exit codes, consoles, failures) and :mod:`starter.options`.
 """
 
 from __future__ import annotations
 
 import typer
+
+from starter import audit_cmd, check_cmd, codec_cmd, demo_cmd, dev_cmd, migrations_cmd, steer_cmd, worker_cmd
+from starter.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "app", "main"]
 
 app = typer.Typer(
     name="dualwrite",
@@ -17,18 +24,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+# in the order `dualwrite --help` lists them (within each panel)
+for _group in (audit_cmd, check_cmd, codec_cmd, worker_cmd, migrations_cmd, steer_cmd, demo_cmd, dev_cmd):
+    app.add_typer(_group.commands)
 
 
 def _register() -> None:
-    # imported for their side effect of adding commands to ``app``
-    from starter import audit_cmd, check_cmd, codec_cmd, demo_cmd, dev_cmd, ops_cmd  # noqa: F401
+    """Nothing left to do: importing this module assembles :data:`app`. Kept for callers written when the
+    command modules registered themselves on first use."""
 
 
 def main() -> None:
-    _register()
     app()
 
 

@@ -15,7 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from starter.cli import EXIT_BAD_INPUT, app
+from starter.command import EXIT_BAD_INPUT
+
+commands = typer.Typer()
+
 
 DEFAULT_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233", "http://localhost:8080")
 
@@ -37,13 +40,13 @@ def make_server(codec: Any, host: str, port: int, origins: list[str]) -> Threadi
                 self.send_header("Access-Control-Allow-Headers", "Content-Type, X-Namespace, Authorization")
                 self.send_header("Vary", "Origin")
 
-        def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's naming
+        def do_OPTIONS(self) -> None:
             self.send_response(200)
             self._cors()
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")
             if not path.endswith(("/encode", "/decode")):
                 self._reply(404, {"message": "POST /encode or /decode"})
@@ -74,7 +77,7 @@ def make_server(codec: Any, host: str, port: int, origins: list[str]) -> Threadi
     return ThreadingHTTPServer((host, port), Handler)
 
 
-@app.command("codec-server")
+@commands.command("codec-server")
 def codec_server(
     port: Annotated[int, typer.Option("--port", help="port to listen on")] = 8888,
     host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",

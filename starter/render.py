@@ -17,6 +17,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from dualwrite.capture import method_for
 from workflows.models import PHASE_ORDER, MigrationStatus, Phase, TableProgress, TransitionRecord
 
 BAR_WIDTH = 24
@@ -317,9 +318,11 @@ def transitions_table(records: Sequence[TransitionRecord], *, unicode: bool = Tr
 
 
 def unchanged_application_note(status: MigrationStatus) -> str:
-    """``triggers``: where an application that writes without the adapter must write now ([T2-1]). The store
-    that is not authoritative refuses its writes, so this is the line an operator acts on at write cutover."""
-    if status.strategy != "triggers" or status.tenants or status.phase.value in ("CLEANUP", "DONE"):
+    """Capture in the database (``triggers``, ``cdc``): where an application that writes without the adapter
+    must write now ([T2-1]). The store that is not authoritative refuses its writes, so this is the line an
+    operator acts on at write cutover."""
+    denies = method_for(status.strategy).database_capture
+    if not denies or status.tenants or status.phase.value in ("CLEANUP", "DONE"):
         return ""
     if status.phase.rank >= Phase.CUTOVER_WRITES.rank:
         return ("application (no adapter): must write to the NEW store now; the old store refuses its writes "

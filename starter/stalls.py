@@ -73,7 +73,7 @@ async def find_stalls(client: Client, workflow_id: str, *, threshold: float | No
         threshold = float(os.environ.get(STALL_SECONDS_ENV, STALL_SECONDS))
     now = datetime.now(UTC)
     out: list[Stall] = []
-    todo, seen = [workflow_id], set()
+    todo, seen = [workflow_id], set[str]()
     while todo and len(seen) < MAX_WORKFLOWS:
         wid = todo.pop(0)
         if wid in seen:
@@ -81,7 +81,7 @@ async def find_stalls(client: Client, workflow_id: str, *, threshold: float | No
         seen.add(wid)
         try:
             desc = await client.get_workflow_handle(wid).describe(rpc_timeout=timedelta(seconds=10))
-        except Exception:  # noqa: BLE001 - a child that just ended: nothing of it waits
+        except Exception:  # noqa: BLE001, S112 - a child that just ended: nothing of it waits
             continue
         raw = desc.raw_description
         for a in raw.pending_activities:

@@ -302,7 +302,7 @@ class MigrationDriver:
 
     async def start(self, spec: Any, *, task_queue: str | None = None, tuning: Any = None,
                     started_by: str = "pytest") -> WorkflowHandle[Any, Any]:
-        from workflows.client import start_migration
+        from starter.client import start_migration
         from workflows.models import TASK_QUEUE, MigrationInput
 
         inp = MigrationInput(spec=spec, started_by=started_by, tuning=tuning or fast_tuning())

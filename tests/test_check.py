@@ -28,9 +28,8 @@ from dualwrite.mapping import compile_table
 from dualwrite.preflight import preflight
 from dualwrite.spec import TableSpec, parse_spec
 from dualwrite.store import ColumnInfo, Kind, Store, TableInfo
-from starter.cli import EXIT_BAD_INPUT, EXIT_OK, _register, app
+from starter.cli import EXIT_BAD_INPUT, EXIT_OK, app
 
-_register()
 runner = CliRunner()
 DUALWRITE = Path(os.environ.get("DUALWRITE_BIN", str(Path(__file__).resolve().parents[1] / ".venv/bin/dualwrite")))
 

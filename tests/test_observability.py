@@ -217,7 +217,7 @@ async def test_worker_serves_dualwrite_and_temporal_metrics_on_one_port(temporal
     from dualwrite.config import StoreResolver, env_var_for
     from dualwrite.spec import parse_spec
     from worker import WorkerConfig, run_worker
-    from workflows.client import start_migration
+    from starter.client import start_migration
     from workflows.models import MigrationInput, Tuning
 
     old, new = tmp_path / "o.db", tmp_path / "n.db"

@@ -30,7 +30,7 @@ from temporalio.client import Client
 from dualwrite.codec import data_converter
 from dualwrite.config import StoreResolver, env_var_for
 from dualwrite.spec import parse_spec
-from starter.dev_cmd import SEARCH_ATTRIBUTES, find_temporal
+from starter.devserver import SEARCH_ATTRIBUTES, find_temporal
 from workflows.models import MigrationInput, MigrationStatus, Phase, Tuning
 
 CHROMIUM = os.environ.get("DUALWRITE_CHROMIUM", "/usr/bin/chromium")
@@ -120,7 +120,7 @@ async def test_web_ui_finds_opens_and_advances_a_migration(ui_server: tuple[str,
 
     from activities.core import DualwriteActivities
     from worker import build_worker
-    from workflows.client import start_migration
+    from starter.client import start_migration
 
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), \
         f"Chromium is required at {CHROMIUM} (apt-get install chromium; scripts/test.sh installs it)"

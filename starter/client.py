@@ -1,4 +1,7 @@
-"""Connecting to Temporal the one way this project does it: with the pydantic data converter."""
+"""Connecting to Temporal the one way this project does it: with the pydantic data converter.
+
+Client code (the CLI, the demo, tests and benchmarks, and the worker's single-owner lookup) starts, lists and
+reads migrations through these functions; none of it runs inside a workflow."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from dualwrite.codec import data_converter
 from dualwrite.owners import LiveMigration
+from starter.defaults import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_NAMESPACE, NAMESPACE_ENV
 from workflows.models import (
     BACKFILL_PERCENT,
     MIGRATION_PHASE,
@@ -20,16 +24,15 @@ from workflows.models import (
     workflow_id,
 )
 
-DEFAULT_ADDRESS = "localhost:7233"
-DEFAULT_NAMESPACE = "default"
+__all__ = ["connect", "default_address", "default_namespace", "live_migrations", "start_migration"]
 
 
 def default_address() -> str:
-    return os.environ.get("DUALWRITE_TEMPORAL_ADDRESS", DEFAULT_ADDRESS)
+    return os.environ.get(ADDRESS_ENV, DEFAULT_ADDRESS)
 
 
 def default_namespace() -> str:
-    return os.environ.get("DUALWRITE_NAMESPACE", DEFAULT_NAMESPACE)
+    return os.environ.get(NAMESPACE_ENV, DEFAULT_NAMESPACE)
 
 
 async def connect(address: str | None = None, namespace: str | None = None) -> Client:
