@@ -216,8 +216,8 @@ async def test_worker_serves_dualwrite_and_temporal_metrics_on_one_port(temporal
 
     from dualwrite.config import StoreResolver, env_var_for
     from dualwrite.spec import parse_spec
-    from worker import WorkerConfig, run_worker
     from starter.client import start_migration
+    from worker import WorkerConfig, run_worker
     from workflows.models import MigrationInput, Tuning
 
     old, new = tmp_path / "o.db", tmp_path / "n.db"

@@ -119,8 +119,8 @@ async def test_web_ui_finds_opens_and_advances_a_migration(ui_server: tuple[str,
     from playwright.async_api import async_playwright
 
     from activities.core import DualwriteActivities
-    from worker import build_worker
     from starter.client import start_migration
+    from worker import build_worker
 
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), \
         f"Chromium is required at {CHROMIUM} (apt-get install chromium; scripts/test.sh installs it)"
