@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from dualwrite import control
-from dualwrite.errors import PhaseUnknownError
+from dualwrite.errors import PhaseUnknownError as PhaseUnknownError  # re-exported by dualwrite.adapter
 from dualwrite.store import Store
 
 log = logging.getLogger("dualwrite.adapter")

@@ -63,12 +63,12 @@ from dualwrite.adapter.strict import StrictStrategy, ensure_notes, strict_groups
 from dualwrite.config import StoreRef, StoreResolver
 from dualwrite.errors import (
     Problem,
-    RoutingError,
     SchemaError,
     StoreUnavailableError,
     StrictWriteError,
     WriteFencedError,
 )
+from dualwrite.errors import RoutingError as RoutingError  # re-exported by dualwrite.adapter
 from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping, compile_table
 from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.rows import adapt, adapters_for

@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualwrite.cdc.pgoutput import Change, Commit, Decoder, Relation, Truncate
-from dualwrite.errors import CaptureError, SchemaChanged, SlotBusy
+
+# re-exported: dualwrite.cdc.capture and dualwrite.cdc.binlog name them through this module
+from dualwrite.errors import CaptureError as CaptureError
+from dualwrite.errors import SchemaChanged as SchemaChanged
+from dualwrite.errors import SlotBusy as SlotBusy
 from dualwrite.store import Kind, Store
 
 
