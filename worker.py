@@ -57,15 +57,12 @@ from temporalio.runtime import (
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.abort import AbortActivities
-from activities.bypass import BypassActivities
 from activities.core import DualwriteActivities
 from activities.observe import MigrationMonitor, ObservabilityInterceptor
-from activities.relay import RelayActivities
-from activities.sample import SampleActivities
 from activities.stores import StoreCache
 from dualwrite.codec import CLEAR_WARNING, data_converter, payloads_in_clear
 from dualwrite.config import StoreResolver
+from dualwrite.logs import configure
 from dualwrite.metrics import MetricsServer, WorkerMetrics
 from workflows.backfill import BackfillWorkflow
 from workflows.migration import MigrationWorkflow
@@ -174,8 +171,7 @@ def build_worker(client: Client, activities: DualwriteActivities, *, task_queue:
         activities.owners.attach(client, None)
     pool = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max_activities + 2,
                                                              thread_name_prefix="dualwrite-activity")
-    acts = [*activities.all(), *RelayActivities(activities.stores).all(), *SampleActivities(activities.stores).all(),
-            *AbortActivities(activities.stores).all(), *BypassActivities(activities.stores).all()]
+    acts = activities.all()
     main = Worker(
         client,
         task_queue=task_queue,
@@ -290,8 +286,6 @@ async def run_worker(config: WorkerConfig | None = None, *, resolver: StoreResol
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from dualwrite.logs import configure
-
     configure()
     asyncio.run(run_worker())
     gc.collect()  # collect the client while the interpreter is whole (temporalio/sdk-python#300)

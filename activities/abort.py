@@ -1,10 +1,11 @@
 """The activity behind ``dualwrite abort``: remove what a migration left in the stores once authority is back
 with the old store and every live application instance has seen it.
 
-What goes: the capture triggers (``triggers``) on both stores, this migration's key-log entries (the log tables
-stay, other migrations may share them), its queued repairs, backfill checkpoints, statistics and, when
-``remove_state``, its published state and instance rows. What stays: every row of the old store (nothing here
-writes to the migrated tables) and the new store's tables and data, left for the operator to drop or keep.
+What goes: the method's capture on both stores (the capture triggers and denied writes of ``triggers``), this
+migration's key-log entries (the log tables stay, other migrations may share them), its queued repairs,
+backfill checkpoints, statistics and, when ``remove_state``, its published state and instance rows. What
+stays: every row of the old store (nothing here writes to the migrated tables) and the new store's tables and
+data, left for the operator to drop or keep.
 """
 
 from __future__ import annotations
@@ -14,28 +15,18 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.core import mapped_errors, table_exists
+from activities.errors import mapped_errors
+from activities.heartbeat import heartbeating
 from activities.stores import StoreCache
-from dualwrite import bypass, control, outbox, triggers
+from dualwrite import bypass, control, outbox
 from dualwrite import stats as st
-from dualwrite.spec import Strategy
-from dualwrite.store import Store
+from dualwrite.capture.store_side import store_side
+from dualwrite.retire import delete_migration_rows, table_exists
 from workflows.models import AbortCleanupInput, AbortCleanupResult, ActivityNames
 
+__all__ = ["AbortActivities"]
+
 log = logging.getLogger(__name__)
-
-
-def _delete_rows(store: Store, table: str, migration: str) -> int:
-    """Delete ``migration``'s rows of a bookkeeping table (absent table: nothing to delete)."""
-    if not table_exists(store, table):
-        return 0
-    with store.connect() as conn:
-        cur = conn.cursor()
-        cur.execute(f"DELETE FROM {table} WHERE migration = {store.paramstyle}", (migration,))
-        n = int(cur.rowcount or 0)
-        cur.close()
-        conn.commit()
-    return n
 
 
 class AbortActivities:
@@ -50,20 +41,12 @@ class AbortActivities:
     @activity.defn(name=ActivityNames.ABORT_CLEANUP, no_thread_cancel_exception=True)
     def abort_cleanup(self, inp: AbortCleanupInput) -> AbortCleanupResult:
         """Idempotent: a retry finds less to remove."""
-        with mapped_errors():
+        with mapped_errors(), heartbeating():
             spec = inp.spec
-            old, new, ctl = self.stores.store(spec.old), self.stores.store(spec.new), self.stores.store(spec.control)
+            rs = self.stores.relay_stores(spec)
+            old, new, ctl = rs.old, rs.new, rs.control
             out = AbortCleanupResult()
-            if spec.strategy is Strategy.TRIGGERS:
-                for t in spec.tables:
-                    for store, table in ((old, t.source), (new, t.target_table)):
-                        if table_exists(store, table):
-                            triggers.remove_triggers(store, spec.name, table)
-                            # the denied writes too: after an abort both stores accept every writer
-                            triggers.allow_writes(store, spec.name, [table])
-                            triggers.drop_refusal_counters(store, spec.name, [table])
-                            out.triggers_removed.append(f"{store.name}/{table}")
-                    activity.heartbeat(t.source)
+            out.triggers_removed = store_side(spec).abort(rs, table_exists)
             if bypass.applies(spec):  # bypass capture: gone from both stores, with its records
                 for t in spec.tables:
                     for store, table in ((old, t.source), (new, t.target_table)):
@@ -73,13 +56,13 @@ class AbortActivities:
                     bypass.discard(store, spec.name)
             for store in {id(s): s for s in (old, new)}.values():
                 for log_table in outbox.LOGS:
-                    out.log_entries_deleted += _delete_rows(store, log_table, spec.name)
-            out.repair_entries_deleted = _delete_rows(ctl, control.REPAIR_QUEUE, spec.name)
+                    out.log_entries_deleted += delete_migration_rows(store, log_table, spec.name)
+            out.repair_entries_deleted = delete_migration_rows(ctl, control.REPAIR_QUEUE, spec.name)
             tables = [control.CHECKPOINTS, st.STATS]
             if inp.remove_state:
                 tables += [control.STATE, control.INSTANCES]
             for table in tables:
-                out.control_rows_deleted += _delete_rows(ctl, table, spec.name)
+                out.control_rows_deleted += delete_migration_rows(ctl, table, spec.name)
             log.info("migration %s aborted: %d triggers removed, %d key-log entries, %d repairs and %d control rows "
                      "deleted", spec.name, len(out.triggers_removed), out.log_entries_deleted,
                      out.repair_entries_deleted, out.control_rows_deleted)

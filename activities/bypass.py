@@ -3,13 +3,16 @@ triggers, collect their records). Idempotent; only counts and writer identities 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from temporalio import activity
 
-from activities.core import mapped_errors, table_exists
+from activities.errors import mapped_errors
 from activities.stores import StoreCache
 from dualwrite import bypass
+from dualwrite.retire import table_exists
+from dualwrite.store import Kind
 from workflows.bypass import (
     BYPASS_CAPTURE,
     BYPASS_COLLECT,
@@ -60,7 +63,8 @@ class BypassActivities:
         with mapped_errors():
             spec = inp.spec
             ctl = self.stores.store(spec.control)
-            kinds = {t.source: list(self.stores.mapping(spec, t.source)[2].key_kinds) for t in spec.tables}
+            kinds: dict[str, Sequence[Kind]] = {t.source: list(self.stores.mapping(spec, t.source)[2].key_kinds)
+                                                for t in spec.tables}
             out = BypassCollectResult()
             seen: set[int] = set()
             for side, ref in (("old", spec.old), ("new", spec.new)):

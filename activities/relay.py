@@ -1,14 +1,16 @@
-"""Activities of the relay: thin adapters from Temporal to :mod:`dualwrite.relay` and :mod:`dualwrite.triggers`.
+"""Activities of the relay: thin adapters from Temporal to the capture methods' store side
+(:mod:`dualwrite.capture.store_side`), which calls :mod:`dualwrite.relay`, :mod:`dualwrite.triggers` and
+:mod:`dualwrite.cdc`. Nothing here knows a write strategy: the method's store side does.
 
-``relay_drain`` is one long-running activity: it drains both stores' key logs through the mirror primitive
-batch after batch, heartbeats its counters, sleeps ``poll_seconds`` when the logs are empty, and returns after
-``max_seconds`` (or, with ``finish``, as soon as they are empty). Cancellation and worker shutdown are
-noticed between batches; a batch is committed (its entries deleted) only after its keys were mirrored, so a
-kill at any instant redoes at most one batch, harmlessly. The relay records its lag and counts in
-``dualwrite_stats`` like an application instance does.
+``relay_drain`` is one long-running activity: it drains the captured changes through the mirror primitive
+round after round, heartbeats its counters, sleeps ``poll_seconds`` when nothing is waiting, and returns after
+``max_seconds`` (or, with ``finish``, as soon as nothing is left). Cancellation and worker shutdown are
+noticed between batches; a batch is committed (its entries deleted, its log position advanced) only after its
+keys were mirrored, so a kill at any instant redoes at most one batch, harmlessly. The relay records its lag
+and counts in ``dualwrite_stats`` like an application instance does.
 
 ``relay_catch_up`` is what the migration calls before it relies on the other store (a rollback's level
-check, a phase's verification): it mirrors, alongside the relay, every entry logged up to its start.
+check, a phase's verification): it mirrors, alongside the relay, every change captured up to its start.
 
 The stores the relay writes through are marked as replica sessions, so capture triggers ignore the relay's
 own mirror writes (otherwise every mirrored row would be captured again on the other side).
@@ -25,15 +27,14 @@ from typing import Any
 
 from temporalio import activity
 
-from activities import cdc_relay
-from activities.core import heartbeating, log_point, logs_behind, mapped_errors, safe_message, table_exists
+from activities.errors import mapped_errors, safe_message
+from activities.heartbeat import heartbeating, sleep, stopping
 from activities.stores import StoreCache
-from dualwrite import control, outbox, triggers
+from dualwrite import control, triggers
 from dualwrite import stats as st
-from dualwrite.mapping import TableMapping
-from dualwrite.relay import RelayResult, drain
-from dualwrite.spec import MigrationSpec, Strategy
-from dualwrite.store import Store
+from dualwrite.capture.store_side import RelayStores, allow_new_store, store_side
+from dualwrite.relay import RelayResult
+from dualwrite.spec import MigrationSpec
 from workflows.relay import (
     RELAY_CATCH_UP,
     RELAY_DENY,
@@ -50,15 +51,11 @@ from workflows.relay import (
     RelaySetupResult,
 )
 
+__all__ = ["RelayActivities"]
+
 log = logging.getLogger("dualwrite.activities.relay")
 
-#: the old store is retired in these phases: keys logged in the new store are no longer mirrored back
-RETIRED_OLD = ("CLEANUP", "DONE")
 STATS_FLUSH_SECONDS = 10.0
-
-
-def _stopping() -> bool:
-    return activity.is_cancelled() or activity.is_worker_shutdown()
 
 
 class RelayActivities:
@@ -74,21 +71,15 @@ class RelayActivities:
     def all(self) -> list[Any]:
         return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes]
 
-    def _stores(self, spec: MigrationSpec) -> tuple[Store, Store, Store]:
-        old, new, ctl = self.stores.store(spec.old), self.stores.store(spec.new), self.stores.store(spec.control)
-        for s in (old, new):
+    def _stores(self, spec: MigrationSpec) -> RelayStores:
+        rs = self.stores.relay_stores(spec)
+        for s in (rs.old, rs.new):
             triggers.mark_replica(s)  # our own mirror writes must not be captured again
         if spec.control not in self._ready:
-            control.ensure_schema(ctl)
-            st.ensure_schema(ctl)
+            control.ensure_schema(rs.control)
+            st.ensure_schema(rs.control)
             self._ready.add(spec.control)
-        return old, new, ctl
-
-    def _mapping_for(self, spec: MigrationSpec) -> Any:
-        def mapping_for(table: str, reverse: bool) -> TableMapping:
-            return self.stores.mapping(spec, table, reverse=reverse)[2]
-
-        return mapping_for
+        return rs
 
     def _stats_for(self, spec: MigrationSpec) -> st.Stats:
         with self._lock:
@@ -99,54 +90,24 @@ class RelayActivities:
 
     @activity.defn(name=RELAY_SETUP, no_thread_cancel_exception=True)
     def setup(self, inp: RelaySetupInput) -> RelaySetupResult:
-        """Create the key logs on both stores; with ``triggers``, (re)install the capture triggers on both
-        (the new store's capture keeps the old one in sync after write cutover). Idempotent."""
+        """Start capture on both stores: the key logs (with ``triggers``, the capture triggers that fill them:
+        the new store's keeps the old one in sync after write cutover), or the database log's slot and
+        publication / binlog position. Idempotent."""
         with mapped_errors(), heartbeating():
-            spec = inp.spec
-            old, new, _ctl = self._stores(spec)
-            out = RelaySetupResult()
-            if spec.strategy is Strategy.CDC:
-                out.triggers = cdc_relay.setup_capture(spec, old, new, _ctl)
-                return out
-            logs = [outbox.OUTBOX] if spec.strategy is Strategy.OUTBOX else [outbox.CHANGELOG]
-            for store in (old, new):
-                for lg in logs:
-                    outbox.ensure_log(store, lg)
-                    out.logs.append(f"{store.name}/{lg}")
-            if spec.strategy is Strategy.TRIGGERS:
-                for t in spec.tables:
-                    mapping = self.stores.mapping(spec, t.source)[2]
-                    triggers.install_triggers(old, spec.name, mapping.source_table, list(mapping.source_key))
-                    out.triggers.append(f"{old.name}/{mapping.source_table}")
-                    triggers.install_triggers(new, spec.name, mapping.target_table, list(mapping.target_key))
-                    out.triggers.append(f"{new.name}/{mapping.target_table}")
-            return out
+            logs, captured = store_side(inp.spec).setup(self._stores(inp.spec))
+            return RelaySetupResult(logs=logs, triggers=captured)
 
     @activity.defn(name=RELAY_TEARDOWN, no_thread_cancel_exception=True)
     def teardown(self, inp: RelaySetupInput) -> None:
-        """Remove the capture triggers (the logs stay, empty, for a possible later restart).
+        """Stop capture (key logs stay, empty, for a possible later restart) and lift the new store's denial.
 
-        The trigger names follow from the spec alone: no table is reflected, because at CLEANUP the old
+        What to remove follows from the spec alone: no table is reflected, because at CLEANUP the old
         table may already be retired (renamed, with its triggers removed) and a reflection would fail on
         every retry, leaving the relay unable to finish."""
         with mapped_errors(), heartbeating():
-            spec = inp.spec
-            old, new, _ctl = self._stores(spec)
-            if spec.strategy is Strategy.CDC:
-                cdc_relay.teardown_capture(spec, old, new, _ctl)
-            for t in spec.tables if spec.strategy is not Strategy.CDC else ():
-                for store, table in ((old, t.source), (new, t.target_table)):
-                    try:
-                        triggers.remove_triggers(store, spec.name, table)
-                    except Exception:
-                        if table_exists(store, table):
-                            raise
-                        # retired at CLEANUP (renamed or dropped), and its triggers with it
-            # the new store serves the tables now: nothing of the denied writes stays there (the retired old
-            # tables keep refusing writes that bypass dualwrite, with their counters)
-            new_tables = [t.target_table for t in spec.tables]
-            triggers.allow_writes(new, spec.name, new_tables)
-            triggers.drop_refusal_counters(new, spec.name, new_tables)
+            rs = self._stores(inp.spec)
+            store_side(inp.spec).teardown(rs)
+            allow_new_store(rs)
 
     @activity.defn(name=RELAY_DENY, no_thread_cancel_exception=True)
     def deny_writes(self, inp: DenyWritesInput) -> None:
@@ -154,165 +115,122 @@ class RelayActivities:
         the write cutover's "denied tables" for applications that write without the adapter. Idempotent."""
         with mapped_errors():
             spec = inp.spec
-            old, new, _ctl = self._stores(spec)
-            if spec.strategy is Strategy.CDC and inp.deny:
-                # capture exists before anything the denial is for happens (the backfill's first range)
-                cdc_relay.setup_capture(spec, old, new, _ctl)
-            sides = {"old": (old, [t.source for t in spec.tables]),
-                     "new": (new, [t.target_table for t in spec.tables])}
+            rs = self._stores(spec)
+            if inp.deny:
+                store_side(spec).before_denial(rs)
             for side in inp.deny:
-                store, tables = sides[side]
-                triggers.deny_writes(store, spec.name, tables, getattr(spec, inp.authoritative))
+                triggers.deny_writes(rs.store(side), spec.name, rs.tables(side), getattr(spec, inp.authoritative))
             for side in inp.allow:
-                store, tables = sides[side]
-                triggers.allow_writes(store, spec.name, tables)
+                triggers.allow_writes(rs.store(side), spec.name, rs.tables(side))
 
     @activity.defn(name=RELAY_DRAIN, no_thread_cancel_exception=True)
     def drain(self, inp: RelayDrainInput) -> RelayDrainResult:
-        """Drain both stores' key logs continuously for ``max_seconds`` (see the module docstring)."""
+        """Drain the captured changes continuously for ``max_seconds`` (see the module docstring)."""
         with mapped_errors():
             spec = inp.spec
-            old, new, ctl = self._stores(spec)
-            if spec.strategy is Strategy.CDC:
-                return cdc_relay.drain(self, inp, old, new, ctl, _absorb,
-                                       lambda: _flush(self._stats_for(spec), ctl))
+            rs = self._stores(spec)
+            side = store_side(spec)
             stats = self._stats_for(spec)
-            mapping_for = self._mapping_for(spec)
-            logs = (outbox.OUTBOX,) if spec.strategy is Strategy.OUTBOX else (outbox.CHANGELOG,)
             out = RelayDrainResult()
             started = time.monotonic()
             next_flush = started + STATS_FLUSH_SECONDS
             phase = ""
-            denied = triggers.denial_applies(spec)
-            while not _stopping():
-                # the published state before every round: with denied writes only the authoritative store's
-                # log is mirrored, and a round never starts under an authority that has just moved
-                state = control.read_state(ctl, spec.name)
-                phase = state.phase if state else "PREPARE"
-                discard = ("new",) if phase in RETIRED_OLD else ()
-                directions = (triggers.authoritative_side(phase),) if denied else ("old", "new")
-                res = drain(old, new, spec.name, mapping_for, logs=logs, directions=directions, discard=discard,
-                            limit=inp.batch, max_seconds=max(0.5, inp.poll_seconds * 5), control_store=ctl,
-                            stats=stats, should_stop=_stopping)
+            while not stopping():
+                # the published state before every round: a round never starts under an authority that has
+                # just moved
+                phase = _published_phase(rs)
+                res = side.drain_round(rs, phase, limit=inp.batch, max_seconds=max(0.5, inp.poll_seconds * 5),
+                                       stats=stats, should_stop=stopping)
                 _absorb(out, res)
                 activity.heartbeat(out)
                 if time.monotonic() >= next_flush:
-                    _flush(stats, ctl)
+                    _flush(stats, rs)
                     next_flush = time.monotonic() + STATS_FLUSH_SECONDS
                 if res.entries:
                     continue
                 if inp.finish or time.monotonic() - started >= inp.max_seconds:
                     break
-                time.sleep(inp.poll_seconds)
+                sleep(inp.poll_seconds)
             out.phase = phase
-            remaining, lag = 0, None
-            for store in (old, new):
-                for lg in logs:
-                    try:
-                        n, age = outbox.log_depth(store, spec.name, log=lg)
-                    except Exception:  # noqa: BLE001 - a log that does not exist yet holds nothing
-                        continue
-                    remaining += n
-                    lag = age if lag is None or (age is not None and age > lag) else lag
-            out.remaining = remaining
-            stats.gauge(st.RELAY_DEPTH, float(remaining))
-            if denied:
-                out.refused_writes = _refused(spec, old, new)
-                stats.gauge(st.REFUSED_WRITES, float(sum(out.refused_writes.values())))
-            if lag is not None:
-                out.lag_seconds = max(out.lag_seconds, lag)
-            _flush(stats, ctl)
+            backlog = side.backlog(rs)
+            for warning in backlog.warnings:
+                log.warning("relay %s: %s", spec.name, warning)
+            out.remaining = backlog.remaining
+            stats.gauge(st.RELAY_DEPTH, float(backlog.remaining))
+            if backlog.refused_writes is not None:
+                out.refused_writes = backlog.refused_writes
+                stats.gauge(st.REFUSED_WRITES, float(sum(backlog.refused_writes.values())))
+            if backlog.lag_seconds is not None:
+                out.lag_seconds = max(out.lag_seconds, backlog.lag_seconds)
+            _flush(stats, rs)
             return out
-
 
     @activity.defn(name=RELAY_CATCH_UP, no_thread_cancel_exception=True)
     def catch_up(self, inp: CatchUpInput) -> CatchUpResult:
-        """Mirror every entry the key logs hold *now* (both stores), for at most ``max_seconds``.
+        """Mirror every change captured *now* (both stores, or the ``authoritative`` one), for at most
+        ``max_seconds``.
 
-        The drain point is each log's newest entry id at the start; the catch-up is reached once no entry at
-        or below it is left, whoever mirrored it (this activity, or the relay: both lock entries with
-        ``SKIP LOCKED``, so they share the work). Entries logged meanwhile are mirrored too when there is
-        time, but are not waited for: under constant writes a log is never empty, while a point is always
-        reached. Used before a repairing verification that must not race a lagging relay."""
+        The catch-up point is where each store's capture ends at the start (a key log's newest entry, a
+        database log's position); it is reached once nothing at or before it is left, whoever mirrored it
+        (this activity, or the relay: they share the work). Changes captured meanwhile are mirrored too when
+        there is time, but are not waited for: under constant writes a log is never empty, while a point is
+        always reached. Used before a repairing verification that must not race a lagging relay."""
         with mapped_errors():
             spec = inp.spec
-            old, new, ctl = self._stores(spec)
-            if spec.strategy is Strategy.CDC:
-                return cdc_relay.catch_up(self, inp, old, new, ctl, _absorb_catch_up)
-            logs = (outbox.OUTBOX,) if spec.strategy is Strategy.OUTBOX else (outbox.CHANGELOG,)
+            rs = self._stores(spec)
+            side = store_side(spec)
             started = time.monotonic()
             sides = (inp.authoritative,) if inp.authoritative in ("old", "new") else ("old", "new")
-            points = _drain_points(old, new, spec.name, logs, sides)
+            points = side.catch_up_points(rs, sides)
+            phase = _published_phase(rs)
             out = CatchUpResult()
             relayed = RelayResult()
             while True:
-                out.behind = sum(logs_behind(store, spec.name, lg, point) for store, lg, point in points)
-                if not out.behind or _stopping() or time.monotonic() - started >= inp.max_seconds:
+                out.behind, waiting = side.behind(rs, points)
+                if not out.behind or stopping() or time.monotonic() - started >= inp.max_seconds:
                     break
-                res = drain(old, new, spec.name, self._mapping_for(spec), logs=logs, directions=sides,
-                            limit=inp.batch, max_seconds=1.0, control_store=ctl, should_stop=_stopping)
+                res = side.catch_up_round(rs, waiting, phase, limit=inp.batch, should_stop=stopping)
                 relayed += res
                 activity.heartbeat({"behind": out.behind, "mirrored": relayed.mirrored})
                 if not res.entries:
-                    time.sleep(0.05)  # the relay holds the rest locked: let it commit
+                    time.sleep(0.05)  # the relay holds the rest: let it commit
             out.reached = out.behind == 0
-            _absorb_catch_up(out, relayed)
+            out.counters = _counters(relayed)
+            out.errors = _errors([], relayed)
             out.seconds = time.monotonic() - started
             if not out.reached:
-                log.warning("relay catch-up of %s: %d entries still behind after %.1fs", spec.name, out.behind,
-                            out.seconds)
+                log.warning("relay catch-up of %s: %d still behind after %.1fs", spec.name, out.behind, out.seconds)
             return out
 
 
-def _refused(spec: MigrationSpec, old: Store, new: Store) -> dict[str, int]:
-    """'store/table' -> writes refused so far by the denied-writes triggers (engines that count them)."""
-    out: dict[str, int] = {}
-    for store, tables in ((old, [t.source for t in spec.tables]), (new, [t.target_table for t in spec.tables])):
-        for table in tables:
-            try:
-                n = triggers.refused_writes(store, spec.name, table)
-            except Exception:  # noqa: BLE001 - a count is information, never a reason to stop the relay
-                n = None
-            if n:
-                out[f"{store.name}/{table}"] = n
-    return out
+def _published_phase(rs: RelayStores) -> str:
+    state = control.read_state(rs.control, rs.spec.name)
+    return state.phase if state else "PREPARE"
 
 
-def _drain_points(old: Store, new: Store, migration: str, logs: tuple[str, ...],
-                  sides: tuple[str, ...] = ("old", "new")) -> list[tuple[Store, str, int]]:
-    """(store, log, newest id) of every non-empty key log of the migration on the given sides' stores."""
-    points = []
-    for store in [{"old": old, "new": new}[side] for side in sides]:
-        present = store.table_names()
-        for lg in logs:
-            point = log_point(store, migration, lg) if lg in present else None
-            if point is not None:
-                points.append((store, lg, point))
-    return points
+def _counters(res: RelayResult) -> RelayCounters:
+    return RelayCounters(entries=res.entries, mirrored=res.mirrored, failed=res.failed, discarded=res.discarded,
+                         batches=res.batches)
 
 
-def _absorb_catch_up(out: CatchUpResult, res: RelayResult) -> None:
-    out.counters = RelayCounters(entries=res.entries, mirrored=res.mirrored, failed=res.failed,
-                                 discarded=res.discarded, batches=res.batches)
+def _errors(errors: list[str], res: RelayResult) -> list[str]:
+    """A few error messages (first lines, redacted, no row data), without repeats."""
     for e in res.errors:
         msg = safe_message(Exception(e), 300)
-        if msg not in out.errors and len(out.errors) < 5:
-            out.errors.append(msg)
+        if msg not in errors and len(errors) < 5:
+            errors.append(msg)
+    return errors
 
 
 def _absorb(out: RelayDrainResult, res: RelayResult) -> None:
-    out.counters.add(RelayCounters(entries=res.entries, mirrored=res.mirrored, failed=res.failed,
-                                   discarded=res.discarded, batches=res.batches))
+    out.counters.add(_counters(res))
     if res.entries:
         out.lag_seconds = res.lag_seconds
-    for e in res.errors:
-        msg = safe_message(Exception(e), 300)
-        if msg not in out.errors and len(out.errors) < 5:
-            out.errors.append(msg)
+    out.errors = _errors(out.errors, res)
 
 
-def _flush(stats: st.Stats, ctl: Store) -> None:
+def _flush(stats: st.Stats, rs: RelayStores) -> None:
     try:
-        stats.flush(ctl)
+        stats.flush(rs.control)
     except Exception as exc:  # noqa: BLE001 - kept for the next flush
         log.warning("relay: cannot flush statistics (%s)", type(exc).__name__)

@@ -16,20 +16,20 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.core import mapped_errors, pending_log_keys
+from activities.errors import mapped_errors
+from activities.heartbeat import stopping
 from activities.stores import StoreCache
 from dualwrite import outbox
 from dualwrite import stats as st
+from dualwrite.capture import method_for
+from dualwrite.capture.keylog_side import pending_log_keys
 from dualwrite.sample import SampleResult, sample_table
 from dualwrite.spec import MigrationSpec
+from dualwrite.store import Store
 from workflows.sampling import SAMPLE_SHADOW, ShadowSampleInput, ShadowSampleResult
 
 MIN_SAMPLES = 100
 MAX_SAMPLES = 20_000
-
-
-def _stopping() -> bool:
-    return activity.is_cancelled() or activity.is_worker_shutdown()
 
 
 class SampleActivities:
@@ -60,10 +60,11 @@ def sample_and_record(stores: StoreCache, spec: MigrationSpec, wanted: int, wait
     st.ensure_schema(ctl)
     wanted = max(MIN_SAMPLES, min(MAX_SAMPLES, wanted))
     per_table = max(1, -(-wanted // max(1, len(spec.tables))))
-    logs = (outbox.OUTBOX,) if spec.strategy.value == "outbox" else (outbox.CHANGELOG,)
+    # recent and pending keys come from the method's key log; a method without one (cdc) finds none there
+    logs = (method_for(spec.strategy).key_log or outbox.CHANGELOG,)
     total = SampleResult()
     for t in spec.tables:
-        if _stopping():
+        if stopping():
             break
         _src, _dst, mapping = stores.mapping(spec, t.source)
         other = stores.mapping(spec, t.source, reverse=True)[2]
@@ -78,7 +79,7 @@ def sample_and_record(stores: StoreCache, spec: MigrationSpec, wanted: int, wait
 
         res = sample_table(old, new, mapping, spec.name, recent=per_table // 2,
                            random_n=per_table - per_table // 2, pending=pending,
-                           wait_seconds=wait_seconds, log_table=logs[0], should_stop=_stopping)
+                           wait_seconds=wait_seconds, log_table=logs[0], should_stop=stopping)
         total += res
         activity.heartbeat({"table": t.source, "compared": total.compared})
     lag = _relay_lag(old, new, spec.name, logs)
@@ -96,7 +97,7 @@ def sample_and_record(stores: StoreCache, spec: MigrationSpec, wanted: int, wait
                               seconds=time.monotonic() - started)
 
 
-def _relay_lag(old: Any, new: Any, migration: str, logs: tuple[str, ...]) -> float | None:
+def _relay_lag(old: Store, new: Store, migration: str, logs: tuple[str, ...]) -> float | None:
     """The age of the oldest entry waiting in the key logs of either store (0 when they are empty); None when
     no key log exists yet (the relay has not set up)."""
     lag: float | None = None

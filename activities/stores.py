@@ -12,6 +12,8 @@ import threading
 
 from sqlalchemy.exc import NoSuchTableError
 
+from dualwrite import control
+from dualwrite.capture.store_side import RelayStores
 from dualwrite.config import StoreResolver
 from dualwrite.errors import Problem, SchemaError
 from dualwrite.mapping import TableMapping, compile_table
@@ -41,11 +43,24 @@ class StoreCache:
                 self._stores[name] = s
             return s
 
-    def control_ready(self, name: str) -> bool:
-        return name in self._control_ready
+    def control_store(self, name: str) -> Store:
+        """The store ``name`` with the control tables in it (created on first use by this worker)."""
+        store = self.store(name)
+        with self._lock:
+            ready = name in self._control_ready
+        if not ready:
+            control.ensure_schema(store)
+            with self._lock:
+                self._control_ready.add(name)
+        return store
 
-    def mark_control_ready(self, name: str) -> None:
-        self._control_ready.add(name)
+    def relay_stores(self, spec: MigrationSpec) -> RelayStores:
+        """A migration's stores and cached mappings, as the capture methods' store side takes them."""
+
+        def mapping_for(table: str, reverse: bool) -> TableMapping:
+            return self.mapping(spec, table, reverse=reverse)[2]
+
+        return RelayStores(spec, self.store(spec.old), self.store(spec.new), self.store(spec.control), mapping_for)
 
     def mapping(self, spec: MigrationSpec, source: str, *, reverse: bool = False,
                 refresh: bool = False) -> tuple[Store, Store, TableMapping]:

@@ -21,7 +21,6 @@ _EXPORTS: dict[str, str] = {
     "UnknownStoreError": "dualwrite.errors",
     "StoreError": "dualwrite.errors",
     "StoreUnavailableError": "dualwrite.errors",
-    "IllegalTransitionError": "dualwrite.errors",
     "WriteFencedError": "dualwrite.errors",
     "StrictWriteError": "dualwrite.errors",
     "VerificationError": "dualwrite.errors",

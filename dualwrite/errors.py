@@ -76,10 +76,6 @@ class RowRejectedError(PermanentStoreError):
     cannot hold. The same rows fail the same way on every retry. The message never quotes the values."""
 
 
-class IllegalTransitionError(DualwriteError):
-    """A phase transition that the phase machine forbids (skipping, leaving CLEANUP, while paused...)."""
-
-
 class WriteFencedError(DualwriteError):
     """A write waited for a write fence (authority moving between the stores) longer than the adapter's
     ``fence_max_wait``, or was routed before the authority moved: nothing was written; retry the request."""
@@ -100,13 +96,60 @@ class StrictWriteError(DualwriteError):
         super().__init__(message)
 
 
+class PhaseUnknownError(StoreUnavailableError):
+    """The phase was never read (the control store was unreachable from the start): nowhere safe to write."""
+
+
+class RoutingError(DualwriteError):
+    """A write that cannot be routed: unknown table or column, or a store the mapping cannot reach."""
+
+
+class TenantColumnError(DualwriteError, ValueError):
+    """The table has no tenant column (or it cannot be followed through the mapping). Also a ``ValueError``,
+    which it was before it joined the hierarchy."""
+
+
+class CaptureError(DualwriteError):
+    """Change capture cannot be set up or read on this store (settings, privileges, a missing slot, a key
+    type the capture cannot log): only an operator can change that, so it is permanent."""
+
+
+class TriggerError(CaptureError):
+    """Triggers cannot capture this table on this store (an unsupported key type)."""
+
+
+class SchemaChanged(CaptureError):  # noqa: N818 - the failure type recorded in histories and shown to operators
+    """A migrated table's columns changed on the source during the migration (seen in the stream)."""
+
+
+class PgOutputError(CaptureError, ValueError):
+    """A ``pgoutput`` message the decoder does not understand (a corrupt or newer stream). Also a
+    ``ValueError``, which it was before it joined the hierarchy."""
+
+
+class SlotBusy(DualwriteError):  # noqa: N818 - a state to wait out (callers catch it), not a failure
+    """Another session reads the replication slot right now (the relay and a catch-up share it): try again
+    shortly. Not permanent."""
+
+
+class ServerStartError(DualwriteError):
+    """A private capture-enabled database server (tests, benchmarks) could not be started."""
+
+
+class RetireError(DualwriteError):
+    """CLEANUP found an old table gone that this migration did not retire: only an operator can tell why."""
+
+
 class VerificationError(DualwriteError):
     """A verification could not prove anything: it compared zero rows or skipped a chunk."""
 
 
-PERMANENT: tuple[type[DualwriteError], ...] = (ConfigError, VerificationError, PermanentStoreError)
+PERMANENT: tuple[type[DualwriteError], ...] = (ConfigError, VerificationError, PermanentStoreError, CaptureError,
+                                               RetireError)
 """The roots of the errors no retry can fix: bad input, a verification that proved nothing, a store that
-refuses for good. Everything below them in this hierarchy is permanent too."""
+refuses for good, a capture the store cannot run, an old table gone without this migration. Everything below
+them in this hierarchy is permanent too (every class lives in this module, so the list below is complete
+wherever it is computed, a workflow sandbox included)."""
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -114,9 +157,9 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 def permanent_error_types() -> list[str]:
-    """Names of every permanent class (the roots and all their subclasses, including ones defined in other
-    modules once imported): what a Temporal retry policy lists as ``non_retryable_error_types``, because an
-    activity reports a dualwrite error with its class name as the failure type."""
+    """Names of every permanent class (the roots and all their subclasses): what a Temporal retry policy
+    lists as ``non_retryable_error_types``, because an activity
+    reports a dualwrite error with its class name as the failure type."""
     out: list[str] = []
     todo: list[type[BaseException]] = list(PERMANENT)
     while todo:

@@ -39,13 +39,12 @@ from dualwrite import store as store_module
 from dualwrite.config import StoreRef, StoreResolver, redact
 from dualwrite.errors import DualwriteError, Problem
 from dualwrite.mapping import SourceKind, TableMapping, _did_you_mean, compile_table, load_callable
+from dualwrite.rowcount import EXACT_COUNT_LIMIT  # tables this small are counted exactly
 from dualwrite.spec import Loc, MigrationSpec, SpecDocument, TableSpec, read_spec
 from dualwrite.store import Dialect, Store, TableInfo
 
 #: how long a preflight waits for a server before calling it unreachable
 CONNECT_TIMEOUT_S = 10
-#: tables this small (or with no catalog estimate) are counted exactly, up to this many rows
-EXACT_COUNT_LIMIT = 100_000
 
 _ROLE_LABEL = {"old": "old", "new": "new", "control_store": "control"}
 _MYSQL_DENIED = {1142, 1143, 1044, 1045}  # table / column / database access denied

@@ -10,7 +10,8 @@ keeps everything). A key the target rejects (a constraint, a value out of range)
 behind it: it goes to the durable repair queue, where it is retried with backoff and counted.
 
 The lag of a log is the age of its oldest entry when read (database clock): it is what the relay records.
-No Temporal imports: the activities in ``activities/relay.py`` are thin wrappers around these functions.
+No Temporal imports: the activities (``activities/relay.py``, ``activities/repair.py``) are thin wrappers
+around these functions, reached through the capture methods' store side (:mod:`dualwrite.capture.store_side`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dualwrite import control
 from dualwrite.errors import DualwriteError, StoreError, StoreUnavailableError
@@ -30,6 +32,10 @@ from dualwrite.mirror import mirror_keys
 from dualwrite.outbox import CHANGELOG, OUTBOX, delete_entries, read_batch
 from dualwrite.stats import RELAY, RELAY_LAG, Stats
 from dualwrite.store import Dialect, Store, is_transient
+from dualwrite.triggers import authoritative_side
+
+if TYPE_CHECKING:
+    from dualwrite.spec import MigrationSpec
 
 log = logging.getLogger("dualwrite.relay")
 
@@ -220,17 +226,73 @@ class RepairDrainResult:
     errors: list[str] = field(default_factory=list)
 
 
+def repair_authority(control_store: Store, spec: MigrationSpec, *, under_fence: bool = False) -> str | None:
+    """Which store repairs read from, from the published state: 'old' / 'new'; None where authority is per
+    tenant (then each entry's recorded side decides); 'fenced' while a write fence is published and the
+    caller is not the workflow's own fenced drain (authority is moving: no repair may write then)."""
+    state = control.read_state(control_store, spec.name)
+    if state is None:
+        return "old"
+    if control.is_fenced(state.overrides, None) and not under_fence:
+        return "fenced"
+    if spec.tenant_tables and (state.overrides or {}).get("tenants"):
+        return None
+    return authoritative_side(state.phase)
+
+
+def repair_batch(control_store: Store, old: Store, new: Store, migration: str, mapping_for: MappingFor,
+                 entries: Sequence[control.RepairEntry], *, authority: str | None = None,
+                 base_backoff_seconds: float = 2.0, max_backoff_seconds: float = 300.0) -> RepairDrainResult:
+    """Mirror one batch of due repair-queue entries; a group that fails is deferred with exponential backoff
+    and jitter, and never stops the others.
+
+    Per key only the newest entry decides the direction: it names the side that was authoritative when the
+    latest write failed, so a key queued before and after a rollback is mirrored the right way.
+    ``authority`` ('old' / 'new'), when the caller knows which store is authoritative now, overrides the
+    recorded sides: a repair writes only into the store that is not authoritative (DESIGN.md rule 4).
+
+    The mirror runs with ``force=False`` (its default) and under the key's lock, which already makes the
+    image written the newest committed one: the version guard is off under the lock either way."""
+    out = RepairDrainResult()
+    latest: dict[tuple[str, str], control.RepairEntry] = {}
+    ids: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for e in entries:
+        k = (e.table, repr(e.key))
+        ids[k].append(e.id)
+        if k not in latest or e.id > latest[k].id:
+            latest[k] = e
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for k, e in latest.items():
+        groups[(e.table, authority or e.authoritative)].append(k)
+    for (table, side), keys in groups.items():
+        all_ids = [i for k in keys for i in ids[k]]
+        try:
+            reverse = side == "new"
+            mapping = mapping_for(table, reverse)
+            source, target = (new, old) if reverse else (old, new)
+            decoded = [decode_key(latest[k].key, mapping.key_kinds) for k in keys]
+            mirror_keys(source, target, mapping, [d for d in decoded if d is not None], force=False)
+        except Exception as exc:  # noqa: BLE001 - one bad group must not stop the drain
+            attempts = max(latest[k].attempts for k in keys)
+            delay = min(max_backoff_seconds, base_backoff_seconds * 2 ** attempts)
+            delay *= 0.8 + 0.4 * random.random()  # noqa: S311 - jitter, not crypto
+            control.defer_repairs(control_store, all_ids, delay)
+            out.failed += len(keys)
+            msg = f"table {table}: {_short(exc)}"
+            if msg not in out.errors and len(out.errors) < 5:
+                out.errors.append(msg)
+            log.warning("repair of %d keys of %s failed, retry in %.0fs: %s", len(keys), table, delay, msg)
+            continue
+        control.complete_repairs(control_store, all_ids)
+        out.mirrored += len(keys)
+    return out
+
+
 def drain_repairs(control_store: Store, old: Store, new: Store, migration: str, mapping_for: MappingFor, *,
                   batch: int = 1000, base_backoff_seconds: float = 2.0, max_backoff_seconds: float = 300.0,
                   max_rounds: int = 0, authority: str | None = None) -> RepairDrainResult:
-    """Mirror every *due* key of the repair queue; failures are deferred with exponential backoff + jitter.
-
-    Per key only the newest entry decides the direction: it names the side that was authoritative when
-    the latest write failed, so a key queued before and after a rollback is mirrored the right way.
-    ``max_rounds`` bounds the number of batches (0: until nothing is due). ``authority`` ('old' / 'new'), when
-    the caller knows which store is authoritative now, overrides the recorded sides: a repair writes only into
-    the store that is not authoritative (DESIGN.md rule 4).
-    """
+    """Mirror every *due* key of the repair queue, batch by batch (:func:`repair_batch`); ``max_rounds``
+    bounds the number of batches (0: until nothing is due)."""
     out = RepairDrainResult()
     rounds = 0
     while True:
@@ -238,36 +300,10 @@ def drain_repairs(control_store: Store, old: Store, new: Store, migration: str, 
         if not entries:
             return out
         rounds += 1
-        latest: dict[tuple[str, str], control.RepairEntry] = {}
-        ids: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for e in entries:
-            k = (e.table, repr(e.key))
-            ids[k].append(e.id)
-            if k not in latest or e.id > latest[k].id:
-                latest[k] = e
-        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-        for k, e in latest.items():
-            groups[(e.table, authority or e.authoritative)].append(k)
-        for (table, side), keys in groups.items():
-            all_ids = [i for k in keys for i in ids[k]]
-            try:
-                reverse = side == "new"
-                mapping = mapping_for(table, reverse)
-                source, target = (new, old) if reverse else (old, new)
-                decoded = [decode_key(latest[k].key, mapping.key_kinds) for k in keys]
-                mirror_keys(source, target, mapping, [d for d in decoded if d is not None])
-            except Exception as exc:  # noqa: BLE001 - one bad group must not stop the drain
-                attempts = max(latest[k].attempts for k in keys)
-                delay = min(max_backoff_seconds, base_backoff_seconds * 2 ** attempts)
-                delay *= 0.8 + 0.4 * random.random()  # noqa: S311 - jitter, not crypto
-                control.defer_repairs(control_store, all_ids, delay)
-                out.failed += len(keys)
-                msg = f"table {table}: {_short(exc)}"
-                if msg not in out.errors and len(out.errors) < 5:
-                    out.errors.append(msg)
-                log.warning("repair of %d keys of %s failed, retry in %.0fs: %s", len(keys), table, delay, msg)
-                continue
-            control.complete_repairs(control_store, all_ids)
-            out.mirrored += len(keys)
+        res = repair_batch(control_store, old, new, migration, mapping_for, entries, authority=authority,
+                           base_backoff_seconds=base_backoff_seconds, max_backoff_seconds=max_backoff_seconds)
+        out.mirrored += res.mirrored
+        out.failed += res.failed
+        out.errors += [e for e in res.errors if e not in out.errors][:max(0, 5 - len(out.errors))]
         if max_rounds and rounds >= max_rounds:
             return out

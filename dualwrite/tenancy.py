@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dualwrite import rows as rowio
+from dualwrite.errors import TenantColumnError
 from dualwrite.mapping import SourceKind, TableMapping
 from dualwrite.mirror import normal_key
 from dualwrite.sqlgen import Key, Side, source_side, target_side
@@ -25,10 +26,6 @@ from dualwrite.store import Dialect, Kind, Store
 from dualwrite.verify import VerifyReport, verify_keys
 
 KEY_BATCH = 1_000
-
-
-class TenantColumnError(ValueError):
-    """The table has no tenant column (or it cannot be followed through the mapping)."""
 
 
 def tenant_columns(mapping: TableMapping) -> tuple[str, str]:

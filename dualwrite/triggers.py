@@ -25,14 +25,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dualwrite.errors import DualwriteError
+from dualwrite.errors import TriggerError
 from dualwrite.outbox import CHANGELOG, ensure_log
 from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.store import Dialect, Kind, Store
-
-
-class TriggerError(DualwriteError):
-    """Triggers cannot capture this table on this store (an unsupported key type)."""
 
 
 def _lit(text: str) -> str:

@@ -401,7 +401,6 @@ class RangePlan(_Model):
 class CopyRangeInput(_Model):
     table: TableRef
     range: KeyRange
-    batch_size: int | None = None
 
 
 class BackfillInput(_Model):

@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from dualwrite import control
-from dualwrite.errors import StoreUnavailableError
+from dualwrite.errors import PhaseUnknownError as PhaseUnknownError  # re-exported by dualwrite.adapter
 from dualwrite.store import Store
 
 log = logging.getLogger("dualwrite.adapter")
@@ -136,10 +136,6 @@ def resolve(migration: str, phase: str, overrides: Mapping[str, Any], *, tenant:
                                            str(ramp.get("salt", ""))):
             return str(ramp["phase"]), "ramp"
     return phase, "global"
-
-
-class PhaseUnknownError(StoreUnavailableError):
-    """The phase was never read (the control store was unreachable from the start): nowhere safe to write."""
 
 
 class PhaseCache:

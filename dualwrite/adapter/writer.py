@@ -62,13 +62,13 @@ from dualwrite.adapter.phase import PhaseCache, Routing, Side
 from dualwrite.adapter.strict import StrictStrategy, ensure_notes, strict_groups
 from dualwrite.config import StoreRef, StoreResolver
 from dualwrite.errors import (
-    DualwriteError,
     Problem,
     SchemaError,
     StoreUnavailableError,
     StrictWriteError,
     WriteFencedError,
 )
+from dualwrite.errors import RoutingError as RoutingError  # re-exported by dualwrite.adapter
 from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping, compile_table
 from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.rows import adapt, adapters_for
@@ -83,10 +83,6 @@ Key = tuple[Any, ...]
 LAT_FENCE = "latency.fence_wait"
 """How long a write waited for a write fence to lift (observed only for writes that waited)."""
 KeyLike = Any  # a scalar, a tuple in key order, or a mapping of key column -> value
-
-
-class RoutingError(DualwriteError):
-    """A write that cannot be routed: unknown table or column, or a store the mapping cannot reach."""
 
 
 @dataclass

@@ -24,16 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualwrite.cdc.pgoutput import Change, Commit, Decoder, Relation, Truncate
-from dualwrite.errors import DualwriteError
+
+# re-exported: dualwrite.cdc.capture and dualwrite.cdc.binlog name them through this module
+from dualwrite.errors import CaptureError as CaptureError
+from dualwrite.errors import SchemaChanged as SchemaChanged
+from dualwrite.errors import SlotBusy as SlotBusy
 from dualwrite.store import Kind, Store
-
-
-class CaptureError(DualwriteError):
-    """Log capture cannot be set up or read on this store (settings, privileges, a missing slot)."""
-
-
-class SchemaChanged(CaptureError):
-    """A migrated table's columns changed on the source during the migration (seen in the stream)."""
 
 
 def schema_change(store: Store, table: str, expected: Sequence[str], seen: Sequence[str]) -> SchemaChanged | None:
@@ -46,10 +42,6 @@ def schema_change(store: Store, table: str, expected: Sequence[str], seen: Seque
     return SchemaChanged(f"table {table} changed on store {store.name!r} during the migration: {what}; nothing "
                          "after the change was mirrored (the capture position stays before it): update the spec "
                          "(or undo the change), then restart the relay")
-
-
-class SlotBusy(DualwriteError):
-    """Another session reads the slot right now (the relay and a catch-up share it): try again shortly."""
 
 
 def capture_names(migration: str, store: str = "") -> tuple[str, str]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-
-class PgOutputError(ValueError):
-    """A message this decoder does not understand (a corrupt or newer stream)."""
+from dualwrite.errors import PgOutputError
 
 
 @dataclass

@@ -26,11 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualwrite.errors import DualwriteError
-
-
-class ServerStartError(DualwriteError):
-    """A private capture server could not be started (binaries missing, or the server failed)."""
+from dualwrite.errors import ServerStartError
 
 
 @dataclass

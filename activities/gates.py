@@ -1,0 +1,83 @@
+"""Cutover gates and automatic rollback triggers: read the live statistics, apply the pure rules."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from temporalio import activity
+
+from activities.errors import mapped_errors, safe_message
+from activities.heartbeat import heartbeating, raise_if_stopping, sleep
+from activities.sample import sample_and_record
+from activities.stores import StoreCache
+from dualwrite import gates
+from dualwrite.capture import Evidence, method_for
+from workflows import phases
+from workflows.models import ActivityNames, GateInput, GateResult, TriggerWatchInput, TriggerWatchResult
+
+__all__ = ["GateActivities"]
+
+log = logging.getLogger("dualwrite.activities")
+
+
+class GateActivities:
+    """The gate and the rollback-trigger watch, sharing the worker's :class:`StoreCache`."""
+
+    def __init__(self, stores: StoreCache) -> None:
+        self.stores = stores
+
+    @activity.defn(name=ActivityNames.EVALUATE_GATE, no_thread_cancel_exception=True)
+    def evaluate_gate(self, inp: GateInput) -> GateResult:
+        """Decide a gate: read the live statistics of the window (every application instance's flushed
+        windows, merged; the tenant's own scope when there is one) and apply the pure rules to them and to
+        the workflow's evidence. The result, with every metric's value / threshold / samples / verdict, is
+        what history records."""
+        with mapped_errors(), heartbeating():
+            traffic = None
+            if inp.to in phases.TRAFFIC_GATED:
+                store = self.stores.control_store(inp.spec.control)
+                traffic = gates.read_traffic(store, inp.spec.name, inp.spec.gates.window_seconds, inp.tenant)
+            return phases.evaluate_gate(inp, traffic)
+
+    @activity.defn(name=ActivityNames.WATCH_TRIGGERS, no_thread_cancel_exception=True)
+    def watch_rollback_triggers(self, inp: TriggerWatchInput) -> TriggerWatchResult:
+        """Read the statistics every ``check_seconds`` and return as soon as a rollback trigger trips (or,
+        quietly, after ``max_seconds``), so a healthy cutover costs a few history events per period.
+
+        Statistics flushed before a scope entered its phase are left out (the window shrinks to the time
+        since); too few samples never trips. Heartbeats also come from a background thread while it sleeps
+        between checks, so its heartbeat timeout need not grow with ``check_seconds``."""
+        with mapped_errors(), heartbeating():
+            cfg = inp.spec.rollback_triggers
+            store = self.stores.control_store(inp.spec.control)
+            method = method_for(inp.spec.strategy)
+            # no adapter compares reads: the worker samples rows for the shadow-mismatch trigger (key-log
+            # capture; a database log's changes are sampled by the gate's own sample activity)
+            worker_samples = method.evidence is Evidence.WORKER and not method.reads_database_log
+            started = time.monotonic()
+            out = TriggerWatchResult()
+            while True:
+                if worker_samples:
+                    try:
+                        sample_and_record(self.stores, inp.spec, cfg.min_shadow_samples, 2.0)
+                    except Exception as exc:  # noqa: BLE001 - no sample this round: the triggers see fewer
+                        log.warning("worker shadow sample for the rollback triggers failed: %s", safe_message(exc))
+                now = datetime.now(UTC)
+                for scope in inp.scopes:
+                    since = scope.since if scope.since.tzinfo else scope.since.replace(tzinfo=UTC)
+                    seconds = min(float(cfg.window_seconds), max(1.0, (now - since).total_seconds()))
+                    traffic = gates.read_traffic(store, inp.spec.name, seconds, scope.tenant,
+                                                 ensure_schema=not out.checks)
+                    evaluation = gates.evaluate_triggers(traffic, scope.phase.value, cfg, inp.spec.strategy.value)
+                    out.evaluation, out.tenant, out.phase = evaluation, scope.tenant, scope.phase
+                    if evaluation.tripped:
+                        out.tripped = True
+                        return out
+                out.checks += 1
+                activity.heartbeat(out.checks)
+                if time.monotonic() - started >= inp.max_seconds:
+                    return out
+                sleep(cfg.check_seconds)
+                raise_if_stopping()

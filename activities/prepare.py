@@ -1,0 +1,63 @@
+"""PREPARE: check the spec against the live stores, create the control tables, size each table."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.errors import mapped_errors
+from activities.heartbeat import heartbeating
+from activities.owners import OwnerCheck
+from activities.stores import StoreCache
+from dualwrite import hooks
+from dualwrite.errors import SchemaError, StoreUnavailableError
+from dualwrite.rowcount import count_rows
+from dualwrite.store import Dialect
+from workflows.models import ActivityNames, PrepareInput, PrepareResult, TableProgress
+
+__all__ = ["PrepareActivities"]
+
+
+class PrepareActivities:
+    """The preflight activity, sharing the worker's :class:`StoreCache`; ``owners`` asks Temporal which
+    migrations own the tables (the single-owner rule)."""
+
+    def __init__(self, stores: StoreCache, owners: OwnerCheck) -> None:
+        self.stores = stores
+        self.owners = owners
+
+    @activity.defn(name=ActivityNames.PREPARE, no_thread_cancel_exception=True)
+    def prepare(self, inp: PrepareInput) -> PrepareResult:
+        """Check the spec against the live stores (every problem at once), create the control tables and
+        estimate each table's size. Permanent problems fail the workflow before anything is written."""
+        with mapped_errors(), heartbeating():
+            from dualwrite.preflight import preflight  # noqa: PLC0415 - heavy, and only here
+
+            spec = inp.spec
+            hooks.point("prepare.before_preflight")
+            for name in dict.fromkeys((spec.old, spec.new, spec.control)):
+                # a store that is down now may be up in a minute: StoreUnavailableError is retried with
+                # backoff, while the preflight would report it as a (permanent) problem of the spec
+                store = self.stores.store(name)
+                if store.dialect is not Dialect.SQLITE:  # connecting would create a missing SQLite file
+                    with store.connect() as conn:
+                        conn.rollback()
+            report = preflight(spec, self.stores.resolver)
+            lost = [s.name for s in report.stores if not s.reachable and s.dialect is not None]
+            if lost:
+                # opened but not answering (down, restarting, out of connections): transient, retried
+                why = [str(p) for p in report.problems if any(repr(n) in p.where for n in lost)]
+                raise StoreUnavailableError(f"store {', '.join(map(repr, lost))} did not answer the preflight: "
+                                            f"{why[0] if why else 'unreachable'}")
+            problems = [*report.problems, *self.owners.problems(spec, self.stores.resolver)]  # single owner
+            if problems:
+                raise SchemaError(problems, "preflight failed")
+            counted = {t.source: t.rows for t in report.tables}
+            tables: list[TableProgress] = []
+            for t in spec.tables:
+                old, _, mapping = self.stores.mapping(spec, t.source, refresh=True)
+                rows = counted.get(t.source)
+                tables.append(TableProgress(source=t.source, target=t.target_table,
+                                            rows_estimate=rows if rows is not None else
+                                            count_rows(old, mapping.source_table)))
+            self.stores.control_store(spec.control)
+            return PrepareResult(ok=True, tables=tables)

@@ -1,0 +1,62 @@
+"""The repair queue's long poll: mirror due keys batch by batch (:func:`dualwrite.relay.repair_batch`)."""
+
+from __future__ import annotations
+
+import time
+
+from temporalio import activity
+
+from activities.errors import mapped_errors, safe_message
+from activities.heartbeat import sleep, stopping
+from activities.stores import StoreCache
+from dualwrite import control
+from dualwrite.relay import repair_authority, repair_batch
+from workflows.models import ActivityNames, RepairDrainInput, RepairDrainResult
+
+__all__ = ["RepairActivities"]
+
+
+class RepairActivities:
+    """The repair drain, sharing the worker's :class:`StoreCache`."""
+
+    def __init__(self, stores: StoreCache) -> None:
+        self.stores = stores
+
+    @activity.defn(name=ActivityNames.DRAIN_REPAIRS, no_thread_cancel_exception=True)
+    def drain_repairs(self, inp: RepairDrainInput) -> RepairDrainResult:
+        """Long-poll the repair queue and mirror due keys, with exponential backoff on failure.
+
+        A repair writes only into the store that is not authoritative *now* (DESIGN.md rule 4), and none is
+        written while a write fence is published, unless this is the workflow's own drain under the fence."""
+        with mapped_errors():
+            spec = inp.spec
+            ctl = self.stores.control_store(spec.control)
+            rs = self.stores.relay_stores(spec)
+            out = RepairDrainResult()
+            started = time.monotonic()
+            worked = False
+            while not stopping():
+                authority = repair_authority(ctl, spec, under_fence=inp.under_fence)
+                entries = [] if authority == "fenced" else control.due_repairs(ctl, spec.name, inp.batch)
+                if entries:
+                    worked = True
+                    res = repair_batch(ctl, rs.old, rs.new, spec.name, rs.mapping_for, entries, authority=authority,
+                                       base_backoff_seconds=inp.base_backoff_seconds,
+                                       max_backoff_seconds=inp.max_backoff_seconds)
+                    out.mirrored += res.mirrored
+                    out.failed += res.failed
+                    for e in res.errors:
+                        msg = safe_message(Exception(e), 300)
+                        if msg not in out.errors and len(out.errors) < 5:
+                            out.errors.append(msg)
+                    activity.heartbeat(out)
+                    if time.monotonic() - started > inp.max_seconds:
+                        break
+                    continue
+                if worked or time.monotonic() - started > inp.max_idle_seconds:
+                    break
+                activity.heartbeat(out)
+                sleep(inp.poll_seconds)
+            out.remaining = control.repair_queue_depth(ctl, spec.name)
+            out.due_in_seconds = control.next_repair_due_in(ctl, spec.name)
+            return out
