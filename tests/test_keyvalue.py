@@ -17,8 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dualwrite.canonical import canonical_value
-from dualwrite.cdc.servers import ServerStartError
-from dualwrite.errors import RowRejectedError, SpecError
+from dualwrite.errors import RowRejectedError, ServerStartError, SpecError
 from dualwrite.keyvalue import KeyTemplate, ValueCodec, authority_problems, decode_value, encode_value, read_facts
 from dualwrite.keyvalue.redis_server import start_redis
 from dualwrite.store import Kind

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualwrite.cdc.servers import ServerStartError
+from dualwrite.errors import ServerStartError
 
 __all__ = ["RedisServer", "start_redis"]
 
