@@ -23,7 +23,7 @@ def _same_place(a: StoreRef, b: StoreRef) -> bool:
     """Do two store URLs name the same database (ignoring passwords and options)?"""
     try:
         ua, ub = sa.make_url(a.url), sa.make_url(b.url)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an unparsable URL names no place (reported by its probe)
         return False
     return (ua.get_backend_name(), ua.host, ua.port, ua.database) == (ub.get_backend_name(), ub.host, ub.port,
                                                                       ub.database)
