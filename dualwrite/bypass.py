@@ -35,8 +35,9 @@ import sqlalchemy as sa
 
 from dualwrite import bookkeeping as bk
 from dualwrite import control
+from dualwrite.capture import method_for
 from dualwrite.keys import decode_key
-from dualwrite.spec import MigrationSpec, Strategy
+from dualwrite.spec import MigrationSpec
 from dualwrite.store import Dialect, Kind, Store
 from dualwrite.triggers import _lit, _my_key_json, _pg_key_json
 
@@ -64,20 +65,18 @@ def marks(phase: str) -> bool:
     return phase not in UNMARKED_PHASES
 
 
-#: strategies that capture every writer in the database: nothing there bypasses anything
-DATABASE_CAPTURE = (Strategy.TRIGGERS, Strategy.CDC)
-
-
 def adapter_marks(spec: MigrationSpec) -> bool:
-    """Does the adapter mark its transactions for this migration? For every strategy whose writes go through
-    the adapter, per-tenant migrations included (cheap, and harmless where no capture is installed)."""
-    return spec.strategy not in DATABASE_CAPTURE
+    """Does the adapter mark its transactions for this migration? For every capture method that is not
+    ``database_capture`` (those capture every writer in the database: nothing there bypasses anything),
+    per-tenant migrations included (cheap, and harmless where no capture is installed)."""
+    return not method_for(spec.strategy).database_capture
 
 
 def applies(spec: MigrationSpec) -> bool:
-    """Bypass capture runs for strategies whose writes go through the adapter (not ``triggers`` or ``cdc``,
-    which capture every writer anyway), when one store is authoritative for the whole migration."""
-    return spec.strategy not in DATABASE_CAPTURE and not spec.tenant_tables
+    """Bypass capture runs for capture methods whose writes go through the adapter (not ``database_capture``
+    ones, triggers or cdc, which capture every writer anyway), when one store is authoritative for the whole
+    migration."""
+    return adapter_marks(spec) and not spec.tenant_tables
 
 
 # ---------------------------------------------------------------------------------------------------------

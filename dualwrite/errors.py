@@ -118,7 +118,7 @@ class TriggerError(CaptureError):
     """Triggers cannot capture this table on this store (an unsupported key type)."""
 
 
-class SchemaChanged(CaptureError):  # noqa: N818 - the failure type recorded in histories and shown to operators
+class SchemaChangedError(CaptureError):
     """A migrated table's columns changed on the source during the migration (seen in the stream)."""
 
 
@@ -127,7 +127,7 @@ class PgOutputError(CaptureError, ValueError):
     ``ValueError``, which it was before it joined the hierarchy."""
 
 
-class SlotBusy(DualwriteError):  # noqa: N818 - a state to wait out (callers catch it), not a failure
+class SlotBusyError(DualwriteError):
     """Another session reads the replication slot right now (the relay and a catch-up share it): try again
     shortly. Not permanent."""
 

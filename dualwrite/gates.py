@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dualwrite.capture import CaptureMethod, Evidence, method_for
+
 if TYPE_CHECKING:
     from dualwrite.spec import Gates, RollbackTriggers
     from dualwrite.store import Store
@@ -38,10 +40,22 @@ TENANT_SCOPE_SEP = "#tenant="
 ADAPTER_SOURCE = "application adapters"
 WORKER_SAMPLE_SOURCE = "worker shadow sample"
 RELAY_SOURCE = "relay"
-#: triggers: a relay further behind than this (the age of the oldest unmirrored key-log entry) holds the gate
+#: a relay further behind than this (the age of the oldest change it has not mirrored) holds the gate, for
+#: every capture method whose relay runs behind the application's writes (``relay_lag_gated``)
 MAX_RELAY_LAG_SECONDS = 60.0
-#: strategies whose secondary writes are made by the relay (the adapter records none of them)
-RELAYED = ("outbox", "triggers")
+
+
+def _method(strategy: str | CaptureMethod) -> CaptureMethod:
+    """The capture method the gates read their facts from: callers pass the spec's strategy (a ``Strategy``
+    member or its name, as the workflow and the activities always have) or the method itself."""
+    return strategy if isinstance(strategy, CaptureMethod) else method_for(strategy)
+
+
+def _log_name(m: CaptureMethod) -> str:
+    """What the relay mirrors from, in the operator's words."""
+    if m.reads_database_log:
+        return "the database's log"
+    return "the outbox" if m.key_log == "dualwrite_outbox" else "the change log"
 
 
 class Verdict(StrEnum):
@@ -254,9 +268,10 @@ def _sourced(m: GateMetric, source: str) -> GateMetric:
     return m
 
 
-def shadow_match_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> GateMetric:
-    """Shadow reads of the application adapters; with ``triggers`` (no adapter) the worker's own samples."""
-    if strategy == "triggers":
+def shadow_match_metric(t: TrafficFacts, g: Gates, strategy: str | CaptureMethod = "sync") -> GateMetric:
+    """Shadow reads of the application adapters; where no adapter reads both stores (``Evidence.WORKER``:
+    triggers, cdc) the worker's own samples."""
+    if _method(strategy).evidence is Evidence.WORKER:
         # tables smaller than the sample: comparing every row of them is all the evidence there can be
         whole = t.sampled_exhaustive > 0 and t.sampled_samples > 0
         need = min(g.min_shadow_samples, t.sampled_samples) if whole else g.min_shadow_samples
@@ -272,10 +287,11 @@ def shadow_match_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> Ga
                                g.min_shadow_samples, "shadow reads", t.shadow_mismatch), ADAPTER_SOURCE)
 
 
-def write_success_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> GateMetric:
-    """Secondary writes: the adapter's own (``sync``), or the relay's mirrors (``outbox`` / ``triggers``,
-    where the relay makes the secondary writes: keys mirrored against keys it had to send to repair)."""
-    if strategy in RELAYED:
+def write_success_metric(t: TrafficFacts, g: Gates, strategy: str | CaptureMethod = "sync") -> GateMetric:
+    """Secondary writes: the adapter's own (inline methods), or the relay's mirrors (relayed methods: outbox,
+    triggers, cdc, where the relay makes the secondary writes: keys mirrored against keys it had to send to
+    repair)."""
+    if _method(strategy).relayed:
         good = t.relay_mirrored + t.secondary_success
         bad = {"relay": t.relay_failed} if t.relay_failed else {}
         bad.update(t.secondary_failure)
@@ -288,10 +304,16 @@ def write_success_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> G
                                t.secondary_failure), ADAPTER_SOURCE)
 
 
-def relay_lag_metric(t: TrafficFacts) -> GateMetric:
-    """triggers: the relay must keep up; its largest lag in the window stays below
-    :data:`MAX_RELAY_LAG_SECONDS` (a relay that stopped shows as a growing age of the oldest entry)."""
+def relay_lag_metric(t: TrafficFacts, g: Gates | None = None) -> GateMetric:
+    """``relay_lag_gated`` methods (triggers, cdc): the relay must keep up; its largest lag in the window
+    stays below :data:`MAX_RELAY_LAG_SECONDS` (a relay that stopped shows as a growing age of the oldest
+    entry). No lag measured is ``not-yet``, or ``n/a`` where the spec asks for no write samples
+    (``min_write_samples: 0``), as for the other metrics."""
     name, thr = "relay_lag_seconds", MAX_RELAY_LAG_SECONDS
+    if t.relay_lag_seconds is None and g is not None and g.min_write_samples == 0:
+        return _sourced(GateMetric(name=name, threshold=thr, op="<", samples=0, min_samples=0, verdict=Verdict.NA,
+                                   detail="no relay lag measured in the window; the spec requires none"),
+                        RELAY_SOURCE)
     if t.relay_lag_seconds is None:
         return _sourced(GateMetric(name=name, threshold=thr, op="<", samples=0, min_samples=1,
                                    verdict=Verdict.NOT_YET, detail="no relay lag measured in the window"),
@@ -302,17 +324,20 @@ def relay_lag_metric(t: TrafficFacts) -> GateMetric:
                                detail=f"largest lag {lag:.1f}s in the window; needs < {thr:.0f}s"), RELAY_SOURCE)
 
 
-def latency_metric(t: TrafficFacts, g: Gates, strategy: str = "sync") -> GateMetric:
+def latency_metric(t: TrafficFacts, g: Gates, strategy: str | CaptureMethod = "sync") -> GateMetric:
     """Adapter p99 over the authoritative write's p99, minus one, must stay below the allowed increase.
 
-    Not applicable to ``triggers``: the application writes straight to the database, so there is no adapter
-    call to time against the write alone (the capture trigger's cost is inside the application's own write
-    and cannot be separated from it). It is said so in the evidence, and it does not hold the gate."""
+    Not applicable where the method is not ``latency_measurable`` (triggers, cdc): the application writes
+    straight to the database, so there is no adapter call to time against the write alone (the capture's
+    cost is inside the application's own write and cannot be separated from it). It is said so in the
+    evidence, and it does not hold the gate."""
     name, thr = "p99_latency_impact", g.p99_latency_increase
-    if strategy == "triggers":
+    m = _method(strategy)
+    if not m.latency_measurable:
+        cost = ("the capture trigger's cost is part of the application's own write" if m.key_log else
+                "the log capture's cost is part of the database's own commit")
         return GateMetric(name=name, threshold=thr, op="<", verdict=Verdict.NA,
-                          detail="not measurable with triggers: no adapter in the application to time; the capture "
-                                 "trigger's cost is part of the application's own write")
+                          detail=f"not measurable with {m.name}: no adapter in the application to time; {cost}")
     impact = None
     if t.p99_call_ms is not None and t.p99_direct_ms:
         impact = t.p99_call_ms / t.p99_direct_ms - 1.0
@@ -402,38 +427,46 @@ def async_lag_metric(t: TrafficFacts, g: Gates) -> GateMetric:
                              f"at most) in the window; needs <= {g.max_async_lag_seconds:g}s")
 
 
-def traffic_metrics(t: TrafficFacts | None, g: Gates, strategy: str = "sync") -> list[GateMetric]:
+def traffic_metrics(t: TrafficFacts | None, g: Gates, strategy: str | CaptureMethod = "sync"
+                    ) -> list[GateMetric]:
     """The metrics read from the live statistics (not-yet for all of them without statistics); which
-    evidence each strategy provides is :func:`evidence_sources`; the async lag only when an instance writes
-    with the async strategy."""
+    evidence each capture method provides is :func:`evidence_sources`; the async lag only when an instance
+    writes with the async strategy."""
     facts = t if t is not None else TrafficFacts()
-    out = [shadow_match_metric(facts, g, strategy), write_success_metric(facts, g, strategy),
-           latency_metric(facts, g, strategy)]
-    if strategy == "triggers":
-        out.append(relay_lag_metric(facts))
+    m = _method(strategy)
+    out = [shadow_match_metric(facts, g, m), write_success_metric(facts, g, m), latency_metric(facts, g, m)]
+    if m.relay_lag_gated:
+        out.append(relay_lag_metric(facts, g))
     if facts.async_lag_seconds is not None:
         out.append(async_lag_metric(facts, g))
     return out
 
 
-def evidence_sources(strategy: str) -> list[tuple[str, str]]:
+def evidence_sources(strategy: str | CaptureMethod) -> list[tuple[str, str]]:
     """(metric, where its evidence comes from) for a strategy: what ``dualwrite check`` tells the operator."""
-    if strategy == "triggers":
-        return [("shadow_match_rate", "the worker's shadow samples: recently changed keys (from the change log, "
-                                      "once mirrored) and random key ranges, read from both stores and compared"),
-                ("secondary_write_success_rate", "the relay: keys mirrored from the change log vs keys it had "
-                                                 "to send to repair"),
-                ("relay_lag_seconds", f"the relay: age of the oldest unmirrored change-log entry, below "
-                                      f"{MAX_RELAY_LAG_SECONDS:.0f}s"),
-                ("p99_latency_impact", "not applicable: no adapter in the application to time (does not hold "
-                                       "the gate)")]
-    shadow = ("shadow_match_rate", "the application adapters' shadow reads (SHADOW_READ / CUTOVER_READS)")
-    latency = ("p99_latency_impact", "the application adapters: whole call vs authoritative write, p99")
-    if strategy == "outbox":
-        return [shadow, ("secondary_write_success_rate", "the relay: keys mirrored from the outbox vs keys it "
-                                                         "had to send to repair"), latency]
-    return [shadow, ("secondary_write_success_rate", "the application adapters' in-line secondary writes"),
-            latency]
+    m = _method(strategy)
+    log = _log_name(m)
+    if m.evidence is Evidence.WORKER:
+        shadow = ("shadow_match_rate", f"the worker's shadow samples: recently changed keys (from {log}, "
+                                       "once mirrored) and random key ranges, read from both stores and compared")
+    else:
+        shadow = ("shadow_match_rate", "the application adapters' shadow reads (SHADOW_READ / CUTOVER_READS)")
+    if m.relayed:
+        write = ("secondary_write_success_rate", f"the relay: keys mirrored from {log} vs keys it had to send to "
+                                                 "repair")
+    else:
+        write = ("secondary_write_success_rate", "the application adapters' in-line secondary writes")
+    out = [shadow, write]
+    if m.relay_lag_gated:
+        what = "change" if m.reads_database_log else "change-log entry"
+        out.append(("relay_lag_seconds", f"the relay: age of the oldest unmirrored {what}, below "
+                                         f"{MAX_RELAY_LAG_SECONDS:.0f}s"))
+    if m.latency_measurable:
+        out.append(("p99_latency_impact", "the application adapters: whole call vs authoritative write, p99"))
+    else:
+        out.append(("p99_latency_impact", "not applicable: no adapter in the application to time (does not hold "
+                                          "the gate)"))
+    return out
 
 
 def reasons(metrics: list[GateMetric]) -> list[str]:
@@ -462,12 +495,14 @@ def new_store_errors(t: TrafficFacts, phase: str) -> tuple[int, int, dict[str, i
             "writes to the new store (mirror)")
 
 
-def evaluate_triggers(t: TrafficFacts, phase: str, cfg: RollbackTriggers, strategy: str = "sync"
+def evaluate_triggers(t: TrafficFacts, phase: str, cfg: RollbackTriggers, strategy: str | CaptureMethod = "sync"
                       ) -> TriggerEvaluation:
-    """Should the workflow roll back one step by itself? Too few samples never trips. With ``triggers``
-    the shadow evidence is the worker's samples, and before write cutover the relay's failed mirrors are the
+    """Should the workflow roll back one step by itself? Too few samples never trips. Where no adapter reads
+    both stores (``Evidence.WORKER``: triggers, cdc) the shadow evidence is the worker's samples; where no
+    adapter writes at all (not ``through_adapter``), before write cutover the relay's failed mirrors are the
     new store's write errors."""
-    if strategy == "triggers":
+    m = _method(strategy)
+    if m.evidence is Evidence.WORKER:
         shadow = rate_at_most("shadow_mismatch_rate", sum(t.sampled_mismatch.values()), t.sampled_samples,
                               cfg.max_shadow_mismatch_rate, cfg.min_shadow_samples, "rows sampled by the worker",
                               "mismatched", t.sampled_mismatch)
@@ -476,7 +511,7 @@ def evaluate_triggers(t: TrafficFacts, phase: str, cfg: RollbackTriggers, strate
         shadow = rate_at_most("shadow_mismatch_rate", mism, t.shadow_samples, cfg.max_shadow_mismatch_rate,
                               cfg.min_shadow_samples, "shadow reads", "mismatched", t.shadow_mismatch)
     bad, total, by_class, noun = new_store_errors(t, phase)
-    if strategy == "triggers" and phase != "CUTOVER_WRITES":
+    if not m.through_adapter and phase != "CUTOVER_WRITES":
         bad, total = t.relay_failed, t.relay_mirrored + t.relay_failed
         by_class, noun = ({"relay": t.relay_failed} if t.relay_failed else {}), "writes to the new store (relay)"
     errors = rate_at_most("new_store_error_rate", bad, total, cfg.max_new_store_error_rate, cfg.min_write_samples,

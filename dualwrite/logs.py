@@ -95,25 +95,7 @@ def add_temporal_context(_logger: Any, _name: str, event: MutableMapping[str, An
     """Processor: bind migration / phase / workflow / activity ids from the record or the activity context."""
     record = event.get("_record")
     if record is not None:
-        if hasattr(record, "temporal_workflow") or hasattr(record, "temporal_activity"):
-            # Temporal's loggers also append the same info to the message; it is in fields now
-            _quiet_temporal_messages()
-            if isinstance(event.get("event"), str):
-                event["event"] = _INFO_SUFFIX.sub("", event["event"])
-        for attr in _LIFTED:
-            value = getattr(record, attr, None)
-            if value is not None:
-                event.setdefault(attr, value)
-        wf = getattr(record, "temporal_workflow", None)
-        if isinstance(wf, Mapping):
-            for src, dst in _WORKFLOW_FIELDS.items():
-                if wf.get(src) is not None:
-                    event.setdefault(dst, wf[src])
-        act = getattr(record, "temporal_activity", None)
-        if isinstance(act, Mapping):
-            for src, dst in _ACTIVITY_FIELDS.items():
-                if act.get(src) is not None:
-                    event.setdefault(dst, act[src])
+        _lift_record(record, event)
     if "activity_id" not in event:
         info = _temporal_activity_info()
         if info is not None:
@@ -126,6 +108,25 @@ def add_temporal_context(_logger: Any, _name: str, event: MutableMapping[str, An
         if name:
             event["migration"] = name
     return event
+
+
+def _lift_record(record: Any, event: MutableMapping[str, Any]) -> None:
+    """Fields of a stdlib log record (ours, or Temporal's with its workflow / activity info) into the event."""
+    if hasattr(record, "temporal_workflow") or hasattr(record, "temporal_activity"):
+        # Temporal's loggers also append the same info to the message; it is in fields now
+        _quiet_temporal_messages()
+        if isinstance(event.get("event"), str):
+            event["event"] = _INFO_SUFFIX.sub("", event["event"])
+    for attr in _LIFTED:
+        value = getattr(record, attr, None)
+        if value is not None:
+            event.setdefault(attr, value)
+    for attr, fields in (("temporal_workflow", _WORKFLOW_FIELDS), ("temporal_activity", _ACTIVITY_FIELDS)):
+        info = getattr(record, attr, None)
+        if isinstance(info, Mapping):
+            for src, dst in fields.items():
+                if info.get(src) is not None:
+                    event.setdefault(dst, info[src])
 
 
 def _drop_internal(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

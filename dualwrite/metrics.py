@@ -350,7 +350,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     registries: Iterable[CollectorRegistry] = ()
     upstream: str | None = None
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self.send_error(404)
             return
@@ -375,7 +375,7 @@ class MetricsServer:
     """``/metrics`` on ``host:port`` from a daemon thread: the given registries, then (when ``upstream``
     names the Temporal runtime's own endpoint) its text appended."""
 
-    def __init__(self, port: int, host: str = "0.0.0.0", registries: Iterable[CollectorRegistry] = (),  # noqa: S104
+    def __init__(self, port: int, host: str = "0.0.0.0", registries: Iterable[CollectorRegistry] = (),  # noqa: S104 - scraped from outside
                  upstream: str | None = None) -> None:
         handler = type("Handler", (_Handler,), {"registries": tuple(registries), "upstream": upstream})
         self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
@@ -389,8 +389,8 @@ class MetricsServer:
         self.httpd.server_close()
 
 
-def serve(port: int, host: str = "0.0.0.0", registry: CollectorRegistry | None = None) -> MetricsServer:  # noqa: S104
+def serve(port: int, host: str = "0.0.0.0", registry: CollectorRegistry | None = None) -> MetricsServer:  # noqa: S104 - scraped from outside
     """For applications: serve the adapter's metrics (the default registry unless one is given)."""
-    from prometheus_client import REGISTRY  # noqa: PLC0415
+    from prometheus_client import REGISTRY  # noqa: PLC0415 - optional at run time
 
     return MetricsServer(port, host, [registry if registry is not None else REGISTRY])

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from dualwrite import bookkeeping as bk
 from dualwrite.store import Store
@@ -341,7 +341,7 @@ class _Prometheus:
     """prometheus_client metrics; one set per registry (metric names must be unique in a registry), shared
     by every migration of the process (``migration`` is a label)."""
 
-    _by_registry: dict[int, _Prometheus] = {}
+    _by_registry: ClassVar[dict[int, _Prometheus]] = {}
     _lock = threading.Lock()
 
     def __init__(self, registry: Any) -> None:

@@ -25,9 +25,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dualwrite.capture import method_for
 from dualwrite.errors import TriggerError
 from dualwrite.outbox import CHANGELOG, ensure_log
-from dualwrite.spec import MigrationSpec, Strategy
+from dualwrite.spec import MigrationSpec
 from dualwrite.store import Dialect, Kind, Store
 
 
@@ -283,11 +284,12 @@ def denial_applies(spec: MigrationSpec) -> bool:
     """Writes that bypass dualwrite are denied on the non-authoritative store for database-level capture
     (``triggers``, ``cdc``) of a migration whose authority moves as a whole. Per-tenant authority cannot be denied
     table by table: there both key logs are mirrored as before, and the README says so."""
-    return spec.strategy in (Strategy.TRIGGERS, Strategy.CDC) and not spec.tenant_tables
+    return method_for(spec.strategy).database_capture and not spec.tenant_tables
 
 
 def authoritative_side(phase: str | None) -> str:
-    """'old' or 'new' for a published phase name (the phase table of DESIGN.md; 'new' from write cutover)."""
+    """'old' or 'new' for a published phase name (docs/architecture.md, "Authority, fences and denied
+    writes": the old store until write cutover, 'new' from CUTOVER_WRITES on)."""
     return "new" if phase in ("CUTOVER_WRITES", "CLEANUP", "DONE") else "old"
 
 

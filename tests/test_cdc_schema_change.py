@@ -40,7 +40,7 @@ def test_a_column_added_on_the_source_stops_capture_with_a_clear_message(
                 f"ALTER TABLE {table_name} DROP COLUMN legacy",
                 f"INSERT INTO {table_name} VALUES (2, 'b', 'b@example.com')")
         where = pg.confirmed(old, migration) if engine == "postgresql" else binlog.load_position(old, migration, old)
-        with pytest.raises(capture.SchemaChanged) as err:
+        with pytest.raises(capture.SchemaChangedError) as err:
             drain()
         text = str(err.value)
         assert f"table {table_name} changed on store '{old.name}'" in text

@@ -154,3 +154,38 @@ def test_status_shows_the_async_lag_in_seconds() -> None:
                                console=console))
     text = console.export_text()
     assert "async_lag_seconds" in text and "0.25 s" in text and "<= 5 s" in text and "12 keys queued" in text
+
+
+def test_evidence_follows_the_capture_method_facts_for_cdc_as_for_triggers() -> None:
+    """cdc has no adapter in the application, like triggers: the worker's samples are the shadow evidence,
+    the relay's mirrors the secondary writes, the relay's lag holds the gate, latency is not applicable."""
+    from dualwrite.capture import method_for
+
+    facts = traffic(sampled_match=2000, relay_mirrored=5000, relay_lag_seconds=3.0, shadow_match=0)
+    for strategy in ("triggers", "cdc", method_for("cdc")):
+        metrics = {m.name: m for m in g.traffic_metrics(facts, Gates(), strategy)}
+        assert metrics["shadow_match_rate"].source == g.WORKER_SAMPLE_SOURCE
+        assert metrics["shadow_match_rate"].verdict == "pass", metrics["shadow_match_rate"]
+        assert metrics["secondary_write_success_rate"].source == g.RELAY_SOURCE
+        assert metrics["relay_lag_seconds"].verdict == "pass"
+        assert metrics["p99_latency_impact"].verdict == "n/a"
+    sources = dict(g.evidence_sources("cdc"))
+    assert "the database's log" in sources["secondary_write_success_rate"]
+    assert "not applicable" in sources["p99_latency_impact"] and "relay_lag_seconds" in sources
+    assert [m.name for m in g.traffic_metrics(facts, Gates(), "outbox")] == [
+        "shadow_match_rate", "secondary_write_success_rate", "p99_latency_impact"]
+
+
+def test_relay_lag_unmeasured_is_not_yet_unless_the_spec_asks_for_no_write_samples() -> None:
+    assert g.relay_lag_metric(traffic(), Gates()).verdict == "not-yet"
+    assert g.relay_lag_metric(traffic(), Gates(min_write_samples=0)).verdict == "n/a"
+    assert g.relay_lag_metric(traffic(relay_lag_seconds=90.0), Gates(min_write_samples=0)).verdict == "fail"
+
+
+def test_cdc_rollback_triggers_read_the_worker_samples_and_the_relay() -> None:
+    facts = traffic(sampled_match=900, sampled_mismatch={"missing": 100}, relay_mirrored=900, relay_failed=100)
+    cfg = RollbackTriggers(min_shadow_samples=100, min_write_samples=100)
+    ev = g.evaluate_triggers(facts, "CUTOVER_READS", cfg, "cdc")
+    assert ev.tripped and {m.name for m in ev.metrics if m.verdict == "fail"} == {
+        "shadow_mismatch_rate", "new_store_error_rate"}, ev
+    assert not g.evaluate_triggers(facts, "CUTOVER_READS", cfg, "sync").tripped

@@ -35,7 +35,7 @@ def audit_paths(tables: Iterable[str], paths: Sequence[Path], exclude: Sequence[
 
     A file that cannot be read or parsed is skipped with a warning; nothing here raises for bad source.
     """
-    from dualwrite.audit.pyscan import Analyzer, Index, discover, index_file  # noqa: PLC0415
+    from dualwrite.audit.pyscan import Analyzer, Index, discover, index_file  # noqa: PLC0415 - the scanner only when an audit runs
 
     report = AuditReport()
     index = Index(TableSet(tables))

@@ -245,6 +245,10 @@ def _merge(toks: Sequence[_Tok], i: int) -> list[SqlWrite]:
     return [SqlWrite("MERGE", parts, toks[i].offset)]
 
 
+_Ref = tuple[tuple[str, ...], str | None]
+"""A table reference of an UPDATE: its name parts and its alias."""
+
+
 def _update(toks: Sequence[_Tok], i: int, aliases: dict[str, tuple[str, ...]]) -> list[SqlWrite]:
     prev = _prev(toks, i)
     # ON CONFLICT DO UPDATE, ON DUPLICATE KEY UPDATE, FOR UPDATE, MERGE's THEN UPDATE, MySQL's ON UPDATE
@@ -253,40 +257,56 @@ def _update(toks: Sequence[_Tok], i: int, aliases: dict[str, tuple[str, ...]]) -
     j = i + 1
     while j < len(toks) and toks[j].is_kw("LOW_PRIORITY", "IGNORE", "ONLY"):
         j += 1
-    refs: list[tuple[tuple[str, ...], str | None]] = []
+    found = _update_refs(toks, j)
+    if found is None:
+        return []
+    refs, j = found
+    if j >= len(toks) or not toks[j].is_kw("SET"):
+        return []
+    if len(refs) == 1:
+        return [SqlWrite("UPDATE", _resolve(refs[0][0], aliases), toks[i].offset)]
+    return _assigned_tables(toks, j, refs, toks[i].offset)
+
+
+def _is_join(tok: _Tok) -> bool:
+    return tok.is_kw("JOIN", "STRAIGHT_JOIN") or tok.upper.endswith(" JOIN")
+
+
+def _update_refs(toks: Sequence[_Tok], j: int) -> tuple[list[_Ref], int] | None:
+    """The tables an UPDATE names before SET (MySQL's multi-table ``a, b`` and ``a JOIN b ON ...``
+    included), and where SET should be; None when they cannot be read."""
+    refs: list[_Ref] = []
     while True:
         named = _name(toks, j)
         if named is None:
-            return []
+            return None
         parts, j = named
         alias, j = _alias(toks, j)
         refs.append((parts, alias))
-        # MySQL multi-table UPDATE: a, b  /  a JOIN b ON ...
         if j < len(toks) and toks[j].is_punct(","):
             j += 1
             continue
         if j < len(toks) and (toks[j].is_kw("JOIN", "STRAIGHT_JOIN", "INNER", "LEFT", "RIGHT", "CROSS")
                               or toks[j].upper.endswith(" JOIN")):
             k = j
-            while k < len(toks) and not (toks[k].is_kw("JOIN", "STRAIGHT_JOIN") or toks[k].upper.endswith(" JOIN")):
+            while k < len(toks) and not _is_join(toks[k]):
                 k += 1
             set_at = _until(toks, k, "SET")
             if set_at is None:
-                return []
+                return None
             # every table reference up to SET: names after JOIN
             for m in range(k, set_at):
-                if toks[m].is_kw("JOIN", "STRAIGHT_JOIN") or toks[m].upper.endswith(" JOIN"):
-                    nn = _name(toks, m + 1)
-                    if nn is not None:
-                        a, _ = _alias(toks, nn[1])
-                        refs.append((nn[0], a))
+                nn = _name(toks, m + 1) if _is_join(toks[m]) else None
+                if nn is not None:
+                    a, _ = _alias(toks, nn[1])
+                    refs.append((nn[0], a))
             j = set_at
-        break
-    if j >= len(toks) or not toks[j].is_kw("SET"):
-        return []
-    if len(refs) == 1:
-        return [SqlWrite("UPDATE", _resolve(refs[0][0], aliases), toks[i].offset)]
-    # several tables: those whose alias or name qualifies an assigned column are written
+        return refs, j
+
+
+def _assigned_tables(toks: Sequence[_Tok], j: int, refs: list[_Ref], offset: int) -> list[SqlWrite]:
+    """Several tables in one UPDATE: those whose alias or name qualifies an assigned column are written
+    (an unqualified column: the first table, when nothing is qualified)."""
     qualifiers: set[str] = set()
     unqualified = False
     k = j + 1
@@ -304,7 +324,7 @@ def _update(toks: Sequence[_Tok], i: int, aliases: dict[str, tuple[str, ...]]) -
     for n, (parts, alias) in enumerate(refs):
         hit = (alias is not None and alias in qualifiers) or parts[-1].lower() in qualifiers
         if hit or (unqualified and not qualifiers and n == 0):
-            out.append(SqlWrite("UPDATE", parts, toks[i].offset))
+            out.append(SqlWrite("UPDATE", parts, offset))
     return out
 
 

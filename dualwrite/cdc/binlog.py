@@ -133,14 +133,14 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
                limit: int = 5000) -> Batch:
     """Keys changed by whole transactions after the stored position (at most about ``limit`` changes)."""
     from pymysqlreplication import BinLogStreamReader  # noqa: PLC0415 - only workers that capture need it
-    from pymysqlreplication.event import (  # noqa: PLC0415
+    from pymysqlreplication.event import (  # noqa: PLC0415 - as above
         GtidEvent,
         MariadbGtidEvent,
         QueryEvent,
         RotateEvent,
         XidEvent,
     )
-    from pymysqlreplication.row_event import (  # noqa: PLC0415
+    from pymysqlreplication.row_event import (  # noqa: PLC0415 - as above
         DeleteRowsEvent,
         UpdateRowsEvent,
         WriteRowsEvent,
@@ -153,7 +153,6 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
     mariadb = start[0] == GTID
     schema = store.engine.url.database or ""
     by_name = {t.table.rpartition(".")[2]: t for t in tables}
-    out = Batch()
     where: dict[str, Any] = ({"auto_position": start[1] or None} if mariadb
                              else {"log_file": start[0], "log_pos": int(start[1]), "resume_stream": True})
     stream = BinLogStreamReader(
@@ -161,70 +160,94 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
         only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
                      MariadbGtidEvent, GtidEvent],
         only_schemas=[schema] if schema else None, is_mariadb=mariadb, **where)
-    pending: dict[str, list[tuple[Any, ...]]] = {}
-    pending_changes = 0
-    first_ts: float | None = None
-    state = start[1]
-    txn_gtid: str | None = None  # MariaDB: the transaction being read
-    standalone = False  # ... and whether it is a statement with no COMMIT of its own (DDL)
-
-    def complete() -> None:
-        nonlocal pending, pending_changes, state, txn_gtid
-        for table, keys in pending.items():
-            out.keys.setdefault(table, []).extend(keys)
-        out.changes += pending_changes
-        pending, pending_changes = {}, 0
-        out.transactions += 1
-        if mariadb:
-            if txn_gtid is not None:
-                state = _merge_gtid(state, txn_gtid)
-                txn_gtid = None
-            out.end = (GTID, state)
-        else:
-            out.end = (str(stream.log_file), str(stream.log_pos))
-
+    r = _Reading(Batch(), mariadb, start[1])
     try:
         for ev in stream:
             if isinstance(ev, MariadbGtidEvent):
-                if txn_gtid is not None:
-                    complete()  # the previous one had no COMMIT of its own (DDL): the next began, it is whole
-                    if out.changes >= limit:
+                if r.txn_gtid is not None:
+                    r.complete(stream)  # the previous one had no COMMIT of its own (DDL): the next began, it is whole
+                    if r.out.changes >= limit:
                         break
-                txn_gtid = str(ev.gtid)
-                standalone = bool(int(ev.flags) & FL_STANDALONE)
+                r.txn_gtid = str(ev.gtid)
+                r.standalone = bool(int(ev.flags) & FL_STANDALONE)
             elif isinstance(ev, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                t = by_name.get(ev.table)
-                if t is None or (schema and ev.schema != schema):
-                    out.unknown.add(f"{ev.schema}.{ev.table}")
-                    continue
-                if t.columns is not None:
-                    changed = schema_change(store, t.table, t.columns, [str(c.name) for c in ev.columns])
-                    if changed is not None:
-                        raise changed
-                if first_ts is None:
-                    first_ts = float(ev.timestamp)
-                for row in ev.rows:
-                    images = ([row["before_values"], row["after_values"]] if isinstance(ev, UpdateRowsEvent)
-                              else [row["values"]])
-                    for img in images:
-                        pending.setdefault(t.table, []).append(
-                            tuple(_value(img.get(k), kind) for k, kind in zip(t.key, t.kinds, strict=True)))
-                    pending_changes += 1
+                t = _captured_table(store, schema, by_name, ev, r.out)
+                if t is not None:
+                    r.rows(t, ev, isinstance(ev, UpdateRowsEvent))
             elif isinstance(ev, XidEvent) or (isinstance(ev, QueryEvent) and ev.query.strip().upper() == "COMMIT"):
-                complete()
-                if out.changes >= limit:
+                r.complete(stream)
+                if r.out.changes >= limit:
                     break
         else:
             # the end of what the server sent: only a standalone statement (DDL, no COMMIT event) is known to be
             # whole there; a transaction whose COMMIT was not seen yet is read again next time, never half
             # applied or skipped
-            if txn_gtid is not None and standalone and not pending:
-                complete()
+            if r.txn_gtid is not None and r.standalone and not r.pending:
+                r.complete(stream)
     finally:
         stream.close()
-    if first_ts is not None:
-        out.lag_seconds = max(0.0, time.time() - first_ts)
-    return out
+    if r.first_ts is not None:
+        r.out.lag_seconds = max(0.0, time.time() - r.first_ts)
+    return r.out
+
+
+@dataclass
+class _Reading:
+    """One read of the binlog: whole transactions go to ``out``; the one being read waits in ``pending``,
+    so that a batch never ends inside a transaction."""
+
+    out: Batch
+    mariadb: bool
+    state: str
+    """MariaDB: the GTID state after the last whole transaction."""
+    pending: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    pending_changes: int = 0
+    first_ts: float | None = None
+    txn_gtid: str | None = None
+    """MariaDB: the transaction being read."""
+    standalone: bool = False
+    """... and whether it is a statement with no COMMIT of its own (DDL)."""
+
+    def complete(self, stream: Any) -> None:
+        """The pending transaction is whole: its keys join the batch, the batch ends after it."""
+        for table, keys in self.pending.items():
+            self.out.keys.setdefault(table, []).extend(keys)
+        self.out.changes += self.pending_changes
+        self.pending, self.pending_changes = {}, 0
+        self.out.transactions += 1
+        if self.mariadb:
+            if self.txn_gtid is not None:
+                self.state = _merge_gtid(self.state, self.txn_gtid)
+                self.txn_gtid = None
+            self.out.end = (GTID, self.state)
+        else:
+            self.out.end = (str(stream.log_file), str(stream.log_pos))
+
+    def rows(self, t: TableKeys, ev: Any, update: bool) -> None:
+        """The keys of a rows event (an update's before and after images both: a key may change)."""
+        if self.first_ts is None:
+            self.first_ts = float(ev.timestamp)
+        for row in ev.rows:
+            images = [row["before_values"], row["after_values"]] if update else [row["values"]]
+            for img in images:
+                self.pending.setdefault(t.table, []).append(
+                    tuple(_value(img.get(k), kind) for k, kind in zip(t.key, t.kinds, strict=True)))
+            self.pending_changes += 1
+
+
+def _captured_table(store: Store, schema: str, by_name: dict[str, TableKeys], ev: Any, out: Batch
+                    ) -> TableKeys | None:
+    """The captured table a rows event is about (None, and noted as unknown, for any other table); raises
+    the schema change when the event's columns are not the ones capture started with."""
+    t = by_name.get(ev.table)
+    if t is None or (schema and ev.schema != schema):
+        out.unknown.add(f"{ev.schema}.{ev.table}")
+        return None
+    if t.columns is not None:
+        changed = schema_change(store, t.table, t.columns, [str(c.name) for c in ev.columns])
+        if changed is not None:
+            raise changed
+    return t
 
 
 def _is_mariadb(store: Store) -> bool:

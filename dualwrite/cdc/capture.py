@@ -25,18 +25,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dualwrite import control
 from dualwrite.cdc import binlog, pg
-from dualwrite.cdc.pg import CaptureError, SchemaChanged, TableKeys
+from dualwrite.cdc.pg import CaptureError, SchemaChangedError, TableKeys
 from dualwrite.errors import StoreUnavailableError
 from dualwrite.keys import Key
 from dualwrite.mapping import TableMapping
-from dualwrite.mirror import mirror_keys
+from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.relay import RelayResult, _mirror_isolated, _short
 from dualwrite.store import Dialect, Store, is_transient
 
 log = logging.getLogger("dualwrite.cdc")
 
-__all__ = ["CaptureError", "SchemaChanged", "TableKeys", "drain_batch", "lag_bytes", "setup", "skip", "teardown"]
+__all__ = ["CaptureError", "SchemaChangedError", "TableKeys", "drain_batch", "lag_bytes", "setup", "skip", "teardown"]
 
 
 def _check_dialect(store: Store) -> None:
@@ -72,14 +73,14 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
     if store.dialect is Dialect.POSTGRESQL:
         try:
             pbatch = pg.read_batch(store, migration, tables, limit)
-        except pg.SlotBusy:
+        except pg.SlotBusyError:
             return out  # the other reader (relay or catch-up) is applying it
         keys, changes, lag, done = pbatch.keys, pbatch.changes, pbatch.lag_seconds, pbatch.end_lsn is not None
         truncated = pbatch.truncated
         if not done and pbatch.idle_lsn is not None:
             # nothing of ours up to the WAL flushed before the read: move there, so an idle source (or one
             # busy with other tables) does not hold WAL back, and a catch-up point is reached
-            with contextlib.suppress(pg.SlotBusy):
+            with contextlib.suppress(pg.SlotBusyError):
                 pg.advance(store, migration, pbatch.idle_lsn)
     else:
         bbatch = binlog.read_batch(control_store, migration, store, tables, limit)
@@ -96,7 +97,7 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
         _mirror(store, other, control_store, migration, mapping, table, table_keys, reverse, out)
     if store.dialect is Dialect.POSTGRESQL:
         assert pbatch.end_lsn is not None
-        with contextlib.suppress(pg.SlotBusy):  # the other reader advances it; re-reading is harmless
+        with contextlib.suppress(pg.SlotBusyError):  # the other reader advances it; re-reading is harmless
             pg.advance(store, migration, max(pbatch.end_lsn, pbatch.idle_lsn or 0))
     else:
         assert bbatch.end is not None
@@ -106,8 +107,6 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
 
 def _mirror(store: Store, other: Store, control_store: Store, migration: str, mapping: TableMapping, table: str,
             keys: list[Key], reverse: bool, out: RelayResult) -> None:
-    from dualwrite import control  # noqa: PLC0415
-
     try:
         res = mirror_keys(store, other, mapping, keys)
         out.mirrored += res.keys
@@ -139,7 +138,7 @@ def skip(store: Store, control_store: Store, migration: str, still_denied: Calla
             return False
         try:
             pg.advance(store, migration, lsn)
-        except pg.SlotBusy:
+        except pg.SlotBusyError:
             return False
         return True
     if store.dialect is Dialect.MYSQL:
@@ -198,8 +197,6 @@ def pending_keys(store: Store, control_store: Store, migration: str, table: str,
     """Keys of ``table`` captured on ``store`` and not applied yet (in flight), normalized like the
     mirror's keys: a verification counts their differences as in flight, not as unresolved. Read without
     moving anything; a slot the relay holds right now is asked again a few times, then nothing is known."""
-    from dualwrite.mirror import normal_key  # noqa: PLC0415
-
     tk = [TableKeys(table, list(key), list(kinds))]
     for _ in range(20):
         try:
@@ -213,7 +210,7 @@ def pending_keys(store: Store, control_store: Store, migration: str, table: str,
                 found = binlog.read_batch(control_store, migration, store, tk, limit).keys
             else:
                 return set()
-        except pg.SlotBusy:
+        except pg.SlotBusyError:
             time.sleep(0.05)
             continue
         return {normal_key(k) for keys in found.values() for k in keys}

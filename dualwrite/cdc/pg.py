@@ -27,19 +27,20 @@ from dualwrite.cdc.pgoutput import Change, Commit, Decoder, Relation, Truncate
 
 # re-exported: dualwrite.cdc.capture and dualwrite.cdc.binlog name them through this module
 from dualwrite.errors import CaptureError as CaptureError
-from dualwrite.errors import SchemaChanged as SchemaChanged
-from dualwrite.errors import SlotBusy as SlotBusy
+from dualwrite.errors import DualwriteError
+from dualwrite.errors import SchemaChangedError as SchemaChangedError
+from dualwrite.errors import SlotBusyError as SlotBusyError
 from dualwrite.store import Kind, Store
 
 
-def schema_change(store: Store, table: str, expected: Sequence[str], seen: Sequence[str]) -> SchemaChanged | None:
+def schema_change(store: Store, table: str, expected: Sequence[str], seen: Sequence[str]) -> SchemaChangedError | None:
     """The error to stop capture with when the stream's columns of ``table`` differ from the mapping's."""
     added = [c for c in seen if c not in expected]
     dropped = [c for c in expected if c not in seen]
     if not added and not dropped:
         return None
     what = ", ".join([*(f"column {c} added" for c in added), *(f"column {c} dropped" for c in dropped)])
-    return SchemaChanged(f"table {table} changed on store {store.name!r} during the migration: {what}; nothing "
+    return SchemaChangedError(f"table {table} changed on store {store.name!r} during the migration: {what}; nothing "
                          "after the change was mirrored (the capture position stays before it): update the spec "
                          "(or undo the change), then restart the relay")
 
@@ -204,8 +205,7 @@ def _match(tables: Sequence[TableKeys], namespace: str, name: str) -> TableKeys 
 def read_batch(store: Store, migration: str, tables: Sequence[TableKeys], limit: int = 5000) -> Batch:
     """Decode up to about ``limit`` changes (whole transactions) from the slot without consuming them."""
     slot, pub = capture_names(migration, store.name)
-    out = Batch()
-    decoder = Decoder()
+    reading = _Reading(store, tables)
     with _session(store) as conn:
         cur = conn.cursor()
         cur.execute("SELECT pg_current_wal_flush_lsn()::text")
@@ -214,48 +214,79 @@ def read_batch(store: Store, migration: str, tables: Sequence[TableKeys], limit:
             cur.execute("SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
                         "'proto_version', '1', 'publication_names', %s)", (slot, limit, pub))
         except Exception as exc:
-            if "is active for PID" in str(exc):
-                raise SlotBusy(f"replication slot {slot} is in use by another session") from None
-            if "does not exist" in str(exc):
-                raise CaptureError(f"store {store.name!r}: the replication slot {slot} of migration {migration!r} "
-                                   "is missing (dropped by hand?); restart the relay to create it again, "
-                                   "then verify") from None
-            raise
-        pending: dict[str, list[tuple[Any, ...]]] = {}
+            known = _slot_error(exc, store, migration, slot)
+            if known is None:
+                raise
+            raise known from None
         for _lsn_text, data in cur:
-            msg = decoder.decode(bytes(data))
-            if isinstance(msg, Relation):
-                t = _match(tables, msg.namespace, msg.name)
-                if t is not None and t.columns is not None:
-                    changed = schema_change(store, t.table, t.columns, msg.columns)
-                    if changed is not None:
-                        raise changed
-            elif isinstance(msg, Change):
-                t = _match(tables, msg.relation.namespace, msg.relation.name)
-                if t is None:
-                    out.unknown.add(f"{msg.relation.namespace}.{msg.relation.name}")
-                    continue
-                for cols in msg.keys:
-                    if all(cols.get(k) is not None for k in t.key):
-                        key = tuple(_text_value(cols[k], kind) for k, kind in zip(t.key, t.kinds, strict=True))
-                        pending.setdefault(t.table, []).append(key)
-                out.changes += 1
-            elif isinstance(msg, Truncate):
-                for rel in msg.relations:
-                    t = _match(tables, rel.namespace, rel.name)
-                    if t is not None:
-                        out.truncated.append(t.table)
-            elif isinstance(msg, Commit):
-                for table, keys in pending.items():
-                    out.keys.setdefault(table, []).extend(keys)
-                pending = {}
-                out.transactions += 1
-                out.end_lsn = msg.end_lsn
-                if out.transactions == 1:  # the oldest change of the batch: how far capture is behind
-                    out.lag_seconds = max(0.0, time.time() - msg.unix_time())
-        if out.changes < limit:
-            out.idle_lsn = idle
-    return out
+            reading.take(reading.decoder.decode(bytes(data)))
+        if reading.out.changes < limit:
+            reading.out.idle_lsn = idle
+    return reading.out
+
+
+def _slot_error(exc: Exception, store: Store, migration: str, slot: str) -> DualwriteError | None:
+    """What to raise when the slot cannot be read: busy, missing, or (None) the driver's own error."""
+    if "is active for PID" in str(exc):
+        return SlotBusyError(f"replication slot {slot} is in use by another session")
+    if "does not exist" in str(exc):
+        return CaptureError(f"store {store.name!r}: the replication slot {slot} of migration {migration!r} is "
+                            "missing (dropped by hand?); restart the relay to create it again, then verify")
+    return None
+
+
+class _Reading:
+    """One peek at the slot, decoded: the keys of whole transactions go to ``out``; those of the transaction
+    being read wait in ``pending`` until its COMMIT, so a batch never ends inside a transaction."""
+
+    def __init__(self, store: Store, tables: Sequence[TableKeys]) -> None:
+        self.store = store
+        self.tables = tables
+        self.decoder = Decoder()
+        self.out = Batch()
+        self.pending: dict[str, list[tuple[Any, ...]]] = {}
+
+    def take(self, msg: object) -> None:
+        if isinstance(msg, Relation):
+            self._relation(msg)
+        elif isinstance(msg, Change):
+            self._change(msg)
+        elif isinstance(msg, Truncate):
+            for rel in msg.relations:
+                t = _match(self.tables, rel.namespace, rel.name)
+                if t is not None:
+                    self.out.truncated.append(t.table)
+        elif isinstance(msg, Commit):
+            self._commit(msg)
+
+    def _relation(self, msg: Relation) -> None:
+        """A table's columns as the stream sees them: capture stops when they are not the mapping's."""
+        t = _match(self.tables, msg.namespace, msg.name)
+        if t is not None and t.columns is not None:
+            changed = schema_change(self.store, t.table, t.columns, msg.columns)
+            if changed is not None:
+                raise changed
+
+    def _change(self, msg: Change) -> None:
+        t = _match(self.tables, msg.relation.namespace, msg.relation.name)
+        if t is None:
+            self.out.unknown.add(f"{msg.relation.namespace}.{msg.relation.name}")
+            return
+        for cols in msg.keys:
+            if all(cols.get(k) is not None for k in t.key):
+                key = tuple(_text_value(cols[k], kind) for k, kind in zip(t.key, t.kinds, strict=True))
+                self.pending.setdefault(t.table, []).append(key)
+        self.out.changes += 1
+
+    def _commit(self, msg: Commit) -> None:
+        out = self.out
+        for table, keys in self.pending.items():
+            out.keys.setdefault(table, []).extend(keys)
+        self.pending = {}
+        out.transactions += 1
+        out.end_lsn = msg.end_lsn
+        if out.transactions == 1:  # the oldest change of the batch: how far capture is behind
+            out.lag_seconds = max(0.0, time.time() - msg.unix_time())
 
 
 def confirmed(store: Store, migration: str) -> int | None:
@@ -279,7 +310,7 @@ def advance(store: Store, migration: str, lsn: int) -> None:
                         "WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn", (_lsn(lsn), slot, _lsn(lsn)))
         except Exception as exc:
             if "is active for PID" in str(exc):
-                raise SlotBusy(f"replication slot {slot} is in use by another session") from None
+                raise SlotBusyError(f"replication slot {slot} is in use by another session") from None
             raise
 
 

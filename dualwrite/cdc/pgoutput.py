@@ -1,10 +1,11 @@
 """Decoding of PostgreSQL's ``pgoutput`` logical replication messages (protocol version 1), keys only.
 
 The relay needs to know *which* rows changed, not their images: the mirror primitive re-reads the
-authoritative row under the key's lock (DESIGN rule 1). So only the key columns of each change are
-decoded. That also makes REPLICA IDENTITY DEFAULT enough: the old key of an UPDATE that moved the row and
-of a DELETE comes as a 'K' tuple holding only the replica identity columns (the primary key), the new
-tuple of INSERT / UPDATE holds every column, with TOASTed columns left out ('u'), never a key column.
+authoritative row under the key's lock (docs/architecture.md, "A write, by strategy"). So only the key
+columns of each change are decoded. That also makes REPLICA IDENTITY DEFAULT enough: the old key of an
+UPDATE that moved the row and of a DELETE comes as a 'K' tuple holding only the replica identity columns
+(the primary key), the new tuple of INSERT / UPDATE holds every column, with TOASTed columns left out
+('u'), never a key column.
 
 Formats: PostgreSQL's "Logical Replication Message Formats" (src/backend/replication/logical/proto.c).
 Every integer is big-endian; a String is NUL-terminated.

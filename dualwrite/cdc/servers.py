@@ -39,7 +39,7 @@ class Server:
 
     def url(self, db: str) -> str:
         """A store URL with the project's preferred driver for the engine (config.normalise_url)."""
-        from dualwrite.config import normalise_url  # noqa: PLC0415
+        from dualwrite.config import normalise_url  # noqa: PLC0415 - test servers load no config unless asked
 
         scheme = "postgresql" if self.kind == "postgresql" else "mysql"
         return normalise_url(f"{scheme}://{self.user}@{self.host}:{self.port}/{db}")
@@ -82,7 +82,7 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 def _run(cmd: list[str], what: str, log: Path) -> None:
     with log.open("ab") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=120)  # noqa: S603
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=120)  # noqa: S603 - our own argv, no shell
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-1500:]
         raise ServerStartError(f"{what} failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -121,7 +121,7 @@ def start_postgres(root: Path) -> Server:
 def stop_postgres(root: Path) -> None:
     data = root / "pg"
     if (data / "postmaster.pid").exists():
-        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),  # noqa: S603
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),  # noqa: S603 - our own argv, no shell
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=60)
 
 
@@ -159,7 +159,7 @@ def start_mariadb(root: Path, server_id: int = 4242) -> Server:
            "--sync-binlog=0", "--innodb-doublewrite=0", "--max-connections=300"]
     if os.geteuid() == 0:
         cmd.append("--user=root")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: S603
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: S603 - our own argv, no shell
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not _answers(port):
@@ -200,7 +200,7 @@ def stop_mariadb(root: Path) -> None:
 def watch(root: Path, pid: int, *, remove: bool = True) -> None:
     """Stop the servers under ``root`` (and remove it) once process ``pid`` is gone, from a detached
     process: a test session killed by a timeout must not leave two database servers running."""
-    subprocess.Popen([sys.executable, "-m", "dualwrite.cdc.servers", "watch", str(root), str(pid),  # noqa: S603
+    subprocess.Popen([sys.executable, "-m", "dualwrite.cdc.servers", "watch", str(root), str(pid),  # noqa: S603 - our own argv, no shell
                       "remove" if remove else "keep"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
 
