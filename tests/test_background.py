@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PG_HOST, PG_PORT, PG_USER, Databases, pg_url
+from conftest import PG_HOST, Databases, pg_url
 
 from dualwrite.background import KeyChecker, ReadAhead
 from dualwrite.errors import StoreUnavailableError
@@ -277,83 +277,92 @@ def test_a_check_only_touches_its_own_range(pg_old: Store, pg_new: Store, table_
     assert key_set(pg_new, table_name, "int") == {(-100,), *keys[1:], (10**13,)}
 
 
+LOCK_TIMEOUT_MS = 100
+
+
+@pytest.fixture(scope="module")
+def scratch_db(databases: Databases, pg_old: Store) -> str:
+    """A database of this module's own: sessions in it may be killed, and a lock wait times out quickly."""
+    db = databases.pg_db("bg_scratch")
+    with pg_old.connect() as conn:  # a pooled session: PostgreSQL's connection slots are shared and scarce
+        conn.execute(f"ALTER DATABASE \"{db}\" SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+        conn.commit()
+    return db
+
+
 @pytest.fixture
-def own_pg(databases: Databases, table_name: str) -> Iterator[tuple[Store, str]]:
-    """A database of this test's own (sessions in it may be killed, settings changed) and a store on it."""
-    db = databases.pg_db(table_name[-14:])
-    store = databases.store(f"bg_{table_name[-4:]}", pg_url(db))
-    yield store, db
+def own_pg(databases: Databases, scratch_db: str, table_name: str) -> Iterator[tuple[Store, str, str, str]]:
+    """A store of this test's own on the scratch database (its pool counts only this test's connections),
+    and the names of a source and a target table in it."""
+    store = databases.store(f"bg_{table_name[-4:]}", pg_url(scratch_db))
+    yield store, scratch_db, f"{table_name}_src", f"{table_name}_dst"
     store.dispose()
 
 
-def admin() -> psycopg.Connection[Any]:
-    return psycopg.connect(host=PG_HOST, port=PG_PORT, dbname="postgres", user=PG_USER or None, autocommit=True)
-
-
 def test_close_waits_for_the_check_in_flight_and_releases_its_connections(
-        own_pg: tuple[Store, str], table_name: str) -> None:
-    store, _ = own_pg
-    keys = [(i,) for i in range(1, 2001)]
-    make_table(store, "src", "int", keys)
-    make_table(store, "dst", "int", keys[::2])
-    mapping = identity_mapping(store.describe("src"), store.describe("dst"), version="version")
+        own_pg: tuple[Store, str, str, str]) -> None:
+    store, _, src, dst = own_pg
+    keys = [(i,) for i in range(1, 401)]
+    make_table(store, src, "int", keys)
+    make_table(store, dst, "int", keys[::2])
+    mapping = identity_mapping(store.describe(src), store.describe(dst), version="version")
     checker = KeyChecker(store, store, mapping)
     future = checker.submit(None, None)
     within(30, checker.close)
     assert future.done() and not future.cancelled()
-    assert future.result().keys == 1000
+    assert future.result().keys == 200
     assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert key_set(store, "dst", "int") == set(keys)
+    assert key_set(store, dst, "int") == set(keys)
 
 
-def test_a_lock_held_for_a_moment_is_waited_out(own_pg: tuple[Store, str]) -> None:
+def test_a_lock_held_for_a_moment_is_waited_out(own_pg: tuple[Store, str, str, str]) -> None:
     """A live writer holding the row a repair must change: the check is retried, not failed."""
-    store, db = own_pg
-    with admin() as a:
-        a.execute(f"ALTER DATABASE \"{db}\" SET lock_timeout = '150ms'")
-    store.dispose()  # new sessions take the setting
-    make_table(store, "src", "int", [(1,), (2,)])
-    make_table(store, "dst", "int", [(1,), (2,), (3,)])
-    mapping = identity_mapping(store.describe("src"), store.describe("dst"), version="version")
+    store, _, src, dst = own_pg
+    make_table(store, src, "int", [(1,), (2,)])
+    make_table(store, dst, "int", [(1,), (2,), (3,)])
+    mapping = identity_mapping(store.describe(src), store.describe(dst), version="version")
     with store.connect() as blocker, KeyChecker(store, store, mapping) as checker:
-        blocker.execute("SELECT * FROM dst WHERE id = 3 FOR UPDATE")
+        blocker.execute(f"SELECT * FROM {dst} WHERE id = 3 FOR UPDATE")
         future = checker.submit(None, None)
-        time.sleep(0.4)  # at least two attempts time out on the lock
+        time.sleep(2.5 * LOCK_TIMEOUT_MS / 1000)  # at least two attempts time out on the lock
         blocker.rollback()
         assert future.result(30).deleted == 1
-    assert key_set(store, "dst", "int") == {(1,), (2,)}
+    assert key_set(store, dst, "int") == {(1,), (2,)}
 
 
-def test_a_lock_that_is_never_released_fails_the_check_after_bounded_attempts(own_pg: tuple[Store, str]) -> None:
-    store, db = own_pg
-    with admin() as a:
-        a.execute(f"ALTER DATABASE \"{db}\" SET lock_timeout = '100ms'")
-    store.dispose()
-    make_table(store, "src", "int", [(1,)])
-    make_table(store, "dst", "int", [(1,), (2,)])
-    mapping = identity_mapping(store.describe("src"), store.describe("dst"), version="version")
+def test_a_lock_that_is_never_released_fails_the_check_after_bounded_attempts(
+        own_pg: tuple[Store, str, str, str]) -> None:
+    store, _, src, dst = own_pg
+    make_table(store, src, "int", [(1,)])
+    make_table(store, dst, "int", [(1,), (2,)])
+    mapping = identity_mapping(store.describe(src), store.describe(dst), version="version")
     with store.connect() as blocker:
-        blocker.execute("SELECT * FROM dst WHERE id = 2 FOR UPDATE")
-        with KeyChecker(store, store, mapping) as checker:
+        blocker.execute(f"SELECT * FROM {dst} WHERE id = 2 FOR UPDATE")
+        checker = KeyChecker(store, store, mapping)
+        try:
             future = checker.submit(None, None)
             with pytest.raises(psycopg.errors.LockNotAvailable):
                 future.result(20)
-        blocker.rollback()
-    assert key_set(store, "dst", "int") == {(1,), (2,)}
+        finally:  # released first: a checker retrying forever could not be closed
+            blocker.rollback()
+            within(30, checker.close)
+    assert key_set(store, dst, "int") == {(1,), (2,)}
 
 
-def test_a_store_that_goes_away_fails_the_check_and_close_still_returns(own_pg: tuple[Store, str]) -> None:
-    store, db = own_pg
-    make_table(store, "src", "int", [(1,), (2,)])
-    make_table(store, "dst", "int", [(1,)])
-    mapping = identity_mapping(store.describe("src"), store.describe("dst"), version="version")
+def test_a_store_that_goes_away_fails_the_check_and_close_still_returns(
+        own_pg: tuple[Store, str, str, str], pg_old: Store) -> None:
+    store, db, src, dst = own_pg
+    make_table(store, src, "int", [(1,), (2,)])
+    make_table(store, dst, "int", [(1,)])
+    mapping = identity_mapping(store.describe(src), store.describe(dst), version="version")
     checker = KeyChecker(store, store, mapping)
     try:
         assert checker.submit(None, None).result(30).keys == 1  # the checker now holds its connections
-        with admin() as a:  # the database restarts under it
-            a.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+        with pg_old.connect() as conn:  # the database restarts under it
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+            conn.commit()
         with contextlib.suppress(Exception), store.connect() as conn:  # the pool reconnects for the app
-            conn.execute("INSERT INTO src VALUES (3, 'late', 1)")
+            conn.execute(f"INSERT INTO {src} VALUES (3, 'late', 1)")
             conn.commit()
         future = checker.submit(None, None)
         with pytest.raises(psycopg.OperationalError):
