@@ -142,6 +142,7 @@ def test_leaving_early_closes_the_reader_in_its_own_thread() -> None:
         with ReadAhead(lambda: reader) as ra:
             for item in ra:
                 if item == 2:
+                    time.sleep(0.2)  # the reader now waits on a full queue
                     break
 
     within(5, consume)
@@ -169,6 +170,7 @@ def test_leaving_early_returns_the_readers_connection_to_the_pool(databases: Dat
             for item in ra:
                 got.append(item)
                 if len(got) == 3:
+                    time.sleep(0.2)  # the reader now waits on a full queue
                     raise RuntimeError("the target failed")
         return got
 
