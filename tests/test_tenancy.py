@@ -11,12 +11,15 @@ of look-ups; and a repair of that report leaves their rows alone.
 from __future__ import annotations
 
 import json
+import secrets
 import uuid
 from typing import Any
 
 import pytest
+from conftest import Databases, _pg_admin, pg_url
 
 from dualwrite import tenancy
+from dualwrite.errors import StoreUnavailableError
 from dualwrite.mapping import TableMapping, compile_table
 from dualwrite.repair import repair
 from dualwrite.spec import ColumnMap, TableSpec
@@ -276,3 +279,26 @@ def test_describe_keys_names_a_few_keys_in_json() -> None:
     assert out[0] == [str(uuid.UUID(int=5))] and out[1] == ["1.50", "zoë 😀"] and out[3] == [None, 7]
     assert tenancy.describe_keys(keys, limit=2) == out[:2]
     assert tenancy.describe_keys([]) == []
+
+
+def test_a_store_that_goes_away_is_never_reported_equal(pg_new: Store, databases: Databases,
+                                                        table_name: str) -> None:
+    """A verifier must prove it looked: a tenant whose rows are only on a store that went away (after the
+    mapping was compiled) is an error, never an empty, equal comparison."""
+    gone = databases.store("tn_gone", pg_url(databases.pg_db(f"tn_{secrets.token_hex(3)}")))
+    create(gone, table_name, "int")
+    create(pg_new, table_name, "int")
+    insert(gone, table_name, [(1, ACME, "only here", 1)])
+    insert(pg_new, table_name, [(2, BETA, "only here", 1)])
+    mapping = tenant_mapping(gone, pg_new, table_name)
+    report = verify_range(gone, pg_new, mapping)
+    assert (report.missing, report.extra) == (1, 1)
+    gone.dispose()
+    with _pg_admin() as admin:
+        admin.execute(f'DROP DATABASE "{gone.engine.url.database}" WITH (FORCE)')
+    with pytest.raises(StoreUnavailableError):
+        tenancy.verify_tenant(gone, pg_new, mapping, ACME)
+    with pytest.raises(StoreUnavailableError):
+        tenancy.verify_tenant(pg_new, gone, mapping.reversed(), ACME)
+    with pytest.raises(StoreUnavailableError):
+        tenancy.without_tenants(report, gone, pg_new, mapping, [BETA])
