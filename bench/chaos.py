@@ -1594,13 +1594,15 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
         # -- reconciliation: drain the key logs and the repair queue -----------------------------------
         execute(old, f"UPDATE {control.REPAIR_QUEUE} SET next_attempt_at = next_attempt_at - INTERVAL '1' DAY")
         state = control.read_state(check_old, name)
+        drain_until = time.monotonic() + 120  # a capture that cannot catch up is reported, not waited for
         for _ in range(5):
             if method.key_log is not None:
                 res.relayed += drain(relay_old, relay_new, name, mapping_for, control_store=old,
                                      max_seconds=60).mirrored
             elif method.reads_database_log:  # the relay (or the harness) applies the log up to its end now
                 res.relayed += chaos_cdc.drain(relay_old, relay_new, old, name, mapping_for,
-                                               state.phase if state is not None else "PREPARE", max_seconds=60)
+                                               state.phase if state is not None else "PREPARE",
+                                               max_seconds=max(1.0, drain_until - time.monotonic()))
             res.repaired_from_queue += drain_repairs(old, relay_old, relay_new, name, mapping_for,
                                                      base_backoff_seconds=0.1, max_backoff_seconds=0.1).mirrored
             if control.repair_queue_depth(old, name) == 0:
