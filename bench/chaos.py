@@ -1,19 +1,20 @@
 """Chaos convergence run: writers that behave like real applications, through every phase transition, while
 faults are injected; then reconciliation, and a check of every acknowledged write against the stores.
 
-    python -m bench.chaos --seconds 60 --pair pg-pg|mariadb-pg --strategy sync|outbox|triggers \\
-        [--writer adapter|raw] [--ack-log FILE] [--no-temporal] [--quiet]
+    python -m bench.chaos --seconds 60 --pair pg-pg|mariadb-pg \\
+        --strategy strict|sync|async|outbox|triggers|cdc [--writer adapter|raw] [--ack-log FILE] \\
+        [--rng-seed N] [--servers-dir DIR] [--no-temporal] [--quiet]
 
 Writers (``--clients`` threads):
 
-- ``--writer adapter`` (the default for ``sync`` / ``outbox``): every write through one :class:`DualWriter`,
-  plus an adapter *process* whose writes die by SIGKILL right after an authoritative commit (chaos hook
-  ``adapter.after_primary_commit``), respawned;
-- ``--writer raw`` (the default for ``triggers``): plain SQL straight to the old store's tables, no adapter,
-  as an application that was not changed. It keeps writing to the old store in every phase, also after
-  write cutover: a write the old store committed is acknowledged, and the rule is that it must then be
-  carried forward to the authoritative store, or refused with an error at the writer (then it was never
-  acknowledged).
+- ``--writer adapter`` (the default for the strategies that need the adapter: ``strict``, ``sync``,
+  ``async``, ``outbox``): every write through one :class:`DualWriter`, plus an adapter *process* whose writes
+  die by SIGKILL right after an authoritative commit (chaos hook ``adapter.after_primary_commit``), respawned;
+- ``--writer raw`` (the default for ``triggers`` and ``cdc``, the strategies that capture in the database):
+  plain SQL straight to the old store's tables, no adapter, as an application that was not changed. It
+  keeps writing to the old store in every phase, also after write cutover: a write the old store committed
+  is acknowledged, and the rule is that it must then be carried forward to the authoritative store, or
+  refused with an error at the writer (then it was never acknowledged).
 
 Three tables, with an integer key (0 and negatives included), a composite (integer, string) key and a
 CHAR(36) UUID key (a native ``uuid`` column on the new PostgreSQL store). Operations, on random tables: inserts
@@ -43,8 +44,19 @@ workflow verifies and repairs, and then the harness reads both stores itself:
 - the two stores must be equal: ``differences after repair: N`` (``differences before repair`` is the
   drift found after the drains, before the final verification's repair).
 
-The last line is ``differences after repair: N``; the exit status is non-zero when any of the three counts is
-not 0, or when the transition schedule did not complete.
+Every write whose request raised is remembered too. For a strategy that promises a failed request changed
+neither store (``strict``: the capture method's ``all_or_nothing``), ``writes told failed that a store holds:
+N of M`` must be 0: no such write's value in either store, no failed delete's key gone (unless a later
+acknowledged write put it there); for the others the line is informative.
+
+``cdc`` needs servers that write a logical WAL (PostgreSQL ``wal_level=logical``) and a ROW binlog
+(MariaDB), which the machine's servers lack: such a run starts private instances on free ports
+(:mod:`bench.chaos_servers`, with :mod:`dualwrite.cdc.servers` as the cdc tests do) and stops them at the
+end. The run's random choices follow ``--rng-seed`` (printed in the first result line); thread and process
+timing still differ between two runs of one seed.
+
+The last line is ``differences after repair: N``; the exit status is non-zero when any of the counts checked is not 0,
+or when the transition schedule did not complete.
 """
 
 from __future__ import annotations
@@ -72,10 +84,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bench import chaos_cdc
+from bench.chaos_servers import ServerSet, capture_servers, machine_servers
 from bench.faultproxy import FaultProxy
-from dualwrite import control, triggers
+from dualwrite import control, outbox, triggers
 from dualwrite.adapter import AdapterOptions, DualWriter
-from dualwrite.config import StoreRef, env_var_for, normalise_url
+from dualwrite.capture import METHODS, method_for
+from dualwrite.config import StoreRef, env_var_for
 from dualwrite.mapping import TableMapping
 from dualwrite.relay import drain, drain_repairs
 from dualwrite.repair import repair
@@ -87,8 +102,6 @@ REPO = Path(__file__).resolve().parent.parent
 TABLE = "chaos_items"
 PAIRS = "chaos_pairs"
 DOCS = "chaos_docs"
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-MY_HOST, MY_PORT = "127.0.0.1", 3306
 KEY_SPACE = 10_000_000  # client c inserts integer keys c * KEY_SPACE + n above the seeds, -(c * KEY_SPACE + n) below
 CHILD_CLIENT = 99  # the adapter subprocess's key space
 REGIONS = ("eu", "us", "ap")  # second part of the composite keys
@@ -129,51 +142,39 @@ DELETED: Outcome = ("d",)
 # stores
 
 
-def _pg_admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"host={PG_HOST} port={PG_PORT} dbname=postgres", autocommit=True) as c:
-        c.execute(sql)
-
-
-def _my_admin(sql: str) -> None:
-    from bench.common import _my_connect
-
-    conn = _my_connect()
-    try:
-        conn.cursor().execute(sql)
-    finally:
-        conn.close()
-
-
-def fresh_databases(pair: str, tag: str) -> tuple[str, str]:
-    """Create empty old/new databases for one run; returns their SQLAlchemy URLs."""
+def fresh_databases(pair: str, tag: str, srv: ServerSet | None = None) -> tuple[str, str]:
+    """Create empty old/new databases for one run (on the machine's servers unless ``srv`` says otherwise);
+    returns their SQLAlchemy URLs."""
+    srv = srv or machine_servers()
     new_db = f"dwchaos_{tag}_new"
-    _pg_admin(f'DROP DATABASE IF EXISTS "{new_db}"')
-    _pg_admin(f'CREATE DATABASE "{new_db}"')
-    new_url = f"postgresql+psycopg://root@{PG_HOST}:{PG_PORT}/{new_db}"
+    srv.pg_admin(f'DROP DATABASE IF EXISTS "{new_db}"')
+    srv.pg_admin(f'CREATE DATABASE "{new_db}"')
+    new_url = srv.pg_url(new_db)
     old_db = f"dwchaos_{tag}_old"
     if pair == "pg-pg":
-        _pg_admin(f'DROP DATABASE IF EXISTS "{old_db}"')
-        _pg_admin(f'CREATE DATABASE "{old_db}"')
-        old_url = f"postgresql+psycopg://root@{PG_HOST}:{PG_PORT}/{old_db}"
+        srv.pg_admin(f'DROP DATABASE IF EXISTS "{old_db}"')
+        srv.pg_admin(f'CREATE DATABASE "{old_db}"')
+        old_url = srv.pg_url(old_db)
     elif pair == "mariadb-pg":
-        _my_admin(f"DROP DATABASE IF EXISTS `{old_db}`")
-        _my_admin(f"CREATE DATABASE `{old_db}` CHARACTER SET utf8mb4")
-        old_url = normalise_url(f"mysql://root@{MY_HOST}:{MY_PORT}/{old_db}")  # mysqlclient if installed
+        srv.my_admin(f"DROP DATABASE IF EXISTS `{old_db}`")
+        srv.my_admin(f"CREATE DATABASE `{old_db}` CHARACTER SET utf8mb4")
+        old_url = srv.my_url(old_db)
     else:
         raise SystemExit(f"unknown pair {pair!r} (pg-pg or mariadb-pg)")
     return old_url, new_url
 
 
-def drop_databases(pair: str, tag: str) -> None:
+def drop_databases(pair: str, tag: str, srv: ServerSet | None = None) -> None:
+    srv = srv or machine_servers()
+    if srv.private:
+        return  # the run's own servers go with their directory
     with contextlib.suppress(Exception):
-        _pg_admin(f'DROP DATABASE IF EXISTS "dwchaos_{tag}_new" WITH (FORCE)')
+        srv.pg_admin(f'DROP DATABASE IF EXISTS "dwchaos_{tag}_new" WITH (FORCE)')
     with contextlib.suppress(Exception):
         if pair == "pg-pg":
-            _pg_admin(f'DROP DATABASE IF EXISTS "dwchaos_{tag}_old" WITH (FORCE)')
+            srv.pg_admin(f'DROP DATABASE IF EXISTS "dwchaos_{tag}_old" WITH (FORCE)')
         else:
-            _my_admin(f"DROP DATABASE IF EXISTS `dwchaos_{tag}_old`")
+            srv.my_admin(f"DROP DATABASE IF EXISTS `dwchaos_{tag}_old`")
 
 
 def execute(store: Store, *sqls: str) -> None:
@@ -247,6 +248,16 @@ class Mappings:
 # the acknowledgement log and the checker
 
 
+@dataclass(frozen=True)
+class Told:
+    """A write whose request raised: its outcome, and what/when for the report."""
+
+    outcome: Outcome
+    op: str
+    phase: str
+    error: str
+
+
 @dataclass
 class AckLog:
     """Per key: the last acknowledged outcome, and the outcomes of writes after it that failed (uncertain: a
@@ -257,6 +268,9 @@ class AckLog:
     last: dict[KeyId, Outcome] = field(default_factory=dict)
     maybe: dict[KeyId, set[Outcome]] = field(default_factory=dict)
     how: dict[KeyId, tuple[str, str]] = field(default_factory=dict)
+    told_failed: dict[KeyId, list[Told]] = field(default_factory=dict)
+    """Per key: the writes whose request raised (the application was told they failed), for the check of
+    strategies where such a write must have changed neither store (:func:`check_told_failed`)."""
     acked: int = 0
     failed: int = 0
     refusals: int = 0
@@ -278,6 +292,9 @@ class AckLog:
         with self.lock:
             self.last[key] = outcome
             self.maybe.pop(key, None)
+            told = self.told_failed.get(key)
+            if told:  # a failed delete before this acknowledged write cannot be told apart from it any more
+                told[:] = [t for t in told if t.outcome != DELETED]
             self.how[key] = (op, phase)
             self.acked += 1
             self.by_op[op] += 1
@@ -296,6 +313,12 @@ class AckLog:
                 self.errors[error[:120]] += 1
             self._write({"t": round(time.time(), 4), "table": key[0], "key": list(key[1]), "op": op, "phase": phase,
                          "acked": False, "outcome": list(outcome), "error": error[:200]})
+
+    def told(self, key: KeyId, outcome: Outcome, *, op: str = "", phase: str = "", error: str = "") -> None:
+        """The request of this write raised: the application was told it failed (counted by
+        :meth:`refused` / :meth:`uncertain` as well; this only remembers it for the told-failed check)."""
+        with self.lock:
+            self.told_failed.setdefault(key, []).append(Told(outcome, op, phase, error[:120]))
 
     def refused(self, key: KeyId, outcome: Outcome, *, op: str = "", phase: str = "", error: str = "") -> None:
         """A write refused with an error before anything was written: never acknowledged, and not a possible
@@ -319,9 +342,10 @@ class AckLog:
 @dataclass
 class Finding:
     key: KeyId
-    kind: str  # "lost" (missing), "reverted" (another value), "resurrected"
+    kind: str  # "lost" (missing), "reverted" (another value), "resurrected", "failed-present"
     op: str
     phase: str
+    error: str = ""
 
 
 @dataclass
@@ -332,6 +356,8 @@ class CheckResult:
     lost: int = 0  # the last acknowledged write is not there: the row is missing
     reverted: int = 0  # the row holds another value than the last acknowledged write
     resurrected: int = 0  # an acknowledged delete came back
+    told_failed: int = 0  # writes the application was told failed (their request raised)
+    failed_present: int = 0  # ... of which a store holds the outcome (check_told_failed)
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -368,6 +394,26 @@ def check_acknowledged(log: AckLog, authoritative: Mapping[KeyId, Row]) -> Check
             kind = "reverted"
         out.findings.append(Finding(key, kind, op, phase))
     return out
+
+
+def check_told_failed(log: AckLog, stores: Iterable[Mapping[KeyId, Row]], into: CheckResult) -> None:
+    """No write whose request raised is in any of ``stores`` (``strict``: "the request fails unless both
+    stores have it", so a failed request must have changed neither). Each write's value is unique, so a row
+    holding it can only come from that write. A failed delete counts when its key is absent while the last
+    acknowledged write gave it a value (a later acknowledged delete puts the key out of account: it
+    forgets the earlier failed delete, see :meth:`AckLog.ack`)."""
+    views = list(stores)
+    for key, told in log.told_failed.items():
+        last = log.last.get(key)
+        for t in told:
+            into.told_failed += 1
+            if t.outcome == DELETED:
+                present = last not in (None, DELETED) and any(key not in v for v in views)
+            else:
+                present = any((row := v.get(key)) is not None and ("v", row[0], row[1]) == t.outcome for v in views)
+            if present:
+                into.failed_present += 1
+                into.findings.append(Finding(key, "failed-present", t.op, t.phase, t.error))
 
 
 @dataclass
@@ -561,10 +607,14 @@ class Client:
             else:
                 rows = self.ops.update(table, k, name, n, bump=kind == "update", version=st.version)
         except Refused as exc:
-            self.log.refused(key, outcome, op=op, phase=phase, error=str(exc).splitlines()[0])
+            error = str(exc).splitlines()[0]
+            self.log.told(key, outcome, op=op, phase=phase, error=error)
+            self.log.refused(key, outcome, op=op, phase=phase, error=error)
             return "refused"
         except Exception as exc:  # noqa: BLE001 - a failed write: never acknowledged, maybe committed
-            self.log.uncertain(key, outcome, op=op, phase=phase, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.log.told(key, outcome, op=op, phase=phase, error=error)
+            self.log.uncertain(key, outcome, op=op, phase=phase, error=error)
             if kind == "insert":
                 self.log.uncertain(key, DELETED, failed=False, op=op, phase=phase)
             return "uncertain"
@@ -622,7 +672,7 @@ class Client:
 
 def seed_keys(n: int) -> dict[str, list[Key]]:
     """The rows present before the migration starts (history for the backfill), per table."""
-    rng = random.Random(7)  # noqa: S311 - test data
+    rng = random.Random(7)
     per = max(3, n)
     return {
         TABLE: [(i,) for i in range(per)],  # 0 included
@@ -655,7 +705,7 @@ def child_main(args: argparse.Namespace) -> int:
     new = Store(StoreRef("chaosnew", args.new_url))
     writer = DualWriter(spec, old, new, control_store=old, options=AdapterOptions(
         background=True, phase_ttl=0.2, secondary_timeout=1.0, ensure_schema=False))
-    rng = random.Random()  # noqa: S311 - test data
+    rng = random.Random()
     seq = 0
     live: list[int] = []
     base = CHILD_CLIENT * KEY_SPACE + args.generation * 100_000 + 1
@@ -682,9 +732,11 @@ def child_main(args: argparse.Namespace) -> int:
                     fh.write(json.dumps(["intent", key, outcome, what]) + "\n")
                     fh.flush()
                     writer.delete(TABLE, key)
-            except Exception:  # noqa: BLE001 - a refused write: its intent stays unacknowledged
+            except Exception as exc:  # noqa: BLE001 - a refused write: its intent stays unacknowledged
                 if what != "insert" and key in live:
                     live.remove(key)
+                fh.write(json.dumps(["fail", key, outcome, what, type(exc).__name__]) + "\n")
+                fh.flush()
                 continue
             fh.write(json.dumps(["ack", key, outcome, what]) + "\n")
             fh.flush()
@@ -709,6 +761,8 @@ def read_child_log(path: Path, log: AckLog) -> None:
             if key in pending:  # an earlier intent that failed (refused) and was never acknowledged
                 log.uncertain(key, pending[key], failed=True, op="child")
             pending[key] = outcome
+        elif rec[0] == "fail":  # the request raised: the child was told it failed
+            log.told(key, outcome, op=f"child_{rec[3]}", error=str(rec[4]) if len(rec) > 4 else "")
         else:
             pending.pop(key, None)
             log.ack(key, outcome, op=f"child_{rec[3] if len(rec) > 3 else 'write'}")
@@ -976,7 +1030,11 @@ async def drive(side: TemporalSide, spec: MigrationSpec, started: float, seconds
     from workflows.models import MigrationStatus, Phase, TransitionRequest, TransitionResult
     from workflows.relay import relay_workflow_id
 
-    if str(spec.strategy.value) != "sync":
+    method = method_for(spec.strategy)
+    if method.relayed and not method.reads_database_log:
+        # the harness's relay, with short polls; the migration starts one itself otherwise. Not for cdc: a
+        # relay started before the migration creates the slots, and PREPARE's preflight refuses a slot that
+        # exists already (it cannot tell it from one a crashed run left behind)
         await side.start_relay(spec)
     await side.start_migration(spec)
     wid = f"dualwrite-{spec.name}"
@@ -1166,6 +1224,7 @@ class Result:
     before: Differences = field(default_factory=Differences)
     after: Differences | None = None
     check: CheckResult = field(default_factory=CheckResult)
+    all_or_nothing: bool = False  # the strategy promises that a request that raised changed neither store
     rows: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -1180,7 +1239,7 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.differences_after == 0 and self.check.lost_acknowledged == 0 and self.check.resurrected == 0 \
-            and self.schedule_complete
+            and self.schedule_complete and not (self.all_or_nothing and self.check.failed_present)
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
@@ -1225,6 +1284,9 @@ class Result:
             f"lost acknowledged writes: {self.check.lost_acknowledged} (missing {self.check.lost}, "
             f"reverted {self.check.reverted})",
             f"resurrected deletes: {self.check.resurrected}",
+            f"writes told failed that a store holds: {self.check.failed_present} of {self.check.told_failed}"
+            + (" (checked: the strategy fails a request only when neither store has it)" if self.all_or_nothing
+               else " (informative: the strategy does not promise it)"),
             f"differences after repair: {self.differences_after}",
         ]
         return out
@@ -1286,16 +1348,27 @@ def _harness_repair(auth: Store, other: Store, mapping_for: Callable[[str, bool]
 def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter", clients: int = 4,
         seed_rows: int = 1000, temporal: bool = True, adapter_kills: int = 2, worker_kills: int = 4,
         keep: bool = False, rng_seed: int | None = None, verbose: bool = True, ack_log: Path | None = None,
-        ops_allowed: Iterable[str] = OPS, new_uuid_type: str = "uuid", write_interval: float = 0.005) -> Result:
-    rng = random.Random(rng_seed)  # noqa: S311 - test data
+        ops_allowed: Iterable[str] = OPS, new_uuid_type: str = "uuid", write_interval: float = 0.005,
+        servers_dir: Path | None = None) -> Result:
+    method = method_for(strategy)
+    if rng_seed is None:
+        rng_seed = secrets.randbelow(1 << 31)  # printed, so that a run that finds something can be repeated
+    rng = random.Random(rng_seed)
     ops_allowed = list(ops_allowed)
     only = ("" if set(ops_allowed) == set(OPS) else f" ops={','.join(ops_allowed)}") + (
         "" if new_uuid_type == "uuid" else f" new-uuid-type={new_uuid_type}")
-    res = Result(label=f"{pair} {strategy} writer={writer_kind} {seconds:.0f}s{only}", temporal=temporal)
+    res = Result(label=f"{pair} {strategy} writer={writer_kind} {seconds:.0f}s{only} seed={rng_seed}",
+                 temporal=temporal, all_or_nothing=method.all_or_nothing)
     tag = f"{pair.replace('-', '')}_{strategy}_{secrets.token_hex(2)}"
-    old_url, new_url = fresh_databases(pair, tag)
+    # log capture needs servers that write a logical WAL / a ROW binlog: the run starts its own
+    srv = capture_servers(pair, servers_dir) if method.reads_database_log else machine_servers()
+    try:
+        old_url, new_url = fresh_databases(pair, tag, srv)
+    except BaseException:
+        srv.close(keep=keep)
+        raise
     workdir = Path(tempfile.mkdtemp(prefix="dwchaos-"))
-    proxy = FaultProxy(PG_HOST, PG_PORT, delay=0.05)
+    proxy = FaultProxy(srv.pg.host, srv.pg.port, delay=0.05)
     proxy.start()
     proxied_new = proxy.url_for(new_url)
     old = Store(StoreRef("chaosold", old_url))
@@ -1335,9 +1408,13 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
                 log.how[(table, norm_key(table, k))] = ("seed", "PREPARE")
         if not temporal:  # no workflow to backfill them: start from a completed copy
             insert_seed(new_direct, seeds)
-        if strategy == "triggers":
+        if method.key_log == outbox.CHANGELOG:  # capture before the first write, as the relay's setup does
             for t in TABLES:
                 triggers.install_triggers(old, name, t, list(KEYS[t]))
+        if method.reads_database_log and not temporal:
+            # with Temporal the relay's setup starts capture (the preflight refuses a slot it did not make);
+            # writes before that are the backfill's history
+            chaos_cdc.setup(relay_old, relay_new, old, name, TABLES)
         mapping_for = Mappings(spec, relay_old, relay_new)
         if writer_kind == "adapter":
             writer = DualWriter(spec, old, new, control_store=old, options=AdapterOptions(
@@ -1378,9 +1455,12 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
         def relay_loop() -> None:
             while not writes_stop.is_set():
                 try:
-                    if strategy in ("outbox", "triggers"):
+                    if method.key_log is not None:
                         r = drain(relay_old, relay_new, name, mapping_for, control_store=old, max_seconds=2)
                         res.relayed += r.mirrored
+                    elif method.reads_database_log:
+                        res.relayed += chaos_cdc.drain(relay_old, relay_new, old, name, mapping_for,
+                                                       phase_now[0].split()[0], max_seconds=2)
                     d = drain_repairs(old, relay_old, relay_new, name, mapping_for, max_rounds=2,
                                       base_backoff_seconds=0.5, max_backoff_seconds=3)
                     res.repaired_from_queue += d.mirrored
@@ -1513,10 +1593,16 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
 
         # -- reconciliation: drain the key logs and the repair queue -----------------------------------
         execute(old, f"UPDATE {control.REPAIR_QUEUE} SET next_attempt_at = next_attempt_at - INTERVAL '1' DAY")
+        state = control.read_state(check_old, name)
+        drain_until = time.monotonic() + 120  # a capture that cannot catch up is reported, not waited for
         for _ in range(5):
-            if strategy in ("outbox", "triggers"):
+            if method.key_log is not None:
                 res.relayed += drain(relay_old, relay_new, name, mapping_for, control_store=old,
                                      max_seconds=60).mirrored
+            elif method.reads_database_log:  # the relay (or the harness) applies the log up to its end now
+                res.relayed += chaos_cdc.drain(relay_old, relay_new, old, name, mapping_for,
+                                               state.phase if state is not None else "PREPARE",
+                                               max_seconds=max(1.0, drain_until - time.monotonic()))
             res.repaired_from_queue += drain_repairs(old, relay_old, relay_new, name, mapping_for,
                                                      base_backoff_seconds=0.1, max_backoff_seconds=0.1).mirrored
             if control.repair_queue_depth(old, name) == 0:
@@ -1568,8 +1654,11 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
         if res.after.total:
             res.notes += describe(res.after, log, "after repair")
         res.check = check_acknowledged(log, auth_rows)
+        check_told_failed(log, (auth_rows, other_rows), res.check)
         for f in res.check.findings[:8]:
-            res.notes.append(f"{f.kind}: {f.key[0]} key {list(f.key[1])}, last acknowledged by {f.op} in {f.phase}")
+            res.notes.append(f"{f.kind}: {f.key[0]} key {list(f.key[1])}, " + (
+                f"written by {f.op} in {f.phase}, told: {f.error}" if f.kind == "failed-present"
+                else f"last acknowledged by {f.op} in {f.phase}"))
         return res
     finally:
         stop.set()
@@ -1581,7 +1670,8 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
             with contextlib.suppress(Exception):
                 s.dispose()
         if not keep:
-            drop_databases(pair, tag)
+            drop_databases(pair, tag, srv)
+            srv.close()
             if not res.ok and (workdir / "workers.log").exists():
                 # the evidence of a failed run outlives it: the workers' and the server's logs (no row data)
                 logs = Path(tempfile.gettempdir()) / f"dwchaos-logs-{tag}"
@@ -1592,7 +1682,9 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
                 print(f"logs of the failed run: {logs}", flush=True)
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            print(f"kept: databases dwchaos_{tag}_old/_new, files {workdir}", flush=True)
+            print(f"kept: databases dwchaos_{tag}_old/_new, files {workdir}"
+                  + (f", servers under {srv.root} (python -m dualwrite.cdc.servers stop DIR)" if srv.private else ""),
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1600,10 +1692,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--seconds", type=float, default=45.0)
     ap.add_argument("--pair", default="pg-pg", choices=["pg-pg", "mariadb-pg"])
-    ap.add_argument("--strategy", default="sync", choices=["sync", "outbox", "triggers"])
+    ap.add_argument("--strategy", default="sync", choices=list(METHODS))
     ap.add_argument("--writer", default=None, choices=["adapter", "raw"],
-                    help="adapter: through a DualWriter (default for sync/outbox); raw: plain SQL to the old "
-                         "store's tables, no adapter (default for triggers; needs --strategy triggers)")
+                    help="adapter: through a DualWriter (default where the strategy needs the adapter); raw: "
+                         "plain SQL to the old store's tables, no adapter (default for triggers and cdc, and "
+                         "only for a strategy that captures in the database)")
+    ap.add_argument("--servers-dir", type=Path, default=None,
+                    help="cdc: the private capture servers' directory (reused when they still run; default a "
+                         "fresh temporary one, stopped and removed at the end)")
     ap.add_argument("--ack-log", type=Path, default=None, help="also write every attempted write (JSON lines)")
     ap.add_argument("--ops", default=",".join(OPS),
                     help=f"comma-separated operations the writers use (default all: {','.join(OPS)})")
@@ -1634,9 +1730,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)  # pipelines on connections the proxy cut
     if args.child:
         return child_main(args)
-    writer_kind = args.writer or ("raw" if args.strategy == "triggers" else "adapter")
-    if writer_kind == "raw" and args.strategy != "triggers":
-        ap.error("--writer raw writes around the adapter: only --strategy triggers captures such writes")
+    method = method_for(args.strategy)
+    writer_kind = args.writer or ("adapter" if method.through_adapter else "raw")
+    if writer_kind == "raw" and not method.database_capture:
+        ap.error(f"--writer raw writes around the adapter: --strategy {args.strategy} does not capture such "
+                 f"writes (only {', '.join(m.name for m in METHODS.values() if m.database_capture)} do)")
     ops_allowed = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = sorted(set(ops_allowed) - set(OPS))
     if unknown or not ops_allowed:
@@ -1646,7 +1744,8 @@ def main(argv: list[str] | None = None) -> int:
               clients=args.clients, seed_rows=args.seed_rows, temporal=not args.no_temporal,
               adapter_kills=args.adapter_kills, worker_kills=args.worker_kills, keep=args.keep,
               rng_seed=args.rng_seed, verbose=not args.quiet, ack_log=args.ack_log, ops_allowed=ops_allowed,
-              new_uuid_type=args.new_uuid_type, write_interval=args.write_interval_ms / 1000)
+              new_uuid_type=args.new_uuid_type, write_interval=args.write_interval_ms / 1000,
+              servers_dir=args.servers_dir)
     for line in res.lines():
         print(line, flush=True)
     return 0 if res.ok else 1

@@ -6,6 +6,9 @@ alike), after a warm-up:
 
 - ``direct``: ``UPDATE accounts SET name = ?, version = version + 1 WHERE id = ?`` and COMMIT (SQLAlchemy
   Core), the anchor;
+- ``triggers``: the same statement on ``accounts_trg``, a copy of ``accounts`` in the same database with the
+  ``triggers`` strategy's capture triggers installed (each write also appends its key to
+  ``dualwrite_changelog``): what an unchanged application pays on its primary for ``triggers``;
 - ``outbox``: ``DualWriter.update`` with the outbox strategy (the key is appended in the same transaction,
   folded into the same statement);
 - ``sync``: ``DualWriter.update`` with the sync strategy (the committed row image is upserted, version-guarded,
@@ -29,10 +32,12 @@ Ratios (goals from the issue in brackets):
 - ``shadow_read_p50_x`` = p50(read+shadow) / p50(read)                               [<= 1.15]
 - ``strict_p50_x``  = p50(strict) / p50(direct)                                     [<= 2.2]
 - ``async_p99_x``   = p99(async) / p99(direct)                                      [<= 1.15]
+- ``triggers_p99_x`` = p99(triggers) / p99(direct): the primary write with the capture triggers installed,
+  beside ``cdc_p99_x`` of ``bench/cdc.py`` (the primary write with log capture running)
 
 The last line prints them, e.g. ``outbox_p99_x=1.38 sync_p50_x=2.05 orm_overhead=0.06 shadow_read_p50_x=1.11
-strict_p50_x=2.1 async_p99_x=1.05`` (the p50 / p99 ratios of every strategy are printed above it, for the
-README's guide).
+strict_p50_x=2.1 async_p99_x=1.05 triggers_p99_x=1.2`` (the p50 / p99 ratios of every strategy are printed
+above it, for the README's guide).
 Usage: ``python bench/write_overhead.py [--n 3000] [--rows 10000] [--keep] [--bypass-capture]``.
 ``--bypass-capture`` measures the adapter with runtime bypass detection on (the adapter marks each
 transaction, a capture trigger with a ``WHEN`` clause sits on ``accounts``); the goal is that
@@ -55,19 +60,21 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-from dualwrite import bypass, control, stats  # noqa: E402
-from dualwrite.adapter import AdapterOptions, DualWriter, install  # noqa: E402
-from dualwrite.config import StoreRef  # noqa: E402
-from dualwrite.spec import MigrationSpec  # noqa: E402
-from dualwrite.store import Store  # noqa: E402
+from dualwrite import bypass, control, outbox, stats, triggers
+from dualwrite.adapter import AdapterOptions, DualWriter, install
+from dualwrite.config import StoreRef
+from dualwrite.spec import MigrationSpec
+from dualwrite.store import Store
 
 OLD_DB, NEW_DB = "dwbench_wo_old", "dwbench_wo_new"
-DDL = ("CREATE TABLE accounts (id bigint PRIMARY KEY, tenant text NOT NULL, name text NOT NULL, "
+DDL = ("CREATE TABLE {table} (id bigint PRIMARY KEY, tenant text NOT NULL, name text NOT NULL, "
        "balance numeric(12,2) NOT NULL, updated_at timestamptz NOT NULL, version bigint NOT NULL)")
-FILL = ("INSERT INTO accounts SELECT g, 't' || (g %% 50), 'name-' || g, g %% 1000, "
+FILL = ("INSERT INTO {table} SELECT g, 't' || (g %% 50), 'name-' || g, g %% 1000, "
         "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second', 1 FROM generate_series(1, %s) g")
+TRIGGERED = "accounts_trg"
+"""The copy of ``accounts`` (old database only) that carries the ``triggers`` capture triggers."""
 
 
 class Base(DeclarativeBase):
@@ -91,9 +98,10 @@ def fresh_databases(rows: int) -> None:
             c.execute(f'CREATE DATABASE "{db}"')
     for db in (OLD_DB, NEW_DB):
         with psycopg.connect(common.pg_conninfo(db), autocommit=True) as c:
-            c.execute(DDL)
-            c.execute(FILL, (rows,))
-            c.execute("VACUUM ANALYZE accounts")
+            for table in ("accounts", TRIGGERED) if db == OLD_DB else ("accounts",):
+                c.execute(DDL.format(table=table))
+                c.execute(FILL.format(table=table), (rows,))
+                c.execute(f"VACUUM ANALYZE {table}")
 
 
 def drop_databases() -> None:
@@ -128,8 +136,9 @@ def main(argv: list[str] | None = None) -> None:
                                    ("shadow", "sync", "SHADOW_READ")):
         name = f"bench-{label}"
         control.publish_state(old, name, phase, 1)
-        spec = MigrationSpec(name=name, old="old", new="new", strategy=strategy,
-                             tables=[{"source": "accounts", "version_column": "version", "tenant_column": "tenant"}])
+        spec = MigrationSpec.model_validate({
+            "name": name, "old": "old", "new": "new", "strategy": strategy,
+            "tables": [{"source": "accounts", "version_column": "version", "tenant_column": "tenant"}]})
         writers[label] = DualWriter(spec, old, new, old_engine=engine,
                                     options=AdapterOptions(sample_ratio=1.0, stats_window_seconds=5))
     anchor = engine
@@ -138,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             bypass.install(old, f"bench-{label}", "accounts", "accounts", ["id"])
         anchor = sa.create_engine(common.pg_url(OLD_DB), pool_size=5,
                                   connect_args={"options": "-c dualwrite.replica=on"})
+    triggers.install_triggers(old, "bench-triggers", TRIGGERED, ["id"])
     plain = sessionmaker(bind=anchor)
     integrated = sessionmaker(bind=engine)
     install(integrated, writers["sync"])
@@ -145,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     upd = table.update().where(table.c.id == sa.bindparam("k")).values(name=sa.bindparam("n"),
                                                                         version=table.c.version + 1)
     sel = sa.select(table).where(table.c.id == sa.bindparam("k"))
-    rows = args.rows
+    trg = sa.Table(TRIGGERED, sa.MetaData(), autoload_with=engine)
+    upd_trg = trg.update().where(trg.c.id == sa.bindparam("k")).values(name=sa.bindparam("n"),
+                                                                        version=trg.c.version + 1)
+    rows: int = args.rows
     counter = [0]
 
     half = rows // 2
@@ -162,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         k = key()
         with anchor.begin() as c:
             c.execute(upd, {"k": k, "n": f"d{k}-{counter[0]}"})
+
+    def with_triggers() -> None:  # the application's engine: not a replica session, so the triggers capture
+        k = key()
+        with engine.begin() as c:
+            c.execute(upd_trg, {"k": k, "n": f"t{k}-{counter[0]}"})
 
     def via(w: DualWriter) -> Callable[[], None]:
         def run() -> None:
@@ -187,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         writers["shadow"].read("accounts", read_key())
 
     writes: dict[str, Callable[[], None]] = {
-        "direct": direct, "outbox": via(writers["outbox"]), "sync": via(writers["sync"]),
+        "direct": direct, "triggers": with_triggers, "outbox": via(writers["outbox"]), "sync": via(writers["sync"]),
         "strict": via(writers["strict"]), "async": via(writers["async"]),
         "orm": orm(plain), "orm+dualwrite": orm(integrated)}
     times: dict[str, list[float]] = {k: [] for k in [*writes, "read", "read+shadow"]}
@@ -228,6 +246,11 @@ def main(argv: list[str] | None = None) -> None:
                 bypassed = int(cur.fetchone()[0])
                 conn.rollback()
         sync_stats = stats.read_stats(old, "bench-sync", 3600)
+        with old.connect() as conn:  # the triggered writes were captured: else the figure measures nothing
+            cur = conn.cursor()
+            cur.execute(f"SELECT COUNT(*) FROM {outbox.CHANGELOG}")
+            captured = int(cur.fetchone()[0])
+            conn.rollback()
         engine.dispose()
         anchor.dispose()
         old.dispose()
@@ -246,8 +269,11 @@ def main(argv: list[str] | None = None) -> None:
           f"strict: {strict_stats.secondary_successes} ok, {strict_stats.secondary_failures} failed; async: "
           f"{async_stats.secondary_successes} ok, {async_stats.secondary_failures} failed, flushed: {async_flushed}, "
           f"worst lag {async_stats.gauges.get(stats.ASYNC_AGE, 0.0):.3f}s; repair queue after close: {left_in_repair}")
-    for label in ("strict", "sync", "async", "outbox"):
+    for label in ("triggers", "strict", "sync", "async", "outbox"):
         print(f"ratio {label:<8} p50 x{p50[label] / p50['direct']:.2f}  p99 x{p99[label] / p99['direct']:.2f}")
+    print(f"triggers: {captured} keys captured by the triggers on {TRIGGERED}")
+    if not captured:
+        raise SystemExit("the capture triggers captured nothing: triggers_p99_x would measure nothing")
     if bypassed is not None:
         print(f"bypass capture on: {bypassed} adapter writes recorded as bypassing it (must be 0)")
         if bypassed:
@@ -258,8 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     shadow_x = p50["read+shadow"] / p50["read"]
     strict_p50_x = p50["strict"] / p50["direct"]
     async_p99_x = p99["async"] / p99["direct"]
+    triggers_p99_x = p99["triggers"] / p99["direct"]
     print(f"outbox_p99_x={outbox_p99_x:.2f} sync_p50_x={sync_p50_x:.2f} orm_overhead={orm_overhead:.2f} "
-          f"shadow_read_p50_x={shadow_x:.2f} strict_p50_x={strict_p50_x:.2f} async_p99_x={async_p99_x:.2f}")
+          f"shadow_read_p50_x={shadow_x:.2f} strict_p50_x={strict_p50_x:.2f} async_p99_x={async_p99_x:.2f} "
+          f"triggers_p99_x={triggers_p99_x:.2f}")
 
 
 def quiet(w: DualWriter, timeout: float = 30.0) -> None:

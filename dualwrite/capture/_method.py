@@ -47,6 +47,9 @@ class CaptureMethod:
     """The relay's lag is a cutover gate (the capture runs behind the application's writes)."""
     latency_measurable: bool
     """The adapter's whole call can be timed against the authoritative write (the p99 latency gate)."""
+    all_or_nothing: bool = False
+    """A request that raised changed neither store (once repairs ran): the application may retry it or
+    report it as not done. Only ``strict`` promises it (the others never fail a request for the other store)."""
 
     @property
     def relayed(self) -> bool:

@@ -7,7 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.chaos import DELETED, DOCS, PAIRS, TABLE, AckLog, check_acknowledged, compare_stores
+from bench.chaos import (
+    DELETED,
+    DOCS,
+    PAIRS,
+    TABLE,
+    AckLog,
+    CheckResult,
+    check_acknowledged,
+    check_told_failed,
+    compare_stores,
+)
 
 A = (TABLE, (1,))
 B = (PAIRS, (-20000001, "eu"))
@@ -70,6 +80,33 @@ def test_a_write_refused_before_its_commit_is_not_a_possible_outcome() -> None:
     res = check_acknowledged(log, stored)
     assert (res.lost, res.reverted, res.resurrected) == (0, 1, 0)
     assert (log.failed, log.refusals) == (1, 1)
+
+
+def test_a_write_told_failed_is_found_in_either_store() -> None:
+    """``strict``: a request that raised must have changed neither store. Its value in the authoritative store
+    or in the other one counts; so does a failed delete whose key is gone while its last acknowledged write
+    gave it a value. A later acknowledged delete puts an earlier failed delete out of account."""
+    log = _log()
+    log.told(A, ("v", "a-3", 3), op="update", phase="CUTOVER_WRITES", error="StrictWriteError: authoritative")
+    log.uncertain(A, ("v", "a-3", 3), op="update")
+    log.told(D, DELETED, op="delete", phase="SHADOW_READ", error="StrictWriteError: secondary")
+    log.told(C, ("v", "c-2", 2), op="insert_high", error="OperationalError: refused")
+    auth = {A: ("a-2", 2, 7), B: ("b-re", 3, 1), D: ("d-1", 1, 2)}
+    clean = CheckResult()
+    check_told_failed(log, (auth, dict(auth)), clean)
+    assert (clean.told_failed, clean.failed_present) == (3, 0)
+
+    other = {A: ("a-3", 3, 8), B: ("b-re", 3, 1)}  # the failed update reached the other store, D's delete too
+    found = CheckResult()
+    check_told_failed(log, (auth, other), found)
+    assert found.failed_present == 2
+    assert {(f.key, f.kind, f.error[:16]) for f in found.findings} == {
+        (A, "failed-present", "StrictWriteError"), (D, "failed-present", "StrictWriteError")}
+
+    log.ack(D, DELETED, op="delete", phase="CUTOVER_WRITES")  # a later acknowledged delete: D may be gone
+    later = CheckResult()
+    check_told_failed(log, (auth, other), later)
+    assert later.failed_present == 1
 
 
 def test_the_ack_log_file_records_every_attempt(tmp_path: Path) -> None:
