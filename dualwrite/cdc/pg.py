@@ -218,9 +218,13 @@ def read_batch(store: Store, migration: str, tables: Sequence[TableKeys], limit:
             if known is None:
                 raise
             raise known from None
+        rows = 0
         for _lsn_text, data in cur:
+            rows += 1
             reading.take(reading.decoder.decode(bytes(data)))
-        if reading.out.changes < limit:
+        # the peek's limit counts every message it returns (BEGIN, RELATION, COMMIT too), not changes, and is
+        # checked only at commits: only a read that returned fewer rows than the limit saw all the flushed WAL
+        if rows < limit:
             reading.out.idle_lsn = idle
     return reading.out
 
