@@ -42,8 +42,6 @@ RELAY_CATCH_UP = "relay_catch_up"
 RELAY_DENY = "relay_deny_writes"
 FINISH_SIGNAL = "finish"
 
-
-
 POLLERS_SUFFIX = "-pollers"
 
 
