@@ -6,16 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    ChildWorkflowError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import (
-    ABORTED,
-)
+from workflows.migration._constants import ABORTED
 from workflows.migration._fence import WriteFence
 from workflows.migration._state import MigrationState
 from workflows.migration._transitions import Transitions

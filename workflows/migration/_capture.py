@@ -9,27 +9,16 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    WorkflowAlreadyStartedError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError, is_cancelled_exception
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.migration._constants import (
-    CATCH_UP_PATCH,
-    CATCH_UP_SECONDS,
-    DENY_WRITES_PATCH,
-    RELAY_AUTOSTART_PATCH,
-)
+from workflows.migration._constants import CATCH_UP_PATCH, CATCH_UP_SECONDS, DENY_WRITES_PATCH, RELAY_AUTOSTART_PATCH
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
     from workflows import bypass as bp
     from workflows import phases
-    from workflows.models import (
-        Phase,
-    )
+    from workflows.models import Phase
     from workflows.relay import (
         FINISH_SIGNAL,
         RELAY_CATCH_UP,
@@ -91,8 +80,8 @@ class Capture:
             workflow.logger.info("no relay to finish: %s", exc)
 
     async def catch_up_logs(self, why: str, note: Callable[[str], None],
-                             max_seconds: float = CATCH_UP_SECONDS,
-                             authoritative: str | None = None) -> CatchUpResult | None:
+                            max_seconds: float = CATCH_UP_SECONDS,
+                            authoritative: str | None = None) -> CatchUpResult | None:
         """outbox / triggers: mirror every key-log entry logged so far (its drain point), whether the relay
         or this activity gets to it first. None for ``sync`` (no key logs) and in histories from before."""
         if self._st.method.inline or not workflow.patched(CATCH_UP_PATCH):
@@ -141,7 +130,7 @@ class Capture:
                 self._st.count("denied_writes_lifted")
 
     async def bypass_capture(self, *, install: list[str] | None = None, remove: list[str] | None = None,
-                              discard: bool = False) -> bool:
+                             discard: bool = False) -> bool:
         """Install / remove bypass capture on store sides; False when it does not apply to this migration."""
         if not bp.applies(self._st.spec) or not workflow.patched(bp.BYPASS_PATCH):
             return False

@@ -6,28 +6,16 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    ChildWorkflowError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import (
-    FENCE_KEY,
-    ROLLBACK_KINDS,
-    WRITE_FENCE_PATCH,
-)
+from workflows.migration._constants import FENCE_KEY, ROLLBACK_KINDS, WRITE_FENCE_PATCH
 from workflows.migration._repairs import RepairDrain
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
     from workflows import phases
-    from workflows.models import (
-        ActivityNames,
-        BarrierStatus,
-        ControlInput,
-    )
+    from workflows.models import ActivityNames, BarrierStatus, ControlInput
     from workflows.retry import ACTIVITY_RETRY
     from workflows.verify import failure_message
 
@@ -41,6 +29,7 @@ class WriteFence:
         self._repairs = repairs
 
     async def publish(self) -> None:
+        """Publish (phase, epoch, paused, overrides) to the control tables; applications pick it up."""
         s = self._st.s
         await workflow.execute_activity(
             ActivityNames.PUBLISH_STATE,
@@ -51,6 +40,7 @@ class WriteFence:
         s.published_epoch = s.epoch
 
     def overrides(self) -> dict[str, Any]:
+        """What applications read beside the phase: each tenant's own phase, and the fence in force."""
         out = phases.overrides_for(self._st.s.phase, self._st.tenant_phases())
         if self._st.fence is not None:
             whole, tenants = self._st.fence
@@ -74,22 +64,14 @@ class WriteFence:
     async def fence_for(self, plan: phases.Plan) -> str:
         """Before authority moves: fence the writes of the scopes that flip, wait until every live instance
         has acknowledged the fence with nothing routed before it still open, and drain the repair queue and
-        the key logs. '' when the flip may go ahead (the fence stays until ``_enter`` publishes the new
+        the key logs. '' when the flip may go ahead (the fence stays until ``Transitions.enter`` publishes the new
         authority without it); else the fence is lifted under the old authority and the refusal returned."""
         scope = self.scope(plan)
         if scope is None or not workflow.patched(WRITE_FENCE_PATCH):
             return ""
         s = self._st.s
-        ts = self._st.tenant(plan.tenant)
         who = f"tenant {plan.tenant}" if plan.tenant is not None else "the migration"
-
-        def note(text: str) -> None:
-            if plan.tenant is None:
-                s.work_state = text
-            elif ts is not None:
-                ts.work_state = text
-            self._st.wake += 1
-
+        note = self._st.note_for(plan.tenant)
         self._st.count("write_fences")
         self._st.fence = scope
         s.epoch += 1
@@ -123,8 +105,8 @@ class WriteFence:
                 note(f"write fence: draining the repair queue ({plan.frm} -> {plan.to})")
                 await self._repairs.drain_once(max_seconds=self._st.tuning.fence_drain_seconds, under_fence=True)
                 caught = await self._capture.catch_up_logs("under the write fence", note,
-                                                   max_seconds=self._st.tuning.fence_drain_seconds,
-                                                   authoritative=losing)
+                                                           max_seconds=self._st.tuning.fence_drain_seconds,
+                                                           authoritative=losing)
                 if caught is not None and not caught.reached:
                     errors = f" ({'; '.join(caught.errors)})" if caught.errors else ""
                     refused = (f"the key logs still hold {caught.behind} entries after {caught.seconds:.0f} s of "

@@ -6,16 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    ChildWorkflowError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import (
-    WORKER_SAMPLE_PATCH,
-)
+from workflows.migration._constants import WORKER_SAMPLE_PATCH
 from workflows.migration._state import MigrationState, who
 from workflows.migration._verification import Verifications
 
@@ -23,13 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from dualwrite.capture import Evidence
     from workflows import bypass as bp
     from workflows import phases
-    from workflows.models import (
-        ActivityNames,
-        GateInput,
-        GateResult,
-        Phase,
-        VerificationSummary,
-    )
+    from workflows.models import ActivityNames, GateInput, GateResult, Phase, VerificationSummary
     from workflows.retry import ACTIVITY_RETRY, SHADOW_SAMPLE_RETRY
     from workflows.sampling import SAMPLE_SHADOW, ShadowSampleInput, ShadowSampleResult
     from workflows.verify import failure_message
@@ -61,7 +49,7 @@ class Gates:
             self._st.wake += 1
             try:
                 v = await self._verifications.run(reverse=direction == "new->old", repair=False, reason="gate",
-                                                 tenant=tenant)
+                                                  tenant=tenant)
             except (ActivityError, ChildWorkflowError) as exc:
                 if is_cancelled_exception(exc):
                     raise

@@ -9,15 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
-from workflows.migration._constants import (
-    TRIGGER_WATCH_SECONDS,
-)
+from workflows.migration._constants import TRIGGER_WATCH_SECONDS
 from workflows.migration._state import MigrationState, scope_key, who
 from workflows.migration._transitions import Transitions
 
@@ -32,9 +27,7 @@ with workflow.unsafe.imports_passed_through():
         TriggerWatchInput,
         TriggerWatchResult,
     )
-    from workflows.relay import (
-        poller_task_queue,
-    )
+    from workflows.relay import poller_task_queue
     from workflows.retry import ACTIVITY_RETRY
     from workflows.verify import failure_message
 
@@ -124,5 +117,5 @@ class Monitor:
                                        at=workflow.now())
             phase = self._st.phase_of(res.tenant)
             self._st.record(phase, phase, "hold", "auto-rollback", "held after an automatic rollback; release it "
-                         "when the cause is fixed", tenant=res.tenant)
+                            "when the cause is fixed", tenant=res.tenant)
         self._st.wake += 1

@@ -10,11 +10,7 @@ from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
     from workflows import phases
-    from workflows.models import (
-        MigrationStatus,
-        Phase,
-        TenantStatus,
-    )
+    from workflows.models import MigrationStatus, Phase, TenantStatus
 
 
 class Rendering:
@@ -41,7 +37,7 @@ class Rendering:
             return []
         s = self._st.s
         names = list(self._st.spec.tenants.ids) + [t.tenant for t in s.tenants
-                                                if t.tenant not in self._st.spec.tenants.ids]
+                                                   if t.tenant not in self._st.spec.tenants.ids]
         names += [k for k in s.holds if k and k not in names]
         rows: list[TenantStatus] = []
         for name in names:

@@ -5,10 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.migration._capture import Capture
@@ -17,15 +14,8 @@ from workflows.migration._state import MigrationState
 with workflow.unsafe.imports_passed_through():
     from workflows import bypass as bp
     from workflows import phases
-    from workflows.models import (
-        ActivityNames,
-        Phase,
-        RepairDrainInput,
-        RepairDrainResult,
-    )
-    from workflows.relay import (
-        poller_task_queue,
-    )
+    from workflows.models import ActivityNames, Phase, RepairDrainInput, RepairDrainResult
+    from workflows.relay import poller_task_queue
     from workflows.retry import ACTIVITY_RETRY
     from workflows.verify import failure_message
 

@@ -13,14 +13,7 @@ from workflows.migration._verification import Verifications
 
 with workflow.unsafe.imports_passed_through():
     from workflows import phases
-    from workflows.models import (
-        HoldState,
-        PauseState,
-        Phase,
-        TenantState,
-        TransitionRequest,
-        TransitionResult,
-    )
+    from workflows.models import HoldState, PauseState, Phase, TenantState, TransitionRequest, TransitionResult
 
 
 class Requests:
@@ -62,7 +55,7 @@ class Requests:
         frm = self._st.phase_of(req.tenant)
         if req.dry_run:
             return self._st.result(True, f"dry run: approving {who(req.tenant)}{frm} -> {to} would be accepted",
-                                tenant=req.tenant)
+                                   tenant=req.tenant)
         ts = self._st.tenant(req.tenant)
         if req.tenant is not None and ts is None:
             # a tenant that follows the migration gets its own entry once it moves; remember the approval

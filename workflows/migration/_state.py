@@ -8,6 +8,7 @@ workflow code, so the workflow stays one deterministic coroutine tree."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -78,13 +79,16 @@ class MigrationState:
         handler (under the lock), so it never needs to survive continue-as-new."""
 
     def count(self, name: str, n: int = 1) -> None:
+        """Add to one of the counters the status shows (a zero adds no key)."""
         if n:
             self.s.counters[name] = self.s.counters.get(name, 0) + n
 
     def tenant_phases(self) -> dict[str, Phase]:
+        """The phase of every tenant with an entry of its own."""
         return {t.tenant: t.phase for t in self.s.tenants}
 
     def tenant(self, tenant: str | None) -> TenantState | None:
+        """A tenant's own entry; None for the migration and for a tenant that follows it without one."""
         if tenant is None:
             return None
         return next((t for t in self.s.tenants if t.tenant == tenant), None)
@@ -94,10 +98,12 @@ class MigrationState:
         return ts is not None and ts.phase.rank > self.s.phase.rank
 
     def hold_text(self, tenant: str | None) -> str:
+        """Who holds the scope and why, as the rules and the details show it ('' when not held)."""
         h = self.s.holds.get(scope_key(tenant))
         return "" if h is None else f"by {h.by or '?'}: {h.reason}"
 
     def phase_of(self, tenant: str | None) -> Phase:
+        """The phase a scope acts on: the tenant's own when it moved ahead, else the migration's."""
         return phases.effective_phase(self.s.phase, self.tenant_phases(), tenant)
 
     def view(self, tenant: str | None = None, *, planning: bool = False) -> phases.MachineView:
@@ -118,17 +124,34 @@ class MigrationState:
             tenancy=self.spec.tenants is not None, tenants=phases.follow(s.phase, self.tenant_phases()),
             tenant=tv)
 
+    def note_for(self, tenant: str | None) -> Callable[[str], None]:
+        """A writer of the work state shown for ``tenant`` (the migration's when None) that wakes the loop; a
+        tenant without an entry of its own has nowhere to show it."""
+        ts = self.tenant(tenant)
+
+        def note(text: str) -> None:
+            if tenant is None:
+                self.s.work_state = text
+            elif ts is not None:
+                ts.work_state = text
+            self.wake += 1
+
+        return note
+
     def idle(self) -> bool:
+        """Nothing runs that continue-as-new or a scheduled verification would have to wait for."""
         return (not self.transitioning and not self.lock.locked()
                 and (self.work is None or self.work.done())
                 and (self.verify is None or self.verify.done())
                 and all(t.done() for t in self.tenant_work.values()))
 
     def verification_allowed(self) -> bool:
+        """Continuous verification runs in this phase (DUAL_WRITE until CLEANUP)."""
         return phases.continuous_verification(self.s.phase)
 
     def record(self, frm: Phase, to: Phase, kind: str, by: str, reason: str, *, tenant: str | None = None,
-                gate_passed: bool | None = None) -> None:
+               gate_passed: bool | None = None) -> None:
+        """Keep a transition (or a pause, hold, approval...) in the status, newest last, and log it."""
         s = self.s
         s.transitions.append(TransitionRecord(from_phase=frm, to_phase=to, at=workflow.now(), by=by,
                                               reason=reason, kind=kind, tenant=tenant, gate_passed=gate_passed))
@@ -137,7 +160,8 @@ class MigrationState:
                              by or "?", reason)
 
     def result(self, ok: bool, message: str, *, tenant: str | None = None, gate: GateResult | None = None,
-                would: list[str] | None = None) -> TransitionResult:
+               would: list[str] | None = None) -> TransitionResult:
+        """The answer to an operator request, with the scope's phase and the epoch as they are now."""
         return TransitionResult(ok=ok, phase=self.phase_of(tenant), epoch=self.s.epoch, message=message,
                                 tenant=tenant, gate=gate, would=would or [])
 
@@ -169,6 +193,6 @@ async def cancel_task(task: asyncio.Task[None]) -> None:
     task.cancel()
     try:
         await task
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001 - whatever it ended with, the caller goes on
         if not is_cancelled_exception(exc):
             workflow.logger.warning("background task ended with %s while cancelled", type(exc).__name__)

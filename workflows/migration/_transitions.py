@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    ChildWorkflowError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import (
-    ROLLBACK_HOLDS_AUTO_PATCH,
-    ROLLBACK_KINDS,
-)
+from workflows.migration._constants import ROLLBACK_HOLDS_AUTO_PATCH, ROLLBACK_KINDS
 from workflows.migration._fence import WriteFence
 from workflows.migration._gates import Gates
 from workflows.migration._repairs import RepairDrain
@@ -71,11 +64,11 @@ class Transitions:
                     plan = phases.plan_advance(self._st.view(req.tenant, planning=True), req, gate, kind)
                 except phases.Rejected as exc:
                     return self._st.result(False, str(exc), tenant=req.tenant, gate=gate,
-                                        would=self._would(frm, to, req, gate) if req.dry_run else [])
+                                           would=self._would(frm, to, req, gate) if req.dry_run else [])
                 if req.dry_run:
                     note = " (forced past a failing gate)" if plan.kind == "force" else ""
                     return self._st.result(True, f"dry run: {label} would be accepted{note}", tenant=req.tenant,
-                                        gate=gate, would=self._would(frm, to, req, gate))
+                                           gate=gate, would=self._would(frm, to, req, gate))
                 if plan.kind == "force":
                     self._st.count("forced_transitions")
                 if to is Phase.CLEANUP:
@@ -90,15 +83,15 @@ class Transitions:
                 await self.enter(plan, by=req.by, reason=reason)
                 await self._capture.lift_denial(plan)
                 return self._st.result(True, f"{label} (epoch {self._st.s.epoch}); waiting for the phase barrier",
-                                    tenant=req.tenant, gate=gate)
+                                       tenant=req.tenant, gate=gate)
             finally:
                 self._st.transitioning = ""
 
     def _would(self, frm: Phase, to: Phase, req: TransitionRequest, gate: GateResult | None) -> list[str]:
         """What an advance would change, in words (dry runs)."""
         s = self._st.s
-        who = f"tenant {req.tenant}" if req.tenant else "the migration"
-        out = [f"{who}: {frm} -> {to}; epoch {s.epoch} -> {s.epoch + 1} published to applications, then the "
+        scope_name = f"tenant {req.tenant}" if req.tenant else "the migration"
+        out = [f"{scope_name}: {frm} -> {to}; epoch {s.epoch} -> {s.epoch + 1} published to applications, then the "
                "phase barrier waits for every live instance"]
         if phases.reads_from(frm) != phases.reads_from(to):
             out.append(f"reads: served from the {phases.reads_from(to)} store")
@@ -142,8 +135,8 @@ class Transitions:
             if req.dry_run:
                 first = [f"verify new -> old{' for tenant ' + t if t else ''} with repair" for t in plan.verify_first]
                 return self._st.result(True, f"dry run: {label} would be accepted"
-                                    + (" after verifying new -> old" if plan.verify_first else ""),
-                                    tenant=req.tenant, would=first)
+                                       + (" after verifying new -> old" if plan.verify_first else ""),
+                                       tenant=req.tenant, would=first)
             self._st.transitioning = label
             s.rolling_back = label + f" ({req.reason})"
             self._st.wake += 1
@@ -174,22 +167,14 @@ class Transitions:
                 await self._capture.lift_denial(plan)
                 held = self._hold_after_manual_rollback(plan, req, kind)
                 return self._st.result(True, f"{label} (epoch {s.epoch}); waiting for the phase barrier{held}",
-                                    tenant=req.tenant)
+                                       tenant=req.tenant)
             finally:
                 s.rolling_back = ""
                 self._st.transitioning = ""
 
     async def level_old_store(self, plan: phases.Plan) -> str:
         """Drain queued repairs, then verify new -> old with repair for each scope; '' when all are clean."""
-        ts = self._st.tenant(plan.tenant)
-
-        def note(text: str) -> None:
-            if plan.tenant is None:
-                self._st.s.work_state = text
-            elif ts is not None:
-                ts.work_state = text
-            self._st.wake += 1
-
+        note = self._st.note_for(plan.tenant)
         note(f"rollback: catching up the old store ({plan.frm} -> {plan.to})")
         await self._repairs.drain_once()
         # outbox / triggers: writes the new store acknowledged wait in its key log until the relay mirrors

@@ -7,21 +7,13 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    ChildWorkflowError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
     from workflows import phases
-    from workflows.models import (
-        Phase,
-        VerificationSummary,
-        VerifyInput,
-    )
+    from workflows.models import Phase, VerificationSummary, VerifyInput
     from workflows.verify import VerificationWorkflow, failure_message
 
 
@@ -60,7 +52,7 @@ class Verifications:
     async def task(self, repair: bool, reason: str, tenant: str | None = None) -> None:
         try:
             await self.run(reverse=phases.verification_reverse(self._st.phase_of(tenant)), repair=repair,
-                                         reason=reason, tenant=tenant)
+                           reason=reason, tenant=tenant)
         except (ActivityError, ChildWorkflowError) as exc:
             if is_cancelled_exception(exc):
                 raise
@@ -70,7 +62,7 @@ class Verifications:
             self._st.wake += 1
 
     async def run(self, *, reverse: bool, repair: bool, reason: str,
-                                tenant: str | None = None) -> VerificationSummary:
+                  tenant: str | None = None) -> VerificationSummary:
         """Run a VerificationWorkflow child; a tenant's verification covers its rows of the tenant tables."""
         s = self._st.s
         s.verify_runs += 1

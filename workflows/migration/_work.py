@@ -8,12 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ActivityError,
-    ApplicationError,
-    ChildWorkflowError,
-    is_cancelled_exception,
-)
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
 from workflows.migration._fence import WriteFence
@@ -112,7 +107,7 @@ class PhaseWork:
                 s.work_state = f"verifying on entering {phase}"
                 self._st.wake += 1
                 await self._verifications.run(reverse=phases.verification_reverse(phase), repair=True,
-                                             reason=f"entering {phase}")
+                                              reason=f"entering {phase}")
             elif phase is Phase.CLEANUP:
                 await self._retire_old_store()
             s.phase_work_done = True
@@ -127,7 +122,7 @@ class PhaseWork:
             workflow.logger.error("migration %s: %s work failed: %s", self._st.spec.name, phase, msg)
             if phase is Phase.PREPARE and epoch == 1:
                 self._st.fatal = ApplicationError(f"PREPARE failed: {msg}", type="PreflightFailed",
-                                               non_retryable=True)
+                                                  non_retryable=True)
         finally:
             self._st.gate_dirty = True
             self._st.wake += 1
@@ -137,7 +132,7 @@ class PhaseWork:
 
     def start_tenant(self, tenant: str, phase: Phase, epoch: int, *, after_rollback: bool = False) -> None:
         self._st.tenant_work[tenant] = asyncio.create_task(self._tenant_phase_work(tenant, phase, epoch,
-                                                                                after_rollback))
+                                                                                   after_rollback))
 
     async def _tenant_phase_work(self, tenant: str, phase: Phase, epoch: int, after_rollback: bool) -> None:
         """A tenant's entry work: the barrier, then a verification of its rows in its authority's direction."""
@@ -156,7 +151,7 @@ class PhaseWork:
                 await self._capture.catch_up_logs(f"tenant {tenant} entering {phase}", note)
             note(f"verifying tenant {tenant} on entering {phase}")
             await self._verifications.run(reverse=phases.verification_reverse(phase), repair=True,
-                                         reason=f"tenant {tenant} entering {phase}", tenant=tenant)
+                                          reason=f"tenant {tenant} entering {phase}", tenant=tenant)
             note("")
         except (ActivityError, ChildWorkflowError, ApplicationError) as exc:
             if is_cancelled_exception(exc):
@@ -206,7 +201,7 @@ class PhaseWork:
         s.retirement = res
         s.repair_queue_depth = 0
         self._st.record(s.phase, s.phase, "cleanup", "workflow",
-                     "; ".join(f"{t.source} {t.action}" + (f" as {t.retired_as}" if t.retired_as else "")
+                        "; ".join(f"{t.source} {t.action}" + (f" as {t.retired_as}" if t.retired_as else "")
                                for t in res.tables))
 
     async def _backfill(self) -> None:

@@ -9,16 +9,11 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import (
-    ApplicationError,
-)
+from temporalio.exceptions import ApplicationError
 
 from workflows.migration._abort import Abort
 from workflows.migration._capture import Capture
-from workflows.migration._constants import (
-    NO_PROGRESS_UPSERT_PATCH,
-    PROGRESS_UPSERT_PATCH,
-)
+from workflows.migration._constants import NO_PROGRESS_UPSERT_PATCH, PROGRESS_UPSERT_PATCH
 from workflows.migration._fence import WriteFence
 from workflows.migration._gates import Gates
 from workflows.migration._monitor import Monitor

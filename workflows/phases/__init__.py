@@ -17,9 +17,7 @@ follows it again. A rollback of the migration pulls every tenant back with it.
 
 from __future__ import annotations
 
-from workflows.phases._gate import (
-    evaluate_gate,
-)
+from workflows.phases._gate import evaluate_gate
 from workflows.phases._meaning import (
     GATED,
     GLOBAL,
