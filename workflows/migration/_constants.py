@@ -4,17 +4,11 @@ A patch id is part of recorded histories: never rename or reuse one."""
 
 from __future__ import annotations
 
-from temporalio import workflow
-
-with workflow.unsafe.imports_passed_through():
-    from dualwrite.fence import FENCE
-
 __all__ = [
     "ABORTED",
     "CATCH_UP_PATCH",
     "CATCH_UP_SECONDS",
     "DENY_WRITES_PATCH",
-    "FENCE_KEY",
     "MAX_TRANSITIONS_KEPT",
     "NO_PROGRESS_UPSERT_PATCH",
     "PROGRESS_UPSERT_PATCH",
@@ -28,8 +22,6 @@ __all__ = [
 
 ABORTED = "ABORTED"
 """MigrationPhase search attribute of an aborted migration (``dualwrite list`` shows it)."""
-FENCE_KEY = FENCE
-"""``overrides`` key of a write fence (its one home is dualwrite.fence, shared with dualwrite.control)."""
 
 MAX_TRANSITIONS_KEPT = 200
 ROLLBACK_KINDS = ("rollback", "auto-rollback")

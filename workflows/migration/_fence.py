@@ -9,11 +9,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import FENCE_KEY, ROLLBACK_KINDS, WRITE_FENCE_PATCH
+from workflows.migration._constants import ROLLBACK_KINDS, WRITE_FENCE_PATCH
 from workflows.migration._repairs import RepairDrain
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
+    from dualwrite.fence import FENCE
     from workflows import phases
     from workflows.models import ActivityNames, BarrierStatus, ControlInput
     from workflows.retry import ACTIVITY_RETRY
@@ -44,7 +45,7 @@ class WriteFence:
         out = phases.overrides_for(self._st.s.phase, self._st.tenant_phases())
         if self._st.fence is not None:
             whole, tenants = self._st.fence
-            out[FENCE_KEY] = {"all": True} if whole else {"tenants": sorted(tenants)}
+            out[FENCE] = {"all": True} if whole else {"tenants": sorted(tenants)}
         return out
 
     def scope(self, plan: phases.Plan) -> tuple[bool, tuple[str, ...]] | None:
