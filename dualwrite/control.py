@@ -27,6 +27,7 @@ from typing import Any
 
 from dualwrite import bookkeeping as bk
 from dualwrite import hooks
+from dualwrite.fence import FENCE
 from dualwrite.keys import Key, encode_key
 from dualwrite.store import Dialect, Store
 
@@ -36,9 +37,6 @@ REPAIR_QUEUE = "dualwrite_repair_queue"
 CHECKPOINTS = "dualwrite_checkpoints"
 
 AUTHORITATIVE_SIDES = ("old", "new")
-FENCE = "fence"
-"""Key of the published overrides that fences writes while authority moves between the stores:
-``{"all": true}`` (the whole migration) or ``{"tenants": ["acme"]}`` (one tenant's flip)."""
 DEFAULT_LIVE_SECONDS = 15.0
 
 

@@ -1,4 +1,4 @@
-"""Property-based test of the phase machine (workflows.phases.Machine: the workflow's own rules, plans and
+"""Property-based test of the phase machine (tests/support/phase_machine.py Machine: the workflow's own rules, plans and
 published overrides, composed without Temporal).
 
 Random sequences of advance / force / rollback / pause / resume / approve / hold / release, per tenant or
@@ -19,10 +19,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as hs
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from support.phase_machine import Machine
 
 from workflows import phases
 from workflows.models import PHASE_ORDER, Phase, TransitionRequest
-from workflows.phases import Machine
 
 CUTOVERS = (Phase.CUTOVER_READS, Phase.CUTOVER_WRITES)
 TENANTS = ("acme", "beta")

@@ -19,10 +19,8 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from dualwrite.errors import permanent_error_types
     from workflows.models import (
         BACKFILL_PERCENT,
         ActivityNames,
@@ -38,18 +36,9 @@ with workflow.unsafe.imports_passed_through():
         RangePlan,
         RangeResult,
     )
-
-PERMANENT_ERRORS = permanent_error_types()
-"""Failure types no retry fixes, from the hierarchy in dualwrite.errors (activities mark them non-retryable
-too): the step fails at once with the reason instead of looping while status shows no progress."""
+    from workflows.retry import ACTIVITY_RETRY
 
 PROGRESS_SIGNAL = "backfill_progress"
-
-
-def activity_retry() -> RetryPolicy:
-    """Retry transient failures forever with backoff; permanent ones are marked non-retryable anyway."""
-    return RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                       maximum_interval=timedelta(seconds=60), non_retryable_error_types=PERMANENT_ERRORS)
 
 
 @workflow.defn
@@ -96,7 +85,7 @@ class BackfillWorkflow:
                 # planning heartbeats from a background thread while its queries run: a dead worker's plan
                 # is picked up by another within the heartbeat timeout
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=hb,
-                retry_policy=activity_retry(), result_type=RangePlan,
+                retry_policy=ACTIVITY_RETRY, result_type=RangePlan,
             )
             self._carry = BackfillCarry(plan=plan, started_at=workflow.now())
         else:
@@ -129,7 +118,7 @@ class BackfillWorkflow:
             ActivityNames.CLEAR_CHECKPOINTS,
             CheckpointScope(migration=inp.table.spec.name, control_store=inp.table.spec.control,
                             scope=f"{workflow.info().workflow_id}/{inp.table.source}"),
-            start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=hb, retry_policy=activity_retry(),
+            start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=hb, retry_policy=ACTIVITY_RETRY,
         )
         results = sorted(carry.done, key=lambda r: r.index)
         started = carry.started_at or workflow.now()
@@ -154,7 +143,7 @@ class BackfillWorkflow:
                 CopyRangeInput(table=inp.table, range=r),
                 start_to_close_timeout=timedelta(hours=24),
                 heartbeat_timeout=timedelta(seconds=inp.tuning.heartbeat_timeout_seconds),
-                retry_policy=activity_retry(), result_type=RangeResult,
+                retry_policy=ACTIVITY_RETRY, result_type=RangeResult,
                 summary=f"copy {inp.table.source} range {r.index + 1}/{len(self._carry.plan.ranges)}",
             )
         except BaseException as exc:  # noqa: BLE001 - hand it to run(), which fails the workflow

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dualwrite.capture import method_for
 from dualwrite.gates import GateMetric, Verdict
 from dualwrite.spec import MigrationSpec
 
@@ -47,8 +48,9 @@ class BypassSummary(_Model):
 
 
 def applies(spec: MigrationSpec) -> bool:
-    """As :func:`dualwrite.bypass.applies` (the workflow does not import the data path)."""
-    return spec.strategy.value not in ("triggers", "cdc") and not spec.tenant_tables
+    """As :func:`dualwrite.bypass.applies` (the workflow does not import the data path): only where the
+    database does not capture every writer anyway, with one store authoritative for the whole migration."""
+    return not method_for(spec.strategy).database_capture and not spec.tenant_tables
 
 
 def in_window(summary: BypassSummary | None, since: datetime) -> list[BypassGroup]:

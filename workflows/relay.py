@@ -27,13 +27,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from dualwrite.errors import permanent_error_types
+    from dualwrite.capture import method_for
     from dualwrite.spec import MigrationSpec
+    from workflows.retry import RELAY_RETRY
 
 RELAY_SETUP = "relay_setup"
 RELAY_DRAIN = "relay_drain"
@@ -41,10 +41,6 @@ RELAY_TEARDOWN = "relay_teardown"
 RELAY_CATCH_UP = "relay_catch_up"
 RELAY_DENY = "relay_deny_writes"
 FINISH_SIGNAL = "finish"
-
-# TriggerError, CaptureError: dualwrite.triggers / dualwrite.cdc (not imported here)
-PERMANENT_ERRORS = [*permanent_error_types(), "TriggerError", "CaptureError"]
-
 
 POLLERS_SUFFIX = "-pollers"
 
@@ -170,11 +166,6 @@ class RelayStatus(_Model):
 RelayInput.model_rebuild()
 
 
-def _retry() -> RetryPolicy:
-    return RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                       maximum_interval=timedelta(seconds=30), non_retryable_error_types=PERMANENT_ERRORS)
-
-
 @workflow.defn(name="RelayWorkflow")
 class RelayWorkflow:
     """Drains a migration's key logs continuously until told to finish."""
@@ -207,7 +198,7 @@ class RelayWorkflow:
         else:
             await workflow.execute_activity(
                 RELAY_SETUP, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(seconds=min(30.0, inp.heartbeat_timeout_seconds)), retry_policy=_retry(),
+                heartbeat_timeout=timedelta(seconds=min(30.0, inp.heartbeat_timeout_seconds)), retry_policy=RELAY_RETRY,
                 result_type=RelaySetupResult, summary="set up capture")
         hb = timedelta(seconds=inp.heartbeat_timeout_seconds)
         self._details()
@@ -218,7 +209,7 @@ class RelayWorkflow:
                                 batch=inp.batch),
                 start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, task_queue=inp.drain_task_queue,
-                retry_policy=_retry(), result_type=RelayDrainResult, summary="relay drain"))
+                retry_policy=RELAY_RETRY, result_type=RelayDrainResult, summary="relay drain"))
             try:
                 res: RelayDrainResult = await self._drain
             except (ActivityError, asyncio.CancelledError) as exc:
@@ -241,12 +232,12 @@ class RelayWorkflow:
             RELAY_DRAIN, RelayDrainInput(spec=inp.spec, max_seconds=inp.max_activity_seconds,
                                          poll_seconds=inp.poll_seconds, batch=inp.batch, finish=True),
             start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
-            retry_policy=_retry(), result_type=RelayDrainResult, summary="final drain")
+            retry_policy=RELAY_RETRY, result_type=RelayDrainResult, summary="final drain")
         self._absorb(res)
-        if inp.remove_triggers_on_finish and inp.spec.strategy.value in ("triggers", "cdc"):
+        if inp.remove_triggers_on_finish and method_for(inp.spec.strategy).database_capture:
             await workflow.execute_activity(
                 RELAY_TEARDOWN, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=hb, retry_policy=_retry(), summary="remove triggers")
+                heartbeat_timeout=hb, retry_policy=RELAY_RETRY, summary="remove triggers")
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 

@@ -13,11 +13,9 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from dualwrite.errors import permanent_error_types
     from workflows.models import (
         ActivityNames,
         TableRef,
@@ -26,8 +24,7 @@ with workflow.unsafe.imports_passed_through():
         VerifyInput,
         VerifyTableInput,
     )
-
-PERMANENT_ERRORS = permanent_error_types()
+    from workflows.retry import VERIFY_TABLE_RETRY
 
 
 def failure_message(exc: BaseException) -> str:
@@ -76,9 +73,7 @@ class VerificationWorkflow:
                                          repair=inp.repair, chunk_size=inp.tuning.verify_chunk_size,
                                          tenant=inp.tenant, exclude_tenants=inp.exclude_tenants),
                         start_to_close_timeout=timedelta(hours=12), heartbeat_timeout=hb,
-                        retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5,
-                                                 maximum_interval=timedelta(seconds=30),
-                                                 non_retryable_error_types=PERMANENT_ERRORS),
+                        retry_policy=VERIFY_TABLE_RETRY,
                         result_type=TableVerification, summary=f"verify {source} ({direction})",
                     )
                 except ActivityError as exc:

@@ -1,77 +1,17 @@
-"""The data that crosses Temporal: workflow inputs, update/signal arguments, query results.
-
-Everything here is a pydantic model so that ``pydantic_data_converter`` can round-trip it, and every
-workflow, activity, update and signal takes exactly one model (the Web UI's forms send one JSON value).
-These models are the contract between the workflows, the activities and the ``dualwrite`` CLI.
-
-Rules that shape them (DESIGN rules 6 and 7):
-- no row data: only names, key-range bounds (wire keys, see :mod:`dualwrite.keys`), counts, checkpoints;
-- no secrets: stores are named, never given by URL.
-
-This module is imported by workflow code, so it imports only the stdlib, pydantic, temporalio and the
-spec models.
-"""
+"""The migration's public contract: its start input, the operators' requests and results, its status
+query, the state a run hands to its successor, and the gate evidence a transition is decided on."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from temporalio.common import SearchAttributeKey
+from pydantic import Field
 
 from dualwrite.gates import GateMetric, TrafficFacts, TriggerEvaluation
 from dualwrite.spec import MigrationSpec
 from workflows.bypass import BypassSummary
-
-TASK_QUEUE = "dualwrite"
-WORKFLOW_ID_PREFIX = "dualwrite-"
-
-
-def workflow_id(name: str) -> str:
-    """The workflow id of a migration: one running MigrationWorkflow per migration name."""
-    return f"{WORKFLOW_ID_PREFIX}{name}"
-
-
-class Phase(StrEnum):
-    """The phases of DESIGN.md, in order."""
-
-    PREPARE = "PREPARE"
-    DUAL_WRITE = "DUAL_WRITE"
-    BACKFILL = "BACKFILL"
-    SHADOW_READ = "SHADOW_READ"
-    CUTOVER_READS = "CUTOVER_READS"
-    CUTOVER_WRITES = "CUTOVER_WRITES"
-    CLEANUP = "CLEANUP"
-    DONE = "DONE"
-
-    @property
-    def rank(self) -> int:
-        """Position in the phase order (PREPARE is 0)."""
-        return PHASE_ORDER.index(self)
-
-
-PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
-
-# Search attributes (register them on the server: `dualwrite dev` and the tests do).
-MIGRATION_PHASE = SearchAttributeKey.for_keyword("MigrationPhase")
-BACKFILL_PERCENT = SearchAttributeKey.for_int("BackfillPercent")
-"""0 on entering BACKFILL, 100 when the backfill completed (not the steps between: see the no-progress-upsert
-patch in workflows/migration.py); the exact percentage is in the status query."""
-SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (MIGRATION_PHASE, BACKFILL_PERCENT)
-"""The custom search attributes, as keys (``key.name``, ``key.indexed_value_type``)."""
-
-SEARCH_ATTRIBUTE_CLI_ARGS: tuple[str, ...] = ("MigrationPhase=Keyword", "BackfillPercent=Int")
-"""The same, spelled for ``temporal server start-dev --search-attribute``."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Public contract: workflow input, updates / signals, query
+from workflows.models._core import Phase, _Model
 
 
 class Tuning(_Model):
@@ -307,10 +247,6 @@ class MigrationStatus(_Model):
                                          "(counts per table and writer identity; no keys)")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Internal: continue-as-new carry, child workflows, activities
-
-
 class MigrationCarry(_Model):
     """Everything a MigrationWorkflow run hands to its successor on continue-as-new."""
 
@@ -348,226 +284,6 @@ class MigrationCarry(_Model):
     aborted: AbortRecord | None = None
 
 
-class KeyRange(_Model):
-    """``lo < key <= hi`` in wire form (:func:`dualwrite.keys.encode_key`); None is open."""
-
-    index: int
-    lo: list[Any] | None = None
-    hi: list[Any] | None = None
-
-
-class RangeCheckpoint(_Model):
-    """Heartbeat details of a range copy: enough to resume after a crash, and to report progress."""
-
-    cursor: list[Any] | None = None
-    rows: int = 0
-    batches: int = 0
-    conflict_batches: int = 0
-    fixed_keys: int = 0
-    attempt: int = 1
-    redone_batches: int = 0
-
-
-class RangeResult(_Model):
-    index: int
-    rows: int = 0
-    batches: int = 0
-    conflict_batches: int = 0
-    fixed_keys: int = 0
-    seconds: float = 0.0
-    attempts: int = 1
-    resumed: bool = False
-    redone_batches: int = Field(default=0, description="batches copied again after a resume (<= 1 each)")
-
-
-class TableRef(_Model):
-    """Which table of which migration, by names only: activities resolve and compile it themselves."""
-
-    spec: MigrationSpec
-    source: str
-    reverse: bool = Field(default=False, description="new -> old (after write cutover)")
-
-
-class PlanRangesInput(_Model):
-    table: TableRef
-    ranges: int
-
-
-class RangePlan(_Model):
-    rows_estimate: int
-    ranges: list[KeyRange]
-
-
-class CopyRangeInput(_Model):
-    table: TableRef
-    range: KeyRange
-
-
-class BackfillInput(_Model):
-    """Input of the per-table ``BackfillWorkflow``; ``carry`` is its continue-as-new state."""
-
-    table: TableRef
-    concurrency: int
-    ranges: int | None = None
-    tuning: Tuning = Field(default_factory=Tuning)
-    carry: BackfillCarry | None = None
-
-
-class BackfillCarry(_Model):
-    plan: RangePlan
-    done: list[RangeResult] = Field(default_factory=list)
-    started_at: datetime | None = None
-    last_percent_step: int = -1
-    continued_as_new: int = 0
-
-
-class BackfillResult(_Model):
-    source: str
-    target: str
-    rows: int
-    rows_estimate: int
-    ranges: int
-    batches: int
-    redone_batches: int
-    resumed_ranges: int
-    continued_as_new: int = 0
-    seconds: float = 0.0
-    range_results: list[RangeResult] = Field(default_factory=list)
-
-
-class PauseState(_Model):
-    """Signal to a BackfillWorkflow: hold (finish running ranges, start no new ones) or go on."""
-
-    paused: bool
-
-
-class BackfillProgress(_Model):
-    """Signal from a BackfillWorkflow to its parent: coarse progress of one table."""
-
-    source: str
-    rows_copied: int
-    rows_estimate: int
-    ranges_done: int
-    ranges_total: int
-    eta_seconds: float | None = None
-    done: bool = False
-
-
-class VerifyInput(_Model):
-    """Input of ``VerificationWorkflow`` and of the per-table verify activity."""
-
-    spec: MigrationSpec
-    reverse: bool = False
-    repair: bool = True
-    tables: list[str] | None = Field(default=None, description="source tables; default: all (a tenant: "
-                                                               "the tables with a tenant column)")
-    reason: str = ""
-    tenant: str | None = Field(default=None, description="only this tenant's rows")
-    exclude_tenants: list[str] = Field(default_factory=list, description="leave these tenants' rows alone "
-                                       "(their authority runs the other way)")
-    tuning: Tuning = Field(default_factory=Tuning)
-
-
-class VerifyTableInput(_Model):
-    table: TableRef
-    repair: bool = True
-    chunk_size: int | None = None
-    tenant: str | None = None
-    exclude_tenants: list[str] = Field(default_factory=list)
-
-
-class ControlInput(_Model):
-    """Publish the state of one migration, or wait for its phase barrier."""
-
-    migration: str
-    control_store: str
-    phase: Phase = Phase.PREPARE
-    epoch: int = 0
-    paused: bool = False
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    live_seconds: float | None = Field(default=None, description="liveness window; default: the worker's")
-    max_wait_seconds: float = Field(default=60.0, description="barrier: return (not passed) after this long")
-    poll_seconds: float = Field(default=0.5, gt=0, description="barrier: how often the instances are read")
-
-
-class PrepareInput(_Model):
-    spec: MigrationSpec
-
-
-class CheckpointScope(_Model):
-    migration: str
-    control_store: str
-    scope: str
-
-
-class BarrierStatus(_Model):
-    passed: bool
-    epoch: int
-    live_instances: int = 0
-    lagging: list[str] = Field(default_factory=list, description="instance ids that have not seen the epoch")
-
-
-class PrepareResult(_Model):
-    ok: bool
-    problems: list[str] = Field(default_factory=list)
-    tables: list[TableProgress] = Field(default_factory=list)
-
-
-class RepairDrainInput(_Model):
-    """One long-poll of the repair queue: returns after draining what was due, or after ``max_idle_seconds``
-    with nothing to do, so the workflow's status (queue depth) stays fresh at a few events per poll."""
-
-    spec: MigrationSpec
-    max_seconds: float = 60.0
-    max_idle_seconds: float = 300.0
-    poll_seconds: float = 1.0
-    batch: int = 1000
-    base_backoff_seconds: float = 2.0
-    max_backoff_seconds: float = 300.0
-    under_fence: bool = Field(default=False, description="the workflow's own drain under a write fence; the "
-                              "background drain waits while a fence is published (authority is moving)")
-
-
-class RepairDrainResult(_Model):
-    mirrored: int = 0
-    failed: int = 0
-    remaining: int = 0
-    due_in_seconds: float | None = None
-    errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
-
-
-class ActivityNames:
-    """Activity names: workflows call activities by name so they never import the data path."""
-
-    PREPARE = "prepare"
-    PUBLISH_STATE = "publish_state"
-    AWAIT_BARRIER = "await_barrier"
-    PLAN_RANGES = "plan_ranges"
-    COPY_RANGE = "copy_range"
-    CLEAR_CHECKPOINTS = "clear_checkpoints"
-    VERIFY_TABLE = "verify_table"
-    DRAIN_REPAIRS = "drain_repairs"
-    EVALUATE_GATE = "evaluate_gate"
-    WATCH_TRIGGERS = "watch_rollback_triggers"
-    RETIRE_OLD = "retire_old_store"
-    ABORT_CLEANUP = "abort_cleanup"
-
-
-class AbortCleanupInput(_Model):
-    """Remove what a migration left in the stores when it is aborted (the old store's data stays as it is)."""
-
-    spec: MigrationSpec
-    remove_state: bool = Field(default=True, description="delete the published state and instance rows too "
-                               "(only once every live instance has seen the abort's epoch)")
-
-
-class AbortCleanupResult(_Model):
-    triggers_removed: list[str] = Field(default_factory=list, description="store/table pairs")
-    log_entries_deleted: int = 0
-    repair_entries_deleted: int = 0
-    control_rows_deleted: int = 0
-
-
 class GateInput(_Model):
     spec: MigrationSpec
     phase: Phase
@@ -597,38 +313,5 @@ class GateResult(_Model):
     traffic: TrafficFacts | None = None
 
 
-class TriggerScope(_Model):
-    """One scope the rollback triggers watch: the migration (tenant None) or one tenant, in a CUTOVER_*."""
-
-    tenant: str | None = None
-    phase: Phase
-    since: datetime = Field(description="statistics older than this (the barrier of the phase) are ignored")
-
-
-class TriggerWatchInput(_Model):
-    """A long-poll of the statistics: returns when a trigger trips, or after ``max_seconds`` quietly."""
-
-    spec: MigrationSpec
-    scopes: list[TriggerScope]
-    max_seconds: float = 300.0
-
-
-class TriggerWatchResult(_Model):
-    tripped: bool = False
-    tenant: str | None = None
-    phase: Phase | None = None
-    evaluation: TriggerEvaluation | None = None
-    checks: int = 0
-
-
-class RetireInput(_Model):
-    """CLEANUP: retire the old store's tables (rename, or drop), remove capture and key logs."""
-
-    spec: MigrationSpec
-    drop: bool = False
-    stamp: str = Field(description="suffix of the retired names, fixed by the workflow so a retry reuses it")
-
-
 MigrationInput.model_rebuild()
-BackfillInput.model_rebuild()
 TransitionResult.model_rebuild()

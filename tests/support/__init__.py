@@ -1,0 +1,1 @@
+"""Test-only models and helpers shared by several test modules."""

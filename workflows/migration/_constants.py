@@ -1,0 +1,54 @@
+"""The migration workflow's constants: the ids of its ``workflow.patched`` markers and its fixed limits.
+
+A patch id is part of recorded histories: never rename or reuse one."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ABORTED",
+    "CATCH_UP_PATCH",
+    "CATCH_UP_SECONDS",
+    "DENY_WRITES_PATCH",
+    "MAX_TRANSITIONS_KEPT",
+    "NO_PROGRESS_UPSERT_PATCH",
+    "PROGRESS_UPSERT_PATCH",
+    "RELAY_AUTOSTART_PATCH",
+    "ROLLBACK_HOLDS_AUTO_PATCH",
+    "ROLLBACK_KINDS",
+    "TRIGGER_WATCH_SECONDS",
+    "WORKER_SAMPLE_PATCH",
+    "WRITE_FENCE_PATCH",
+]
+
+ABORTED = "ABORTED"
+"""MigrationPhase search attribute of an aborted migration (``dualwrite list`` shows it)."""
+
+MAX_TRANSITIONS_KEPT = 200
+ROLLBACK_KINDS = ("rollback", "auto-rollback")
+TRIGGER_WATCH_SECONDS = 300.0
+"""One trigger watch returns after this long when nothing tripped (a few history events per period)."""
+CATCH_UP_SECONDS = 120.0
+"""outbox / triggers: how long mirroring the key logs up to their drain point may take before a rollback
+gives up (and is refused) or a phase's verification goes ahead anyway."""
+RELAY_AUTOSTART_PATCH = "relay-autostart"
+"""Histories from before: PREPARE did not start the relay (whoever ran the migration started it)."""
+PROGRESS_UPSERT_PATCH = "progress-upsert-in-loop"
+"""Histories from before: the backfill progress signal handler upserted BackfillPercent itself."""
+CATCH_UP_PATCH = "relay-catch-up"
+"""Histories from before: no key-log catch-up before a rollback's or a phase's repairing verification."""
+NO_PROGRESS_UPSERT_PATCH = "no-progress-upsert"
+"""Histories from before: BackfillPercent followed the children's progress signals in steps of 10. A command
+issued because a signal arrived can land in another order on replay when the signal shares a workflow task
+with an activity completion (sdk-python #673): after a worker kill the chaos run met "Nondeterminism error: No
+command scheduled for event UpsertWorkflowSearchAttributes" and the migration froze. BackfillPercent is now
+set only where the workflow's own code decides (0 on entering BACKFILL, 100 when it completes); the status
+query and the Web UI's details still show the exact percentage."""
+WRITE_FENCE_PATCH = "write-fence"
+"""Histories from before: authority moved between the stores without a write fence."""
+DENY_WRITES_PATCH = "deny-writes"
+"""Histories from before: with ``triggers`` the store that was not authoritative accepted the application's
+writes (and a later mirror or repair overwrote them); both key logs were mirrored at every moment."""
+WORKER_SAMPLE_PATCH = "worker-shadow-sample"
+"""Histories from before: a ``triggers`` gate read only application statistics (which never exist there)."""
+ROLLBACK_HOLDS_AUTO_PATCH = "rollback-holds-auto"
+"""Histories from before: auto mode advanced again right after an operator's rollback."""
