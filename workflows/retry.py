@@ -28,14 +28,9 @@ PERMANENT_ERRORS: list[str] = permanent_error_types()
 """Failure types no retry fixes, from the hierarchy in dualwrite.errors (activities mark them non-retryable
 too): the step fails at once with the reason instead of looping while status shows no progress."""
 
-_CAPTURE_SETUP_ERRORS = ("TriggerError", "CaptureError")
-"""dualwrite.triggers.TriggerError and dualwrite.cdc.pg.CaptureError derive from DualwriteError, not from a
-permanent class, so ``permanent_error_types()`` does not name them; the relay has always treated them as
-permanent (workflow code must not import those modules: they pull in SQLAlchemy)."""
-
-RELAY_PERMANENT_ERRORS: list[str] = [*PERMANENT_ERRORS,
-                                     *(n for n in _CAPTURE_SETUP_ERRORS if n not in PERMANENT_ERRORS)]
-"""What the relay's activities fail at once on: the permanent classes and the capture set-up errors."""
+RELAY_PERMANENT_ERRORS: list[str] = PERMANENT_ERRORS
+"""What the relay's activities fail at once on: the same permanent classes (capture set-up errors,
+``TriggerError`` and ``CaptureError``, are among them: dualwrite.errors classes them permanent)."""
 
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                              maximum_interval=timedelta(seconds=60), non_retryable_error_types=PERMANENT_ERRORS)

@@ -15,6 +15,7 @@ from workflows.migration._verification import Verifications
 from workflows.migration._work import PhaseWork
 
 with workflow.unsafe.imports_passed_through():
+    from dualwrite.retired import retired_name
     from workflows import phases
     from workflows.models import (
         BACKFILL_PERCENT,
@@ -296,10 +297,6 @@ class Transitions:
             req = TransitionRequest(to=to, by="auto", reason="phase work done, gate passed")
         await self.advance(req, kind="auto")
 
-
-def retired_name(table: str, stamp: str) -> str:
-    """How CLEANUP renames an old table (shown by dry runs; the activity computes the real one)."""
-    return f"{table.rpartition('.')[2]}_dw_retired_{stamp}"
 
 def verification_text(v: VerificationSummary) -> str:
     errors = "; ".join(f"{t.source}: {t.error}" for t in v.tables if t.error)
