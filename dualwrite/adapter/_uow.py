@@ -18,7 +18,6 @@ from dualwrite.adapter import _outbox_notes as notes
 from dualwrite.adapter._errors import RoutingError
 from dualwrite.adapter._tables import Key, KeyLike, SideTable, TableRuntime, Touched
 from dualwrite.adapter.phase import Routing
-from dualwrite.capture import method_for
 from dualwrite.store import Dialect
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ class UnitOfWorkBase:
         self.side = routing.authoritative
         self.touched: list[Touched] = []
         self._log: list[tuple[str, Key]] = []
-        self._outbox = method_for(writer.strategy).notes_keys and routing.mirror_to is not None
+        self._outbox = writer.method.notes_keys and routing.mirror_to is not None
         self._image = routing.mirror_to is not None and writer.options.fast_path  # in-call tables only (below)
 
     def _side(self, rt: TableRuntime) -> SideTable:
