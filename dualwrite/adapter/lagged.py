@@ -112,10 +112,11 @@ class AsyncMirror:
             with self._cond:
                 if self._stop and not self._q and not self._busy:
                     break
-            self._publish()
+            self.publish_gauges()
             time.sleep(0.25)
 
-    def _publish(self) -> None:
+    def publish_gauges(self) -> None:
+        """Put the queue depth and the age of its oldest key into the statistics window (every 0.25 s)."""
         n, age = self.depth()
         self.writer.stats.gauge(st.ASYNC_DEPTH, float(n))
         self.writer.stats.gauge(st.ASYNC_AGE, round(age, 3))
@@ -176,7 +177,7 @@ class AsyncMirror:
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.1))
-        self._publish()
+        self.publish_gauges()
         return True
 
     def close(self, timeout: float = 30.0) -> None:
