@@ -218,7 +218,7 @@ def test_async_returns_before_the_secondary_measures_the_lag_and_close_flushes(
         assert w.lagged is not None
         depth, age = w.lagged.depth()
         assert depth > 0 and age > 0.2  # ...and the lag is measured
-        w.lagged._publish()  # noqa: SLF001 - the gauges thread does this every 0.25 s
+        w.lagged.publish_gauges()  # the gauges thread does this every 0.25 s
         window = w.stats.snapshot()
         assert window.gauges[st.ASYNC_DEPTH] > 0 and window.gauges[st.ASYNC_AGE] > 0.2
         w.close()  # a clean exit flushes the queue
@@ -287,7 +287,7 @@ def test_per_table_strategies_strict_money_async_hot(pg_old: Store, pg_new: Stor
         assert spec.strategy_of(m.models.orders).value == "async"
     finally:
         m.close()
-    from dualwrite.adapter import DualWriter  # noqa: PLC0415
+    from dualwrite.adapter import DualWriter
 
     w = DualWriter(spec, m.old, m.new, control_store=m.control, options=_opts())
     try:
@@ -379,9 +379,9 @@ def test_orm_async_strategy_mirrors_in_the_background(pg_old: Store, pg_new: Sto
 
 
 async def test_aio_strict_and_async(pg_old: Store, pg_new: Store, proxy: TcpProxy) -> None:
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from dualwrite.adapter import AsyncDualWriter  # noqa: PLC0415
+    from dualwrite.adapter import AsyncDualWriter
 
     m = make_migration(pg_old, pg_new, "strict", writer_new=clone(pg_new, url=proxy.url_for(pg_new.ref.url)),
                        options=_opts())
@@ -417,9 +417,9 @@ async def test_aio_strict_and_async(pg_old: Store, pg_new: Store, proxy: TcpProx
 
 def test_async_instance_that_died_with_a_queue_holds_the_gate(pg_old: Store, pg_new: Store) -> None:
     """A clean close is told apart from a crash: the gate names the instance that may have lost its queue."""
-    from dualwrite import gates  # noqa: PLC0415
-    from dualwrite.adapter import DualWriter  # noqa: PLC0415
-    from dualwrite.spec import Gates  # noqa: PLC0415
+    from dualwrite import gates
+    from dualwrite.adapter import DualWriter
+    from dualwrite.spec import Gates
 
     m = make_migration(pg_old, pg_new, "async", options=_opts())
     crashed = DualWriter(m.spec, m.old, m.new, control_store=m.control, options=_opts(), instance_id="app-2:crashed")
@@ -431,7 +431,7 @@ def test_async_instance_that_died_with_a_queue_holds_the_gate(pg_old: Store, pg_
         crashed.insert(t, _row("lost?"))
         for w in (m.writer, crashed):
             assert w.lagged is not None
-            w.lagged._publish()  # noqa: SLF001 - the gauges of this instance's window
+            w.lagged.publish_gauges()  # the gauges of this instance's window
         assert crashed.flush_stats()  # its last window, then it "dies" (no close)
         m.writer.close()  # the clean one: flushes its queue and says so in its last window
         assert st.unclean_async_instances(m.control, m.name, 300, quiet_seconds=0) == ["app-2:crashed"]
@@ -447,7 +447,7 @@ def test_async_instance_that_died_with_a_queue_holds_the_gate(pg_old: Store, pg_
 
 def test_strict_concurrent_writers_of_the_same_keys_leave_both_stores_equal(pg_old: Store, pg_new: Store) -> None:
     """No version guard: the authoritative row lock, held across both commits, orders the secondary writes."""
-    import threading  # noqa: PLC0415
+    import threading
 
     m = make_migration(pg_old, pg_new, "strict", options=_opts(strict_note_grace=60.0))
     try:
@@ -506,9 +506,9 @@ def test_strict_after_write_cutover_with_a_mariadb_secondary(my_old: Store, pg_n
 
 
 async def test_async_orm_strict(pg_old: Store, pg_new: Store) -> None:
-    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    from dualwrite.adapter import install_async  # noqa: PLC0415
+    from dualwrite.adapter import install_async
 
     m = make_migration(pg_old, pg_new, "strict", options=_opts())
     engine = create_async_engine(pg_old.ref.url)
@@ -530,9 +530,9 @@ async def test_a_strict_or_async_migration_runs_without_a_relay(dw: Any, tempora
                                                                 pg_new: Store, table_name: str) -> None:
     """strict and async write the other store from the adapter: the migration starts no relay for them and
     advances like sync (real Temporal dev server, the session's worker)."""
-    from conftest import create_pg, spec_for  # noqa: PLC0415
+    from conftest import create_pg, spec_for
 
-    from workflows.relay import relay_workflow_id  # noqa: PLC0415
+    from workflows.relay import relay_workflow_id
 
     create_pg(pg_old, table_name, 50)
     create_pg(pg_new, table_name, 0)

@@ -16,21 +16,17 @@ from typing import Any
 
 from dualwrite import bypass
 from dualwrite import stats as st
+from dualwrite.adapter._errors import RoutingError
+from dualwrite.adapter._repairs import CloseReport
+from dualwrite.adapter._tables import Key, KeyLike, entity_of
+from dualwrite.adapter._timing import count_primary_failure
+from dualwrite.adapter._uow import Statement, UnitOfWorkBase
 from dualwrite.adapter.phase import Routing, Side
 from dualwrite.adapter.strict import strict_groups
-from dualwrite.adapter.writer import (
-    CloseReport,
-    DualWriter,
-    Key,
-    KeyLike,
-    RoutingError,
-    Statement,
-    UnitOfWorkBase,
-    _entity_of,
-    _secondary_only,
-    error_class,
-)
+from dualwrite.adapter.writer import DualWriter
 from dualwrite.store import Dialect
+
+__all__ = ["AsyncDualWriter", "AsyncUnitOfWork"]
 
 
 class AsyncUnitOfWork(UnitOfWorkBase):
@@ -66,18 +62,18 @@ class AsyncUnitOfWork(UnitOfWorkBase):
         await self._execute(self.plan_delete(table, key))
         return self._last_rowcount
 
-    async def _before_commit(self) -> None:
-        pending = self.pending_log()
+    async def note_keys(self) -> None:
+        """Before the commit: append the outbox notes not folded into a statement."""
+        pending = self.pending_notes()
         if pending is not None:
-            sql, rows = pending
-            await self.connection.exec_driver_sql(sql, rows if len(rows) > 1 else rows[0])
+            await self.connection.exec_driver_sql(*pending)
 
 
 def _async_engine_for(writer: DualWriter, side: Side) -> Any:
     from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415 - needs greenlet
 
     store = writer.old_store if side is Side.OLD else writer.new_store
-    if store.dialect.value != "postgresql":
+    if store.dialect is not Dialect.POSTGRESQL:
         raise RoutingError(f"no async driver is known for the {store.dialect.value} store {store.name!r}: "
                            "pass an AsyncEngine (old_engine= / new_engine=)")
     return create_async_engine(store.ref.url, connect_args={"options": "-c TimeZone=UTC"})
@@ -115,11 +111,11 @@ class AsyncDualWriter:
                 await asyncio.to_thread(cache.refresh)
             routes = cache.try_enter(subjects)
             if routes is not None:
-                return w._fence_checked(routes, routing, waited_since)[0]  # noqa: SLF001
+                return w.router.fence_checked(routes, routing, waited_since)[0]
             now = time.monotonic()
             if waited_since is None:
                 waited_since = now
-            w._fence_wait_step(subjects, waited_since, now)  # noqa: SLF001
+            w.router.fence_wait_step(subjects, waited_since, now)
             await asyncio.sleep(w.options.fence_poll)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(cache.refresh, force=True)
@@ -134,18 +130,18 @@ class AsyncDualWriter:
             try:
                 async with self.engines[route.authoritative].connect() as conn:
                     if (w.marks_writes and bypass.marks(route.phase)
-                            and w.data[route.authoritative].dialect.value == "postgresql"):
+                            and w.data[route.authoritative].dialect is Dialect.POSTGRESQL):
                         bypass.mark_transaction(conn.sync_connection, Dialect.POSTGRESQL)  # no SQL on PostgreSQL
                     uow = AsyncUnitOfWork(w, route, conn)
                     yield uow
-                    await uow._before_commit()
+                    await uow.note_keys()
                     await self._commit(route, uow, conn)
             except BaseException as exc:
-                if not isinstance(exc, GeneratorExit | asyncio.CancelledError) and not _secondary_only(exc):
-                    w.stats.count(st.PRIMARY, f"failure:{error_class(exc)}")
+                if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                    count_primary_failure(w.stats, exc)
                 raise
             committed = time.perf_counter()
-            if route.mirror_to is not None and any(t.table.strategy.value == "sync" for t in uow.touched):
+            if route.mirror_to is not None and any(t.table.method.mirrors_after_commit for t in uow.touched):
                 await asyncio.get_running_loop().run_in_executor(
                     w.executor, w.finish, route, uow.touched, started, committed)
             else:
@@ -171,28 +167,25 @@ class AsyncDualWriter:
 
     async def insert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         rt = self.writer.table(table)
-        async with self.unit_of_work(tenant=self.writer._tenant(rt, values, tenant),  # noqa: SLF001
-                                     entity=self.writer._entity(rt, values)) as uow:  # noqa: SLF001
+        async with self.unit_of_work(tenant=rt.tenant_of(values, tenant), entity=rt.entity_from(values)) as uow:
             return await uow.insert(table, values)
 
     async def update(self, table: str, key: KeyLike, values: Mapping[str, Any], *, tenant: str | None = None
                      ) -> int:
         rt = self.writer.table(table)
         k = rt.key_of(key)
-        async with self.unit_of_work(tenant=self.writer._tenant(rt, values, tenant),  # noqa: SLF001
-                                     entity=_entity_of(rt, k)) as uow:
+        async with self.unit_of_work(tenant=rt.tenant_of(values, tenant), entity=entity_of(rt, k)) as uow:
             return await uow.update(table, k, values)
 
     async def upsert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         rt = self.writer.table(table)
-        async with self.unit_of_work(tenant=self.writer._tenant(rt, values, tenant),  # noqa: SLF001
-                                     entity=self.writer._entity(rt, values)) as uow:  # noqa: SLF001
+        async with self.unit_of_work(tenant=rt.tenant_of(values, tenant), entity=rt.entity_from(values)) as uow:
             return await uow.upsert(table, values)
 
     async def delete(self, table: str, key: KeyLike, *, tenant: str | None = None) -> int:
         rt = self.writer.table(table)
         k = rt.key_of(key)
-        async with self.unit_of_work(tenant=tenant, entity=_entity_of(rt, k)) as uow:
+        async with self.unit_of_work(tenant=tenant, entity=entity_of(rt, k)) as uow:
             return await uow.delete(table, k)
 
     async def read(self, table: str, key: KeyLike, *, tenant: str | None = None) -> dict[str, Any] | None:
@@ -200,13 +193,11 @@ class AsyncDualWriter:
         w = self.writer
         rt = w.table(table)
         k = rt.key_of(key)
-        route = await self.route(tenant, _entity_of(rt, k))
+        route = await self.route(tenant, entity_of(rt, k))
         side = w.read_side(rt, route, k)
         handoff = w.shadow.start(rt.name, k, side.value) if w.shadow_enabled(route) and w.shadow.sampled() else None
         s = rt.sides[side]
-        sql = rt.read_sql.get(side)
-        if sql is None:
-            sql = rt.read_sql[side] = s.read_sql()
+        sql = rt.read_statement(side)
         started = time.perf_counter()
         try:
             async with self.engines[side].connect() as conn:

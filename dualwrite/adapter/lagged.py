@@ -32,11 +32,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dualwrite import stats as st
+from dualwrite.adapter._errors import error_class, short_error
+from dualwrite.adapter._tables import Key, TableRuntime, Touched
+from dualwrite.adapter._timing import record_secondary
 from dualwrite.mirror import mirror_keys, normal_key
 
 if TYPE_CHECKING:
     from dualwrite.adapter.phase import Routing, Side
-    from dualwrite.adapter.writer import DualWriter, Key, TableRuntime, Touched
+    from dualwrite.adapter.writer import DualWriter
 
 log = logging.getLogger("dualwrite.adapter")
 
@@ -109,10 +112,11 @@ class AsyncMirror:
             with self._cond:
                 if self._stop and not self._q and not self._busy:
                     break
-            self._publish()
+            self.publish_gauges()
             time.sleep(0.25)
 
-    def _publish(self) -> None:
+    def publish_gauges(self) -> None:
+        """Put the queue depth and the age of its oldest key into the statistics window (every 0.25 s)."""
         n, age = self.depth()
         self.writer.stats.gauge(st.ASYNC_DEPTH, float(n))
         self.writer.stats.gauge(st.ASYNC_AGE, round(age, 3))
@@ -153,22 +157,16 @@ class AsyncMirror:
         for (_name, a, b), group in groups.items():
             rt = group[0].table
             keys = list(dict.fromkeys(it.key for it in group))
-            lat_name = st.LAT_NEW if b.value == "new" else st.LAT_OLD
             started = time.perf_counter()
             try:
                 w.retry_stale(functools.partial(mirror_keys, w.data[a], w.data[b], rt.mapping_from(a), keys), a, b)
-                w.stats.record(counts=[(st.SECONDARY, "attempt", len(keys)), (st.SECONDARY, "success", len(keys))],
-                               latencies=[(lat_name, (time.perf_counter() - started) * 1000)])
+                record_secondary(w.stats, b, len(keys), started)
             except Exception as exc:  # noqa: BLE001 - never lost: the durable repair queue takes the keys
-                from dualwrite.adapter.writer import _short, error_class  # noqa: PLC0415
-
                 cls = error_class(exc)
-                w.stats.record(counts=[(st.SECONDARY, "attempt", len(keys)),
-                                       (st.SECONDARY, f"failure:{cls}", len(keys))],
-                               latencies=[(lat_name, (time.perf_counter() - started) * 1000)])
+                record_secondary(w.stats, b, len(keys), started, cls)
                 log.warning("migration %s: async secondary write of %d key(s) of %s to %s failed (%s); queued "
                             "for repair", w.migration, len(keys), rt.name, b.value, cls)
-                w.enqueue_repair(rt.name, keys, reason=f"async {cls}: {_short(exc)}", authoritative=a.value)
+                w.enqueue_repair(rt.name, keys, reason=f"async {cls}: {short_error(exc)}", authoritative=a.value)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued key is mirrored (or handed to the repair queue); False on timeout."""
@@ -179,7 +177,7 @@ class AsyncMirror:
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.1))
-        self._publish()
+        self.publish_gauges()
         return True
 
     def close(self, timeout: float = 30.0) -> None:

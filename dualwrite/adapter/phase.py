@@ -215,7 +215,7 @@ class PhaseCache:
                 for fn in self._listeners:
                     try:
                         fn(current)
-                    except Exception:  # noqa: BLE001 - a listener must not break the cache
+                    except Exception:  # a listener must not break the cache (logged with its traceback)
                         log.exception("phase listener failed")
             self._record(current.epoch)
             return current

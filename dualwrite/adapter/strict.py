@@ -48,7 +48,9 @@ from typing import TYPE_CHECKING, Any
 from dualwrite import bookkeeping as bk
 from dualwrite import control, hooks, sqlgen
 from dualwrite import rows as rowio
-from dualwrite import stats as st
+from dualwrite.adapter._errors import error_class, short_error
+from dualwrite.adapter._tables import Key, TableRuntime, Touched
+from dualwrite.adapter._timing import record_secondary
 from dualwrite.adapter.phase import Side
 from dualwrite.errors import StrictWriteError
 from dualwrite.keys import encode_key
@@ -58,7 +60,7 @@ from dualwrite.store import Dialect, Store, without_row_values
 
 if TYPE_CHECKING:
     from dualwrite.adapter.phase import Routing
-    from dualwrite.adapter.writer import DualWriter, Key, TableRuntime, Touched
+    from dualwrite.adapter.writer import DualWriter
 
 log = logging.getLogger("dualwrite.adapter")
 
@@ -130,22 +132,19 @@ class StrictStrategy:
         assert b is not None
         groups = _groups(touched)
         nkeys = sum(len(keys) for _, keys in groups.values())
-        lat_name = st.LAT_NEW if b.value == "new" else st.LAT_OLD
         token = uuid.uuid4().hex
         started = time.perf_counter()
         try:
             self._write_secondary(groups, a, b, dbapi_conn, rows, touched, token)
         except Exception as exc:
-            cls = _error_class(exc)
-            w.stats.record(counts=[(st.SECONDARY, "attempt", nkeys), (st.SECONDARY, f"failure:{cls}", nkeys)],
-                           latencies=[(lat_name, (time.perf_counter() - started) * 1000)])
+            cls = error_class(exc)
+            record_secondary(w.stats, b, nkeys, started, cls)
             for rt, keys in groups.values():  # it may have committed before the error reached us: level it
                 w.enqueue_repair(rt.name, keys, reason=f"strict {cls}", authoritative=a.value)
             raise StrictWriteError(f"migration {w.migration}: strict write failed on the {b.value} store "
-                                   f"(secondary, {cls}: {_short(exc)}); the {a.value} store rolled back, "
+                                   f"(secondary, {cls}: {short_error(exc)}); the {a.value} store rolled back, "
                                    "nothing was written", store=b.value, role="secondary") from exc
-        w.stats.record(counts=[(st.SECONDARY, "attempt", nkeys), (st.SECONDARY, "success", nkeys)],
-                       latencies=[(lat_name, (time.perf_counter() - started) * 1000)])
+        record_secondary(w.stats, b, nkeys, started)
         return Ticket(token, groups, a, b)
 
     def start(self) -> None:
@@ -164,7 +163,7 @@ class StrictStrategy:
             self._forget(ticket.b, ticket.token)
         return StrictWriteError(
             f"migration {self.writer.migration}: strict write failed on the {ticket.a.value} store (authoritative "
-            f"commit, {_error_class(exc)}: {_short(exc)}); the {ticket.b.value} store was "
+            f"commit, {error_class(exc)}: {short_error(exc)}); the {ticket.b.value} store was "
             + ("restored" if restored else "queued for repair"), store=ticket.a.value, role="authoritative")
 
     async def read_async(self, route: Routing, touched: Sequence[Touched], conn: Any) -> dict[str, list[Any]]:
@@ -182,7 +181,7 @@ class StrictStrategy:
             out[name] = rowio.finish_rows(mapping, [tuple(r) for r in res.fetchall()])
         return out
 
-    def _write_secondary(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Any, b: Any,
+    def _write_secondary(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Side, b: Side,
                          dbapi_conn: Any, rows: dict[str, list[Any]] | None,
                          touched: Sequence[Touched], token: str) -> None:
         """The rows as the open authoritative transaction sees them -> the other store, one transaction.
@@ -192,11 +191,44 @@ class StrictStrategy:
         all runs in autocommit (PostgreSQL): no separate COMMIT round trip."""
         w = self.writer
         target = w.data[b]
+        plans = self._plan(groups, a, b, dbapi_conn, rows, touched)
+        notes = [(w.migration, rt.name, json.dumps(encode_key(tuple(k))), token)
+                 for rt, keys in groups.values() for k in keys]
+        p = target.paramstyle
+        one_note = f"({p}, {p}, {p}, {p})"
+        statements = sum(bool(found) + bool(absent) for _, _, found, absent in plans)
+        # PostgreSQL, one row written or deleted: the note rides in the same statement, autocommitted
+        fold = target.dialect is Dialect.POSTGRESQL and statements == 1 and all(len(f) <= 1 for _, _, f, _ in plans)
+        hooks.point("strict.before_secondary_write")
+        with target.connect() as tconn:
+            auto = _autocommit(tconn, target.dialect, fold)
+            try:
+                if not auto:
+                    cur = tconn.cursor()
+                    cur.executemany(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES "
+                                    f"{one_note}", notes)
+                    cur.close()
+                head = (f"WITH dw_n AS (INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES "
+                        f"{', '.join([one_note] * len(notes))}) ") if auto else ""
+                head_params = [v for n in notes for v in n] if auto else []
+                for rt, dst, found, absent in plans:
+                    self._apply(tconn, rt, a, dst, found, absent, head, head_params)
+                if not auto:
+                    tconn.commit()
+            finally:
+                if auto:
+                    tconn.autocommit = False
+
+    def _plan(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Side, b: Side, dbapi_conn: Any,
+              rows: dict[str, list[Any]] | None, touched: Sequence[Touched]
+              ) -> list[tuple[TableRuntime, Any, list[Any], list[Key]]]:
+        """Per table: (table, the other store's side of it, source rows to write, keys to delete there)."""
+        w = self.writer
         last = {(t.table.name, normal_key(t.key)): t for t in touched}
         plans: list[tuple[TableRuntime, Any, list[Any], list[Key]]] = []
         for rt, keys in groups.values():
             mapping = rt.mapping_from(a)
-            src, dst = source_side(mapping, w.data[a]), target_side(mapping, target)
+            src, dst = source_side(mapping, w.data[a]), target_side(mapping, w.data[b])
             fast = rt.fast[a]
             found: list[Any] = []
             absent: list[Key] = []
@@ -221,52 +253,32 @@ class StrictStrategy:
                 found += read
                 absent += [k for k in unknown if k not in present]
             plans.append((rt, dst, found, absent))
-        notes = [(w.migration, rt.name, json.dumps(encode_key(tuple(k))), token)
-                 for rt, keys in groups.values() for k in keys]
-        p = target.paramstyle
-        one_note = f"({p}, {p}, {p}, {p})"
-        statements = sum(bool(found) + bool(absent) for _, _, found, absent in plans)
-        # PostgreSQL, one row written or deleted: the note rides in the same statement, autocommitted
-        fold = target.dialect is Dialect.POSTGRESQL and statements == 1 and all(len(f) <= 1 for _, _, f, _ in plans)
-        hooks.point("strict.before_secondary_write")
-        with target.connect() as tconn:
-            auto = _autocommit(tconn, target.dialect, fold)
-            try:
-                if not auto:
-                    cur = tconn.cursor()
-                    cur.executemany(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES "
-                                    f"{one_note}", notes)
-                    cur.close()
-                head = (f"WITH dw_n AS (INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES "
-                        f"{', '.join([one_note] * len(notes))}) ") if auto else ""
-                head_params = [v for n in notes for v in n] if auto else []
-                for rt, dst, found, absent in plans:
-                    mapping = rt.mapping_from(a)
-                    try:
-                        if absent:
-                            keys = [rowio.adapt_key(k, dst.key_kinds, target.dialect) for k in absent]
-                            sql, params = sqlgen.delete_keys_sql(dst, keys)
-                            cur = tconn.cursor()
-                            cur.execute(head + sql, (*head_params, *params))
-                            cur.close()
-                        if len(found) == 1 and not absent:  # a plain execute (executemany pipelines: more waits)
-                            sql, adapters = self._upsert(rt, a, mapping, dst)
-                            cur = tconn.cursor()
-                            cur.execute(head + sql, (*head_params, *rowio.adapt(found, adapters)[0]))
-                            cur.close()
-                        elif found:
-                            rowio.write_rows(tconn, mapping, dst, found, insert_only=False, only_if_newer=False)
-                    except Exception as exc:
-                        clean = without_row_values(exc, f"strict write {mapping.source_table} -> "
-                                                        f"{mapping.target_table}")
-                        if clean is exc:
-                            raise
-                        raise clean from None
-                if not auto:
-                    tconn.commit()
-            finally:
-                if auto:
-                    tconn.autocommit = False
+        return plans
+
+    def _apply(self, tconn: Any, rt: TableRuntime, a: Side, dst: Any, found: list[Any], absent: list[Key],
+               head: str, head_params: list[Any]) -> None:
+        """One table's rows and deletions on the other store's connection (``head``: the folded note)."""
+        mapping = rt.mapping_from(a)
+        target = dst.store
+        try:
+            if absent:
+                keys = [rowio.adapt_key(k, dst.key_kinds, target.dialect) for k in absent]
+                sql, params = sqlgen.delete_keys_sql(dst, keys)
+                cur = tconn.cursor()
+                cur.execute(head + sql, (*head_params, *params))
+                cur.close()
+            if len(found) == 1 and not absent:  # a plain execute (executemany pipelines: more waits)
+                sql, adapters = self._upsert(rt, a, mapping, dst)
+                cur = tconn.cursor()
+                cur.execute(head + sql, (*head_params, *rowio.adapt(found, adapters)[0]))
+                cur.close()
+            elif found:
+                rowio.write_rows(tconn, mapping, dst, found, insert_only=False, only_if_newer=False)
+        except Exception as exc:
+            clean = without_row_values(exc, f"strict write {mapping.source_table} -> {mapping.target_table}")
+            if clean is exc:
+                raise
+            raise clean from None
 
     def _upsert(self, rt: TableRuntime, a: Side, mapping: Any, dst: Any) -> tuple[str, list[Any]]:
         """The unguarded upsert of one row into the other store, and the driver adapters (cached)."""
@@ -286,7 +298,7 @@ class StrictStrategy:
             return True
         except Exception as exc:  # noqa: BLE001 - the note stays in the repair queue
             log.warning("migration %s: cannot restore the %s store after a failed strict commit (%s); the keys "
-                        "are repaired from the repair queue", w.migration, b.value, _error_class(exc))
+                        "are repaired from the repair queue", w.migration, b.value, error_class(exc))
             return False
 
     # -- deleting the notes of finished writes, off the request path -------------------------------------
@@ -315,7 +327,7 @@ class StrictStrategy:
                     self.sweep()
                 except Exception as exc:  # noqa: BLE001 - next time
                     log.warning("migration %s: cannot sweep strict notes (%s)", self.writer.migration,
-                                _error_class(exc))
+                                error_class(exc))
 
     def flush(self) -> int:
         """Delete the notes of finished strict writes; returns how many were cleared (a concurrent flush is
@@ -335,7 +347,7 @@ class StrictStrategy:
                         bk.execute(store, f"DELETE FROM {NOTES} WHERE token IN ({', '.join([p] * len(part))})", part)
                 except Exception as exc:  # noqa: BLE001 - a note left behind is one harmless repair
                     log.warning("migration %s: cannot clear %d strict note(s) (%s); they will be repaired instead",
-                                self.writer.migration, len(tokens), _error_class(exc))
+                                self.writer.migration, len(tokens), error_class(exc))
             return len(done)
 
     def sweep(self, older_than: float | None = None) -> int:
@@ -352,7 +364,7 @@ class StrictStrategy:
                 found = bk.query(store, f"SELECT id, table_name, key_json FROM {NOTES} WHERE migration = {p} AND "
                                         f"created_at <= {before} ORDER BY id LIMIT 1000", [w.migration, param])
             except Exception as exc:  # noqa: BLE001 - no notes table there (yet): nothing to sweep
-                log.debug("no strict notes on the %s store: %s", side.value, _error_class(exc))
+                log.debug("no strict notes on the %s store: %s", side.value, error_class(exc))
                 continue
             if not found:
                 continue
@@ -388,10 +400,8 @@ def _groups(touched: Sequence[Touched]) -> dict[str, tuple[TableRuntime, list[Ke
 
 
 def strict_groups(touched: Sequence[Touched]) -> list[Touched]:
-    """The touched keys of tables whose strategy is strict."""
-    from dualwrite.spec import Strategy  # noqa: PLC0415
-
-    return [t for t in touched if t.table.strategy is Strategy.STRICT]
+    """The touched keys of tables whose capture method writes the other store before the commit (strict)."""
+    return [t for t in touched if t.table.method.writes_before_commit]
 
 
 def _autocommit(conn: Any, dialect: Dialect, single: bool) -> bool:
@@ -399,19 +409,7 @@ def _autocommit(conn: Any, dialect: Dialect, single: bool) -> bool:
         try:
             conn.autocommit = True  # one statement: no separate COMMIT round trip
             return True
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the driver refused: commit in a second round trip
             return False
     return False
-
-
-def _error_class(exc: BaseException) -> str:
-    from dualwrite.adapter.writer import error_class  # noqa: PLC0415 - the writer imports this module
-
-    return error_class(exc)
-
-
-def _short(exc: BaseException) -> str:
-    from dualwrite.adapter.writer import _short as short  # noqa: PLC0415
-
-    return short(exc)
 

@@ -47,9 +47,27 @@ class CaptureMethod:
     """The relay's lag is a cutover gate (the capture runs behind the application's writes)."""
     latency_measurable: bool
     """The adapter's whole call can be timed against the authoritative write (the p99 latency gate)."""
+    notes_keys: bool
+    """The adapter appends each written key to the key log inside the authoritative transaction (outbox)."""
+    writes_before_commit: bool
+    """The adapter writes and commits the other store inside the open authoritative transaction, before its
+    commit; either store failing fails the request (strict)."""
+    mirrors_after_commit: bool
+    """The adapter writes the other store right after the authoritative commit, before the call returns,
+    from the committed row image where it has one (the fast path), else by re-reading the row (sync)."""
+    queues_keys: bool
+    """The adapter queues the keys for its background workers after the commit; the call does not wait
+    (async)."""
+
     all_or_nothing: bool = False
     """A request that raised changed neither store (once repairs ran): the application may retry it or
     report it as not done. Only ``strict`` promises it (the others never fail a request for the other store)."""
+
+    @property
+    def in_call(self) -> bool:
+        """The other store has the write when the application's call returns (strict, sync): a read right
+        after it may be served by either store, and the committed row image is worth returning."""
+        return self.writes_before_commit or self.mirrors_after_commit
 
     @property
     def relayed(self) -> bool:
