@@ -545,3 +545,37 @@ async def test_a_strict_or_async_migration_runs_without_a_relay(dw: Any, tempora
             await temporal_client.get_workflow_handle(relay_workflow_id(name)).describe()
     finally:
         await handle.terminate("test over")
+
+
+@pytest.mark.parametrize("pair", ["pg_old>pg_new", "my_old>pg_new"])
+def test_strict_commit_whose_reply_was_lost_is_a_success_not_a_failure(
+        request: pytest.FixtureRequest, pair: str, fetch: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The authoritative COMMIT commits but its reply never arrives (a reset connection): the driver raises.
+    Both stores have the write, so the request succeeded; telling the application it failed (and
+    restoring the other store from the committed row) left a write in both stores that the application
+    was told failed (chaos mariadb-pg strict, CUTOVER_WRITES: 1 of 1,429)."""
+    import sqlalchemy as sa
+
+    old_name, new_name = pair.split(">")
+    old, new = request.getfixturevalue(old_name), request.getfixturevalue(new_name)
+    m = make_migration(old, new, "strict", options=_opts(strict_note_grace=60.0))
+    real_commit = sa.engine.Connection.commit
+
+    def commit_then_lose_the_reply(self: sa.engine.Connection) -> None:
+        real_commit(self)
+        raise sa.exc.OperationalError("COMMIT", {}, ConnectionResetError("connection reset by peer"))
+
+    try:
+        m.publish("DUAL_WRITE")
+        t, w = m.models.customers, m.writer
+        with monkeypatch.context() as patch:
+            patch.setattr(sa.engine.Connection, "commit", commit_then_lose_the_reply)
+            (k,) = w.insert(t, _row("committed, reply lost", id=9_000_021))  # no exception: it committed
+        assert m.row("old", t, k)["name"] == "committed, reply lost"
+        assert m.row("new", t, k)["name"] == "committed, reply lost"
+        w.strict.flush()  # type: ignore[union-attr]
+        assert control.repair_queue_depth(m.control, m.name) == 0
+        for store in (old, new):  # the secondary's note and the authoritative marker are both gone
+            assert fetch(store, f"SELECT count(*) FROM {NOTES} WHERE migration = '{m.name}'") == [(0,)]
+    finally:
+        m.close()

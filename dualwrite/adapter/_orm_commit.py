@@ -91,8 +91,10 @@ def strict_end(session: Session, binding: OrmBinding, *, committed: bool) -> Non
         return
     if committed:
         binding.writer.strict.committed(ticket)
-    else:
-        log.warning("%s", binding.writer.strict.commit_failed(ticket, RuntimeError("the commit did not happen")))
+        return
+    failure = RuntimeError("the commit did not happen")
+    if not binding.writer.strict.commit_stands(ticket, failure):  # a lost reply: both stores have the write
+        log.warning("%s", binding.writer.strict.commit_failed(ticket, failure))
 
 
 def after_rollback(session: Session) -> None:

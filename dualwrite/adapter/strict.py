@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from dualwrite import bookkeeping as bk
 from dualwrite import control, hooks, sqlgen
 from dualwrite import rows as rowio
+from dualwrite.adapter._commit_outcome import MARKER_TABLE, CommitMarker, Outcome, outcome_of, take_marker
 from dualwrite.adapter._errors import error_class, short_error
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.adapter._timing import record_secondary
@@ -91,6 +92,8 @@ class Ticket:
     groups: dict[str, tuple[TableRuntime, list[Key]]]
     a: Side
     b: Side
+    marker: CommitMarker | None = None
+    """Identifies the authoritative transaction after its connection is gone (:mod:`._commit_outcome`)."""
 
 
 class StrictStrategy:
@@ -118,8 +121,21 @@ class StrictStrategy:
         try:
             commit()
         except Exception as exc:
+            if self.commit_stands(ticket, exc):
+                return
             raise self.commit_failed(ticket, exc) from exc
         self.committed(ticket)
+
+    def commit_stands(self, ticket: Ticket, exc: BaseException) -> bool:
+        """The authoritative commit raised: did it commit all the same (its reply lost)? Then both stores
+        have the write and the request succeeded: the note goes, nothing is restored, nothing is raised."""
+        w = self.writer
+        if outcome_of(w.data[ticket.a], ticket.marker, NOTES) is not Outcome.COMMITTED:
+            return False
+        log.warning("migration %s: the %s store's commit reported %s but committed: the strict write stands in "
+                    "both stores", w.migration, ticket.a.value, error_class(exc))
+        self.committed(ticket)
+        return True
 
     def prepare(self, route: Routing, touched: Sequence[Touched], dbapi_conn: Any,
                 rows: dict[str, list[Any]] | None = None) -> Ticket:
@@ -133,6 +149,7 @@ class StrictStrategy:
         groups = _groups(touched)
         nkeys = sum(len(keys) for _, keys in groups.values())
         token = uuid.uuid4().hex
+        marker = self._marker(a, dbapi_conn, token)
         started = time.perf_counter()
         try:
             self._write_secondary(groups, a, b, dbapi_conn, rows, touched, token)
@@ -145,7 +162,18 @@ class StrictStrategy:
                                    f"(secondary, {cls}: {short_error(exc)}); the {a.value} store rolled back, "
                                    "nothing was written", store=b.value, role="secondary") from exc
         record_secondary(w.stats, b, nkeys, started)
-        return Ticket(token, groups, a, b)
+        return Ticket(token, groups, a, b, marker)
+
+    def _marker(self, a: Side, dbapi_conn: Any, token: str) -> CommitMarker | None:
+        """Step 0, in the authoritative transaction: what tells later whether its commit happened."""
+        if dbapi_conn is None:  # the async adapter: its transaction lives on the event loop's connection
+            return None
+        try:
+            return take_marker(dbapi_conn, self.writer.data[a], NOTES, self.writer.migration, token)
+        except Exception as exc:
+            raise StrictWriteError(f"migration {self.writer.migration}: strict write failed on the {a.value} store "
+                                   f"(authoritative, {error_class(exc)}: {short_error(exc)}); nothing was written",
+                                   store=a.value, role="authoritative") from exc
 
     def start(self) -> None:
         """Start the background clean-up and sweep (the writer calls it: a restarted process sweeps at once)."""
@@ -153,8 +181,10 @@ class StrictStrategy:
             self._start()
 
     def committed(self, ticket: Ticket) -> None:
-        """Step 4: both stores have the write; the note goes (off the request path)."""
+        """Step 4: both stores have the write; the note goes (off the request path), and a marker row with it."""
         self._forget(ticket.b, ticket.token)
+        if ticket.marker is not None and ticket.marker.dialect is Dialect.MYSQL:
+            self._forget(ticket.a, ticket.token)
 
     def commit_failed(self, ticket: Ticket, exc: BaseException) -> StrictWriteError:
         """The authoritative commit failed after the other store committed: restore it; the error to raise."""
@@ -362,7 +392,12 @@ class StrictStrategy:
             before, param = bk.now_plus(store, -grace)
             try:
                 found = bk.query(store, f"SELECT id, table_name, key_json FROM {NOTES} WHERE migration = {p} AND "
-                                        f"created_at <= {before} ORDER BY id LIMIT 1000", [w.migration, param])
+                                        f"created_at <= {before} AND table_name <> '{MARKER_TABLE}' "
+                                        "ORDER BY id LIMIT 1000",
+                                 [w.migration, param])
+                # markers of committed writes whose clean-up failed: nothing to repair, only to delete
+                bk.execute(store, f"DELETE FROM {NOTES} WHERE migration = {p} AND created_at <= {before} AND "
+                                  f"table_name = '{MARKER_TABLE}'", [w.migration, param])
             except Exception as exc:  # noqa: BLE001 - no notes table there (yet): nothing to sweep
                 log.debug("no strict notes on the %s store: %s", side.value, error_class(exc))
                 continue
