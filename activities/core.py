@@ -37,7 +37,7 @@ from activities.owners import OwnerCheck
 from activities.stores import StoreCache
 from dualwrite import control, gates, hooks
 from dualwrite.config import StoreResolver, redact
-from dualwrite.copy import CopyProgress, copy_range, plan_bounds
+from dualwrite.backfill_copy import CopyProgress, copy_range, plan_bounds
 from dualwrite.errors import (
     ConfigError,
     DualwriteError,
@@ -305,7 +305,7 @@ class DualwriteActivities:
     def plan_ranges(self, inp: PlanRangesInput) -> RangePlan:
         """Split a table's key space into ``ranges`` ranges of about equal row counts.
 
-        Boundaries come from :func:`dualwrite.copy.plan_bounds` (index walks, or a sample for string keys
+        Boundaries come from :func:`dualwrite.backfill_copy.plan_bounds` (index walks, or a sample for string keys
         compared bytewise), so only a few key values reach history. A background thread heartbeats while
         its queries run: a dead worker's plan moves to another worker within the heartbeat timeout."""
         with mapped_errors(), heartbeating():

@@ -1,7 +1,7 @@
 """Moving row images between stores: read mapped rows from a source, write them guarded into a target.
 
 This is the engine-neutral path (any source, any target, Python transforms allowed). The PostgreSQL to
-PostgreSQL pass-through that never materialises rows in Python lives in :mod:`dualwrite.copy`.
+PostgreSQL pass-through that never materialises rows in Python lives in :mod:`dualwrite.stores.sql` (its fast backfill routes).
 """
 
 from __future__ import annotations
