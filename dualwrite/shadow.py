@@ -161,7 +161,7 @@ class TableComparator:
                 continue  # not loaded on this side (a deferred ORM column)
             try:
                 known, old_v = self._old_value(plan, old)
-            except Exception:  # noqa: BLE001 - a transform that fails on this row: compare what we can
+            except Exception:  # noqa: BLE001, S112 - a transform that fails on this row: compare what we can
                 continue
             if not known:
                 continue
@@ -240,7 +240,7 @@ class Scheduler:
                 _, _, fn = heapq.heappop(self._heap)
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - a job must not kill the scheduler
+            except Exception:
                 log.exception("scheduled job failed")
 
     def stop(self, run_pending: bool = False) -> None:
@@ -253,7 +253,7 @@ class Scheduler:
         for fn in jobs:
             try:
                 fn()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("scheduled job failed")
 
 
