@@ -41,6 +41,7 @@ import structlog
 from dualwrite.canonical import canonical_value, encode_row
 from dualwrite.mapping import SourceKind, TableMapping
 from dualwrite.stats import SHADOW, Stats
+from dualwrite.stores import Role, kind_for, normal_key
 
 log = logging.getLogger("dualwrite.shadow")
 slog = structlog.get_logger("dualwrite.shadow")
@@ -53,6 +54,24 @@ RowReader = Callable[[str, str, Key], dict[str, Any] | None]
 RowsReader = Callable[[str, str, list[Key]], dict[Key, dict[str, Any] | None]]
 
 MISSING, EXTRA, FIELD = "missing", "extra", "field_different"
+
+
+def kind_rows_reader(stores: Mapping[str, Any], mappings: Mapping[str, TableMapping]) -> RowsReader:
+    """A :data:`RowsReader` through the stores' kinds (:mod:`dualwrite.stores`), for any kind of store.
+
+    ``stores`` maps a side ('old', 'new') to its store, ``mappings`` a source table to its mapping: 'old'
+    reads the mapping's source table, 'new' its target table, each row as that store keeps it.
+    """
+    def read(table: str, side: str, keys: list[Key]) -> dict[Key, dict[str, Any] | None]:
+        store, mapping = stores[side], mappings[table]
+        kind = kind_for(store)
+        rows = kind.table(store, mapping, Role.SOURCE if side == "old" else Role.TARGET)
+        wanted = {normal_key(k): k for k in keys}
+        with kind.connect(store) as conn:
+            found = rows.stored_rows(conn, list(wanted))
+        return {wanted[k]: row for k, row in found.items() if k in wanted}
+
+    return read
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,12 @@ class MappedTable(Protocol):
         """The normal key of a row read from this side."""
         ...
 
+    def stored_rows(self, conn: Any, keys: Sequence[Key]) -> dict[Key, dict[str, Any]]:
+        """The rows of these keys as this side's table stores them (every column, by that store's column
+        names), by normal key; a key without a row is left out. Shadow reads compare these. Ends the
+        transaction."""
+        ...
+
     # -- writing rows (target side) ----------------------------------------------------------------------
 
     def upsert(self, conn: Any, rows: list[Row], *, insert_only: bool, only_if_newer: bool) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 from dualwrite.errors import StoreError
 from dualwrite.stores._kind import StoreKind
 
-#: URL scheme (before any ``+driver``) -> "module:attribute" of the kind's instance
-_KINDS: dict[str, str] = {
+#: URL scheme (before any ``+driver``) -> "module:attribute" of the kind's instance, or the instance
+_KINDS: dict[str, str | StoreKind] = {
     "postgresql": "dualwrite.stores.sql:SQL",
     "postgres": "dualwrite.stores.sql:SQL",
     "mysql": "dualwrite.stores.sql:SQL",
@@ -25,9 +25,9 @@ _loaded: dict[str, StoreKind] = {}
 _lock = threading.Lock()
 
 
-def register_kind(scheme: str, target: str) -> None:
-    """Serve stores whose URL starts with ``scheme://`` (or ``scheme+driver://``) by the kind at
-    ``"module:attribute"``; replaces an earlier registration of the scheme."""
+def register_kind(scheme: str, target: str | StoreKind) -> None:
+    """Serve stores whose URL starts with ``scheme://`` (or ``scheme+driver://``) by a kind: an instance,
+    or the ``"module:attribute"`` path of one (imported on first use). Replaces an earlier registration."""
     with _lock:
         _KINDS[scheme.lower()] = target
         _loaded.pop(scheme.lower(), None)
@@ -50,7 +50,10 @@ def kind_for(store: Any) -> StoreKind:
         if target is None:
             raise StoreError(f"store {store.name!r}: no store kind serves {scheme!r} URLs "
                              f"(known: {', '.join(sorted(_KINDS))})")
-        module, _, attr = target.partition(":")
-        loaded: StoreKind = getattr(importlib.import_module(module), attr)
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            loaded: StoreKind = getattr(importlib.import_module(module), attr)
+        else:
+            loaded = target
         _loaded[scheme] = loaded
     return loaded

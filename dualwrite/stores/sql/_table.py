@@ -56,6 +56,19 @@ class SqlTable:
     def read_keys(self, conn: Any, keys: Sequence[Key], *, lock: bool = False) -> list[Row]:
         return rowio.read_keys(conn, self.mapping, self.side, [self.driver_key(k) for k in keys], lock=lock)
 
+    def stored_rows(self, conn: Any, keys: Sequence[Key]) -> dict[Key, dict[str, Any]]:
+        if not keys:
+            return {}
+        info = self.mapping.source_info if self.role is Role.SOURCE else self.mapping.target_info
+        names = list(info.columns)
+        side = self.side
+        where, params = side.keys_predicate([self.driver_key(k) for k in keys])
+        sql = f"SELECT {', '.join(self.store.quote(c) for c in names)} FROM {side.qtable} WHERE {where}"
+        found = rowio.fetch(conn, sql, params)
+        conn.rollback()
+        positions = [names.index(k) for k in side.key]
+        return {normal_key(tuple(r[p] for p in positions)): dict(zip(names, r, strict=True)) for r in found}
+
     # -- writing rows ------------------------------------------------------------------------------------
 
     def upsert(self, conn: Any, rows: list[Row], *, insert_only: bool, only_if_newer: bool) -> None:
