@@ -5,9 +5,10 @@ source. A chunk is committed on its own and the cursor is reported after the com
 most one chunk, and redoing it is harmless.
 
 Live writes win over backfill (DESIGN rule 4):
-- rows are *inserted*, never overwrite: on a conflict the chunk falls back to a staging table and an
-  ``INSERT ... ON CONFLICT`` that updates only when the incoming version is newer (or not at all without a
-  version column: whatever a live mirror wrote is at least as new as the backfill's snapshot);
+- rows are *inserted*, never overwrite: on a conflict the chunk falls back to an upsert that updates only
+  when the incoming version is newer (or not at all without a version column: whatever a live mirror wrote
+  is at least as new as the backfill's snapshot), ``MappedTable.insert_chunk`` (the SQL kind stages the
+  chunk and merges it with one guarded statement);
 - after the commit the chunk's key set is compared on both sides (:mod:`dualwrite.keycheck`); a row
   deleted while the chunk was in flight, or a live write whose mirror is still on its way, is settled
   through the mirror primitive, which reads the source row under lock. The check runs in a second
