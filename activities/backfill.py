@@ -14,7 +14,7 @@ from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating, raise_if_stopping, stopping
 from activities.stores import StoreCache
 from dualwrite import control
-from dualwrite.copy import CopyProgress, copy_range, plan_bounds
+from dualwrite.backfill_copy import CopyProgress, copy_range, plan_bounds
 from dualwrite.keys import decode_key, encode_key
 from dualwrite.rowcount import estimate_rows
 from workflows.models import (
@@ -43,7 +43,7 @@ class BackfillActivities:
     def plan_ranges(self, inp: PlanRangesInput) -> RangePlan:
         """Split a table's key space into ``ranges`` ranges of about equal row counts.
 
-        Boundaries come from :func:`dualwrite.copy.plan_bounds` (index walks, or a sample for string keys
+        Boundaries come from :func:`dualwrite.backfill_copy.plan_bounds` (index walks, or a sample for string keys
         compared bytewise), so only a few key values reach history. A background thread heartbeats while
         its queries run: a dead worker's plan moves to another worker within the heartbeat timeout."""
         with mapped_errors(), heartbeating():

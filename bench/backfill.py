@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
+from dualwrite.backfill_copy import CopyProgress, copy_range  # noqa: E402
 from dualwrite.config import StoreRef  # noqa: E402
-from dualwrite.copy import CopyProgress, copy_range  # noqa: E402
 from dualwrite.mapping import identity_mapping  # noqa: E402
 from dualwrite.store import Store  # noqa: E402
 

@@ -44,8 +44,8 @@ _EXPORTS: dict[str, str] = {
     # the data path
     "mirror_keys": "dualwrite.mirror",
     "MirrorResult": "dualwrite.mirror",
-    "copy_range": "dualwrite.copy",
-    "CopyProgress": "dualwrite.copy",
+    "copy_range": "dualwrite.backfill_copy",
+    "CopyProgress": "dualwrite.backfill_copy",
     "verify_range": "dualwrite.verify",
     "verify_keys": "dualwrite.verify",
     "VerifyReport": "dualwrite.verify",

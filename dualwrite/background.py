@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 from dualwrite import keycheck
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import MirrorResult
-from dualwrite.sqlgen import Key
-from dualwrite.store import Store, is_transient
+from dualwrite.store import Store
+from dualwrite.stores import Key, kind_for
 
 T = TypeVar("T")
 
@@ -92,6 +92,7 @@ class KeyChecker:
 
     def __init__(self, source: Store, target: Store, mapping: TableMapping) -> None:
         self.source, self.target, self.mapping = source, target, mapping
+        self._skind, self._tkind = kind_for(source), kind_for(target)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dualwrite-key-check")
         self._conns: contextlib.ExitStack | None = None
         self._sconn: Any = None
@@ -100,14 +101,15 @@ class KeyChecker:
     def _check(self, lo: Key | None, hi: Key | None) -> MirrorResult:
         if self._conns is None:
             self._conns = contextlib.ExitStack()
-            self._sconn = self._conns.enter_context(self.source.connect())
-            self._tconn = self._conns.enter_context(self.target.connect())
+            self._sconn = self._conns.enter_context(self._skind.connect(self.source))
+            self._tconn = self._conns.enter_context(self._tkind.connect(self.target))
         for attempt in range(CHECK_ATTEMPTS):
             try:
                 return keycheck.settle_range(self.source, self.target, self.mapping, self._sconn, self._tconn,
                                              lo, hi)
             except Exception as exc:
-                if not is_transient(exc) or attempt == CHECK_ATTEMPTS - 1:
+                transient = self._skind.is_transient(exc) or self._tkind.is_transient(exc)
+                if not transient or attempt == CHECK_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 

@@ -82,7 +82,7 @@ def create_all(store: Store, statements: Sequence[str]) -> None:
     for sql in statements:
         try:
             execute(store, sql)
-        except Exception as exc:  # noqa: BLE001 - a concurrent CREATE may lose the race
+        except Exception as exc:
             text = str(exc).lower()
             if "already exists" not in text and "duplicate" not in text:
                 raise

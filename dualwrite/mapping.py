@@ -312,154 +312,199 @@ def _reverse_plan(spec: TableSpec, col: str, rule: ReverseMap, source: TableInfo
     return ColumnPlan(col, SourceKind.EXPR, expr=rule.expr, inputs=expr_columns(rule.expr, target.columns))
 
 
+class _TableCompiler:
+    """Compiles one table spec against both schemas, collecting every problem on the way (one method per
+    part of the plan: keys, column plans, the target key, the version column)."""
+
+    def __init__(self, spec: TableSpec, source: TableInfo, target: TableInfo, where: str) -> None:
+        self.spec, self.source, self.target = spec, source, target
+        self.at = where or f"table {spec.source}"
+        self.problems: list[Problem] = []
+        self.plans: list[ColumnPlan] = []
+        self.used_sources: set[str] = set()
+        self.guessing = False  # a mapping names a missing column: which source column it meant is unknown
+
+    def bad(self, sub: str, msg: str) -> None:
+        self.problems.append(Problem(f"{self.at}{sub}", msg))
+
+    def _no_source_column(self, sub: str, name: str) -> None:
+        self.bad(sub, f"column {name!r} does not exist in source table {self.spec.source}"
+                      f"{_did_you_mean(name, list(self.source.columns))}")
+
+    # -- the source key (DESIGN rule 5): rows must be told apart on the source, or no write can be mirrored
+
+    def _not_null(self, cols: Sequence[str]) -> bool:
+        return all(c in self.source.columns and not self.source.columns[c].nullable for c in cols)
+
+    def source_key(self) -> list[str]:
+        spec, source = self.spec, self.source
+        uniques = [list(source.primary_key)] if source.primary_key else []
+        uniques += sorted((list(u) for u in source.unique_keys if u), key=lambda u: not self._not_null(u))
+        key = list(spec.key) if spec.key else list(next(iter(uniques), []))
+        if not uniques:
+            self.bad(".key", f"source table {spec.source} has no primary or unique key: its rows cannot be told "
+                             "apart, so writes cannot be mirrored, copied or verified; add a primary key to it first")
+        missing = [k for k in key if k not in source.columns]
+        for k in missing:
+            self.bad(".key", f"key column {k!r} does not exist in source table {spec.source}"
+                             f"{_did_you_mean(k, list(source.columns))}")
+        if uniques and key and not missing:
+            self._check_key_unique(key, uniques)
+        return key
+
+    def _check_key_unique(self, key: list[str], uniques: list[list[str]]) -> None:
+        spec, source = self.spec, self.source
+        covered = [u for u in uniques if set(u) <= set(key)]
+        if not covered:
+            known = "; ".join(", ".join(u) for u in uniques)
+            self.bad(".key", f"key ({', '.join(key)}) is not unique in source table {spec.source}: name its "
+                             f"primary key or a unique key ({known})")
+        elif not any(u == list(source.primary_key) or self._not_null(u) for u in covered):
+            # a unique key on nullable columns admits any number of rows whose key is NULL
+            nullable = [k for k in covered[0] if source.columns[k].nullable]
+            self.bad(".key", f"key column(s) {', '.join(nullable)} of source table {spec.source} may be NULL, and "
+                             "rows with a NULL key cannot be told apart: make them NOT NULL or use the primary key")
+
+    # -- column plans: explicit mappings first, then same-named columns
+
+    def explicit_plans(self) -> None:
+        for tcol, cmap in self.spec.columns.items():
+            sub = f".columns.{tcol}"
+            if tcol not in self.target.columns:
+                self.bad(sub, f"column {tcol!r} does not exist in target table {self.spec.target_table}"
+                              f"{_did_you_mean(tcol, list(self.target.columns))}")
+                if cmap.from_:
+                    self.used_sources.add(cmap.from_)  # the source side is spoken for; one complaint is enough
+                continue
+            if cmap.transform:
+                self._transform_plan(tcol, sub, cmap.transform, cmap.from_)
+            elif cmap.from_ is not None:
+                self._column_plan(tcol, sub, cmap.from_)
+            elif cmap.expr is not None:
+                self.plans.append(ColumnPlan(tcol, SourceKind.EXPR, expr=cmap.expr,
+                                             inputs=expr_columns(cmap.expr, self.source.columns)))
+            else:
+                msg = _default_problem(cmap.default, self.target.columns[tcol])
+                if msg:
+                    self.bad(sub, msg)
+                self.plans.append(ColumnPlan(tcol, SourceKind.DEFAULT, value=cmap.default))
+
+    def _transform_plan(self, tcol: str, sub: str, dotted: str, from_: str | None) -> None:
+        fn: Callable[[Any], Any] | None
+        try:
+            fn = load_callable(dotted)
+        except Exception as exc:  # noqa: BLE001 - report any import failure as a problem
+            self.bad(sub, f"cannot import transform {dotted!r}: {exc}")
+            fn = None
+        if from_ and from_ not in self.source.columns:
+            self._no_source_column(sub, from_)
+            self.guessing = True
+        if from_:
+            self.used_sources.add(from_)
+        whole_row = tuple(c for c in self.source.columns if c not in self.spec.drop)
+        self.plans.append(ColumnPlan(tcol, SourceKind.TRANSFORM, source=from_, transform=fn,
+                                     inputs=(from_,) if from_ else whole_row))
+
+    def _column_plan(self, tcol: str, sub: str, from_: str) -> None:
+        if from_ not in self.source.columns:
+            self._no_source_column(sub, from_)
+            self.guessing = True
+            return
+        msg = _type_problem(self.source.columns[from_], self.target.columns[tcol])
+        if msg:
+            self.bad(sub, msg)
+        self.used_sources.add(from_)
+        self.plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=from_, inputs=(from_,)))
+
+    def implicit_plans(self) -> None:
+        mapped_targets = {p.target for p in self.plans} | set(self.spec.columns)
+        for tcol, col in self.target.columns.items():
+            if tcol in mapped_targets:
+                continue
+            if tcol in self.source.columns and tcol not in self.spec.drop:
+                msg = _type_problem(self.source.columns[tcol], col)
+                if msg:
+                    self.bad(f".columns.{tcol}", msg)
+                self.plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=tcol, inputs=(tcol,)))
+                self.used_sources.add(tcol)
+            elif not col.nullable and not col.has_default:
+                self.bad(f".columns.{tcol}", f"target column {tcol!r} is NOT NULL without a default and nothing "
+                                             "fills it (map it with from / expr / default / transform)")
+
+    def check_sources_covered(self) -> None:
+        """Every source column is migrated or dropped, and nothing is both."""
+        for d in self.spec.drop:
+            if d not in self.source.columns:
+                self._no_source_column(".drop", d)
+            elif d in self.used_sources:
+                self.bad(".drop", f"column {d!r} is both dropped and mapped")
+        if self.guessing or any((p.kind is SourceKind.TRANSFORM and p.source is None) or p.kind is SourceKind.EXPR
+                                for p in self.plans):
+            return  # a whole-row transform or an expression may read any column
+        for scol in self.source.columns:
+            if scol not in self.used_sources and scol not in self.spec.drop:
+                self.bad(".columns", f"source column {scol!r} is not migrated: map it or list it under 'drop:'")
+
+    # -- the target key, the version column
+
+    def target_key(self, source_key: Sequence[str]) -> list[str]:
+        """The mapped names of the source key columns; not checked against the target's unique keys when
+        the source key is already wrong, since the target would be measured against the wrong columns."""
+        key_targets: list[str] = []
+        for k in source_key:
+            hit = [p.target for p in self.plans if p.kind is SourceKind.COLUMN and p.source == k]
+            if hit:
+                key_targets.append(hit[0])
+            elif k in self.source.columns:
+                self.bad(".key", f"key column {k!r} must be copied as a plain column (renaming is fine)")
+        source_key_ok = not any(p.where == f"{self.at}.key" for p in self.problems)
+        target = self.target
+        target_uniques = [set(target.primary_key)] if target.primary_key else []
+        target_uniques += [set(u) for u in target.unique_keys]
+        if source_key_ok and key_targets and set(key_targets) not in target_uniques:
+            if target.primary_key:
+                self.bad(".key", f"target key {key_targets} is not the primary key {target.primary_key} or a "
+                                 f"unique key of {self.spec.target_table}: upserts need one")
+            else:
+                self.bad(".key", f"target table {self.spec.target_table} has no primary or unique key on "
+                                 f"{key_targets}")
+        return key_targets
+
+    def version(self) -> tuple[str, str] | None:
+        vsrc = self.spec.version_column
+        if not vsrc:
+            return None
+        hit = [p.target for p in self.plans if p.kind is SourceKind.COLUMN and p.source == vsrc]
+        if vsrc not in self.source.columns:
+            self._no_source_column(".version_column", vsrc)
+            return None
+        if not hit:
+            self.bad(".version_column", f"version column {vsrc!r} must be copied as a plain column")
+            return None
+        if self.source.columns[vsrc].kind not in (Kind.INT, Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.DECIMAL):
+            self.bad(".version_column", f"version column {vsrc!r} must be a number or a timestamp")
+        return vsrc, hit[0]
+
+
 def compile_table(
     spec: TableSpec, source: TableInfo, target: TableInfo, where: str = ""
 ) -> tuple[TableMapping | None, list[Problem]]:
     """Check one table spec against both schemas; return the plan, or None and every problem found."""
-    problems: list[Problem] = []
-    at = where or f"table {spec.source}"
-
-    def bad(sub: str, msg: str) -> None:
-        problems.append(Problem(f"{at}{sub}", msg))
-
-    # keys (DESIGN rule 5): rows must be told apart on the source, or no write can be mirrored
-    def not_null(cols: Sequence[str]) -> bool:
-        return all(c in source.columns and not source.columns[c].nullable for c in cols)
-
-    uniques = [list(source.primary_key)] if source.primary_key else []
-    uniques += sorted((list(u) for u in source.unique_keys if u), key=lambda u: not not_null(u))
-    source_key = list(spec.key) if spec.key else list(next(iter(uniques), []))
-    if not uniques:
-        bad(".key", f"source table {spec.source} has no primary or unique key: its rows cannot be told apart, "
-                    "so writes cannot be mirrored, copied or verified; add a primary key to it first")
-    missing_key = [k for k in source_key if k not in source.columns]
-    for k in missing_key:
-        bad(".key", f"key column {k!r} does not exist in source table {spec.source}"
-                    f"{_did_you_mean(k, list(source.columns))}")
-    if uniques and source_key and not missing_key:
-        covered = [u for u in uniques if set(u) <= set(source_key)]
-        if not covered:
-            known = "; ".join(", ".join(u) for u in uniques)
-            bad(".key", f"key ({', '.join(source_key)}) is not unique in source table {spec.source}: name its "
-                        f"primary key or a unique key ({known})")
-        elif not any(u == list(source.primary_key) or not_null(u) for u in covered):
-            # a unique key on nullable columns admits any number of rows whose key is NULL
-            nullable = [k for k in covered[0] if source.columns[k].nullable]
-            bad(".key", f"key column(s) {', '.join(nullable)} of source table {spec.source} may be NULL, and rows "
-                        "with a NULL key cannot be told apart: make them NOT NULL or use the primary key")
-
-    # column plans: explicit mappings first, then same-named columns
-    plans: list[ColumnPlan] = []
-    used_sources: set[str] = set()
-    guessing = False  # a mapping names a missing column: which source column it meant is unknown
-    for tcol, cmap in spec.columns.items():
-        sub = f".columns.{tcol}"
-        if tcol not in target.columns:
-            bad(sub, f"column {tcol!r} does not exist in target table {spec.target_table}"
-                     f"{_did_you_mean(tcol, list(target.columns))}")
-            if cmap.from_:
-                used_sources.add(cmap.from_)  # the source side is spoken for; one complaint is enough
-            continue
-        if cmap.transform:
-            try:
-                fn = load_callable(cmap.transform)
-            except Exception as exc:  # noqa: BLE001 - report any import failure as a problem
-                bad(sub, f"cannot import transform {cmap.transform!r}: {exc}")
-                fn = None
-            if cmap.from_ and cmap.from_ not in source.columns:
-                bad(sub, f"column {cmap.from_!r} does not exist in source table {spec.source}"
-                         f"{_did_you_mean(cmap.from_, list(source.columns))}")
-                guessing = True
-            if cmap.from_:
-                used_sources.add(cmap.from_)
-            whole_row = tuple(c for c in source.columns if c not in spec.drop)
-            plans.append(ColumnPlan(tcol, SourceKind.TRANSFORM, source=cmap.from_, transform=fn,
-                                    inputs=(cmap.from_,) if cmap.from_ else whole_row))
-        elif cmap.from_ is not None:
-            if cmap.from_ not in source.columns:
-                bad(sub, f"column {cmap.from_!r} does not exist in source table {spec.source}"
-                         f"{_did_you_mean(cmap.from_, list(source.columns))}")
-                guessing = True
-                continue
-            msg = _type_problem(source.columns[cmap.from_], target.columns[tcol])
-            if msg:
-                bad(sub, msg)
-            used_sources.add(cmap.from_)
-            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=cmap.from_, inputs=(cmap.from_,)))
-        elif cmap.expr is not None:
-            plans.append(ColumnPlan(tcol, SourceKind.EXPR, expr=cmap.expr,
-                                    inputs=expr_columns(cmap.expr, source.columns)))
-        else:
-            msg = _default_problem(cmap.default, target.columns[tcol])
-            if msg:
-                bad(sub, msg)
-            plans.append(ColumnPlan(tcol, SourceKind.DEFAULT, value=cmap.default))
-    mapped_targets = {p.target for p in plans} | set(spec.columns)
-    for tcol in target.columns:
-        if tcol in mapped_targets:
-            continue
-        if tcol in source.columns and tcol not in spec.drop:
-            msg = _type_problem(source.columns[tcol], target.columns[tcol])
-            if msg:
-                bad(f".columns.{tcol}", msg)
-            plans.append(ColumnPlan(tcol, SourceKind.COLUMN, source=tcol, inputs=(tcol,)))
-            used_sources.add(tcol)
-        elif not target.columns[tcol].nullable and not target.columns[tcol].has_default:
-            bad(f".columns.{tcol}", f"target column {tcol!r} is NOT NULL without a default and nothing fills it "
-                                    "(map it with from / expr / default / transform)")
-    for d in spec.drop:
-        if d not in source.columns:
-            bad(".drop", f"column {d!r} does not exist in source table {spec.source}"
-                         f"{_did_you_mean(d, list(source.columns))}")
-        elif d in used_sources:
-            bad(".drop", f"column {d!r} is both dropped and mapped")
-    for scol in [] if guessing else source.columns:
-        if scol not in used_sources and scol not in spec.drop and not any(
-            p.kind is SourceKind.TRANSFORM and p.source is None for p in plans
-        ) and not any(p.kind is SourceKind.EXPR for p in plans):
-            bad(".columns", f"source column {scol!r} is not migrated: map it or list it under 'drop:'")
-
-    # target key = the mapped names of the source key columns; not checked when the source key is already
-    # wrong, since the target would be measured against the wrong columns
-    key_targets: list[str] = []
-    for k in source_key:
-        hit = [p.target for p in plans if p.kind is SourceKind.COLUMN and p.source == k]
-        if hit:
-            key_targets.append(hit[0])
-        elif k in source.columns:
-            bad(".key", f"key column {k!r} must be copied as a plain column (renaming is fine)")
-    source_key_ok = not any(p.where == f"{at}.key" for p in problems)
-    target_uniques = [set(target.primary_key)] if target.primary_key else []
-    target_uniques += [set(u) for u in target.unique_keys]
-    if source_key_ok and key_targets and set(key_targets) not in target_uniques:
-        if target.primary_key:
-            bad(".key", f"target key {key_targets} is not the primary key {target.primary_key} or a unique key "
-                        f"of {spec.target_table}: upserts need one")
-        else:
-            bad(".key", f"target table {spec.target_table} has no primary or unique key on {key_targets}")
-
-    version: tuple[str, str] | None = None
-    if spec.version_column:
-        vsrc = spec.version_column
-        hit = [p.target for p in plans if p.kind is SourceKind.COLUMN and p.source == vsrc]
-        if vsrc not in source.columns:
-            bad(".version_column", f"column {vsrc!r} does not exist in source table {spec.source}"
-                                   f"{_did_you_mean(vsrc, list(source.columns))}")
-        elif not hit:
-            bad(".version_column", f"version column {vsrc!r} must be copied as a plain column")
-        else:
-            version = (vsrc, hit[0])
-            if source.columns[vsrc].kind not in (Kind.INT, Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.DECIMAL):
-                bad(".version_column", f"version column {vsrc!r} must be a number or a timestamp")
+    c = _TableCompiler(spec, source, target, where)
+    source_key = c.source_key()
+    c.explicit_plans()
+    c.implicit_plans()
+    c.check_sources_covered()
+    key_targets = c.target_key(source_key)
+    version = c.version()
     if spec.tenant_column and spec.tenant_column not in source.columns:
-        bad(".tenant_column", f"column {spec.tenant_column!r} does not exist in source table {spec.source}")
-    reverse = [r for r in (_reverse_plan(spec, col, rule, source, target, plans, version, bad)
+        c.bad(".tenant_column", f"column {spec.tenant_column!r} does not exist in source table {spec.source}")
+    reverse = [r for r in (_reverse_plan(spec, col, rule, source, target, c.plans, version, c.bad)
                            for col, rule in spec.reverse.items()) if r is not None]
-
-    if problems:
-        return None, problems
+    if c.problems:
+        return None, c.problems
     order = {name: i for i, name in enumerate(target.columns)}
-    plans.sort(key=lambda p: order[p.target])
+    plans = sorted(c.plans, key=lambda p: order[p.target])
     mapping = TableMapping(
         source_table=spec.source, target_table=spec.target_table, source_key=tuple(source_key),
         target_key=tuple(key_targets), columns=tuple(plans), source_info=source, target_info=target,

@@ -13,16 +13,15 @@ bump, still arrives (DESIGN.md rule 1). The version guard ("only if newer") is u
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dualwrite import hooks
-from dualwrite import rows as rowio
 from dualwrite.mapping import TableMapping
-from dualwrite.sqlgen import Key, source_side, target_side
-from dualwrite.store import Store, without_row_values
+from dualwrite.store import Store
+from dualwrite.stores import Key, Role, kind_for, normal_key
+
+__all__ = ["MirrorResult", "mirror_keys", "normal_key"]
 
 
 @dataclass
@@ -38,40 +37,26 @@ class MirrorResult:
         return self
 
 
-def _normal(value: object) -> object:
-    # keys read back from different drivers: UUID objects vs text, bytes vs memoryview, aware vs naive UTC
-    if isinstance(value, memoryview | bytearray):
-        return bytes(value)
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
-    return str(value) if isinstance(value, uuid.UUID) else value
-
-
-def normal_key(key: Key) -> Key:
-    return tuple(_normal(v) for v in key)
-
-
 def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Sequence[Key], *,
                 force: bool = False, lock: bool = True, batch_size: int = 1000) -> MirrorResult:
     """Mirror ``keys`` (source key values) from ``source`` to ``target``; one round trip per store per batch."""
     result = MirrorResult()
     unique = list(dict.fromkeys(normal_key(k) for k in keys))
-    src, dst = source_side(mapping, source), target_side(mapping, target)
-    positions = mapping.key_positions
-    with source.connect() as sconn, target.connect() as tconn:
+    skind, tkind = kind_for(source), kind_for(target)
+    src, dst = skind.table(source, mapping, Role.SOURCE), tkind.table(target, mapping, Role.TARGET)
+    guarded = not (force or lock) and mapping.version is not None
+    with skind.connect(source) as sconn, tkind.connect(target) as tconn:
         for start in range(0, len(unique), batch_size):
             batch = unique[start:start + batch_size]
-            src_keys = [rowio.adapt_key(k, src.key_kinds, source.dialect) for k in batch]
-            found = rowio.read_keys(sconn, mapping, src, src_keys, lock=lock)
-            present = {normal_key(rowio.key_of(r, positions)) for r in found}
+            found = src.read_keys(sconn, batch, lock=lock)
+            present = {src.row_key(r) for r in found}
             absent = [k for k in batch if k not in present]
             # usually only one of the two statements runs: a batch is all writes or all deletes
             try:
-                result.deleted += rowio.delete_keys(tconn, dst, absent)
-                rowio.write_rows(tconn, mapping, dst, found, insert_only=False,
-                                 only_if_newer=not (force or lock) and mapping.version is not None)
+                result.deleted += dst.delete(tconn, absent)
+                dst.upsert(tconn, found, insert_only=False, only_if_newer=guarded)
             except Exception as exc:
-                clean = without_row_values(exc, f"mirroring {mapping.source_table} -> {mapping.target_table}")
+                clean = tkind.scrub_error(exc, f"mirroring {mapping.source_table} -> {mapping.target_table}")
                 if clean is exc:
                     raise
                 raise clean from None

@@ -1,7 +1,8 @@
 """Moving row images between stores: read mapped rows from a source, write them guarded into a target.
 
-This is the engine-neutral path (any source, any target, Python transforms allowed). The PostgreSQL to
-PostgreSQL pass-through that never materialises rows in Python lives in :mod:`dualwrite.copy`.
+This is the engine-neutral path of the SQL store kind (any SQL source, any SQL target, Python transforms
+allowed). The pass-throughs into PostgreSQL that never materialise rows in Python are the SQL kind's fast
+backfill routes (:mod:`dualwrite.stores.sql`).
 """
 
 from __future__ import annotations

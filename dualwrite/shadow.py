@@ -41,6 +41,7 @@ import structlog
 from dualwrite.canonical import canonical_value, encode_row
 from dualwrite.mapping import SourceKind, TableMapping
 from dualwrite.stats import SHADOW, Stats
+from dualwrite.stores import Role, kind_for, normal_key
 
 log = logging.getLogger("dualwrite.shadow")
 slog = structlog.get_logger("dualwrite.shadow")
@@ -53,6 +54,24 @@ RowReader = Callable[[str, str, Key], dict[str, Any] | None]
 RowsReader = Callable[[str, str, list[Key]], dict[Key, dict[str, Any] | None]]
 
 MISSING, EXTRA, FIELD = "missing", "extra", "field_different"
+
+
+def kind_rows_reader(stores: Mapping[str, Any], mappings: Mapping[str, TableMapping]) -> RowsReader:
+    """A :data:`RowsReader` through the stores' kinds (:mod:`dualwrite.stores`), for any kind of store.
+
+    ``stores`` maps a side ('old', 'new') to its store, ``mappings`` a source table to its mapping: 'old'
+    reads the mapping's source table, 'new' its target table, each row as that store keeps it.
+    """
+    def read(table: str, side: str, keys: list[Key]) -> dict[Key, dict[str, Any] | None]:
+        store, mapping = stores[side], mappings[table]
+        kind = kind_for(store)
+        rows = kind.table(store, mapping, Role.SOURCE if side == "old" else Role.TARGET)
+        wanted = {normal_key(k): k for k in keys}
+        with kind.connect(store) as conn:
+            found = rows.stored_rows(conn, list(wanted))
+        return {wanted[k]: row for k, row in found.items() if k in wanted}
+
+    return read
 
 
 @dataclass(frozen=True)
@@ -161,7 +180,7 @@ class TableComparator:
                 continue  # not loaded on this side (a deferred ORM column)
             try:
                 known, old_v = self._old_value(plan, old)
-            except Exception:  # noqa: BLE001 - a transform that fails on this row: compare what we can
+            except Exception:  # noqa: BLE001, S112 - a transform that fails on this row: compare what we can
                 continue
             if not known:
                 continue
@@ -240,7 +259,7 @@ class Scheduler:
                 _, _, fn = heapq.heappop(self._heap)
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - a job must not kill the scheduler
+            except Exception:
                 log.exception("scheduled job failed")
 
     def stop(self, run_pending: bool = False) -> None:
@@ -253,7 +272,7 @@ class Scheduler:
         for fn in jobs:
             try:
                 fn()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("scheduled job failed")
 
 

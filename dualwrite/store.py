@@ -95,7 +95,9 @@ def _kind_of(coltype: Any, dialect: Dialect) -> Kind:
         return Kind.DATE
     if isinstance(t, sa.Time):
         return Kind.TIME
-    if isinstance(t, sa.LargeBinary | sa.types._Binary) or name in ("BYTEA", "BLOB", "VARBINARY", "BINARY"):
+    # SQLAlchemy has no public base of all its binary types (BINARY, VARBINARY, MySQL's TINY/MEDIUM/LONGBLOB)
+    binary = sa.types._Binary  # noqa: SLF001
+    if isinstance(t, sa.LargeBinary | binary) or name in ("BYTEA", "BLOB", "VARBINARY", "BINARY"):
         return Kind.BYTES
     if isinstance(t, sa.String | sa.Enum):
         return Kind.TEXT

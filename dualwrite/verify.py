@@ -1,17 +1,18 @@
 """Verification: prove that a key range holds the same rows on both stores, or say exactly how it differs.
 
-A range is walked in chunks of the *source* key (``lo < key <= hi``, bounds from ``nth_key_sql`` like the
+Verification is store-neutral: it works through each store's kind (:mod:`dualwrite.stores`). A range is
+walked in chunks of the *source* key (``lo < key <= hi``, bounds from ``MappedTable.nth_key`` like the
 copy), and every chunk is compared on both stores at once (two threads; the drivers release the GIL while
 the databases work), with the next chunk's bound looked up meanwhile:
 
-- **pushdown** (both stores the same engine, no Python transforms): each side returns only a row count and
-  an order-independent aggregate (XOR) of a per-row 64-bit hash computed by the database. The source
-  columns are cast to the target's types first, so equal data hashes equal. PostgreSQL hashes the typed
-  row with ``hash_record_extended`` (no text rendering); MariaDB hashes a canonical text rendering with
-  MD5. Nothing but two numbers per chunk crosses the network.
-- **python** (across engines, or with Python transforms): both sides' rows are fetched, turned into
-  canonical tuples (:mod:`dualwrite.canonical`: most columns arrive canonical straight from the driver,
-  decimals and timestamps as text the database renders) and compared in C (list and tuple equality).
+- **pushdown** (the kind can checksum both stores alike: for SQL the same engine and no Python
+  transforms, :mod:`dualwrite.stores.sql._checksums`): each side returns only a row count and an
+  order-independent aggregate (XOR) of a per-row 64-bit hash computed by the store. Nothing but two
+  numbers per chunk crosses the network.
+- **python** (across engines or kinds, or with Python transforms): both sides' canonical rows are read
+  (``MappedTable.canonical_range``, in :mod:`dualwrite.canonical` form: most columns arrive canonical
+  straight from the driver, decimals and timestamps as text the database renders) and compared in C
+  (list and tuple equality).
 
 A chunk that does not match is narrowed to keys (pushdown first re-checksums sub-ranges of a few thousand
 rows, found in one window-function pass, then fetches only mismatching sub-ranges; rows are set-differenced
@@ -39,16 +40,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from dualwrite import canonical, sqlgen
-from dualwrite import rows as rowio
 from dualwrite.errors import VerificationError
-from dualwrite.mapping import SourceKind, TableMapping
-from dualwrite.mirror import normal_key
-from dualwrite.sqlgen import Key, Side, source_side, target_side
-from dualwrite.store import ColumnInfo, Dialect, Kind, Store
-
-Row = tuple[Any, ...]
-Bounds = tuple[Key | None, Key | None]
+from dualwrite.mapping import TableMapping
+from dualwrite.store import Store
+from dualwrite.stores import Bounds, Key, MappedTable, Role, Row, StoreKind, kind_for, normal_key
 
 #: default chunk sizes: a pushdown chunk costs two small aggregates, a python chunk holds rows in memory
 PUSHDOWN_CHUNK = 250_000
@@ -176,226 +171,6 @@ class VerifyReport:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# reading rows for a row-by-row comparison
-
-
-def _fetch(conn: Any, dialect: Dialect, sql: str, params: Sequence[Any]) -> list[Row]:
-    """All rows of one query, read the way :mod:`dualwrite.canonical` expects, then end the transaction
-    (no snapshot is held between chunks)."""
-    rows = canonical.fetch(conn, dialect, sql, params)
-    conn.rollback()
-    return rows
-
-
-@dataclass(frozen=True)
-class _Reader:
-    """How one side's rows are selected and canonicalised: SQL select list, row finisher, canonicaliser."""
-
-    side: Side
-    select: str
-    canon: canonical.RowCanon
-    finish: Callable[[list[Row]], list[Row]] | None  # fills Python transforms (source side only)
-
-    def _sql(self, where: str) -> str:
-        return f"SELECT {self.select} FROM {self.side.qtable} WHERE {where} ORDER BY {self.side.order_by()}"
-
-    def range_sql(self, lo: Key | None, hi: Key | None) -> tuple[str, list[Any]]:
-        where, params = self.side.range_predicate(lo, hi)
-        return self._sql(where), params
-
-    def keys_sql(self, keys: Sequence[Key]) -> tuple[str, list[Any]]:
-        where, params = self.side.keys_predicate(keys)
-        return self._sql(where), params
-
-    def read(self, conn: Any, sql: str, params: Sequence[Any]) -> tuple[list[Row], list[Row]]:
-        """(raw rows, canonical rows): raw rows keep driver values of the key for repair."""
-        raw = _fetch(conn, self.side.store.dialect, sql, params)
-        if self.finish is not None:
-            raw = self.finish(raw)
-        return raw, self.canon.rows(raw)
-
-
-def _target_reader(mapping: TableMapping, store: Store) -> _Reader:
-    exprs, canon = canonical.table_reader(mapping.target_info, store.dialect, store.quote,
-                                          mapping.target_columns, mapping.target_key)
-    return _Reader(target_side(mapping, store), ", ".join(exprs), canon, None)
-
-
-def _source_reader(mapping: TableMapping, store: Store) -> _Reader:
-    side = source_side(mapping, store)
-    keyset = set(mapping.target_key)
-    exprs: list[str] = []
-    norms: list[canonical.Normalizer | None] = []
-    constants: dict[int, Any] = {}
-    for i, plan in enumerate(mapping.columns):
-        col = mapping.target_info.columns[plan.target]
-        src_col: ColumnInfo | None = None
-        expr = "NULL"
-        if plan.kind is SourceKind.COLUMN:
-            assert plan.source is not None
-            src_col = mapping.source_info.columns[plan.source]
-            expr = store.quote(plan.source)
-        elif plan.kind is SourceKind.EXPR:
-            expr = sqlgen.user_expr(plan.expr or "", store)
-        how = canonical.column_read(
-            col.kind, store.dialect, value_kind=src_col.kind if src_col else None, scale=col.scale,
-            value_scale=src_col.scale if src_col else None, value_type=src_col.sql_type if src_col else None,
-            rewrite=plan.target not in keyset)
-        if plan.kind is SourceKind.DEFAULT and not mapping.needs_python:
-            constants[i] = canonical.canonical_value(plan.value, col.kind, col.scale)
-        exprs.append(how.sql(expr) if how.sql and plan.kind is SourceKind.COLUMN else expr)
-        norms.append(how.normalize)
-    finish: Callable[[list[Row]], list[Row]] | None = None
-    if mapping.needs_python:
-        # whole-row transforms see every source column by name, appended after the target columns
-        exprs += [store.quote(c) for c in mapping.source_info.columns]
-        finish = _finisher(mapping)
-    return _Reader(side, ", ".join(exprs), canonical.RowCanon(norms, constants), finish)
-
-
-def _finisher(mapping: TableMapping) -> Callable[[list[Row]], list[Row]]:
-    def finish(raw: list[Row]) -> list[Row]:
-        return rowio.finish_rows(mapping, raw)
-
-    return finish
-
-
-# ---------------------------------------------------------------------------------------------------------
-# checksums pushed down into the database
-
-#: kinds PostgreSQL can hash in their typed form (json has no hash opclass; unknown types go via text)
-_PG_HASHABLE = {Kind.INT, Kind.BOOL, Kind.DECIMAL, Kind.FLOAT, Kind.TEXT, Kind.BYTES, Kind.DATE, Kind.TIME,
-                Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.UUID}
-
-
-def _pg_hash_part(expr: str, col: ColumnInfo) -> str:
-    if col.kind in _PG_HASHABLE or (col.kind is Kind.JSON and col.sql_type == "jsonb"):
-        return expr
-    return f"({expr})::text"
-
-
-def _pg_row_hash(exprs: Sequence[str], cols: Sequence[ColumnInfo]) -> str:
-    # hash_record_extended hashes every field with its type's own hash (no text rendering); the outer
-    # hashint8extended mixes the result so XOR-ing rows keeps no linear structure across fields
-    parts = ", ".join(_pg_hash_part(e, c) for e, c in zip(exprs, cols, strict=True))
-    return f"hashint8extended(hash_record_extended(ROW({parts}), 0), 0)"
-
-
-def _my_canon(expr: str, col: ColumnInfo) -> str:
-    """A MariaDB rendering of ``expr`` as text that equal values of the target column share."""
-    kind = col.kind
-    if kind is Kind.INT:
-        return f"CAST({expr} AS {'UNSIGNED' if 'UNSIGNED' in col.sql_type.upper() else 'SIGNED'})"
-    if kind is Kind.BOOL:
-        return f"(({expr}) <> 0)"
-    if kind is Kind.DECIMAL and col.precision:
-        return f"CAST({expr} AS DECIMAL({int(col.precision)}, {int(col.scale or 0)}))"
-    if kind is Kind.FLOAT:
-        return f"CAST({expr} AS DOUBLE)"
-    if kind is Kind.BYTES:
-        return f"CAST({expr} AS BINARY)"
-    if kind is Kind.DATE:
-        return f"CAST({expr} AS DATE)"
-    if kind is Kind.TIME:
-        return f"CAST({expr} AS TIME(6))"
-    if kind in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
-        return f"CAST({expr} AS DATETIME(6))"
-    if kind is Kind.JSON:
-        return f"CAST(CONVERT(JSON_NORMALIZE({expr}) USING utf8mb4) AS BINARY)"
-    if kind is Kind.UUID:
-        return f"CAST(CONVERT(LOWER(CAST({expr} AS CHAR)) USING utf8mb4) AS BINARY)"
-    return f"CAST(CONVERT({expr} USING utf8mb4) AS BINARY)"
-
-
-def _my_row_hash(exprs: Sequence[str], cols: Sequence[ColumnInfo]) -> str:
-    # MD5 (not CRC32): a linear hash XOR-ed over rows cannot see two rows swapping a value
-    values = ", ".join(_my_canon(e, c) for e, c in zip(exprs, cols, strict=True))
-    nulls = ", ".join(f"ISNULL({e})" for e in exprs)
-    return f"CAST(CONV(LEFT(MD5(CONCAT_WS(0x1f, {values}, CONCAT({nulls}))), 16), 16, 10) AS UNSIGNED)"
-
-
-@dataclass(frozen=True)
-class _Summer:
-    """One side's chunk checksum query: ``SELECT count, xor-of-row-hashes WHERE range``."""
-
-    side: Side
-    hash_expr: str
-
-    def sql(self, where: str) -> str:
-        if self.side.store.dialect is Dialect.POSTGRESQL:
-            return f"SELECT count(*), coalesce(bit_xor({self.hash_expr}), 0) FROM {self.side.qtable} WHERE {where}"
-        return f"SELECT COUNT(*), COALESCE(BIT_XOR({self.hash_expr}), 0) FROM {self.side.qtable} WHERE {where}"
-
-    def checksum(self, conn: Any, lo: Key | None, hi: Key | None) -> tuple[int, int]:
-        where, params = self.side.range_predicate(lo, hi)
-        ((count, digest),) = _fetch(conn, self.side.store.dialect, self.sql(where), params)
-        return int(count), int(digest)
-
-
-def _summers(mapping: TableMapping, source: Store, target: Store) -> tuple[_Summer, _Summer]:
-    cols = [mapping.target_info.columns[c] for c in mapping.target_columns]
-    tgt_exprs = [target.quote(c) for c in mapping.target_columns]
-    if source.dialect is Dialect.POSTGRESQL:
-        src_exprs = _pg_source_exprs(mapping, source)
-        row_hash = _pg_row_hash
-    else:
-        src_exprs = _my_source_exprs(mapping, source)
-        row_hash = _my_row_hash
-    return (_Summer(source_side(mapping, source), row_hash(src_exprs, cols)),
-            _Summer(target_side(mapping, target), row_hash(tgt_exprs, cols)))
-
-
-def _pg_source_exprs(mapping: TableMapping, store: Store) -> list[str]:
-    """Source expressions cast to the target's types (as the copy casts them); same-typed columns are
-    left alone, which saves a quarter of the hashing time."""
-    out = []
-    for plan in mapping.columns:
-        target_type = mapping.target_info.columns[plan.target].sql_type
-        if plan.kind is SourceKind.COLUMN:
-            assert plan.source is not None
-            expr = store.quote(plan.source)
-            if mapping.source_info.columns[plan.source].sql_type == target_type:
-                out.append(expr)
-                continue
-        elif plan.kind is SourceKind.EXPR:
-            expr = sqlgen.user_expr(plan.expr or "", store)
-        else:
-            expr = sqlgen.pg_literal(plan.value)
-        out.append(f"CAST({expr} AS {target_type})")
-    return out
-
-
-def _my_source_exprs(mapping: TableMapping, store: Store) -> list[str]:
-    out = []
-    for plan in mapping.columns:
-        if plan.kind is SourceKind.COLUMN:
-            assert plan.source is not None
-            out.append(store.quote(plan.source))
-        elif plan.kind is SourceKind.EXPR:
-            out.append(sqlgen.user_expr(plan.expr or "", store))
-        else:
-            out.append(_my_literal(plan.value))
-    return out
-
-
-def _my_literal(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int | float):
-        return repr(value)
-    # a hex literal cannot be broken by quotes or backslashes in the value
-    return f"CONVERT(X'{str(value).encode().hex()}' USING utf8mb4)"
-
-
-def can_push_down(mapping: TableMapping, source: Store, target: Store) -> bool:
-    """Same engine, and an engine that can hash rows, and no Python in the mapping."""
-    return (source.dialect is target.dialect and source.dialect in (Dialect.POSTGRESQL, Dialect.MYSQL)
-            and not mapping.needs_python)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # comparing canonical rows
 
 
@@ -465,10 +240,10 @@ def diff_rows(mapping: TableMapping, src: tuple[list[Row], list[Row]], tgt: tupl
 class _Conns:
     """A few connections to one store, opened once per verification and lent to worker threads."""
 
-    def __init__(self, stack: contextlib.ExitStack, store: Store, n: int) -> None:
+    def __init__(self, stack: contextlib.ExitStack, kind: StoreKind, store: Store, n: int) -> None:
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(n):
-            self._q.put(stack.enter_context(store.connect()))
+            self._q.put(stack.enter_context(kind.connect(store)))
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Any]:
@@ -490,32 +265,26 @@ class _Run:
                  max_differences: int, depth: int, stack: contextlib.ExitStack) -> None:
         self.source, self.target, self.mapping = source, target, mapping
         self.method = method
-        self.src_reader = _source_reader(mapping, source)
-        self.tgt_reader = _target_reader(mapping, target)
-        self.summers = _summers(mapping, source, target) if method == "pushdown" else None
+        skind, tkind = kind_for(source), kind_for(target)
+        self.src, self.tgt = _tables(source, target, mapping)
+        self.summers = skind.pair_checksums(source, target, mapping) if method == "pushdown" else None
         self.report = VerifyReport(table=mapping.source_table, method=method, max_differences=max_differences)
-        self.sconns = _Conns(stack, source, depth + 1)
-        self.tconns = _Conns(stack, target, depth)
+        self.sconns = _Conns(stack, skind, source, depth + 1)
+        self.tconns = _Conns(stack, tkind, target, depth)
         self.pool = stack.enter_context(ThreadPoolExecutor(max_workers=2 * depth + 1,
                                                            thread_name_prefix="dw-verify"))
         self.depth = depth
 
     # -- bounds ------------------------------------------------------------------------------------------
 
-    def target_bounds(self, lo: Key | None, hi: Key | None) -> Bounds:
-        dst = self.tgt_reader.side
-        return (rowio.adapt_key(lo, dst.key_kinds, dst.store.dialect) if lo is not None else None,
-                rowio.adapt_key(hi, dst.key_kinds, dst.store.dialect) if hi is not None else None)
-
     def next_bound(self, low: Key | None, hi: Key | None, size: int) -> tuple[Key | None, bool]:
         """The upper bound of the chunk starting after ``low``, and whether it is the last chunk."""
-        side = self.src_reader.side
         with self.sconns.use() as conn:
-            found = _fetch(conn, self.source.dialect, *sqlgen.nth_key_sql(side, low, hi, size - 1))
-        if not found:
+            found = self.src.nth_key(conn, low, hi, size - 1)
+            conn.rollback()
+        if found is None:
             return hi, True
-        bound = tuple(found[0])
-        return bound, hi is not None and bound == tuple(hi)
+        return found, hi is not None and found == tuple(hi)
 
     def chunks(self, lo: Key | None, hi: Key | None, size: int) -> Iterator[Bounds]:
         """Tile ``(lo, hi]`` with chunks of ``size`` source rows; the next bound is looked up meanwhile."""
@@ -532,13 +301,8 @@ class _Run:
 
     def sub_ranges(self, lo: Key | None, hi: Key | None, step: int) -> list[Bounds]:
         """Tile ``(lo, hi]`` with ranges of ``step`` source rows, all bounds found in one index pass."""
-        side = self.src_reader.side
-        where, params = side.range_predicate(lo, hi)
-        keys = side.key_list()
-        sql = (f"SELECT {keys} FROM (SELECT {keys}, ROW_NUMBER() OVER (ORDER BY {side.order_by()}) AS dw_rn "
-               f"FROM {side.qtable} WHERE {where}) dw_sub WHERE MOD(dw_rn, {int(step)}) = 0 ORDER BY dw_rn")
         with self.sconns.use() as conn:
-            bounds: list[Key | None] = [tuple(r) for r in _fetch(conn, self.source.dialect, sql, params)]
+            bounds: list[Key | None] = list(self.src.every_nth_key(conn, lo, hi, step))
         if not bounds or bounds[-1] != hi:
             bounds.append(hi)
         return list(zip([lo, *bounds[:-1]], bounds, strict=True))
@@ -547,12 +311,11 @@ class _Run:
 
     def read_source(self, lo: Key | None, hi: Key | None) -> tuple[list[Row], list[Row]]:
         with self.sconns.use() as conn:
-            return self.src_reader.read(conn, *self.src_reader.range_sql(lo, hi))
+            return self.src.canonical_range(conn, lo, hi)
 
     def read_target(self, lo: Key | None, hi: Key | None) -> tuple[list[Row], list[Row]]:
-        tlo, thi = self.target_bounds(lo, hi)
         with self.tconns.use() as conn:
-            return self.tgt_reader.read(conn, *self.tgt_reader.range_sql(tlo, thi))
+            return self.tgt.canonical_range(conn, lo, hi)
 
     def sum_source(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
         assert self.summers is not None
@@ -561,9 +324,8 @@ class _Run:
 
     def sum_target(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
         assert self.summers is not None
-        tlo, thi = self.target_bounds(lo, hi)
         with self.tconns.use() as conn:
-            return self.summers[1].checksum(conn, tlo, thi)
+            return self.summers[1].checksum(conn, lo, hi)
 
     def submit(self, lo: Key | None, hi: Key | None) -> tuple[Future[Any], Future[Any]]:
         if self.method == "pushdown":
@@ -662,6 +424,17 @@ def _check_tiling(ranges: Iterable[Bounds], lo: Key | None, hi: Key | None) -> I
         raise VerificationError("the chunks do not reach the end of the range: a range was skipped")
 
 
+def can_push_down(mapping: TableMapping, source: Store, target: Store) -> bool:
+    """Can both stores checksum this mapping's rows alike (same engine, no Python in the mapping)?"""
+    skind = kind_for(source)
+    return skind is kind_for(target) and skind.pair_checksums(source, target, mapping) is not None
+
+
+def _tables(source: Store, target: Store, mapping: TableMapping) -> tuple[MappedTable, MappedTable]:
+    return (kind_for(source).table(source, mapping, Role.SOURCE),
+            kind_for(target).table(target, mapping, Role.TARGET))
+
+
 def _method_for(mapping: TableMapping, source: Store, target: Store, method: str | None) -> str:
     if method is None:
         return "pushdown" if can_push_down(mapping, source, target) else "python"
@@ -725,15 +498,13 @@ def verify_keys(source: Store, target: Store, mapping: TableMapping, keys: Seque
     report = VerifyReport(table=mapping.source_table, method="python", max_differences=max_differences)
     if not unique:
         return _finish(report, started, allow_empty)
-    src_reader, tgt_reader = _source_reader(mapping, source), _target_reader(mapping, target)
-    kinds = mapping.key_kinds
-    with source.connect() as sconn, target.connect() as tconn, ThreadPoolExecutor(2) as pool:
+    src, tgt = _tables(source, target, mapping)
+    skind, tkind = kind_for(source), kind_for(target)
+    with skind.connect(source) as sconn, tkind.connect(target) as tconn, ThreadPoolExecutor(2) as pool:
         for start in range(0, len(unique), KEY_BATCH):
             batch = unique[start:start + KEY_BATCH]
-            skeys = [rowio.adapt_key(k, kinds, source.dialect) for k in batch]
-            tkeys = [rowio.adapt_key(k, kinds, target.dialect) for k in batch]
-            fs = pool.submit(src_reader.read, sconn, *src_reader.keys_sql(skeys))
-            ft = pool.submit(tgt_reader.read, tconn, *tgt_reader.keys_sql(tkeys))
+            fs = pool.submit(src.canonical_keys, sconn, batch)
+            ft = pool.submit(tgt.canonical_keys, tconn, batch)
             s, t = fs.result(), ft.result()
             report.chunks += 1
             report.rows_source += len(s[0])

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from dualwrite import canonical
-from dualwrite.canonical import NAN, RowCanon, canonical_row, canonical_value, row_digest, table_reader
+from dualwrite.canonical import NAN, RowCanon, canonical_row, canonical_value, row_digest
 from dualwrite.store import Dialect, Kind, Store
+from dualwrite.stores.sql import fetch, table_reader
 
 COLUMNS = ["id", "i", "big", "amount", "ratio", "flag", "name", "body", "blob", "day", "at", "at_tz", "doc",
            "uid", "at0"]
@@ -114,7 +115,7 @@ def _read_fast(store: Store, table: str) -> list[tuple[Any, ...]]:
     info = store.describe(table, refresh=True)
     exprs, canon = table_reader(info, store.dialect, store.quote, COLUMNS, ["id"])
     with store.connect() as conn:
-        rows = canonical.fetch(conn, store.dialect, f"SELECT {', '.join(exprs)} FROM {store.quote(table)} "
+        rows = fetch(conn, store.dialect, f"SELECT {', '.join(exprs)} FROM {store.quote(table)} "
                                "ORDER BY id", [])
         conn.rollback()
     return canon.rows(rows)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from dualwrite.copy import CopyProgress, copy_range
+from dualwrite.backfill_copy import CopyProgress, copy_range
 from dualwrite.keys import decode_key, encode_key
 from dualwrite.mapping import TableMapping, compile_table, identity_mapping
 from dualwrite.mirror import mirror_keys
@@ -359,10 +359,10 @@ def test_a_slow_key_check_rolls_the_next_chunk_back_and_rewrites_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A written chunk never waits long on the previous chunk's check while holding its locks."""
-    import dualwrite.copy as copy_module
+    import dualwrite.backfill_copy as copy_module
 
     monkeypatch.setattr(copy_module, "CHECK_WAIT_SECONDS", 0.0)
-    caplog.set_level(logging.INFO, logger="dualwrite.copy")
+    caplog.set_level(logging.INFO, logger="dualwrite.backfill_copy")
     source: Store = request.getfixturevalue(source_name)
     mapping = live_tables(source, pg_new, table_name, 40, versioned=True, batch=6)
     run(pg_new, f"INSERT INTO {table_name} VALUES (15, 'resurrected', 0, 1)")  # gives the checks work

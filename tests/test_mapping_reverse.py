@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dualwrite.copy import copy_range
+from dualwrite.backfill_copy import copy_range
 from dualwrite.mapping import SourceKind, TableMapping, compile_table, expr_columns
 from dualwrite.mirror import mirror_keys
 from dualwrite.repair import repair

@@ -7,7 +7,7 @@ import time
 
 from conftest import execute, fetch_all
 
-from dualwrite.copy import plan_bounds
+from dualwrite.backfill_copy import plan_bounds
 from dualwrite.mapping import identity_mapping
 from dualwrite.sqlgen import source_side
 from dualwrite.store import Store

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dualwrite.copy import copy_range
+from dualwrite.backfill_copy import copy_range
 from dualwrite.mapping import identity_mapping
 from dualwrite.mirror import mirror_keys
 from dualwrite.store import Store

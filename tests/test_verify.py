@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dualwrite import verify as verify_mod
-from dualwrite.copy import copy_range
+from dualwrite.backfill_copy import copy_range
 from dualwrite.errors import VerificationError
 from dualwrite.mapping import TableMapping, compile_table, identity_mapping
 from dualwrite.repair import repair

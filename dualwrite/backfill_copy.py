@@ -1,31 +1,31 @@
-"""Copy a key range chunk by chunk: the backfill's engine.
+"""Copy a key range chunk by chunk: the backfill's engine (store-neutral: it works through store kinds).
 
 Each chunk is ``cursor < key <= bound`` where ``bound`` is the key ``batch_size`` rows further on the
 source. A chunk is committed on its own and the cursor is reported after the commit, so a crash redoes at
 most one chunk, and redoing it is harmless.
 
 Live writes win over backfill (DESIGN rule 4):
-- rows are *inserted*, never overwrite: on a conflict the chunk falls back to a staging table and an
-  ``INSERT ... ON CONFLICT`` that updates only when the incoming version is newer (or not at all without a
-  version column: whatever a live mirror wrote is at least as new as the backfill's snapshot);
+- rows are *inserted*, never overwrite: on a conflict the chunk falls back to an upsert that updates only
+  when the incoming version is newer (or not at all without a version column: whatever a live mirror wrote
+  is at least as new as the backfill's snapshot), ``MappedTable.insert_chunk`` (the SQL kind stages the
+  chunk and merges it with one guarded statement);
 - after the commit the chunk's key set is compared on both sides (:mod:`dualwrite.keycheck`); a row
   deleted while the chunk was in flight, or a live write whose mirror is still on its way, is settled
   through the mirror primitive, which reads the source row under lock. The check runs in a second
   thread while the next chunk is written; that chunk commits only after the check, so a chunk is
   reported (``on_batch``) once it is both committed and checked, one chunk behind the copy.
 
-Routes, chosen per mapping (``CopyProgress.extra["route"]`` says which one ran):
-- ``pg-binary``: PostgreSQL -> PostgreSQL without Python transforms; binary COPY pass-through.
-- ``mysql-text``: MariaDB -> PostgreSQL without Python transforms; MariaDB renders COPY text.
-- ``generic``: anything else; rows through the DBAPI, optimistic COPY when the target is PostgreSQL.
-The two row-reading routes read the next chunk in a third thread while the current one is written.
+Routes, chosen per mapping (``CopyProgress.extra["route"]`` says which one ran): a store kind may offer
+fast routes for a pair of its own stores (:meth:`dualwrite.stores.StoreKind.copy_routes`; the SQL kind's
+``pg-binary`` and ``mysql-text`` pass-throughs into PostgreSQL), and every pair can take ``generic``:
+mapped rows read from the source's :class:`~dualwrite.stores.MappedTable` and inserted into the
+target's. Routes that read rows read the next chunk in a third thread while the current one is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
@@ -33,13 +33,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from dualwrite import fastpath, hooks, sqlgen
-from dualwrite import rows as rowio
+from dualwrite import hooks
 from dualwrite.background import KeyChecker, ReadAhead
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import MirrorResult
-from dualwrite.sqlgen import Key, Side, source_side, target_side
-from dualwrite.store import Dialect, Store, is_transient, is_unique_violation, without_row_values
+from dualwrite.store import Store
+from dualwrite.stores import CopyRoute, Key, MappedTable, Role, StoreKind, kind_for
 
 log = logging.getLogger(__name__)
 
@@ -81,112 +80,62 @@ class _Chunk:
 # -- routes ----------------------------------------------------------------------------------------------
 
 
-class _Route:
-    """How one chunk is read from the source and written to the target."""
+class RowRoute:
+    """The route every pair of stores can take: mapped rows read from the source's table, inserted into
+    the target's (optimistically, where the kind can; guarded against live writes either way)."""
 
     name = "generic"
     reads_ahead = True
 
-    def __init__(self, mapping: TableMapping, src: Side, dst: Side) -> None:
-        self.mapping, self.src, self.dst = mapping, src, dst
-        self.insert_only = mapping.version is None
-
-    def read(self, conn: Any, lo: Key | None, hi: Key | None) -> Any:
-        return rowio.read_range(conn, self.mapping, self.src, lo, hi)
-
-    def write(self, sconn: Any, tconn: Any, chunk: _Chunk) -> tuple[int, bool]:
-        """Write the chunk into the target (uncommitted); (rows, took the conflict path)."""
-        rows: list[rowio.Row] = chunk.payload
-        if self.dst.store.dialect is Dialect.POSTGRESQL and rows:
-            try:
-                return rowio.pg_copy_rows(tconn, self.mapping, self.dst, rows), False
-            except Exception as exc:
-                if not is_unique_violation(exc):
-                    raise
-            tconn.rollback()
-            rowio.write_rows(tconn, self.mapping, self.dst, rows, insert_only=self.insert_only, only_if_newer=True)
-            return len(rows), True
-        rowio.write_rows(tconn, self.mapping, self.dst, rows, insert_only=self.insert_only, only_if_newer=True)
-        return len(rows), False
-
-
-class _PgBinaryRoute(_Route):
-    name = "pg-binary"
-    reads_ahead = False  # source and target COPY stream concurrently; nothing to read ahead
-
-    def read(self, conn: Any, lo: Key | None, hi: Key | None) -> Any:
-        return None
-
-    def write(self, sconn: Any, tconn: Any, chunk: _Chunk) -> tuple[int, bool]:
-        return fastpath.pg_binary_chunk(sconn, tconn, self.mapping, self.src, self.dst, chunk.lo, chunk.hi,
-                                        insert_only=self.insert_only)
-
-
-class _MysqlTextRoute(_Route):
-    name = "mysql-text"
-
-    def __init__(self, mapping: TableMapping, src: Side, dst: Side) -> None:
-        super().__init__(mapping, src, dst)
-        self.defaults = fastpath.mysql_text_defaults(mapping)
+    def __init__(self, source: MappedTable, target: MappedTable, insert_only: bool) -> None:
+        self.src, self.dst, self.insert_only = source, target, insert_only
         self.fallbacks = 0
 
     def read(self, conn: Any, lo: Key | None, hi: Key | None) -> Any:
-        return fastpath.mysql_read_text_chunk(conn, self.mapping, self.src, lo, hi, self.defaults)
+        return self.src.read_range(conn, lo, hi)
 
-    def write(self, sconn: Any, tconn: Any, chunk: _Chunk) -> tuple[int, bool]:
-        try:
-            return fastpath.pg_write_text_chunk(tconn, self.mapping, self.dst, chunk.payload,
-                                                insert_only=self.insert_only)
-        except Exception as exc:
-            if not str(getattr(exc, "sqlstate", "") or "").startswith("22"):
-                raise
-            # A value PostgreSQL cannot read as MariaDB spelled it (zero dates, out-of-range times...):
-            # redo this chunk through the driver's conversions. Never log the message: it quotes the row.
-            log.warning("chunk fell back to the generic path (sqlstate %s)", getattr(exc, "sqlstate", "?"))
-            self.fallbacks += 1
-        tconn.rollback()
-        rows = rowio.read_range(sconn, self.mapping, self.src, chunk.lo, chunk.hi)
-        return super().write(sconn, tconn, _Chunk(chunk.lo, chunk.hi, chunk.last, rows))
+    def write(self, sconn: Any, tconn: Any, lo: Key | None, hi: Key | None, payload: Any) -> tuple[int, bool]:
+        """Write the chunk into the target (uncommitted); (rows, took the conflict path)."""
+        return self.dst.insert_chunk(tconn, payload, insert_only=self.insert_only)
 
 
 ROUTES = ("pg-binary", "mysql-text", "generic")
 
 
-def choose_route(source: Store, target: Store, mapping: TableMapping, *, force: str | None = None) -> _Route:
-    """The fastest route that can carry this mapping; ``force="generic"`` picks the row path (tests,
-    benchmarks). Forcing a fast path that does not fit raises ValueError."""
-    src, dst = source_side(mapping, source), target_side(mapping, target)
-    if force is not None:
-        if force not in ROUTES:
-            raise ValueError(f"unknown route {force!r} (one of {', '.join(ROUTES)})")
-        if force == "generic":
-            return _Route(mapping, src, dst)
-        chosen = choose_route(source, target, mapping)
-        if chosen.name != force:
-            raise ValueError(f"route {force!r} cannot copy {source.dialect} -> {target.dialect} for this mapping")
-        return chosen
-    if target.dialect is Dialect.POSTGRESQL and not mapping.needs_python:
-        if source.dialect is Dialect.POSTGRESQL:
-            return _PgBinaryRoute(mapping, src, dst)
-        if source.dialect is Dialect.MYSQL and fastpath.mysql_text_supported(mapping):
-            return _MysqlTextRoute(mapping, src, dst)
-    return _Route(mapping, src, dst)
+def choose_route(source: Store, target: Store, mapping: TableMapping, *, force: str | None = None) -> CopyRoute:
+    """The fastest route that can carry this mapping (the source's kind offers fast routes for pairs of
+    its own stores); ``force="generic"`` picks the row path (tests, benchmarks). Forcing a fast path that
+    does not fit raises ValueError."""
+    if force is not None and force not in ROUTES:
+        raise ValueError(f"unknown route {force!r} (one of {', '.join(ROUTES)})")
+    skind, tkind = kind_for(source), kind_for(target)
+    fast = skind.copy_routes(source, target, mapping) if skind is tkind else []
+    generic = RowRoute(skind.table(source, mapping, Role.SOURCE), tkind.table(target, mapping, Role.TARGET),
+                       insert_only=mapping.version is None)
+    if force is None:
+        return fast[0] if fast else generic
+    if force == "generic":
+        return generic
+    for route in fast:
+        if route.name == force:
+            return route
+    raise ValueError(f"route {force!r} cannot copy {source} -> {target} for this mapping")
 
 
 # -- chunk planning -----------------------------------------------------------------------
 
 
-def _chunks(conn: Any, route: _Route, start: Key | None, hi: Key | None, batch: int
+def _chunks(conn: Any, table: MappedTable, route: CopyRoute, start: Key | None, hi: Key | None, batch: int
             ) -> Generator[_Chunk, None, None]:
     """Chunks from ``start`` to ``hi``, each read (when the route reads ahead) on ``conn``."""
     low = start
     while True:
-        found = rowio.fetch(conn, *sqlgen.nth_key_sql(route.src, low, hi, batch - 1))
-        bound: Key | None = tuple(found[0]) if found else hi
+        found = table.nth_key(conn, low, hi, batch - 1)
+        bound: Key | None = found if found is not None else hi
         payload = route.read(conn, low, bound) if route.reads_ahead else None
         conn.commit()
-        yield _Chunk(low, bound, not found, payload)
-        if not found:
+        yield _Chunk(low, bound, found is None, payload)
+        if found is None:
             return
         low = bound
 
@@ -222,13 +171,15 @@ def copy_range(
     """
     batch = batch_size or mapping.batch_size
     chosen = choose_route(source, target, mapping, force=route)
+    skind, tkind = kind_for(source), kind_for(target)
+    planner = skind.table(source, mapping, Role.SOURCE)
     prog = progress or CopyProgress(cursor=cursor if cursor is not None else lo)
     prog.extra["route"] = chosen.name
     timings = prog.extra.setdefault("seconds", {"read_wait": 0.0, "write": 0.0, "check_wait": 0.0})
     start = prog.cursor if prog.cursor is not None else (cursor if cursor is not None else lo)
     started = time.monotonic() - prog.seconds
-    # A SQLite target allows one writer: a key-check repair could not run beside an open chunk write.
-    overlap = target.dialect is not Dialect.SQLITE
+    # A target with one writer (SQLite): a key-check repair could not run beside an open chunk write.
+    overlap = tkind.capabilities(target).concurrent_writers
     pending: list[tuple[_Chunk, int, bool, Future[MirrorResult] | None]] = []
 
     def report_pending(timeout: float | None = None) -> None:
@@ -252,16 +203,16 @@ def copy_range(
             on_batch(prog)
 
     with contextlib.ExitStack() as stack:
-        sconn = stack.enter_context(source.connect())
-        tconn = stack.enter_context(target.connect())
+        sconn = stack.enter_context(skind.connect(source))
+        tconn = stack.enter_context(tkind.connect(target))
         checker = stack.enter_context(KeyChecker(source, target, mapping)) if check_keys else None
         if chosen.reads_ahead and read_ahead:
             def make() -> Iterator[_Chunk]:
-                with source.connect() as rconn:
-                    yield from _chunks(rconn, chosen, start, hi, batch)
+                with skind.connect(source) as rconn:
+                    yield from _chunks(rconn, planner, chosen, start, hi, batch)
             chunks: Iterator[_Chunk] = iter(stack.enter_context(ReadAhead(make)))
         else:
-            chunks = stack.enter_context(contextlib.closing(_chunks(sconn, chosen, start, hi, batch)))
+            chunks = stack.enter_context(contextlib.closing(_chunks(sconn, planner, chosen, start, hi, batch)))
         t0 = time.monotonic()
         for chunk in chunks:
             t1 = time.monotonic()
@@ -271,7 +222,8 @@ def copy_range(
                 break
             # The previous chunk's check runs while this chunk is written; this chunk commits only after
             # the previous one is reported, so at most one committed chunk is ever unreported.
-            n, conflicted = _write_chunk(chosen, sconn, tconn, chunk, before_commit=report_pending)
+            n, conflicted = _write_chunk(_Writer(chosen, mapping, skind, tkind), sconn, tconn, chunk,
+                                         before_commit=report_pending)
             t0 = time.monotonic()
             timings["write"] += t0 - t1
             check = checker.submit(chunk.lo, chunk.hi) if checker is not None else None
@@ -280,13 +232,30 @@ def copy_range(
                 report_pending()
         report_pending()
     prog.in_flight = None
-    if isinstance(chosen, _MysqlTextRoute) and chosen.fallbacks:
+    if chosen.fallbacks:
         prog.extra["fallback_chunks"] = prog.extra.get("fallback_chunks", 0) + chosen.fallbacks
     prog.seconds = time.monotonic() - started
     return prog
 
 
-def _write_chunk(route: _Route, sconn: Any, tconn: Any, chunk: _Chunk,
+@dataclass(frozen=True)
+class _Writer:
+    """What writing one chunk needs: the route, and the two kinds that classify its errors."""
+
+    route: CopyRoute
+    mapping: TableMapping
+    skind: StoreKind
+    tkind: StoreKind
+
+    @property
+    def what(self) -> str:
+        return f"copying {self.mapping.source_table} -> {self.mapping.target_table}"
+
+    def transient(self, exc: BaseException) -> bool:
+        return self.tkind.is_transient(exc) or self.skind.is_transient(exc)
+
+
+def _write_chunk(writer: _Writer, sconn: Any, tconn: Any, chunk: _Chunk,
                  before_commit: Callable[[float | None], None]) -> tuple[int, bool]:
     """Write and commit one chunk, retrying the whole chunk on deadlocks and serialization failures.
 
@@ -300,11 +269,11 @@ def _write_chunk(route: _Route, sconn: Any, tconn: Any, chunk: _Chunk,
     while True:
         attempt += 1
         try:
-            result = route.write(sconn, tconn, chunk)
+            result = writer.route.write(sconn, tconn, chunk.lo, chunk.hi, chunk.payload)
         except Exception as exc:
             _rollback(sconn, tconn)
-            if not is_transient(exc) or attempt >= MAX_ATTEMPTS:
-                clean = without_row_values(exc, f"copying {route.mapping.source_table} -> {route.mapping.target_table}")
+            if not writer.transient(exc) or attempt >= MAX_ATTEMPTS:
+                clean = writer.tkind.scrub_error(exc, writer.what)
                 if clean is exc:
                     raise
                 raise clean from None
@@ -330,7 +299,7 @@ def _write_chunk(route: _Route, sconn: Any, tconn: Any, chunk: _Chunk,
             return result
         except Exception as exc:
             _rollback(sconn, tconn)
-            if not is_transient(exc) or attempt >= MAX_ATTEMPTS:
+            if not writer.transient(exc) or attempt >= MAX_ATTEMPTS:
                 raise
             log.info("chunk commit hit a transient conflict, retrying (%s)", type(exc).__name__)
 
@@ -343,64 +312,11 @@ def _rollback(*conns: Any) -> None:
 
 # -- range planning --------------------------------------------------------------------------------------
 
-#: range bounds are quantiles of a sample of about this many keys (one sampled scan and one small sort)
-PLAN_SAMPLE_KEYS = 50_000
-
 
 def plan_bounds(store: Store, mapping: TableMapping, total: int, ranges: int,
                 on_bound: Callable[[int], None] | None = None) -> list[Key]:
     """Up to ``ranges - 1`` increasing source keys splitting about ``total`` rows into ranges of roughly
-    equal size (``lo < key <= hi`` each).
-
-    On PostgreSQL and MariaDB/MySQL the bounds are quantiles of a sample of about ``PLAN_SAMPLE_KEYS``
-    keys (every key of a smaller table) - PostgreSQL's ``TABLESAMPLE SYSTEM``, a ``RAND()`` filter on
-    MySQL - sorted once in range order. Chained ``OFFSET`` queries walk the key index instead, which is
-    cheap for an integer key inserted in order but not for a random string key (a UUID as CHAR(36)):
-    each index entry sends the walk to a random heap page, and a bytewise order under a linguistic
-    collation (``COLLATE "C"``) cannot use the index at all, so every boundary sorted the whole table
-    (~20 s for a few million keys). Ranges only need to be roughly even. SQLite, and a sample smaller
-    than ``ranges``, use the offset walk."""
+    equal size (``lo < key <= hi`` each), as the store's kind plans them (a sample of keys where the
+    store can draw one cheaply, else a walk of the key order)."""
     hooks.point("copy.before_plan")
-    side = source_side(mapping, store)
-    if ranges <= 1 or total <= 0:
-        return []
-    if store.dialect in (Dialect.POSTGRESQL, Dialect.MYSQL):
-        sample = _sample_keys(store, side, total)
-        if len(sample) >= ranges:
-            bounds: list[Key] = []
-            for j in range(1, ranges):
-                key = sample[len(sample) * j // ranges]
-                if not bounds or key != bounds[-1]:
-                    bounds.append(key)
-                    if on_bound is not None:
-                        on_bound(len(bounds))
-            return bounds
-    step = math.ceil(total / ranges)
-    out: list[Key] = []
-    lo: Key | None = None
-    with store.connect() as conn:
-        for _ in range(ranges - 1):
-            found = rowio.fetch(conn, *sqlgen.nth_key_sql(side, lo, None, step - 1))
-            if not found:
-                break
-            lo = tuple(found[0])
-            out.append(lo)
-            if on_bound is not None:
-                on_bound(len(out))
-        conn.rollback()
-    return out
-
-
-def _sample_keys(store: Store, side: Side, total: int) -> list[Key]:
-    """About ``PLAN_SAMPLE_KEYS`` keys of the table (all of a smaller one), sorted in range order."""
-    fraction = min(1.0, PLAN_SAMPLE_KEYS / max(1, total))
-    source, where = side.qtable, ""
-    if fraction < 1.0 and store.dialect is Dialect.POSTGRESQL:
-        source = f"{side.qtable} TABLESAMPLE SYSTEM ({fraction * 100:.6f})"
-    elif fraction < 1.0 and store.dialect is Dialect.MYSQL:
-        where = f" WHERE RAND() < {fraction:.8f}"
-    sql = f"SELECT {side.key_list()} FROM {source}{where} ORDER BY {side.order_by()}"
-    with store.connect() as conn:
-        keys = [tuple(r) for r in rowio.fetch(conn, sql, [])]
-        conn.rollback()
-    return keys
+    return kind_for(store).plan_bounds(store, mapping, total, ranges, on_bound)
