@@ -37,6 +37,7 @@ class ReadAhead(Generic[T]):
     def __init__(self, make: Callable[[], Iterator[T]], depth: int = 1) -> None:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._finished = False
         self._thread = threading.Thread(target=self._run, args=(make,), name="dualwrite-read-ahead", daemon=True)
         self._thread.start()
 
@@ -65,11 +66,20 @@ class ReadAhead(Generic[T]):
             self._put(("error", exc))
 
     def __iter__(self) -> Iterator[T]:
-        while True:
-            kind, value = self._queue.get()
+        """The items, then the end (or the error) once; iterated again after that, or after :meth:`close`,
+        it ends at once instead of waiting for a marker nobody will put again."""
+        while not self._finished:
+            try:
+                kind, value = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set() or not self._thread.is_alive():
+                    self._finished = self._queue.empty()
+                continue
             if kind == "end":
+                self._finished = True
                 return
             if kind == "error":
+                self._finished = True
                 raise value
             yield value
 

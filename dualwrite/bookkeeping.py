@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dualwrite.errors import DualwriteError
 from dualwrite.store import Dialect, Store
 
 #: MySQL tables are InnoDB with a binary collation: keys compare byte for byte, as on the other engines
@@ -82,7 +83,30 @@ def create_all(store: Store, statements: Sequence[str]) -> None:
     for sql in statements:
         try:
             execute(store, sql)
+        except DualwriteError:  # the store itself failed (unreachable, refused): never "it exists already"
+            raise
         except Exception as exc:
-            text = str(exc).lower()
-            if "already exists" not in text and "duplicate" not in text:
+            if not _lost_create_race(exc):
                 raise
+
+
+_EXISTS_SQLSTATES = frozenset({"42P07", "42710", "42P06", "23505"})
+"""PostgreSQL: duplicate table / object / schema, and the unique violation on the catalog that the loser of
+two concurrent ``CREATE ... IF NOT EXISTS`` sees."""
+_EXISTS_MYSQL = frozenset({1050, 1061, 1826})
+"""MariaDB/MySQL: table exists, duplicate key name, duplicate foreign key constraint name."""
+
+
+def _lost_create_race(exc: BaseException) -> bool:
+    """The statement failed only because what it creates exists already (told by the driver's code, not by
+    the message's text: a message may quote a database called ``..._duplicate_orders``)."""
+    orig = getattr(exc, "orig", None) or exc
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # PyMySQL / mysqlclient: (errno, message)
+        return args[0] in _EXISTS_MYSQL
+    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
+    if sqlstate is not None:
+        return str(sqlstate) in _EXISTS_SQLSTATES
+    if type(orig).__module__.startswith("sqlite3"):
+        return "already exists" in str(orig).lower()
+    return False

@@ -102,14 +102,16 @@ def without_tenants(report: VerifyReport, source: Store, target: Store, mapping:
         return report
     src_col, dst_col = tenant_columns(mapping)
     keys = report.keys()
-    owner = tenants_of(source_side(mapping, source), src_col, keys)
-    for k, t in tenants_of(target_side(mapping, target), dst_col, keys).items():
-        owner.setdefault(k, t)
+    # a row is left out when an excluded tenant owns it on either side: a row that moved between tenants
+    # must not be repaired over the excluded one's copy
+    on_source = tenants_of(source_side(mapping, source), src_col, keys)
+    on_target = tenants_of(target_side(mapping, target), dst_col, keys)
     kept = VerifyReport(table=report.table, rows_source=report.rows_source, rows_target=report.rows_target,
                         chunks=report.chunks, mismatched_chunks=report.mismatched_chunks, method=report.method,
                         seconds=report.seconds, max_differences=report.max_differences)
     for d in report.differences:
-        if owner.get(normal_key(tuple(d.key))) not in excluded:
+        k = normal_key(tuple(d.key))
+        if on_source.get(k) not in excluded and on_target.get(k) not in excluded:
             kept.add(d)
     return kept
 

@@ -180,9 +180,6 @@ def test_leaving_early_returns_the_readers_connection_to_the_pool(databases: Dat
     assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason="a ReadAhead iterated a second time (after its end, or after close()) "
-                   "blocks forever in queue.get(): the 'end' marker is consumed once and nothing is ever "
-                   "put again")
 def test_iterating_again_after_the_end_returns_nothing() -> None:
     ra = ReadAhead(lambda: iter([1, 2]))
     assert within(5, lambda: list(ra)) == [1, 2]

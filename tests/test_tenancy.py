@@ -167,8 +167,8 @@ def test_the_migration_wide_report_leaves_excluded_tenants_out(request: pytest.F
     assert report.total_differences == 7
 
     kept = tenancy.without_tenants(report, source, target, mapping, [ACME, QUOTE])
-    # beta's missing row and the NULL tenant's row remain (the moved row: see the xfail test below)
-    assert norm(kept.keys()) - {keys[8]} == {keys[3], keys[5]}
+    # beta's missing row and the NULL tenant's row remain; the row that moved from an excluded tenant is out
+    assert norm(kept.keys()) == {keys[3], keys[5]}
     assert (kept.missing, kept.extra, kept.field_different) == (1, 0, len(kept.differences) - 1)
     assert (kept.rows_source, kept.rows_target, kept.table) == (report.rows_source, report.rows_target,
                                                                report.table)
@@ -204,10 +204,6 @@ def rows(store: Store, table: str) -> list[tuple[Any, ...]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="without_tenants decides a row's tenant by the source side only (the "
-                   "target's tenant is used only when the row is absent from the source), so a row that an "
-                   "excluded tenant owns on the target but another tenant owns on the source is kept, and a "
-                   "repair forces the source image onto it (the docstring says 'on either side')")
 def test_a_row_an_excluded_tenant_owns_on_the_target_is_left_out(pg_old: Store, pg_new: Store,
                                                                  table_name: str) -> None:
     mapping, keys = scenario(pg_old, pg_new, table_name, "int")
