@@ -29,12 +29,12 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import common  # noqa: E402
+import common
 
-from dualwrite.backfill_copy import CopyProgress, copy_range  # noqa: E402
-from dualwrite.config import StoreRef  # noqa: E402
-from dualwrite.mapping import identity_mapping  # noqa: E402
-from dualwrite.store import Store  # noqa: E402
+from dualwrite.backfill_copy import CopyProgress, copy_range
+from dualwrite.config import StoreRef
+from dualwrite.mapping import identity_mapping
+from dualwrite.store import Store
 
 RSS_LIMIT_MB = 500
 COLS = ", ".join(common.COLUMNS)

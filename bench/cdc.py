@@ -41,12 +41,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualwrite import control  # noqa: E402
-from dualwrite.cdc import capture, servers  # noqa: E402
-from dualwrite.cdc.pg import TableKeys  # noqa: E402
-from dualwrite.config import StoreRef  # noqa: E402
-from dualwrite.mapping import identity_mapping  # noqa: E402
-from dualwrite.store import Store  # noqa: E402
+from dualwrite import control
+from dualwrite.cdc import capture, servers
+from dualwrite.cdc.pg import TableKeys
+from dualwrite.config import StoreRef
+from dualwrite.mapping import identity_mapping
+from dualwrite.store import Store
 
 PG_DDL = "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, amount numeric(12,2), version bigint NOT NULL)"
 MY_DDL = ("CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(100) NOT NULL, amount DECIMAL(12,2), "
@@ -64,7 +64,7 @@ def _pg_db(server: servers.Server, name: str) -> Store:
 
 
 def _my_db(server: servers.Server, name: str) -> Store:
-    import MySQLdb  # noqa: PLC0415
+    import MySQLdb
 
     c = MySQLdb.connect(host=server.host, port=server.port, user=server.user, autocommit=True)
     cur = c.cursor()
@@ -181,7 +181,7 @@ def _relay_process(old_name: str, old_url: str, new_name: str, new_url: str, sto
 def write_p99_x(old: Store, new: Store, rounds: int = 4, n: int = 500) -> float:
     """p99 of single-row updates on the primary with capture running (slot + a relay process draining it)
     over p99 with no capture, in alternating rounds (a noisy neighbour hits both alike)."""
-    import multiprocessing  # noqa: PLC0415
+    import multiprocessing
 
     times: dict[str, list[float]] = {"direct": [], "cdc": []}
     seq = 0

@@ -34,12 +34,12 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import common  # noqa: E402
+import common
 
-from dualwrite.config import StoreRef  # noqa: E402
-from dualwrite.mapping import TableMapping, identity_mapping  # noqa: E402
-from dualwrite.store import Store  # noqa: E402
-from dualwrite.verify import VerifyReport, verify_range  # noqa: E402
+from dualwrite.config import StoreRef
+from dualwrite.mapping import TableMapping, identity_mapping
+from dualwrite.store import Store
+from dualwrite.verify import VerifyReport, verify_range
 
 VERIFY_DB = "dwbench_verify"
 NAIVE_BATCH = 10_000
@@ -73,7 +73,7 @@ def ensure_pg_verify_copy(rows: int) -> str:
 
 def naive_compare_sqlalchemy(source: Store, target: Store, batch: int = NAIVE_BATCH) -> int:
     """The baseline: SQLAlchemy Core keyset pages from each side in turn, compared row by row."""
-    import sqlalchemy as sa  # noqa: PLC0415
+    import sqlalchemy as sa
 
     cols = ", ".join(common.COLUMNS)
     first = sa.text(f"SELECT {cols} FROM {common.TABLE} WHERE id > :lo ORDER BY id LIMIT {batch}")

@@ -157,7 +157,7 @@ async def test_prepare_with_a_role_that_does_not_own_the_control_tables_fails_at
         # CLEANUP's rename as a non-owner: a permanent error too, with the database's reason
         low = Store(StoreRef("lowold", as_role(role, pg_old)))
         try:
-            with pytest.raises(Exception) as rename:
+            with pytest.raises(Exception) as rename:  # noqa: PT011 - the test asserts the class below
                 _retire_table(low, table_name, "20260101000000", drop=False)
         finally:
             low.dispose()

@@ -12,7 +12,7 @@ import re
 import socket
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import structlog
@@ -171,7 +171,7 @@ def test_migration_gauges_follow_the_view() -> None:
     class S:
         phase, epoch, paused, tables, repair_queue_depth = "SHADOW_READ", 4, False, [T()], 7
         last_verification = V()
-        gate = {"to": "CUTOVER_READS", "passed": False}
+        gate: ClassVar[dict[str, object]] = {"to": "CUTOVER_READS", "passed": False}
 
     view = MigrationView.from_status(S(), {"tenants": {"acme": "CUTOVER_READS"},
                                            "ramp": {"phase": "CUTOVER_READS", "percent": 25}}, _window())

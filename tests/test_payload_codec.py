@@ -47,7 +47,7 @@ def free_port() -> int:
 
 
 def post(url: str, body: bytes, origin: str) -> dict[str, object]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={
+    req = urllib.request.Request(url, data=body, method="POST", headers={  # noqa: S310 - local test server
         "Content-Type": "application/json", "X-Namespace": "default", "Origin": origin})
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - local test server
         return json.loads(resp.read())  # type: ignore[no-any-return]
@@ -207,7 +207,7 @@ def test_dev_server_ui_is_pointed_at_the_codec_server(tmp_path: Path) -> None:
         settings: dict[str, object] = {}
         while time.monotonic() < deadline and not settings:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/api/v1/settings", timeout=5) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/api/v1/settings", timeout=5) as resp:
                     settings = json.loads(resp.read())
             except OSError:
                 time.sleep(0.5)

@@ -195,7 +195,7 @@ async def _current_details(page: Any, timeout: float = 30.0) -> str:
         for frame in page.frames:
             try:
                 text = await frame.inner_text("body", timeout=1000)
-            except Exception:  # noqa: BLE001 - a frame that is still loading or already gone
+            except Exception:  # noqa: BLE001, S112 - a frame that is still loading or already gone
                 continue
             if "rows copied" in text:
                 return str(text)
