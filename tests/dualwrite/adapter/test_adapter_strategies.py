@@ -36,7 +36,7 @@ from dualwrite.errors import StrictWriteError
 from dualwrite.spec import MigrationSpec, read_spec_text
 from dualwrite.store import Store
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[2]
 
 
 def _opts(**kw: Any) -> AdapterOptions:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from app.harness import make_migration
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("pair", ["pg_old>pg_new", "my_old>pg_new"])

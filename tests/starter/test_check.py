@@ -31,7 +31,7 @@ from dualwrite.store import ColumnInfo, Kind, Store, TableInfo
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, app
 
 runner = CliRunner()
-DUALWRITE = Path(os.environ.get("DUALWRITE_BIN", str(Path(__file__).resolve().parents[1] / ".venv/bin/dualwrite")))
+DUALWRITE = Path(os.environ.get("DUALWRITE_BIN", str(Path(__file__).resolve().parents[2] / ".venv/bin/dualwrite")))
 
 RunSql = Callable[..., None]
 Fetch = Callable[[Store, str], list[tuple[object, ...]]]

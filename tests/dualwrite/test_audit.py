@@ -25,8 +25,8 @@ from dualwrite.audit import CORE, ORM, RAW_SQL, audit_paths, spec_tables
 from dualwrite.audit.sql import TableSet, writes
 from dualwrite.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = Path(__file__).resolve().parent / "app_audit"
+ROOT = Path(__file__).resolve().parents[2]
+APP = Path(__file__).resolve().parents[1] / "app_audit"
 SPEC = APP / "spec.yaml"
 MARK = re.compile(r"(?:#|--) bypass: ([a-z_]+)")
 
