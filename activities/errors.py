@@ -3,7 +3,7 @@
 A bad spec, a schema mismatch, an unknown store or a store that refuses for good is permanent and becomes a
 non-retryable ``ApplicationError`` whose type is the dualwrite error class; an unreachable store is
 retryable. Messages that reach history are redacted and cut to their first line, because database errors
-append row images ("Failing row contains ...") in their detail lines (DESIGN rules 6 and 7).
+append row images ("Failing row contains ...") in their detail lines (rules 6 and 7, docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class RepairActivities:
     def drain_repairs(self, inp: RepairDrainInput) -> RepairDrainResult:
         """Long-poll the repair queue and mirror due keys, with exponential backoff on failure.
 
-        A repair writes only into the store that is not authoritative *now* (DESIGN.md rule 4), and none is
+        A repair writes only into the store that is not authoritative *now* (rule 4, docs/architecture.md), and none is
         written while a write fence is published, unless this is the workflow's own drain under the fence."""
         with mapped_errors():
             spec = inp.spec

@@ -4,7 +4,7 @@ Each chunk is ``cursor < key <= bound`` where ``bound`` is the key ``batch_size`
 source. A chunk is committed on its own and the cursor is reported after the commit, so a crash redoes at
 most one chunk, and redoing it is harmless.
 
-Live writes win over backfill (DESIGN rule 4):
+Live writes win over backfill (rule 4, docs/architecture.md):
 - rows are *inserted*, never overwrite: on a conflict the chunk falls back to an upsert that updates only
   when the incoming version is newer (or not at all without a version column: whatever a live mirror wrote
   is at least as new as the backfill's snapshot), ``MappedTable.insert_chunk`` (the SQL kind stages the

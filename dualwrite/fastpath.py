@@ -4,7 +4,7 @@ Both paths are *optimistic*: they COPY straight into the target table, which is 
 than staging and merging, and which only fails when some key of the chunk is already there (a live
 mirror got there first, or the chunk is being redone after a crash). On that unique violation the chunk
 is rolled back and written again through a staging table and one version-guarded
-``INSERT ... ON CONFLICT``, so live writes still win (DESIGN rule 4).
+``INSERT ... ON CONFLICT``, so live writes still win (rule 4, docs/architecture.md).
 
 - PostgreSQL -> PostgreSQL: the source renders the chunk as binary COPY with every column cast to the
   target's type; the bytes go straight into the target's COPY.

@@ -1,7 +1,7 @@
 """Keys as JSON: cursors and range bounds travel through heartbeats and workflow history.
 
 A key is a tuple of column values; on the wire it is a list of JSON scalars, decoded back with the key
-column kinds. Only key values ever travel this way, never whole rows (DESIGN rule 6).
+column kinds. Only key values ever travel this way, never whole rows (rule 6, docs/architecture.md).
 """
 
 from __future__ import annotations

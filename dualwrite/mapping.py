@@ -331,7 +331,8 @@ class _TableCompiler:
         self.bad(sub, f"column {name!r} does not exist in source table {self.spec.source}"
                       f"{_did_you_mean(name, list(self.source.columns))}")
 
-    # -- the source key (DESIGN rule 5): rows must be told apart on the source, or no write can be mirrored
+    # -- the source key (rule 5, docs/architecture.md): rows must be told apart on the source, or no write can
+    # be mirrored
 
     def _not_null(self, cols: Sequence[str]) -> bool:
         return all(c in self.source.columns and not self.source.columns[c].nullable for c in cols)

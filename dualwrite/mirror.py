@@ -7,8 +7,8 @@ that key waits a few milliseconds rather than being overwritten by an older imag
 
 Because the image is read under the key's lock, commit order on the source decides, not the application's
 version column: a key deleted and re-inserted with its version restarting at 1, or updated without a version
-bump, still arrives (DESIGN.md rule 1). The version guard ("only if newer") is used only for an unlocked read
-(``lock=False``), where no lock orders the images; ``force`` drops it there too.
+bump, still arrives (rule 1, docs/architecture.md). The version guard ("only if newer") is used only for an unlocked
+read (``lock=False``), where no lock orders the images; ``force`` drops it there too.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ def repair_batch(control_store: Store, old: Store, new: Store, migration: str, m
     Per key only the newest entry decides the direction: it names the side that was authoritative when the
     latest write failed, so a key queued before and after a rollback is mirrored the right way.
     ``authority`` ('old' / 'new'), when the caller knows which store is authoritative now, overrides the
-    recorded sides: a repair writes only into the store that is not authoritative (DESIGN.md rule 4).
+    recorded sides: a repair writes only into the store that is not authoritative (rule 4, docs/architecture.md).
 
     The mirror runs with ``force=False`` (its default) and under the key's lock, which already makes the
     image written the newest committed one: the version guard is off under the lock either way."""

@@ -1,6 +1,6 @@
 """Repair: make the differing keys of a verification equal the authoritative store, then prove it.
 
-Every difference is settled by the one mirror primitive (DESIGN rule 1) with ``force=True``: the row
+Every difference is settled by the one mirror primitive (rule 1, docs/architecture.md) with ``force=True``: the row
 image of the authoritative store wins even where a version guard would refuse it, because a verifier
 has just shown the target to be wrong. Pass ``mapping.reversed()`` (and the stores swapped) after write
 cutover, when the new store is the authority.

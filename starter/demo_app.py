@@ -105,7 +105,7 @@ def spec_yaml(name: str, t: Tables, *, short: bool, new_dialect: Dialect = Diale
     success, 100 % backfill, no reconciliation gap); only the sample minimums and the window are sized for a
     demo that lasts a minute or two instead of a day. The latency allowance (+200 % instead of the seed's
     +20 %) is honest about the ``sync`` strategy on SQLite: the request writes both stores before it
-    returns (DESIGN.md: "~2x write latency"), and the demo's backfill and verifications share the same
+    returns (the seed's "~2x write latency"), and the demo's backfill and verifications share the same
     database files with it, so its p99 swings; ``outbox`` is the strategy for a +20 % budget.
 
     The split is a Python transform forward (the same on every engine, and the adapter computes it for

@@ -9,7 +9,7 @@ It keeps one long-running activity draining the key logs (the outbox written by 
 written by triggers) of both stores through the mirror primitive, continuously: the activity polls the logs,
 mirrors what it finds, heartbeats its counters, and returns after ``max_activity_seconds`` so its result (a
 few counts and the lag) lands in history at a bounded rate. The workflow continues as new when Temporal
-suggests it. Rows never pass through here: the activity moves them store to store (DESIGN rule 6).
+suggests it. Rows never pass through here: the activity moves them store to store (rule 6, docs/architecture.md).
 
 It first sets capture up (the log tables; for ``triggers`` the triggers on both stores, idempotently), so
 starting it before the application writes in DUAL_WRITE is enough. The ``finish`` signal (sent at CLEANUP)

@@ -3,7 +3,7 @@
 One activity per table does the whole compare / narrow / repair / re-verify cycle, because the keys that
 differ must not travel through history: only counts by class (missing, extra, field-different) and the
 names of differing columns come back. A table that compared zero rows is a failure, never a pass
-(DESIGN rule 9): its error is recorded, the summary is not ok, and no gate passes on it.
+(rule 9, docs/architecture.md): its error is recorded, the summary is not ok, and no gate passes on it.
 """
 
 from __future__ import annotations

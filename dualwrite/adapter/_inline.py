@@ -95,7 +95,7 @@ class InlineMirror:
                 # the version guard refused an image: either a newer one is there already, or the target
                 # holds a stale row whose version is higher (a key deleted and re-inserted, an application
                 # that set its version backwards, two ORM processes that bumped the same version). The
-                # version column is not proof: re-read the authoritative rows under their lock (DESIGN.md
+                # version column is not proof: re-read the authoritative rows under their lock (docs/architecture.md
                 # rule 1)
                 mirror_keys(self.data[a], self.data[b], rt.mapping_from(a), list(images))
         if slow:

@@ -23,7 +23,7 @@ class AdapterOptions:
     """Log shadow mismatches with keys and values in clear (None: ``$DUALWRITE_SHADOW_LOG_VALUES`` is 1 /
     true); by default a mismatch line carries the table, the column and short hashes only."""
     shadow_after_write_cutover: bool = False
-    """CUTOVER_WRITES: also compare reads (DESIGN: optional)."""
+    """CUTOVER_WRITES: also compare reads (optional in the phase table)."""
     ignore_fields: Mapping[str, Sequence[str]] = field(default_factory=dict)
     normalizers: Mapping[str, Mapping[str, Callable[[Any], Any]]] = field(default_factory=dict)
     recent_write_seconds: float = 2.0

@@ -1,6 +1,6 @@
 """What a phase means for one request, and how an application instance learns the phase.
 
-:data:`RULES` is DESIGN.md's phase table as data: which store is authoritative, which one is mirrored,
+:data:`RULES` is the phase table (docs/architecture.md) as data: which store is authoritative, which one is mirrored,
 where reads go and whether reads are shadow-compared. :class:`PhaseCache` reads the published state from
 the control tables, keeps it for about a second (a request never waits for the control store when the
 cache is warm), and records the epoch this instance acts on: the phase barrier the workflow waits on before
@@ -53,7 +53,7 @@ class Side(StrEnum):
 
 @dataclass(frozen=True)
 class PhaseRules:
-    """DESIGN.md's phase table, one row."""
+    """the phase table (docs/architecture.md), one row."""
 
     phase: str
     authoritative: Side

@@ -1,8 +1,8 @@
 """The write adapter's Core API: phase-aware writes by key on SQLAlchemy connections, and reads with shadows.
 
 An application writes in *its* schema (the old store's table and column names) and never names a store:
-each unit of work is routed by the phase in force for it (DESIGN.md's table, with per-tenant / per-entity
-overrides and the sticky ramp):
+each unit of work is routed by the phase in force for it (the phase table of docs/architecture.md, with
+per-tenant / per-entity overrides and the sticky ramp):
 
 1. the authoritative store is written first, in one transaction on a SQLAlchemy connection; if that fails
    the request fails and nothing else is written (the seed's failure table);

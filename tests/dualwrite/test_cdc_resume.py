@@ -1,6 +1,6 @@
 """Strategy ``cdc``: the log position moves only after the keys were applied, so a worker that dies
 between the mirror and the checkpoint (or in the middle of the mirror) re-reads the batch and loses
-nothing (DESIGN rule 8), on both engines. The crash is simulated at exactly that step; the servers,
+nothing (rule 8, docs/architecture.md), on both engines. The crash is simulated at exactly that step; the servers,
 slot, binlog and mirror are real."""
 
 from __future__ import annotations

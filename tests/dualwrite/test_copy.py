@@ -1,6 +1,6 @@
 """Copying a key range: schema changes, resumability, conflicts with existing rows, and live writes.
 
-Live writes win over backfill (DESIGN rule 4). The writer in these tests behaves like the sync dual-write
+Live writes win over backfill (rule 4, docs/architecture.md). The writer in these tests behaves like the sync dual-write
 adapter: it commits on the source, then mirrors the key through ``mirror_keys``. Two kinds of races are
 exercised: a deterministic one, injected from ``should_stop`` (which runs after a chunk has been read
 ahead and before it is written, so the chunk's image is stale when it lands), and a writer thread running

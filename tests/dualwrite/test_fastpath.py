@@ -3,7 +3,7 @@
 What a migration relies on: a chunk carries exactly the rows of its key range, every value arrives as it
 was (NULL, empty text, the text ``\\N``, tabs, newlines, backslashes, emoji, bytes, decimals, fractions of
 a second), for every kind of key (integer, composite, CHAR(36) -> uuid, unicode text); a chunk that meets
-rows already written falls back to a guarded merge where a newer live write wins (DESIGN rule 4); a value
+rows already written falls back to a guarded merge where a newer live write wins (rule 4, docs/architecture.md); a value
 PostgreSQL cannot read is reported with a data-error SQLSTATE so the copy can take the row path; and a
 MariaDB connection is left as it was found, also when the read fails.
 """

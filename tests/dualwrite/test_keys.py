@@ -1,4 +1,4 @@
-"""Keys of every kind (DESIGN rule 5): integers with 0 and negatives, strings, UUIDs, composites.
+"""Keys of every kind (rule 5, docs/architecture.md): integers with 0 and negatives, strings, UUIDs, composites.
 
 Chunks are bounded by keys read on the source and applied on both sides, so both engines must order keys
 the same way: string keys are compared bytewise everywhere, whatever the column collation. When the

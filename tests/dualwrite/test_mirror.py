@@ -1,4 +1,4 @@
-"""The mirror primitive (DESIGN rule 1): make target rows K equal source rows K now, or absent.
+"""The mirror primitive (rule 1, docs/architecture.md): make target rows K equal source rows K now, or absent.
 
 Covers insert, update and delete images, the version column (not trusted under the key's lock; a guard only
 for unlocked reads), composite keys across engines, batching, and the source row lock held while the target

@@ -1,4 +1,4 @@
-"""MigrationWorkflow: one per migration (id ``dualwrite-<name>``), the phase machine of DESIGN.md.
+"""MigrationWorkflow: one per migration (id ``dualwrite-<name>``), the phase machine of docs/architecture.md.
 
 PREPARE -> DUAL_WRITE -> BACKFILL -> SHADOW_READ -> CUTOVER_READS -> CUTOVER_WRITES -> CLEANUP -> DONE.
 

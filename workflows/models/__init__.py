@@ -4,7 +4,7 @@ Everything here is a pydantic model so that ``pydantic_data_converter`` can roun
 workflow, activity, update and signal takes exactly one model (the Web UI's forms send one JSON value).
 These models are the contract between the workflows, the activities and the ``dualwrite`` CLI.
 
-Rules that shape them (DESIGN rules 6 and 7):
+Rules that shape them (rules 6 and 7, docs/architecture.md):
 - no row data: only names, key-range bounds (wire keys, see :mod:`dualwrite.keys`), counts, checkpoints;
 - no secrets: stores are named, never given by URL.
 

@@ -21,7 +21,7 @@ def workflow_id(name: str) -> str:
 
 
 class Phase(StrEnum):
-    """The phases of DESIGN.md, in order."""
+    """The phases, in order (docs/architecture.md, "The phase machine")."""
 
     PREPARE = "PREPARE"
     DUAL_WRITE = "DUAL_WRITE"

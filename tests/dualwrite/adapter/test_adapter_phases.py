@@ -1,8 +1,8 @@
 """The small app in every phase and every strategy, PostgreSQL -> PostgreSQL and MariaDB -> PostgreSQL.
 
 The application's code is plain ORM; dualwrite is installed on its sessionmaker. In every phase the
-authoritative store holds the app's writes, the other store follows exactly when DESIGN.md's table says it
-is mirrored (sync: right away; outbox / triggers: once the relay has drained), and is left alone when it is
+authoritative store holds the app's writes, the other store follows exactly when the phase table of docs/architecture.md
+says it is mirrored (sync: right away; outbox / triggers: once the relay has drained), and is left alone when it is
 not. Reads are served from the store the phase names.
 """
 
