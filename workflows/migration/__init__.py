@@ -74,36 +74,8 @@ The package splits the workflow along its seams, all deterministic workflow code
 - ``_render``: the status query's answer and the Web UI's Markdown; ``_constants``: patch ids and limits.
 """
 
-from workflows.migration._constants import (
-    ABORTED,
-    CATCH_UP_PATCH,
-    CATCH_UP_SECONDS,
-    DENY_WRITES_PATCH,
-    MAX_TRANSITIONS_KEPT,
-    NO_PROGRESS_UPSERT_PATCH,
-    PROGRESS_UPSERT_PATCH,
-    RELAY_AUTOSTART_PATCH,
-    ROLLBACK_HOLDS_AUTO_PATCH,
-    ROLLBACK_KINDS,
-    TRIGGER_WATCH_SECONDS,
-    WORKER_SAMPLE_PATCH,
-    WRITE_FENCE_PATCH,
-)
+from workflows.migration import _constants
+from workflows.migration._constants import *  # noqa: F403 - the patch ids and limits, re-exported as they are
 from workflows.migration._workflow import MigrationWorkflow
 
-__all__ = [
-    "ABORTED",
-    "CATCH_UP_PATCH",
-    "CATCH_UP_SECONDS",
-    "DENY_WRITES_PATCH",
-    "MAX_TRANSITIONS_KEPT",
-    "NO_PROGRESS_UPSERT_PATCH",
-    "PROGRESS_UPSERT_PATCH",
-    "RELAY_AUTOSTART_PATCH",
-    "ROLLBACK_HOLDS_AUTO_PATCH",
-    "ROLLBACK_KINDS",
-    "TRIGGER_WATCH_SECONDS",
-    "WORKER_SAMPLE_PATCH",
-    "WRITE_FENCE_PATCH",
-    "MigrationWorkflow",
-]
+__all__ = [*_constants.__all__, "MigrationWorkflow"]
