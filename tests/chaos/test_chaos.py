@@ -136,9 +136,9 @@ def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 # `python -m bench.chaos` (the README's chaos section), and the closing notes of [T2-1], [T2-4] and [T2-5] record
 # its figures. cdc runs on private servers that can capture (wal_level=logical / a ROW binlog), which the run
 # starts and stops itself. Measured on the 2-core machine: the six cases take about 5 minutes, two at a time.
-# Open product defects these cases find (see the t2-chaos report): cdc on PostgreSQL loses acknowledged writes
-# (dualwrite/cdc/pg.py read_batch moves the slot past transactions it did not decode when the peek stops at
-# its row limit), and strict reports a failed request whose authoritative COMMIT did commit (its reply was lost)
+# Defects these cases found and that are fixed: cdc on PostgreSQL moved its slot past transactions it had not
+# decoded when a peek stopped at its row limit (tests/dualwrite/test_cdc_pg_capture.py pins it); strict called a
+# request failed whose authoritative COMMIT had committed with its reply lost (test_adapter_strategies.py).
 @pytest.mark.parametrize(("pair", "strategy", "writer"), [("pg-pg", "cdc", "raw"),
                                                           ("mariadb-pg", "strict", "adapter"),
                                                           ("mariadb-pg", "triggers", "raw"),
