@@ -149,6 +149,18 @@ class CdcSide:
                                     mapping.key_kinds)
 
     def abort(self, rs: RelayStores, exists: Callable[[Store, str], bool]) -> list[str]:
-        # an abort has left log capture in place since cdc was added (the slot keeps WAL until CLEANUP's
-        # teardown or an operator drops it): unchanged here, see the report of [T2-3]
-        return []
+        """Capture and the denied writes go: a replication slot left behind keeps WAL on the server until
+        someone drops it (the most reported failure of log-based tools), and a table left denying writes
+        refuses the application after it was told the migration is over."""
+        removed: list[str] = []
+        for store in (rs.old, rs.new):
+            capture.teardown(store, rs.control, rs.spec.name)
+            removed.append(f"{store.name}/capture")
+        for side in ("old", "new"):
+            store = rs.store(side)
+            for table in rs.tables(side):
+                if exists(store, table):
+                    triggers.allow_writes(store, rs.spec.name, [table])
+                    triggers.drop_refusal_counters(store, rs.spec.name, [table])
+                    removed.append(f"{store.name}/{table}")
+        return removed

@@ -56,3 +56,32 @@ async def test_cdc_mariadb_to_pg_raw_writer_through_write_cutover_and_rollback(
     await through_cutover_and_back(dw, handle, writer, old_app, new_app, cdc_my_old, cdc_pg_new, table_name,
                                     "cdcmyold")
     await handle.terminate("test over")
+
+
+async def test_abort_of_a_cdc_migration_drops_the_slots_and_lifts_the_denied_writes(
+        dw: MigrationDriver, cdc_pg_old: Store, cdc_pg_new: Store, table_name: str) -> None:
+    """A slot left behind keeps WAL on the server for ever; a table left denying writes refuses the
+    application after it was told the migration is over."""
+    import asyncio
+
+    from conftest import execute
+
+    from dualwrite import triggers
+
+    create_pg(cdc_pg_old, table_name, 50)
+    create_pg(cdc_pg_new, table_name, 0)
+    name = f"cdcab-{table_name[-4:]}"
+    handle = await dw.start(spec_for(name, "cdcpgold", "cdcpgnew", table_name, strategy="cdc"))
+    await dw.advance_to(handle, "SHADOW_READ")
+    assert pg.slot_exists(cdc_pg_old, name) and pg.slot_exists(cdc_pg_new, name)
+    assert triggers.writes_denied(cdc_pg_new, name, table_name)
+    # the relay is gone (terminated by an operator): the abort itself must still remove the capture
+    await dw.client.get_workflow_handle(f"dualwrite-{name}-relay").terminate("operator")
+    res = await dw.update(handle, "abort", by="pytest", reason="changed our mind")
+    assert res.ok, res.message
+    final = await asyncio.wait_for(handle.result(), timeout=90)
+    assert final.aborted is not None
+    assert not pg.slot_exists(cdc_pg_old, name) and not pg.slot_exists(cdc_pg_new, name)
+    for store in (cdc_pg_old, cdc_pg_new):
+        assert not triggers.writes_denied(store, name, table_name)
+        execute(store, f"INSERT INTO {table_name} (id, name, version) VALUES (900001, 'after the abort', 1)")
