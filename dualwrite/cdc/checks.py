@@ -14,6 +14,9 @@ from dualwrite.store import Dialect, Store
 
 RESTART = "a server restart is needed"
 RELOAD = "no restart needed (SET GLOBAL, and in the config file to keep it)"
+MIN_BINLOG_RETENTION_SECONDS = 7 * 24 * 3600
+"""How long a binlog must be kept at least: a migration with its soak times runs for days, and a binlog purged
+before the relay read it is changes lost (the position then names a file the server no longer has)."""
 
 
 def _rows(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -68,7 +71,8 @@ def _mysql(store: Store) -> list[str]:
     out: list[str] = []
     version = str(_rows(store, "SELECT VERSION()")[0][0]).lower()
     mariadb = "mariadb" in version
-    names = ["log_bin", "binlog_format", "binlog_row_image", "server_id"]
+    names = ["log_bin", "binlog_format", "binlog_row_image", "server_id", "binlog_expire_logs_seconds",
+             "expire_logs_days"]
     if mariadb:
         names.append("binlog_row_metadata")
     got = {str(k).lower(): str(v) for k, v in _rows(
@@ -84,6 +88,7 @@ def _mysql(store: Store) -> list[str]:
                    f"({RELOAD}); without it column names arrive as UNKNOWN_COL0...")
     if got.get("server_id", "0") == "0":
         out.append(f"server_id is 0; a server that writes a binlog needs a non-zero server_id ({RESTART})")
+    out += _retention(got)
     grants = " ".join(str(r[0]).upper() for r in _rows(store, "SHOW GRANTS FOR CURRENT_USER()"))
     needs = ["REPLICATION SLAVE", "BINLOG MONITOR" if mariadb else "REPLICATION CLIENT"]
     if "ALL PRIVILEGES ON *.*" not in grants:
@@ -93,3 +98,15 @@ def _mysql(store: Store) -> list[str]:
                                                                   and "REPLICATION CLIENT" in grants):
                 out.append(f"the user lacks {grant}: GRANT {grant} ON *.* TO <user> (no restart)")
     return out
+
+
+def _retention(got: dict[str, str]) -> list[str]:
+    """Binlog retention against the length of a migration (0 on both settings: kept until purged by hand)."""
+    seconds = int(float(got.get("binlog_expire_logs_seconds", "0") or 0))
+    if not seconds:
+        seconds = int(float(got.get("expire_logs_days", "0") or 0) * 86400)
+    if 0 < seconds < MIN_BINLOG_RETENTION_SECONDS:
+        return [f"binlogs expire after {seconds / 3600:g} hours (binlog_expire_logs_seconds / expire_logs_days); "
+                "a migration runs for days and a binlog purged before the relay read it loses changes: set "
+                f"binlog_expire_logs_seconds = {MIN_BINLOG_RETENTION_SECONDS} or more, or 0 ({RELOAD})"]
+    return []

@@ -54,3 +54,20 @@ def test_capture_ready_servers_pass_and_a_slot_left_behind_is_reported(
                    and f"pg_drop_replication_slot('{slot}')" in p for p in problems), problems
     finally:
         capture.teardown(cdc_pg_old, cdc_pg_old, crashed)
+
+
+def test_a_binlog_kept_for_less_than_a_migration_lasts_is_reported(
+        cdc_my_old: Store, cdc_pg_new: Store, table_name: str) -> None:
+    """A binlog purged before the relay read it is changes lost: retention is checked before the start."""
+    from conftest import execute
+
+    create_my(cdc_my_old, table_name, 3)
+    create_pg(cdc_pg_new, table_name, 0)
+    execute(cdc_my_old, "SET GLOBAL binlog_expire_logs_seconds = 7200")
+    try:
+        problems = "\n".join(_report(cdc_my_old, cdc_pg_new, table_name))
+        assert "binlogs expire after 2 hours" in problems and "binlog_expire_logs_seconds = 604800" in problems
+        assert "no restart needed" in problems
+    finally:
+        execute(cdc_my_old, "SET GLOBAL binlog_expire_logs_seconds = 0")
+    assert _report(cdc_my_old, cdc_pg_new, table_name) == []
