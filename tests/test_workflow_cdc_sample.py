@@ -146,3 +146,48 @@ async def test_cdc_rollback_trigger_trips_on_worker_samples(
         assert "shadow_mismatch_rate" in rb.reason and "sampled by the worker" in rb.reason, rb.reason
     finally:
         await _stop(temporal_client, handle, name)
+
+
+def test_cdc_sampler_takes_recent_and_in_flight_keys_from_the_slot(
+        cdc_pg_old: Store, cdc_pg_new: Store, table_name: str) -> None:
+    """The sampler's two uses of the database's log, without a relay: keys changed on the old store and not
+    applied yet are its recently changed keys, and their differences count as in flight, not as mismatches;
+    once the slot moved past them (applied, as far as it knows) the same differences are mismatches."""
+    from dualwrite.capture.cdc_side import CdcSide
+    from dualwrite.capture.store_side import RelayStores
+    from dualwrite.cdc import capture
+    from dualwrite.mapping import identity_mapping
+    from dualwrite.sample import CaptureChanges, recent_changes_for, sample_table
+
+    create_pg(cdc_pg_old, table_name, 50)
+    create_pg(cdc_pg_new, table_name, 50)
+    forward = identity_mapping(cdc_pg_old.describe(table_name, refresh=True),
+                               cdc_pg_new.describe(table_name, refresh=True))
+    back = identity_mapping(cdc_pg_new.describe(table_name), cdc_pg_old.describe(table_name))
+    name = f"cdcunit-{secrets.token_hex(3)}"
+    rs = RelayStores(spec_for(name, "cdcpgold", "cdcpgnew", table_name, strategy="cdc"), cdc_pg_old, cdc_pg_new,
+                     cdc_pg_old, lambda _t, reverse: back if reverse else forward)
+    side = CdcSide()
+    side.setup(rs)
+    try:
+        changes = recent_changes_for(rs, side)
+        assert isinstance(changes, CaptureChanges)
+        execute(cdc_pg_old, f"UPDATE {table_name} SET name = 'changed', version = version + 1 WHERE id <= 5")
+
+        def pending() -> set[tuple[Any, ...]]:
+            return (side.pending_keys(cdc_pg_old, cdc_pg_old, name, table_name, forward)
+                    | side.pending_keys(cdc_pg_new, cdc_pg_old, name, table_name, back))
+
+        recent = changes.recent(table_name, forward, 100, 0.5, None)
+        assert sorted(recent) == [(i,) for i in range(1, 6)], recent
+        res = sample_table(cdc_pg_old, cdc_pg_new, forward, name, recent=10, random_n=0, pending=pending,
+                           wait_seconds=0.5, changes=changes)
+        assert (res.recent, res.in_flight, res.mismatch) == (5, 5, {}), res
+
+        assert capture.skip(cdc_pg_old, cdc_pg_old, name, lambda: True)  # the slot moves on: nothing pending
+        assert changes.recent(table_name, forward, 100, 0.5, None) == []
+        res = sample_table(cdc_pg_old, cdc_pg_new, forward, name, recent=0, random_n=50, pending=pending,
+                           changes=changes)
+        assert (res.compared, res.in_flight, res.mismatches) == (50, 0, 5), res
+    finally:
+        side.teardown(rs)
