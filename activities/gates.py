@@ -53,9 +53,8 @@ class GateActivities:
             cfg = inp.spec.rollback_triggers
             store = self.stores.control_store(inp.spec.control)
             method = method_for(inp.spec.strategy)
-            # no adapter compares reads: the worker samples rows for the shadow-mismatch trigger (key-log
-            # capture; a database log's changes are sampled by the gate's own sample activity)
-            worker_samples = method.evidence is Evidence.WORKER and not method.reads_database_log
+            # no adapter compares reads (triggers, cdc): the worker samples rows for the shadow-mismatch trigger
+            worker_samples = method.evidence is Evidence.WORKER
             started = time.monotonic()
             out = TriggerWatchResult()
             while True:

@@ -1,10 +1,11 @@
 """The worker shadow sample: thin Temporal adapter around :mod:`dualwrite.sample`.
 
 One call compares a sample of rows of every table on both stores (recently changed keys once the relay has
-mirrored them, and random key ranges), records the verdicts in ``dualwrite_stats`` under the migration's
-scope (as the instance ``worker-shadow-sample@host:pid``, counter ``shadow_sample``) together with the
-relay's current lag, and returns the counts. The gate then reads them like any application's statistics,
-and names them as a worker shadow sample in its evidence. Reads only; heartbeats per table.
+mirrored them, from the method's key log or the database's own log, and random key ranges), records the
+verdicts in ``dualwrite_stats`` under the migration's scope (as the instance
+``worker-shadow-sample@host:pid``, counter ``shadow_sample``) together with the relay's current lag, and
+returns the counts. The gate then reads them like any application's statistics, and names them as a worker
+shadow sample in its evidence. Reads only; heartbeats per table.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from activities.stores import StoreCache
 from dualwrite import outbox
 from dualwrite import stats as st
 from dualwrite.capture import method_for
-from dualwrite.capture.keylog_side import pending_log_keys
-from dualwrite.sample import SampleResult, sample_table
+from dualwrite.capture.store_side import store_side
+from dualwrite.sample import SampleResult, recent_changes_for, sample_table
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
 from workflows.sampling import SAMPLE_SHADOW, ShadowSampleInput, ShadowSampleResult
@@ -60,29 +61,32 @@ def sample_and_record(stores: StoreCache, spec: MigrationSpec, wanted: int, wait
     st.ensure_schema(ctl)
     wanted = max(MIN_SAMPLES, min(MAX_SAMPLES, wanted))
     per_table = max(1, -(-wanted // max(1, len(spec.tables))))
-    # recent and pending keys come from the method's key log; a method without one (cdc) finds none there
-    logs = (method_for(spec.strategy).key_log or outbox.CHANGELOG,)
+    # recent and in-flight keys come from the method's capture: its key log (triggers), the database's own
+    # log (cdc: replication slot, binlog), both through the method's store side
+    rs = stores.relay_stores(spec)
+    side = store_side(spec)
+    changes = recent_changes_for(rs, side)
+    key_log = method_for(spec.strategy).key_log
     total = SampleResult()
     for t in spec.tables:
         if stopping():
             break
-        _src, _dst, mapping = stores.mapping(spec, t.source)
+        mapping = stores.mapping(spec, t.source)[2]
         other = stores.mapping(spec, t.source, reverse=True)[2]
-        sides = ((old, {t.source, mapping.source_table}, mapping.key_kinds),
-                 (new, {t.source, other.source_table}, other.key_kinds))
+        sides = ((old, mapping), (new, other))
 
-        def pending(sides: Any = sides) -> set[tuple[Any, ...]]:
+        def pending(sides: Any = sides, table: str = t.source) -> set[tuple[Any, ...]]:
             keys: set[tuple[Any, ...]] = set()
-            for store, tables, kinds in sides:
-                keys |= pending_log_keys(store, spec.name, tables, kinds, logs)
+            for store, m in sides:
+                keys |= side.pending_keys(store, ctl, spec.name, table, m)
             return keys
 
         res = sample_table(old, new, mapping, spec.name, recent=per_table // 2,
-                           random_n=per_table - per_table // 2, pending=pending,
-                           wait_seconds=wait_seconds, log_table=logs[0], should_stop=stopping)
+                           random_n=per_table - per_table // 2, pending=pending, wait_seconds=wait_seconds,
+                           should_stop=stopping, changes=changes, spec_table=t.source)
         total += res
         activity.heartbeat({"table": t.source, "compared": total.compared})
-    lag = _relay_lag(old, new, spec.name, logs)
+    lag = _relay_lag(old, new, spec.name, (key_log,) if key_log is not None else ())
     stats = st.Stats(spec.name, identity)
     counts = [(st.SHADOW_SAMPLE, "match", total.match), (st.SHADOW_SAMPLE, "in_flight", total.in_flight)]
     counts += [(st.SHADOW_SAMPLE, cls, n) for cls, n in total.mismatch.items()]
@@ -99,7 +103,8 @@ def sample_and_record(stores: StoreCache, spec: MigrationSpec, wanted: int, wait
 
 def _relay_lag(old: Store, new: Store, migration: str, logs: tuple[str, ...]) -> float | None:
     """The age of the oldest entry waiting in the key logs of either store (0 when they are empty); None when
-    no key log exists yet (the relay has not set up)."""
+    no key log exists yet (the relay has not set up) or the method has none (cdc: the relay gauges its lag
+    itself as it reads the database's log)."""
     lag: float | None = None
     for store in (old, new):
         present = store.table_names()

@@ -8,14 +8,15 @@ comparison a verification makes (:func:`dualwrite.verify.verify_keys`, through :
 
 Two kinds of keys are sampled, because they catch different faults:
 
-- **recently changed** keys: the newest entries of the change log the capture triggers write. The sampler
-  waits (boundedly) until the relay has mirrored those entries, then compares: a mismatch there is a
-  mirror that went wrong (a mapping, a type, a lost write), the thing a shadow read in the application
-  would have caught;
+- **recently changed** keys: what the capture holds and the relay has not mirrored yet: the newest entries
+  of the change log the capture triggers write (``triggers``), the keys waiting in the database's own log
+  (``cdc``: a replication slot, the binlog, through the method's store side). The sampler waits (boundedly)
+  until the relay has mirrored them, then compares: a mismatch there is a mirror that went wrong (a
+  mapping, a type, a lost write), the thing a shadow read in the application would have caught;
 - **random** keys: short runs of consecutive keys from random points of the key space (random key
   ranges), so rows nobody writes now are covered too (a backfill or repair that went wrong).
 
-A key whose row differs but which waits in a key log again (written once more meanwhile) is *in flight*:
+A key whose row differs but which waits in the capture again (written once more meanwhile) is *in flight*:
 re-checked a moment later, and counted as neither match nor mismatch if it is still on its way. The counts
 are recorded under their own name (:data:`dualwrite.stats.SHADOW_SAMPLE`), so a gate's evidence says it
 came from a worker sample and not from application reads. Only counts leave this module, never keys or
@@ -35,9 +36,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from dualwrite import rows as rowio
+from dualwrite.capture.store_side import RelayStores, StoreSide
 from dualwrite.keys import Key, decode_key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import normal_key
@@ -143,6 +145,64 @@ def wait_mirrored(store: Store, ids: Sequence[int], seconds: float, *, log_table
         if not left or time.monotonic() >= deadline or (should_stop is not None and should_stop()):
             return left
         time.sleep(0.1)
+
+
+class RecentChanges(Protocol):
+    """Where a capture method's recently changed keys come from (chosen by its facts, see
+    :func:`recent_changes_for`)."""
+
+    def recent(self, spec_table: str, mapping: TableMapping, limit: int, wait_seconds: float,
+               should_stop: Callable[[], bool] | None) -> list[Key]:
+        """Up to ``limit`` keys of ``mapping``'s source table changed on the old store and not yet mirrored
+        when asked, after waiting up to ``wait_seconds`` for the relay to mirror them."""
+        ...
+
+
+class KeyLogChanges:
+    """A key log on the old store (``triggers``): its newest entries, waited for by their ids."""
+
+    def __init__(self, store: Store, migration: str, log_table: str = CHANGELOG) -> None:
+        self.store, self.migration, self.log_table = store, migration, log_table
+
+    def recent(self, spec_table: str, mapping: TableMapping, limit: int, wait_seconds: float,
+               should_stop: Callable[[], bool] | None) -> list[Key]:
+        ids, keys = recent_log_keys(self.store, self.migration, mapping.source_table, mapping.key_kinds, limit,
+                                    log_table=self.log_table)
+        if ids:
+            wait_mirrored(self.store, ids, wait_seconds, log_table=self.log_table, should_stop=should_stop)
+        return keys
+
+
+class CaptureChanges:
+    """The database's own log (``cdc``), read through the method's store side: the keys it holds for the
+    table on the old store that the relay has not applied yet, waited for until capture reaches the end of
+    the log as it was when they were read. Nothing in the log is moved."""
+
+    def __init__(self, rs: RelayStores, side: StoreSide) -> None:
+        self.rs, self.side = rs, side
+
+    def recent(self, spec_table: str, mapping: TableMapping, limit: int, wait_seconds: float,
+               should_stop: Callable[[], bool] | None) -> list[Key]:
+        if limit <= 0:
+            return []
+        points = self.side.catch_up_points(self.rs, ("old",))
+        pending = self.side.pending_keys(self.rs.old, self.rs.control, self.rs.spec.name, spec_table, mapping)
+        keys = sorted(pending, key=repr)[:limit]  # a log holds no order of its keys worth keeping here
+        deadline = time.monotonic() + wait_seconds
+        while keys and points and self.side.behind(self.rs, points)[0]:
+            if time.monotonic() >= deadline or (should_stop is not None and should_stop()):
+                break
+            time.sleep(0.1)
+        return keys
+
+
+def recent_changes_for(rs: RelayStores, side: StoreSide) -> RecentChanges:
+    """The recently changed keys of a migration's capture method, chosen by its facts: its key log where it has
+    one, otherwise what its store side holds unapplied (the database's own log)."""
+    key_log = rs.method.key_log
+    if key_log is not None:
+        return KeyLogChanges(rs.old, rs.spec.name, key_log)
+    return CaptureChanges(rs, side)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,14 +363,16 @@ def compare_keys(old: Store, new: Store, mapping: TableMapping, keys: Sequence[K
 
 def sample_table(old: Store, new: Store, mapping: TableMapping, migration: str, *, recent: int, random_n: int,
                  pending: Callable[[], set[Key]], wait_seconds: float = 10.0, rng: random.Random | None = None,
-                 log_table: str = CHANGELOG, should_stop: Callable[[], bool] | None = None) -> SampleResult:
+                 log_table: str = CHANGELOG, should_stop: Callable[[], bool] | None = None,
+                 changes: RecentChanges | None = None, spec_table: str | None = None) -> SampleResult:
     """One sample of one table: up to ``recent`` recently changed keys (once mirrored) and about
-    ``random_n`` random ones, compared on both stores."""
+    ``random_n`` random ones, compared on both stores.
+
+    ``changes``: where the recently changed keys come from (default: the key log ``log_table`` on the old
+    store); ``spec_table``: the table as the spec names it (default: the mapping's source table)."""
     rng = rng or random.Random()  # noqa: S311 - sampling, not crypto
-    ids, changed = recent_log_keys(old, migration, mapping.source_table, mapping.key_kinds, recent,
-                                   log_table=log_table)
-    if ids:
-        wait_mirrored(old, ids, wait_seconds, log_table=log_table, should_stop=should_stop)
+    changes = changes or KeyLogChanges(old, migration, log_table)
+    changed = changes.recent(spec_table or mapping.source_table, mapping, recent, wait_seconds, should_stop)
     # random keys fill the sample up: under a fast relay the log holds only the last moment's keys
     picked = random_keys(old, mapping, random_n + recent - len(changed), rng)
     keys = list(dict.fromkeys([*changed, *picked]))

@@ -16,6 +16,7 @@ __all__ = [
     "ROLLBACK_HOLDS_AUTO_PATCH",
     "ROLLBACK_KINDS",
     "TRIGGER_WATCH_SECONDS",
+    "WORKER_SAMPLE_DATABASE_LOG_PATCH",
     "WORKER_SAMPLE_PATCH",
     "WRITE_FENCE_PATCH",
 ]
@@ -50,5 +51,8 @@ DENY_WRITES_PATCH = "deny-writes"
 writes (and a later mirror or repair overwrote them); both key logs were mirrored at every moment."""
 WORKER_SAMPLE_PATCH = "worker-shadow-sample"
 """Histories from before: a ``triggers`` gate read only application statistics (which never exist there)."""
+WORKER_SAMPLE_DATABASE_LOG_PATCH = "worker-shadow-sample-database-log"
+"""Histories from before: the worker sampled only where a key log names the recent changes (``triggers``); a
+``cdc`` gate read application statistics that never exist there and waited forever at SHADOW_READ."""
 ROLLBACK_HOLDS_AUTO_PATCH = "rollback-holds-auto"
 """Histories from before: auto mode advanced again right after an operator's rollback."""

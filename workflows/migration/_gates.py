@@ -9,7 +9,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import WORKER_SAMPLE_PATCH
+from workflows.migration._constants import WORKER_SAMPLE_DATABASE_LOG_PATCH, WORKER_SAMPLE_PATCH
 from workflows.migration._state import MigrationState, who
 from workflows.migration._verification import Verifications
 
@@ -72,8 +72,7 @@ class Gates:
         phase = self._st.phase_of(tenant)
         self._st.transitioning = f"{label} (evaluating the gate)"
         self._st.wake += 1
-        if (self._worker_samples() and to in phases.TRAFFIC_GATED
-                and workflow.patched(WORKER_SAMPLE_PATCH)):
+        if self._worker_samples() and to in phases.TRAFFIC_GATED and workflow.patched(self._sample_patch()):
             await self._worker_shadow_sample(label)
         bypass_gated = (to in phases.TRAFFIC_GATED and tenant is None and bp.applies(self._st.spec)
                         and workflow.patched(bp.BYPASS_PATCH))
@@ -104,14 +103,18 @@ class Gates:
         return result
 
     def _worker_samples(self) -> bool:
-        """The worker samples rows itself before a traffic gate: no adapter reads both stores (the evidence is
-        the worker's), and a key log names the recently changed keys it samples (``triggers``)."""
-        method = self._st.method
-        return method.evidence is Evidence.WORKER and method.key_log is not None
+        """The worker samples rows itself before a traffic gate where no adapter reads both stores (the
+        evidence is the worker's): ``triggers`` and ``cdc``."""
+        return self._st.method.evidence is Evidence.WORKER
+
+    def _sample_patch(self) -> str:
+        """The patch that introduced the worker's sample for this method: key-log capture (``triggers``) got
+        it first, database-log capture (``cdc``) later, so each method's recorded histories replay."""
+        return WORKER_SAMPLE_PATCH if self._st.method.key_log is not None else WORKER_SAMPLE_DATABASE_LOG_PATCH
 
     async def _worker_shadow_sample(self, label: str) -> None:
-        """triggers: no adapter reads both stores, so the worker samples rows itself before the gate reads the
-        statistics (its verdicts land in them, named as a worker shadow sample). A failed sample only leaves
+        """triggers, cdc: no adapter reads both stores, so the worker samples rows itself before the gate reads
+        the statistics (its verdicts land in them, named as a worker shadow sample). A failed sample only leaves
         the gate with fewer samples ("not yet"), never a pass."""
         self._st.transitioning = f"{label} (worker shadow sample)"
         self._st.wake += 1
