@@ -30,8 +30,10 @@ or :meth:`VerifyReport.summary` (which may go into Temporal history); only count
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -274,6 +276,9 @@ class _Run:
         self.pool = stack.enter_context(ThreadPoolExecutor(max_workers=2 * depth + 1,
                                                            thread_name_prefix="dw-verify"))
         self.depth = depth
+        # a target that cannot read key ranges (Redis) is read by the source's keys of each chunk, plus the
+        # keys it holds inside the chunk that the source lacks, found by one scan per run (_TargetKeys)
+        self.target_keys = None if tkind.capabilities(target).range_reads else _TargetKeys(self.tgt)
 
     # -- bounds ------------------------------------------------------------------------------------------
 
@@ -317,6 +322,16 @@ class _Run:
         with self.tconns.use() as conn:
             return self.tgt.canonical_range(conn, lo, hi)
 
+    def read_target_by_keys(self, lo: Key | None, hi: Key | None, source: Future[tuple[list[Row], list[Row]]]
+                            ) -> tuple[list[Row], list[Row]]:
+        """The target rows of a chunk when the target has no range reads: those of the source's keys,
+        then those of the target's own keys inside the chunk (extras, when the source lacks them)."""
+        assert self.target_keys is not None
+        with self.tconns.use() as conn:
+            keys = dict.fromkeys(self.src.row_key(r) for r in source.result()[0])
+            keys.update(dict.fromkeys(self.target_keys.inside(conn, lo, hi)))
+            return self.tgt.canonical_keys(conn, list(keys))
+
     def sum_source(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
         assert self.summers is not None
         with self.sconns.use() as conn:
@@ -330,7 +345,10 @@ class _Run:
     def submit(self, lo: Key | None, hi: Key | None) -> tuple[Future[Any], Future[Any]]:
         if self.method == "pushdown":
             return self.pool.submit(self.sum_source, lo, hi), self.pool.submit(self.sum_target, lo, hi)
-        return self.pool.submit(self.read_source, lo, hi), self.pool.submit(self.read_target, lo, hi)
+        fs = self.pool.submit(self.read_source, lo, hi)
+        if self.target_keys is not None:
+            return fs, self.pool.submit(self.read_target_by_keys, lo, hi, fs)
+        return fs, self.pool.submit(self.read_target, lo, hi)
 
     # -- judging one chunk -------------------------------------------------------------------------------
 
@@ -408,6 +426,25 @@ class _Run:
                 fs.cancel()
                 ft.cancel()
             raise
+
+
+class _TargetKeys:
+    """Every key of a target without range reads, scanned once per verification (on first use) and kept
+    sorted, so each chunk takes the keys inside its bounds by bisection."""
+
+    def __init__(self, table: MappedTable) -> None:
+        self._table = table
+        self._keys: list[Key] | None = None
+        self._lock = threading.Lock()
+
+    def inside(self, conn: Any, lo: Key | None, hi: Key | None) -> list[Key]:
+        with self._lock:
+            if self._keys is None:
+                self._keys = self._table.range_keys(conn, None, None)
+        keys = self._keys
+        start = 0 if lo is None else bisect.bisect_right(keys, normal_key(tuple(lo)))
+        end = len(keys) if hi is None else bisect.bisect_right(keys, normal_key(tuple(hi)))
+        return keys[start:end]
 
 
 def _check_tiling(ranges: Iterable[Bounds], lo: Key | None, hi: Key | None) -> Iterator[Bounds]:
