@@ -12,7 +12,9 @@ the databases work), with the next chunk's bound looked up meanwhile:
 - **python** (across engines or kinds, or with Python transforms): both sides' canonical rows are read
   (``MappedTable.canonical_range``, in :mod:`dualwrite.canonical` form: most columns arrive canonical
   straight from the driver, decimals and timestamps as text the database renders) and compared in C
-  (list and tuple equality).
+  (list and tuple equality). A target that cannot read key ranges (Redis: ``range_reads`` False) is read
+  by the source's keys of each chunk (``canonical_keys``) plus its own keys inside the chunk, taken from
+  one ``range_keys`` scan per verification, so rows only the target holds are still reported as extra.
 
 A chunk that does not match is narrowed to keys (pushdown first re-checksums sub-ranges of a few thousand
 rows, found in one window-function pass, then fetches only mismatching sub-ranges; rows are set-differenced

@@ -188,18 +188,30 @@ def test_verification_finds_every_kind_of_difference_and_repair_settles_it(
     r.hdel("c:6", "n")  # a field gone: NULL on the Redis side
     r.hset("c:100", mapping={"id": "100", "v": "stray", "version": "1"})  # extra, past the source's last key
     r.hset("c:0", mapping={"id": "0", "v": "stray", "version": "1"})  # extra, before its first
+    run_sql(pg_old, f"DELETE FROM {table_name} WHERE id = 20")  # extra, in a middle chunk
     r.set("c:oops", "x")  # under the template's pattern, but no key of this table: not a row
     r.hset("other:1", "id", "1")  # another table's key
     report = verify_range(pg_old, new, mapping, chunk_size=8)  # type: ignore[arg-type]
     found = {(d.key, d.kind) for d in report.differences}
     assert found == {((3,), DiffKind.MISSING), ((5,), DiffKind.FIELD), ((6,), DiffKind.FIELD),
-                     ((100,), DiffKind.EXTRA), ((0,), DiffKind.EXTRA)}
-    assert report.field_counts == {"v": 1, "n": 1} and report.rows_source == 40
+                     ((100,), DiffKind.EXTRA), ((0,), DiffKind.EXTRA), ((20,), DiffKind.EXTRA)}
+    assert report.field_counts == {"v": 1, "n": 1} and report.rows_source == 39
 
     result = mirror_keys(pg_old, new, mapping, report.keys())  # type: ignore[arg-type]
-    assert (result.upserted, result.deleted) == (3, 2)
+    assert (result.upserted, result.deleted) == (3, 3)
     assert verify_range(pg_old, new, mapping, chunk_size=8).ok  # type: ignore[arg-type]
     assert verify_keys(pg_old, new, mapping, [(3,), (100,)]).ok  # type: ignore[arg-type]
+    assert client(new).exists("c:oops") and client(new).exists("other:1")  # not rows: left alone
+
+
+def test_a_resumed_verification_still_finds_extras_after_its_cursor(
+        pg_old: Store, table_name: str, redis_url: str, run_sql: Callable[..., None]) -> None:
+    _int_table(pg_old, table_name, run_sql, n=30)
+    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}"})
+    copy_range(pg_old, new, mapping)  # type: ignore[arg-type]
+    run_sql(pg_old, f"DELETE FROM {table_name} WHERE id IN (5, 25)")
+    report = verify_range(pg_old, new, mapping, lo=(10,), hi=(28,), chunk_size=6)  # type: ignore[arg-type]
+    assert [(d.key, d.kind) for d in report.differences] == [((25,), DiffKind.EXTRA)]
 
 
 def test_a_wiped_redis_is_all_missing_never_a_pass(pg_old: Store, table_name: str, redis_url: str,

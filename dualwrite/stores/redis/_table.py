@@ -225,7 +225,7 @@ class RedisTable:
     # -- walking keys: by SCAN, unordered on the server, sorted here (verification's extras pass) -----------
 
     def range_keys(self, conn: Any, lo: Key | None, hi: Key | None) -> list[Key]:
-        return sorted(k for k in self.scan_keys(conn) if _inside(k, lo, hi))
+        return sorted({k for k in self.scan_keys(conn) if _inside(k, lo, hi)})  # SCAN may repeat a key
 
     def read_range(self, conn: Any, lo: Key | None, hi: Key | None, *, lock: bool = False) -> list[Row]:
         return self.read_keys(conn, self.range_keys(conn, lo, hi))
