@@ -331,8 +331,19 @@ class _Run:
         assert self.target_keys is not None
         with self.tconns.use() as conn:
             keys = dict.fromkeys(self.src.row_key(r) for r in source.result()[0])
-            keys.update(dict.fromkeys(self.target_keys.inside(conn, lo, hi)))
+            others = [k for k in self.target_keys.inside(conn, lo, hi) if k not in keys]
+            keys.update(dict.fromkeys(self.source_lacks(others)))
             return self.tgt.canonical_keys(conn, list(keys))
+
+    def source_lacks(self, keys: list[Key]) -> list[Key]:
+        """The keys the source has no row for: a key the source orders into another chunk (a collation
+        that is not the target's order) is compared there, not called extra here."""
+        if not keys:
+            return keys
+        with self.sconns.use() as conn:
+            present = {self.src.row_key(r) for r in self.src.read_keys(conn, keys)}
+            conn.rollback()
+        return [k for k in keys if k not in present]
 
     def sum_source(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
         assert self.summers is not None
