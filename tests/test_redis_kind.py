@@ -254,17 +254,30 @@ def test_an_empty_source_with_keys_in_redis_reports_them_extra(pg_old: Store, ta
 # -- backfill vs live writes; mirror ------------------------------------------------------------------------
 
 
-def test_backfill_leaves_newer_live_writes_alone(pg_old: Store, table_name: str, redis_url: str,
+@pytest.mark.parametrize("value", ["hash", "json"])
+def test_backfill_leaves_newer_live_writes_alone(pg_old: Store, table_name: str, redis_url: str, value: str,
                                                  run_sql: Callable[..., None]) -> None:
     _int_table(pg_old, table_name, run_sql, n=5)
-    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}"}, version_column="version")
+    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}", "value": value},
+                         version_column="version")
     r = client(new)
-    r.hset("c:2", mapping={"id": "2", "v": "live", "version": "7"})  # a live write, newer than the source's
-    r.hset("c:3", mapping={"id": "3", "v": "stale", "n": "0.00", "version": "0"})  # older: replaced whole
+    live = {"id": "2", "v": "live", "version": "7"}  # a live write, newer than the source's
+    stale = {"id": "3", "v": "stale", "n": "0.00", "version": "0"}  # older: replaced whole
+    for key, fields in (("c:2", live), ("c:3", stale)):
+        if value == "hash":
+            r.hset(key, mapping={**fields})
+        else:
+            r.set(key, json.dumps(fields))
     prog = copy_range(pg_old, new, mapping)  # type: ignore[arg-type]
     assert prog.rows == 5
-    assert r.hgetall("c:2") == {"id": "2", "v": "live", "version": "7"}
-    assert r.hgetall("c:3") == {"id": "3", "v": "row 3", "n": "4.50", "version": "1"}
+
+    def row(key: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in r.hgetall(key).items()} if value == "hash" else document(r, key)
+
+    assert row("c:2") == live
+    assert row("c:3") == {"id": "3", "v": "row 3", "n": "4.50", "version": "1"}
+    report = verify_range(pg_old, new, mapping)  # type: ignore[arg-type]
+    assert [(d.key, d.kind) for d in report.differences] == [((2,), DiffKind.FIELD)]  # the live write
 
 
 def test_mirror_of_an_update_and_a_delete(pg_old: Store, table_name: str, redis_url: str,
