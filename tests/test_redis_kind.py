@@ -261,11 +261,11 @@ def test_backfill_leaves_newer_live_writes_alone(pg_old: Store, table_name: str,
     new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}", "value": value},
                          version_column="version")
     r = client(new)
-    live = {"id": "2", "v": "live", "version": "7"}  # a live write, newer than the source's
-    stale = {"id": "3", "v": "stale", "n": "0.00", "version": "0"}  # older: replaced whole
+    live: dict[Any, Any] = {"id": "2", "v": "live", "version": "7"}  # a live write, newer than the source's
+    stale: dict[Any, Any] = {"id": "3", "v": "stale", "n": "0.00", "version": "0"}  # older: replaced whole
     for key, fields in (("c:2", live), ("c:3", stale)):
         if value == "hash":
-            r.hset(key, mapping={**fields})
+            r.hset(key, mapping=fields)
         else:
             r.set(key, json.dumps(fields))
     prog = copy_range(pg_old, new, mapping)  # type: ignore[arg-type]
