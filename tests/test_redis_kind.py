@@ -177,6 +177,28 @@ def test_text_keys_in_any_engine_order(request: pytest.FixtureRequest, source_na
     assert [(d.key, d.kind) for d in report.differences] == [(("Ω",), DiffKind.EXTRA)]
 
 
+def test_timestamp_and_date_keys(pg_old: Store, table_name: str, redis_url: str,
+                                 run_sql: Callable[..., None]) -> None:
+    run_sql(pg_old, f"CREATE TABLE {table_name} (day date, at timestamptz(6), v int, PRIMARY KEY (day, at))",
+            f"INSERT INTO {table_name} SELECT DATE '2026-01-01' + (g % 3), "
+            "TIMESTAMPTZ '2026-03-29 01:30:00+02' + g * INTERVAL '1 minute 0.000001 second', g "
+            "FROM generate_series(1, 20) g")
+    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "e:{day}:{at}"})
+    copy_range(pg_old, new, mapping)  # type: ignore[arg-type]
+    assert verify_range(pg_old, new, mapping, chunk_size=6).ok  # type: ignore[arg-type]
+    extra = "e:2026-01-02:2030-01-01T00%3A00%3A00.000000+00%3A00"
+    client(new).hset(extra, mapping={"day": "2026-01-02", "at": "2030-01-01T00:00:00.000000+00:00", "v": "0"})
+    report = verify_range(pg_old, new, mapping, chunk_size=6)  # type: ignore[arg-type]
+    assert [(d.key, d.kind) for d in report.differences] == [
+        ((dt.date(2026, 1, 2), dt.datetime(2030, 1, 1)), DiffKind.EXTRA)]
+    assert mirror_keys(pg_old, new, mapping, report.keys()).deleted == 1  # type: ignore[arg-type]
+    assert not client(new).exists(extra)
+
+
+def test_rediss_urls_are_served_by_the_redis_kind() -> None:
+    assert kind_for(RedisStore("new", "rediss://cache.example:6380/3")) is REDIS
+
+
 def test_text_and_uuid_keys(pg_old: Store, table_name: str, redis_url: str, run_sql: Callable[..., None]) -> None:
     run_sql(pg_old, f"CREATE TABLE {table_name} (u uuid PRIMARY KEY, v text)",
             f"INSERT INTO {table_name} SELECT gen_random_uuid(), 'r' || g FROM generate_series(1, 30) g")
