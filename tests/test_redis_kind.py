@@ -25,6 +25,7 @@ from dualwrite.errors import SpecError
 from dualwrite.keyvalue import start_redis
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys
+from dualwrite.repair import repair
 from dualwrite.shadow import kind_rows_reader
 from dualwrite.spec import TableSpec
 from dualwrite.store import Kind, Store
@@ -262,6 +263,11 @@ def test_a_wiped_redis_is_all_missing_never_a_pass(pg_old: Store, table_name: st
     client(new).flushdb()
     report = verify_range(pg_old, new, mapping, chunk_size=10)  # type: ignore[arg-type]
     assert not report.ok and report.missing == 25 and report.rows_target == 0
+
+    report.max_differences = 10  # a capped report: repaired in rounds, each proved by re-verification
+    report.differences = report.differences[:10]
+    result = repair(pg_old, new, mapping, report)  # type: ignore[arg-type]
+    assert result.after.ok and result.upserted == 25 and client(new).dbsize() == 25
 
 
 def test_an_empty_source_with_keys_in_redis_reports_them_extra(pg_old: Store, table_name: str, redis_url: str,
