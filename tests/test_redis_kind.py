@@ -227,6 +227,8 @@ def test_verification_finds_every_kind_of_difference_and_repair_settles_it(
     r.delete("c:3")  # missing
     r.hset("c:5", "v", "tampered")  # field-different
     r.hdel("c:6", "n")  # a field gone: NULL on the Redis side
+    r.delete("c:7")
+    r.set("c:7", "not a hash")  # a key of the wrong type: every column differs
     r.hset("c:100", mapping={"id": "100", "v": "stray", "version": "1"})  # extra, past the source's last key
     r.hset("c:0", mapping={"id": "0", "v": "stray", "version": "1"})  # extra, before its first
     run_sql(pg_old, f"DELETE FROM {table_name} WHERE id = 20")  # extra, in a middle chunk
@@ -234,12 +236,12 @@ def test_verification_finds_every_kind_of_difference_and_repair_settles_it(
     r.hset("other:1", "id", "1")  # another table's key
     report = verify_range(pg_old, new, mapping, chunk_size=8)  # type: ignore[arg-type]
     found = {(d.key, d.kind) for d in report.differences}
-    assert found == {((3,), DiffKind.MISSING), ((5,), DiffKind.FIELD), ((6,), DiffKind.FIELD),
+    assert found == {((3,), DiffKind.MISSING), ((5,), DiffKind.FIELD), ((6,), DiffKind.FIELD), ((7,), DiffKind.FIELD),
                      ((100,), DiffKind.EXTRA), ((0,), DiffKind.EXTRA), ((20,), DiffKind.EXTRA)}
-    assert report.field_counts == {"v": 1, "n": 1} and report.rows_source == 39
+    assert report.field_counts == {"v": 2, "n": 2, "version": 1} and report.rows_source == 39
 
     result = mirror_keys(pg_old, new, mapping, report.keys())  # type: ignore[arg-type]
-    assert (result.upserted, result.deleted) == (3, 3)
+    assert (result.upserted, result.deleted) == (4, 3)
     assert verify_range(pg_old, new, mapping, chunk_size=8).ok  # type: ignore[arg-type]
     assert verify_keys(pg_old, new, mapping, [(3,), (100,)]).ok  # type: ignore[arg-type]
     assert client(new).exists("c:oops") and client(new).exists("other:1")  # not rows: left alone
@@ -316,9 +318,14 @@ def test_mirror_of_an_update_and_a_delete(pg_old: Store, table_name: str, redis_
     copy_range(pg_old, new, mapping)  # type: ignore[arg-type]
     run_sql(pg_old, f"UPDATE {table_name} SET v = NULL, n = 9.99, version = 2 WHERE id = 4",
             f"DELETE FROM {table_name} WHERE id = 5")
-    result = mirror_keys(pg_old, new, mapping, [(4,), (5,)])  # type: ignore[arg-type]
-    assert (result.upserted, result.deleted) == (1, 1)
     r = client(new)
+    r.delete("c:6")
+    r.hset("c:6", "id", "6")  # a hash where a JSON document belongs
+    report = verify_range(pg_old, new, mapping)  # type: ignore[arg-type]
+    assert {(d.key, d.kind) for d in report.differences} == {((4,), DiffKind.FIELD), ((5,), DiffKind.EXTRA),
+                                                             ((6,), DiffKind.FIELD)}
+    result = mirror_keys(pg_old, new, mapping, [(4,), (5,), (6,)])  # type: ignore[arg-type]
+    assert (result.upserted, result.deleted) == (2, 1)
     assert document(r, "c:4") == {"id": "4", "n": "9.99", "version": "2"}  # v NULL: gone
     assert not r.exists("c:5")
     assert verify_range(pg_old, new, mapping).ok  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from dualwrite.canonical import canonical_value
 from dualwrite.errors import RowRejectedError
 from dualwrite.keyvalue import encode_value
 from dualwrite.mapping import TableMapping
@@ -132,18 +133,27 @@ class RedisTable:
 
     # -- reading -------------------------------------------------------------------------------------------
 
-    def _decode(self, raw: Any) -> Row | None:
+    def _decode(self, raw: Any, key: Key) -> Row | None:
+        """The canonical row of a key's value; None when the key is absent. A value that is not one of
+        ours (another type of key, a document that is no JSON object) reads as a row of NULLs under its
+        key: it differs from the source row in every column, and the mirror rewrites it."""
         if not raw:
             return None
-        if self.layout.json:
+        if isinstance(raw, Exception):  # WRONGTYPE: a string where a hash belongs, or the other way round
+            raw = {}
+        elif self.layout.json:
             try:
                 doc = json.loads(raw)
             except ValueError:
                 doc = None
             if not isinstance(doc, dict):
-                return tuple(None for _ in self.names)  # not ours: compares unequal to the source row
+                doc = {}
             raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in doc.items()}
-        return self.layout.codec.canonical_row(raw)
+        row = list(self.layout.codec.canonical_row(raw))
+        for p, kind, value in zip(self.positions, self.key_kinds, key, strict=True):
+            if row[p] is None:  # the key field is gone: the Redis key still says whose row it is
+                row[p] = canonical_value(value, kind)
+        return tuple(row)
 
     def _normal(self, canon: Row) -> Row:
         """A canonical row with its key values in normal form (what :meth:`row_key` and repair use)."""
@@ -166,8 +176,8 @@ class RedisTable:
                     pipe.get(name)
                 else:
                     pipe.hgetall(name)
-            for raw in pipe.execute():
-                canon = self._decode(raw)
+            for k, raw in zip(batch, pipe.execute(raise_on_error=False), strict=True):
+                canon = self._decode(raw, k)
                 if canon is not None:
                     out.append((self._normal(canon), canon))
         return out
