@@ -22,6 +22,7 @@ from test_types import insert, source_value
 
 from dualwrite.backfill_copy import copy_range
 from dualwrite.errors import SpecError
+from dualwrite.keycheck import settle_range
 from dualwrite.keyvalue import start_redis
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys
@@ -308,6 +309,19 @@ def test_backfill_leaves_newer_live_writes_alone(pg_old: Store, table_name: str,
     assert row("c:3") == {"id": "3", "v": "row 3", "n": "4.50", "version": "1"}
     report = verify_range(pg_old, new, mapping)  # type: ignore[arg-type]
     assert [(d.key, d.kind) for d in report.differences] == [((2,), DiffKind.FIELD)]  # the live write
+
+
+def test_the_key_check_settles_a_range_by_scanning_redis(pg_old: Store, table_name: str, redis_url: str,
+                                                         run_sql: Callable[..., None]) -> None:
+    _int_table(pg_old, table_name, run_sql, n=12)
+    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}"})
+    copy_range(pg_old, new, mapping)  # type: ignore[arg-type]
+    run_sql(pg_old, f"DELETE FROM {table_name} WHERE id IN (3, 11)")
+    client(new).delete("c:6")
+    with pg_old.connect() as sconn, REDIS.connect(new) as tconn:
+        result = settle_range(pg_old, new, mapping, sconn, tconn, (2,), (10,))  # type: ignore[arg-type]
+    assert (result.upserted, result.deleted) == (1, 1)  # 6 back, 3 gone; 11 is outside the range
+    assert client(new).exists("c:11")
 
 
 def test_mirror_of_an_update_and_a_delete(pg_old: Store, table_name: str, redis_url: str,
