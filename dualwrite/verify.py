@@ -12,7 +12,9 @@ the databases work), with the next chunk's bound looked up meanwhile:
 - **python** (across engines or kinds, or with Python transforms): both sides' canonical rows are read
   (``MappedTable.canonical_range``, in :mod:`dualwrite.canonical` form: most columns arrive canonical
   straight from the driver, decimals and timestamps as text the database renders) and compared in C
-  (list and tuple equality).
+  (list and tuple equality). A target that cannot read key ranges (Redis: ``range_reads`` False) is read
+  by the source's keys of each chunk (``canonical_keys``) plus its own keys inside the chunk, taken from
+  one ``range_keys`` scan per verification, so rows only the target holds are still reported as extra.
 
 A chunk that does not match is narrowed to keys (pushdown first re-checksums sub-ranges of a few thousand
 rows, found in one window-function pass, then fetches only mismatching sub-ranges; rows are set-differenced
@@ -30,8 +32,10 @@ or :meth:`VerifyReport.summary` (which may go into Temporal history); only count
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -274,6 +278,9 @@ class _Run:
         self.pool = stack.enter_context(ThreadPoolExecutor(max_workers=2 * depth + 1,
                                                            thread_name_prefix="dw-verify"))
         self.depth = depth
+        # a target that cannot read key ranges (Redis) is read by the source's keys of each chunk, plus the
+        # keys it holds inside the chunk that the source lacks, found by one scan per run (_TargetKeys)
+        self.target_keys = None if tkind.capabilities(target).range_reads else _TargetKeys(self.tgt)
 
     # -- bounds ------------------------------------------------------------------------------------------
 
@@ -317,6 +324,27 @@ class _Run:
         with self.tconns.use() as conn:
             return self.tgt.canonical_range(conn, lo, hi)
 
+    def read_target_by_keys(self, lo: Key | None, hi: Key | None, source: Future[tuple[list[Row], list[Row]]]
+                            ) -> tuple[list[Row], list[Row]]:
+        """The target rows of a chunk when the target has no range reads: those of the source's keys,
+        then those of the target's own keys inside the chunk (extras, when the source lacks them)."""
+        assert self.target_keys is not None
+        with self.tconns.use() as conn:
+            keys = dict.fromkeys(self.src.row_key(r) for r in source.result()[0])
+            others = [k for k in self.target_keys.inside(conn, lo, hi) if k not in keys]
+            keys.update(dict.fromkeys(self.source_lacks(others)))
+            return self.tgt.canonical_keys(conn, list(keys))
+
+    def source_lacks(self, keys: list[Key]) -> list[Key]:
+        """The keys the source has no row for: a key the source orders into another chunk (a collation
+        that is not the target's order) is compared there, not called extra here."""
+        if not keys:
+            return keys
+        with self.sconns.use() as conn:
+            present = {self.src.row_key(r) for r in self.src.read_keys(conn, keys)}
+            conn.rollback()
+        return [k for k in keys if k not in present]
+
     def sum_source(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
         assert self.summers is not None
         with self.sconns.use() as conn:
@@ -330,7 +358,10 @@ class _Run:
     def submit(self, lo: Key | None, hi: Key | None) -> tuple[Future[Any], Future[Any]]:
         if self.method == "pushdown":
             return self.pool.submit(self.sum_source, lo, hi), self.pool.submit(self.sum_target, lo, hi)
-        return self.pool.submit(self.read_source, lo, hi), self.pool.submit(self.read_target, lo, hi)
+        fs = self.pool.submit(self.read_source, lo, hi)
+        if self.target_keys is not None:
+            return fs, self.pool.submit(self.read_target_by_keys, lo, hi, fs)
+        return fs, self.pool.submit(self.read_target, lo, hi)
 
     # -- judging one chunk -------------------------------------------------------------------------------
 
@@ -408,6 +439,25 @@ class _Run:
                 fs.cancel()
                 ft.cancel()
             raise
+
+
+class _TargetKeys:
+    """Every key of a target without range reads, scanned once per verification (on first use) and kept
+    sorted, so each chunk takes the keys inside its bounds by bisection."""
+
+    def __init__(self, table: MappedTable) -> None:
+        self._table = table
+        self._keys: list[Key] | None = None
+        self._lock = threading.Lock()
+
+    def inside(self, conn: Any, lo: Key | None, hi: Key | None) -> list[Key]:
+        with self._lock:
+            if self._keys is None:
+                self._keys = self._table.range_keys(conn, None, None)
+        keys = self._keys
+        start = 0 if lo is None else bisect.bisect_right(keys, normal_key(tuple(lo)))
+        end = len(keys) if hi is None else bisect.bisect_right(keys, normal_key(tuple(hi)))
+        return keys[start:end]
 
 
 def _check_tiling(ranges: Iterable[Bounds], lo: Key | None, hi: Key | None) -> Iterator[Bounds]:

@@ -163,6 +163,15 @@ class ReverseMap(_Strict):
         return self
 
 
+class RedisMap(_Strict):
+    """A table kept in Redis ([T2-6], :mod:`dualwrite.stores.redis`): one key per row under a key template
+    (``customer:{id}``), the row as a hash (a field per mapped column) or as one JSON document."""
+
+    key: str = Field(description="key template: literal text and {column} for each key column")
+    value: str = Field(default="hash", pattern="^(hash|json)$", description="hash (field per column) or json")
+    prefix: str = Field(default="", description="put in front of every key, e.g. 'mig1:'")
+
+
 class TableSpec(_Strict):
     source: str
     target: str | None = None
@@ -178,6 +187,8 @@ class TableSpec(_Strict):
                               "compared zero rows of it passes (otherwise it fails: a verifier must prove it looked)")
     strategy: Strategy | None = Field(default=None, description="this table's write strategy (strict, sync or "
                                       "async; default: the migration's)")
+    redis: RedisMap | None = Field(default=None, description="how the table is kept when the new store is "
+                                   "Redis: key template, value shape (hash or json), key prefix")
 
     @field_validator("source", "target")
     @classmethod

@@ -20,6 +20,8 @@ _KINDS: dict[str, str | StoreKind] = {
     "mysql": "dualwrite.stores.sql:SQL",
     "mariadb": "dualwrite.stores.sql:SQL",
     "sqlite": "dualwrite.stores.sql:SQL",
+    "redis": "dualwrite.stores.redis:REDIS",
+    "rediss": "dualwrite.stores.redis:REDIS",
 }
 _loaded: dict[str, StoreKind] = {}
 _lock = threading.Lock()
