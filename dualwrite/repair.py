@@ -13,9 +13,14 @@ every round still reduces the number of differences.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from dualwrite.canonical import encode_row
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import MirrorResult, mirror_keys
 from dualwrite.store import Store
@@ -25,6 +30,18 @@ log = logging.getLogger("dualwrite.repair")
 
 #: repaired keys named in the worker log per table and call (the count is always complete)
 LOGGED_KEYS = 50
+LOG_KEYS_ENV = "DUALWRITE_LOG_KEYS"
+"""Set to 1 to log repaired keys in clear (by default: short hashes, see :func:`key_hash`)."""
+
+
+def keys_in_clear() -> bool:
+    return os.environ.get(LOG_KEYS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def key_hash(key: Sequence[Any]) -> str:
+    """A short hash of a key, the same in every process: ``python -c "from dualwrite.repair import key_hash;
+    print(key_hash((42,)))"`` finds a known key's lines in the log without the log holding the key."""
+    return hashlib.sha256(encode_row(tuple(key))).hexdigest()[:12]
 
 #: hard stop for capped reports: rounds x max_differences keys at most per repair call
 MAX_ROUNDS = 50
@@ -66,10 +83,13 @@ def repair(source: Store, target: Store, mapping: TableMapping, report: VerifyRe
         if not keys:
             break
         total += mirror_keys(source, target, mapping, keys, force=True)
-        # the operator must be able to tell which keys a repair rewrote (keys, never values): a repair that
-        # "fixed" good data is the worst outcome, and this line is how it is found afterwards
-        log.warning("repair %s -> %s of %s: %d keys rewritten from %s; keys: %s%s", source.name, target.name,
-                    mapping.target_table, len(keys), source.name, [list(k) for k in keys[:LOGGED_KEYS]],
+        # the operator must be able to tell which keys a repair rewrote: a repair that "fixed" good data is the
+        # worst outcome, and this line is how it is found afterwards. Keys are data (an e-mail address is a
+        # key): short hashes by default, stable across processes (key_hash), in clear only when asked
+        shown = ([list(k) for k in keys[:LOGGED_KEYS]] if keys_in_clear()
+                 else [key_hash(k) for k in keys[:LOGGED_KEYS]])
+        log.warning("repair %s -> %s of %s: %d keys rewritten from %s; keys%s: %s%s", source.name, target.name,
+                    mapping.target_table, len(keys), source.name, "" if keys_in_clear() else " (hashed)", shown,
                     " ..." if len(keys) > LOGGED_KEYS else "")
         after = _reverify(source, target, mapping, current)
         progressed = after.total_differences < current.total_differences
