@@ -100,8 +100,9 @@ class WriteFence:
     async def fence_for(self, plan: phases.Plan) -> str:
         """Before authority moves: fence the writes of the scopes that flip, wait until every live instance
         has acknowledged the fence with nothing routed before it still open, and drain the key logs and the
-        repair queue (:meth:`_level_gaining_store`). '' when the flip may go ahead (the fence stays until ``Transitions.enter`` publishes the new
-        authority without it); else the fence is lifted under the old authority and the refusal returned."""
+        repair queue (:meth:`_level_gaining_store`). '' when the flip may go ahead (the fence stays until
+        ``Transitions.enter`` publishes the new authority without it); else the fence is lifted under the old
+        authority and the refusal returned."""
         scope = self.scope(plan)
         if scope is None or not workflow.patched(WRITE_FENCE_PATCH):
             return ""
