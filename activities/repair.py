@@ -10,7 +10,7 @@ from activities.errors import mapped_errors, safe_message
 from activities.heartbeat import sleep, stopping
 from activities.stores import StoreCache
 from dualwrite import control
-from dualwrite.relay import repair_authority, repair_batch
+from dualwrite.relay import expedite_repairs, repair_authority, repair_batch
 from workflows.models import ActivityNames, RepairDrainInput, RepairDrainResult
 
 __all__ = ["RepairActivities"]
@@ -35,6 +35,8 @@ class RepairActivities:
             out = RepairDrainResult()
             started = time.monotonic()
             worked = False
+            if inp.under_fence:
+                expedite_repairs(ctl, spec.name)  # every key is tried now: authority moves only when none is left
             while not stopping():
                 authority = repair_authority(ctl, spec, under_fence=inp.under_fence)
                 entries = [] if authority == "fenced" else control.due_repairs(ctl, spec.name, inp.batch)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dualwrite import bookkeeping as bk
 from dualwrite import control
 from dualwrite.errors import DualwriteError, StoreError, StoreUnavailableError
 from dualwrite.keys import Key, decode_key
@@ -238,6 +239,19 @@ def repair_authority(control_store: Store, spec: MigrationSpec, *, under_fence: 
     if spec.tenant_tables and (state.overrides or {}).get("tenants"):
         return None
     return authoritative_side(state.phase)
+
+
+def expedite_repairs(control_store: Store, migration: str) -> int:
+    """Make every entry of the migration's repair queue due now (its backoff is cut short); returns how many.
+
+    The workflow's drain under a write fence calls this first: authority may move only once every key the
+    queue holds has been mirrored into the gaining store, so an entry that an earlier failure deferred by
+    minutes must be tried now, not skipped as "not due" (the [T2-5] loss: the flip went ahead while the
+    queue still held acknowledged writes of the losing store). The attempt count stays, so a key that fails
+    again is deferred as long as before."""
+    p, now = control_store.paramstyle, bk.now_sql(control_store)
+    return bk.execute(control_store, f"UPDATE {control.REPAIR_QUEUE} SET next_attempt_at = {now} "
+                                     f"WHERE migration = {p} AND next_attempt_at > {now}", [migration])
 
 
 def repair_batch(control_store: Store, old: Store, new: Store, migration: str, mapping_for: MappingFor,

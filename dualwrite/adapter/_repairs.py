@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,8 @@ class _Pending:
     keys: list[Key]
     reason: str
     authoritative: str
+    on_durable: Callable[[], None] | None = None
+    """called once the keys are durable (queued by a retry, or spilled): see :meth:`RepairQueue.enqueue`"""
 
 
 @dataclass(frozen=True)
@@ -82,18 +84,28 @@ class RepairQueue:
         self._lock = threading.Lock()
         _LIVE.add(self)
 
-    def enqueue(self, table: str, keys: Sequence[Key], *, reason: str, authoritative: str) -> None:
-        """Durably queue keys for the repair drain; buffered in memory (and retried) while that fails."""
+    def enqueue(self, table: str, keys: Sequence[Key], *, reason: str, authoritative: str,
+                on_durable: Callable[[], None] | None = None) -> bool:
+        """Durably queue keys for the repair drain; buffered in memory (and retried) while that fails.
+        True when the control store took them now.
+
+        ``on_durable`` is called once the keys are durable: at once, or when a retry queues them, or when
+        they are spilled (or at close, when neither could be done). The async queue releases the epoch its
+        keys were routed under there, so a write fence's barrier cannot pass while a key the workflow must
+        drain before moving authority is only in this process's memory ([T2-5])."""
         try:
             control.enqueue_repair(self.control, self.migration, table, list(keys), reason=reason,
                                    authoritative=authoritative)
             self.stats.count(st.REPAIR, "enqueued", len(keys))
         except Exception as exc:  # noqa: BLE001 - held in memory, retried, spilled at exit
             with self._lock:
-                self._pending.append(_Pending(table, list(keys), reason, authoritative))
+                self._pending.append(_Pending(table, list(keys), reason, authoritative, on_durable))
             self.stats.count(st.REPAIR, "buffered", len(keys))
             log.warning("migration %s: cannot queue %d key(s) for repair (%s); kept in memory and retried",
                         self.migration, len(keys), error_class(exc))
+            return False
+        _released([on_durable])
+        return True
 
     def retry_pending(self) -> int:
         """Queue the keys held in memory; returns how many the control store took."""
@@ -106,6 +118,7 @@ class RepairQueue:
                                        authoritative=p.authoritative)
                 done += len(p.keys)
                 self.stats.count(st.REPAIR, "enqueued", len(p.keys))
+                _released([p.on_durable])
             except Exception:  # noqa: BLE001 - still down: keep the rest for later
                 with self._lock:
                     self._pending = pending[i:] + self._pending
@@ -149,6 +162,7 @@ class RepairQueue:
                 self._pending = pending + self._pending
             raise
         self.stats.count(st.REPAIR, "spilled", n)
+        _released(p.on_durable for p in pending)
         return n, str(path)
 
     def settle(self) -> CloseReport:
@@ -162,6 +176,11 @@ class RepairQueue:
                 spilled, path = self.spill_pending()
             except OSError as exc:
                 lost = self.pending
+                with self._lock:  # closing: nothing more can be done for them, release what they hold
+                    held = [p.on_durable for p in self._pending]
+                    for p in self._pending:
+                        p.on_durable = None
+                _released(held)
                 log.error("migration %s: %d repair key(s) could not be spilled to %s (%s); a verification will "
                           "find their rows", self.migration, lost, self.spill_dir, type(exc).__name__)
         if pending:
@@ -169,3 +188,13 @@ class RepairQueue:
                         "%s (re-queued by the next start), %d lost", self.migration, pending, enqueued, spilled,
                         path or "-", lost)
         return CloseReport(pending=pending, enqueued=enqueued, spilled=spilled, lost=lost, spill_path=path)
+
+
+def _released(callbacks: Iterable[Callable[[], None] | None]) -> None:
+    """Call the ``on_durable`` callbacks of keys that are durable now (a failing one must not stop the rest)."""
+    for fn in callbacks:
+        if fn is not None:
+            try:
+                fn()
+            except Exception:  # a callback must not break the queue (logged with its traceback)
+                log.exception("repair queue: releasing held keys failed")

@@ -10,10 +10,11 @@ key may run in any order, twice, or late: the other store ends equal to the auth
 adapter gauges, shown by ``status`` and held against ``gates.max_async_lag_seconds`` before any cutover.
 
 Never blocking the request: when the queue is full the keys go straight to the durable repair queue. A
-failed batch goes there too. :meth:`AsyncMirror.flush` (called by ``close()``) waits until the queue is
-empty. Every queued key holds the epoch it was routed under in the phase cache (as an open unit of work
-does), so the barrier of a write fence passes only after the queue has drained what was routed before it:
-write cutover drains the queue behind the fence.
+failed batch goes there too, and holds its epoch until the control store has taken it (a key held in memory
+while the control store is unreachable is one the fence's drain cannot see). :meth:`AsyncMirror.flush`
+(called by ``close()``) waits until the queue is empty. Every queued key holds the epoch it was routed under
+in the phase cache (as an open unit of work does), so the barrier of a write fence passes only after the
+queue has drained what was routed before it: write cutover drains the queue behind the fence.
 
 After a crash the queue is lost. That tail is found by the verification the gate requires before any
 cutover (a full comparison younger than the gate window; see the README's strategy guide for the measured
@@ -139,17 +140,22 @@ class AsyncMirror:
             items = self._take()
             if items is None:
                 return
+            handed: set[int] = set()  # id() of the items whose epoch the repair queue now releases
             try:
-                self._mirror(items)
+                self._mirror(items, handed)
             finally:
                 with self._cond:
                     for it in items:
                         self._busy.remove(it.at)
                     self._cond.notify_all()
                 for it in items:
-                    self.writer.phase.leave(it.epoch)
+                    if id(it) not in handed:
+                        self.writer.phase.leave(it.epoch)
 
-    def _mirror(self, items: list[_Item]) -> None:
+    def _mirror(self, items: list[_Item], handed: set[int]) -> None:
+        """Mirror a batch, by (table, direction); a group that fails goes to the repair queue, which from then
+        on holds the group's epochs (``handed``) until the keys are durable there: a write fence's barrier
+        must not pass while a key that failed before the fence is only in this process's memory."""
         w = self.writer
         groups: dict[tuple[str, Any, Any], list[_Item]] = {}
         for it in items:
@@ -166,7 +172,14 @@ class AsyncMirror:
                 record_secondary(w.stats, b, len(keys), started, cls)
                 log.warning("migration %s: async secondary write of %d key(s) of %s to %s failed (%s); queued "
                             "for repair", w.migration, len(keys), rt.name, b.value, cls)
-                w.enqueue_repair(rt.name, keys, reason=f"async {cls}: {short_error(exc)}", authoritative=a.value)
+                epochs = [it.epoch for it in group]
+                handed.update(id(it) for it in group)
+                w.repairs.enqueue(rt.name, keys, reason=f"async {cls}: {short_error(exc)}", authoritative=a.value,
+                                  on_durable=functools.partial(self._leave, epochs))
+
+    def _leave(self, epochs: list[int]) -> None:
+        for epoch in epochs:
+            self.writer.phase.leave(epoch)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued key is mirrored (or handed to the repair queue); False on timeout."""

@@ -9,6 +9,7 @@ __all__ = [
     "CATCH_UP_PATCH",
     "CATCH_UP_SECONDS",
     "DENY_WRITES_PATCH",
+    "FENCE_REPAIRS_PATCH",
     "MAX_TRANSITIONS_KEPT",
     "NO_PROGRESS_UPSERT_PATCH",
     "PROGRESS_UPSERT_PATCH",
@@ -56,3 +57,8 @@ WORKER_SAMPLE_DATABASE_LOG_PATCH = "worker-shadow-sample-database-log"
 ``cdc`` gate read application statistics that never exist there and waited forever at SHADOW_READ."""
 ROLLBACK_HOLDS_AUTO_PATCH = "rollback-holds-auto"
 """Histories from before: auto mode advanced again right after an operator's rollback."""
+FENCE_REPAIRS_PATCH = "fence-repairs-drained"
+"""Histories from before: the write fence drained only the repair queue's *due* entries, before the key logs'
+catch-up, and moved authority whatever the queue still held: an acknowledged write of the losing store that
+could not be mirrored (the store unreachable, the entry deferred by backoff) was lost at the flip ([T2-5]).
+Now every entry is tried under the fence after the catch-up, and the flip is refused while any is left."""

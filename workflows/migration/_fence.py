@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import ROLLBACK_KINDS, WRITE_FENCE_PATCH
+from workflows.migration._constants import FENCE_REPAIRS_PATCH, ROLLBACK_KINDS, WRITE_FENCE_PATCH
 from workflows.migration._repairs import RepairDrain
 from workflows.migration._state import MigrationState
 
@@ -17,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from dualwrite.fence import FENCE
     from workflows import phases
     from workflows.models import ActivityNames, BarrierStatus, ControlInput
+    from workflows.relay import CatchUpResult
     from workflows.retry import ACTIVITY_RETRY
     from workflows.verify import failure_message
 
@@ -62,11 +64,45 @@ class WriteFence:
             for t in sorted({*before, *after}))
         return (True, ()) if flips else None
 
+    async def _level_gaining_store(self, plan: phases.Plan, note: Callable[[str], None]) -> str:
+        """Under the fence, with every write routed before it finished: mirror into the gaining store what only
+        the losing store holds (the losing key log, then the repair queue: a key the catch-up cannot mirror is
+        queued there). '' when nothing is left; else why authority must not move.
+
+        Authority never moves while an acknowledged write exists only on the losing side ([T2-5]): the async
+        adapter's failed secondary writes, the sync strategy's and the relay's all wait in the repair queue,
+        so every entry is tried now (also those deferred by backoff), and the flip is refused while any is
+        left. Before this (histories without ``FENCE_REPAIRS_PATCH``) only due entries were tried, and what
+        was left did not count: the old store became authoritative again without such writes, and the next
+        verification rewrote the new store from it."""
+        losing, gaining = phases.authoritative(plan.frm), phases.authoritative(plan.to)
+        budget = self._st.tuning.fence_drain_seconds
+        if not workflow.patched(FENCE_REPAIRS_PATCH):
+            note(f"write fence: draining the repair queue ({plan.frm} -> {plan.to})")
+            await self._repairs.drain_once(max_seconds=budget, under_fence=True)
+            caught = await self._capture.catch_up_logs("under the write fence", note, max_seconds=budget,
+                                                       authoritative=losing)
+            return _logs_behind(caught)
+        caught = await self._capture.catch_up_logs("under the write fence", note, max_seconds=budget,
+                                                   authoritative=losing)
+        refused = _logs_behind(caught)
+        if refused:
+            return refused
+        note(f"write fence: draining the repair queue ({plan.frm} -> {plan.to})")
+        res = await self._repairs.drain_once(max_seconds=budget, under_fence=True)
+        if not res.remaining:
+            return ""
+        errors = f" ({'; '.join(res.errors[:3])})" if res.errors else ""
+        return (f"the repair queue still holds {res.remaining} key(s) that could not be mirrored into the {gaining} "
+                f"store under the write fence{errors}; moving authority now would lose writes acknowledged on "
+                f"the {losing} store")
+
     async def fence_for(self, plan: phases.Plan) -> str:
         """Before authority moves: fence the writes of the scopes that flip, wait until every live instance
-        has acknowledged the fence with nothing routed before it still open, and drain the repair queue and
-        the key logs. '' when the flip may go ahead (the fence stays until ``Transitions.enter`` publishes the new
-        authority without it); else the fence is lifted under the old authority and the refusal returned."""
+        has acknowledged the fence with nothing routed before it still open, and drain the key logs and the
+        repair queue (:meth:`_level_gaining_store`). '' when the flip may go ahead (the fence stays until
+        ``Transitions.enter`` publishes the new authority without it); else the fence is lifted under the old
+        authority and the refusal returned."""
         scope = self.scope(plan)
         if scope is None or not workflow.patched(WRITE_FENCE_PATCH):
             return ""
@@ -103,15 +139,7 @@ class WriteFence:
                          f"key log ({plan.frm} -> {plan.to})")
                 if plan.tenant is None and await self._capture.bypass_capture(install=[phases.authoritative(plan.to)]):
                     captured_gaining = True  # raw writes to the gaining store are seen from its first write
-                note(f"write fence: draining the repair queue ({plan.frm} -> {plan.to})")
-                await self._repairs.drain_once(max_seconds=self._st.tuning.fence_drain_seconds, under_fence=True)
-                caught = await self._capture.catch_up_logs("under the write fence", note,
-                                                           max_seconds=self._st.tuning.fence_drain_seconds,
-                                                           authoritative=losing)
-                if caught is not None and not caught.reached:
-                    errors = f" ({'; '.join(caught.errors)})" if caught.errors else ""
-                    refused = (f"the key logs still hold {caught.behind} entries after {caught.seconds:.0f} s of "
-                               f"mirroring under the write fence{errors}")
+                refused = await self._level_gaining_store(plan, note)
         except (ActivityError, ChildWorkflowError) as exc:
             if is_cancelled_exception(exc):
                 raise
@@ -131,3 +159,12 @@ class WriteFence:
         kind = "rollback" if plan.kind in ROLLBACK_KINDS else "advance"
         return (f"{kind} refused: {refused}; the write fence was lifted, {who} stays in {plan.frm} with the "
                 f"{phases.authoritative(plan.frm)} store authoritative")
+
+
+def _logs_behind(caught: CatchUpResult | None) -> str:
+    """Why the flip must wait for the key logs ('' when they were mirrored up to the drain point)."""
+    if caught is None or caught.reached:
+        return ""
+    errors = f" ({'; '.join(caught.errors)})" if caught.errors else ""
+    return (f"the key logs still hold {caught.behind} entries after {caught.seconds:.0f} s of mirroring under the "
+            f"write fence{errors}")

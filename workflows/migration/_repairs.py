@@ -64,9 +64,10 @@ class RepairDrain:
             if bp.applies(self._st.spec):
                 await self._capture.collect_bypass()
 
-    async def drain_once(self, max_seconds: float = 120, *, under_fence: bool = False) -> None:
-        """Mirror what the repair queue holds right now (a one-shot drain beside the background one)."""
-        res = await workflow.execute_activity(
+    async def drain_once(self, max_seconds: float = 120, *, under_fence: bool = False) -> RepairDrainResult:
+        """Mirror what the repair queue holds right now (a one-shot drain beside the background one); under a
+        write fence every entry is tried, due or not. Returns what was done and what is left."""
+        res: RepairDrainResult = await workflow.execute_activity(
             ActivityNames.DRAIN_REPAIRS,
             RepairDrainInput(spec=self._st.spec, max_idle_seconds=0, max_seconds=max_seconds, under_fence=under_fence),
             start_to_close_timeout=timedelta(seconds=600),
@@ -75,3 +76,4 @@ class RepairDrain:
         self._st.s.repair_queue_depth = res.remaining
         self._st.count("repair_mirrored", res.mirrored)
         self._st.count("repair_failed", res.failed)
+        return res
