@@ -26,7 +26,7 @@ from dualwrite.adapter._repairs import RepairQueue
 from dualwrite.adapter._stores import retry_stale
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.adapter._timing import record_secondary
-from dualwrite.adapter.phase import Routing, Side
+from dualwrite.adapter.phase import PhaseCache, Routing, Side
 from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.shadow import Scheduler
 from dualwrite.store import Store
@@ -40,8 +40,9 @@ class InlineMirror:
     """Makes the other store follow keys just committed, before the application's call returns."""
 
     def __init__(self, migration: str, data: Mapping[Side, Store], options: AdapterOptions, stats: st.Stats,
-                 repairs: RepairQueue, scheduler: Scheduler, executor: Executor) -> None:
+                 repairs: RepairQueue, scheduler: Scheduler, executor: Executor, phase: PhaseCache) -> None:
         self.migration = migration
+        self.phase = phase
         self.data = data
         self.options = options
         self.stats = stats
@@ -57,9 +58,10 @@ class InlineMirror:
         for t in touched:
             by_table[t.table.name].append(t)
         for items in by_table.values():
-            self._mirror_table(items[0].table, items, a, b, committed_at)
+            self._mirror_table(items[0].table, items, a, b, committed_at, route.epoch)
 
-    def _mirror_table(self, rt: TableRuntime, items: list[Touched], a: Side, b: Side, committed_at: float) -> None:
+    def _mirror_table(self, rt: TableRuntime, items: list[Touched], a: Side, b: Side, committed_at: float,
+                      epoch: int) -> None:
         keys = list(dict.fromkeys(normal_key(t.key) for t in items))
         started = time.perf_counter()
         try:
@@ -84,7 +86,12 @@ class InlineMirror:
             record_secondary(self.stats, b, len(keys), started, cls)
             log.warning("migration %s: secondary write of %d key(s) of %s to %s failed (%s): %s; queued "
                         "for repair", self.migration, len(keys), rt.name, b.value, cls, short_error(exc))
-            self.repairs.enqueue(rt.name, keys, reason=f"sync {cls}: {short_error(exc)}", authoritative=a.value)
+            # the write is acknowledged and the other store lacks it: until the key is durable in the repair
+            # queue (the control store may refuse it too, then it waits in memory) its epoch stays held, so a
+            # write fence's barrier cannot pass before the fence's drain can see the key
+            self.phase.hold(epoch)
+            self.repairs.enqueue(rt.name, keys, reason=f"sync {cls}: {short_error(exc)}", authoritative=a.value,
+                                 on_durable=functools.partial(self.phase.leave, epoch))
 
     def _write(self, rt: TableRuntime, a: Side, b: Side, fast: FastPath | None, images: dict[Key, dict[str, Any]],
                slow: list[Key]) -> None:

@@ -131,7 +131,7 @@ class DualWriter:
         self.repairs = RepairQueue(self.control, self.migration, self.instance_id, self.stats, self.spill_dir)
         self._spill_waiting = self.repairs.requeue_spilled() is None
         self.inline = InlineMirror(self.migration, self.data, opts, self.stats, self.repairs, self.scheduler,
-                                   self.executor)
+                                   self.executor, self.phase)
         self._closed = False
         self._close_report: CloseReport | None = None
         self._stop = threading.Event()

@@ -1,4 +1,5 @@
-"""The async queue and the write fence when the control store cannot take a failed key ([T2-5]).
+"""The async queue, the sync mirror and the write fence when the control store cannot take a failed key
+([T2-5]).
 
 A key whose async secondary write failed goes to the repair queue, which the workflow drains under the write
 fence before authority moves. While the control store refuses it, the key is held in this process's memory,
@@ -58,6 +59,34 @@ def test_async_key_held_in_memory_holds_the_write_fence(pg_old: Store, pg_new: S
         w.phase.refresh(force=True)
         assert control.barrier(m.control, m.name, m.epoch).passed
         assert control.repair_queue_depth(m.control, m.name) == 1  # where the fence's drain finds it
+        w.drain_repairs()
+        assert m.diffs(t, [k]) == []
+    finally:
+        m.close()
+
+
+def test_sync_key_held_in_memory_holds_the_write_fence(pg_old: Store, pg_new: Store, proxy: TcpProxy,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same hole in ``sync``: its failed secondary write is acknowledged already, so until the key is
+    durable in the repair queue the epoch it was written under stays held."""
+    opts = AdapterOptions(background=False, phase_ttl=0.05, recheck_delay=0.05, read_your_writes_seconds=0.3)
+    m = make_migration(pg_old, pg_new, "sync", writer_new=clone(pg_new, url=proxy.url_for(pg_new.ref.url)),
+                       options=opts)
+    try:
+        m.publish("DUAL_WRITE")
+        t, w = m.models.customers, m.writer
+        row = {"tenant": "t", "name": "held", "balance": Decimal("1.00"), "active": True, "created_at": NOW,
+               "version": 1}
+        with proxy.down(), monkeypatch.context() as mp:
+            mp.setattr(control, "enqueue_repair", _refuse)
+            (k,) = w.insert(t, row)  # acknowledged on the old store; the new store is down
+            assert w.pending_repairs == 1  # the control store refused it: held in memory
+            m.publish("CUTOVER_READS", overrides={"fence": {"all": True}})
+            w.phase.refresh(force=True)
+            assert not control.barrier(m.control, m.name, m.epoch).passed  # the key is only in memory
+        assert w.retry_pending_repairs() == 1
+        w.phase.refresh(force=True)
+        assert control.barrier(m.control, m.name, m.epoch).passed
         w.drain_repairs()
         assert m.diffs(t, [k]) == []
     finally:
