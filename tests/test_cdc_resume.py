@@ -18,7 +18,7 @@ from dualwrite.mapping import identity_mapping
 from dualwrite.store import Store
 
 
-class Killed(Exception):
+class KilledError(Exception):
     pass
 
 
@@ -68,11 +68,11 @@ def test_a_kill_between_mirror_and_checkpoint_or_inside_the_mirror_loses_nothing
 
         # 2. the worker dies after the mirror committed, before the checkpoint: the position stays ...
         def killed(*_a: Any, **_k: Any) -> None:
-            raise Killed
+            raise KilledError
 
         monkeypatch.setattr(pg, "advance", killed)
         monkeypatch.setattr(binlog, "save_position", killed)
-        with pytest.raises(Killed):
+        with pytest.raises(KilledError):
             drain()
         monkeypatch.undo()
         assert _position(old, migration) == start

@@ -155,13 +155,16 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
                            "restart the relay (its setup records one), then verify")
     mariadb = start[0] == GTID
     schema = store.engine.url.database or ""
+    by_name = {t.table.rpartition(".")[2]: t for t in tables}
+    # only_tables: the library skips the rows of other tables undecoded (a read costs what the captured
+    # tables' changes warrant, not the whole schema's); enable_logging off: it would log its arguments per read
     stream = ResumingStream(
         start, connection_settings=_settings(store), server_id=replica_server_id(migration, store),
-        blocking=False, resume_stream=True,
+        blocking=False, resume_stream=True, enable_logging=False,
         only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
                      MariadbGtidEvent, GtidEvent],
-        only_schemas=[schema] if schema else None, is_mariadb=mariadb)
-    r = _Reading(Batch(), mariadb, start[1], store, schema, {t.table.rpartition(".")[2]: t for t in tables})
+        only_schemas=[schema] if schema else None, only_tables=list(by_name), is_mariadb=mariadb)
+    r = _Reading(Batch(), mariadb, start[1], store, schema, by_name)
     try:
         for ev in stream:
             if stream.connections != r.connections:
