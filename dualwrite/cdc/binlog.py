@@ -15,6 +15,7 @@ needs ``log_bin``, ``binlog_format=ROW``,
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Sequence
@@ -28,6 +29,11 @@ from dualwrite.store import Store
 
 #: MariaDB's GTID event flag of a statement that is its own transaction (DDL: no XID/COMMIT event follows)
 FL_STANDALONE = 1
+
+log = logging.getLogger(__name__)
+
+#: a read slower than this is logged (counts only): the relay or a verification waiting on the binlog
+SLOW_READ_SECONDS = 5.0
 
 #: the control store's checkpoint scope of a store's binlog position
 SCOPE = "cdc:binlog:{store}"
@@ -165,6 +171,7 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
                      MariadbGtidEvent, GtidEvent],
         only_schemas=[schema] if schema else None, only_tables=list(by_name), is_mariadb=mariadb)
     r = _Reading(Batch(), mariadb, start[1], store, schema, by_name)
+    began = time.monotonic()
     try:
         for ev in stream:
             if stream.connections != r.connections:
@@ -186,6 +193,10 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
                 r.complete(stream)
     finally:
         stream.close()
+    took = time.monotonic() - began
+    if took >= SLOW_READ_SECONDS:
+        log.info("binlog read of %s took %.1f s: %d transactions, %d changes of %d captured tables, %d reconnects",
+                 store.name, took, r.out.transactions, r.out.changes, len(by_name), stream.connections - 1)
     if r.first_ts is not None:
         r.out.lag_seconds = max(0.0, time.time() - r.first_ts)
     return r.out
