@@ -15,6 +15,7 @@ needs ``log_bin``, ``binlog_format=ROW``,
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Sequence
@@ -28,6 +29,11 @@ from dualwrite.store import Store
 
 #: MariaDB's GTID event flag of a statement that is its own transaction (DDL: no XID/COMMIT event follows)
 FL_STANDALONE = 1
+
+log = logging.getLogger(__name__)
+
+#: a read slower than this is logged (counts only): the relay or a verification waiting on the binlog
+SLOW_READ_SECONDS = 5.0
 
 #: the control store's checkpoint scope of a store's binlog position
 SCOPE = "cdc:binlog:{store}"
@@ -131,9 +137,10 @@ class Batch:
 
 def read_batch(control_store: Store, migration: str, store: Store, tables: Sequence[TableKeys],
                limit: int = 5000) -> Batch:
-    """Keys changed by whole transactions after the stored position (at most about ``limit`` changes)."""
-    from pymysqlreplication import BinLogStreamReader  # noqa: PLC0415 - only workers that capture need it
-    from pymysqlreplication.event import (  # noqa: PLC0415 - as above
+    """Keys changed by whole transactions after the stored position (at most about ``limit`` changes), each
+    transaction once: a dump connection the library re-opens resumes after the last whole transaction read,
+    and on MariaDB a transaction already taken (by GTID) is skipped should the server send it again."""
+    from pymysqlreplication.event import (  # noqa: PLC0415 - only workers that capture need it
         GtidEvent,
         MariadbGtidEvent,
         QueryEvent,
@@ -146,6 +153,8 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
         WriteRowsEvent,
     )
 
+    from dualwrite.cdc.binlog_stream import ResumingStream  # noqa: PLC0415 - as above
+
     start = load_position(control_store, migration, store)
     if start is None:
         raise CaptureError(f"store {store.name!r}: no binlog position is stored for migration {migration!r}; "
@@ -153,27 +162,25 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
     mariadb = start[0] == GTID
     schema = store.engine.url.database or ""
     by_name = {t.table.rpartition(".")[2]: t for t in tables}
-    where: dict[str, Any] = ({"auto_position": start[1] or None} if mariadb
-                             else {"log_file": start[0], "log_pos": int(start[1]), "resume_stream": True})
-    stream = BinLogStreamReader(
-        connection_settings=_settings(store), server_id=replica_server_id(migration, store), blocking=False,
+    # only_tables: the library skips the rows of other tables undecoded (a read costs what the captured
+    # tables' changes warrant, not the whole schema's); enable_logging off: it would log its arguments per read
+    stream = ResumingStream(
+        start, connection_settings=_settings(store), server_id=replica_server_id(migration, store),
+        blocking=False, resume_stream=True, enable_logging=False,
         only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
                      MariadbGtidEvent, GtidEvent],
-        only_schemas=[schema] if schema else None, is_mariadb=mariadb, **where)
-    r = _Reading(Batch(), mariadb, start[1])
+        only_schemas=[schema] if schema else None, only_tables=list(by_name), is_mariadb=mariadb)
+    r = _Reading(Batch(), mariadb, start[1], store, schema, by_name)
+    began = time.monotonic()
     try:
         for ev in stream:
+            if stream.connections != r.connections:
+                r.reconnected(stream.connections)
             if isinstance(ev, MariadbGtidEvent):
-                if r.txn_gtid is not None:
-                    r.complete(stream)  # the previous one had no COMMIT of its own (DDL): the next began, it is whole
-                    if r.out.changes >= limit:
-                        break
-                r.txn_gtid = str(ev.gtid)
-                r.standalone = bool(int(ev.flags) & FL_STANDALONE)
+                if r.begin(stream, str(ev.gtid), int(ev.flags)) and r.out.changes >= limit:
+                    break
             elif isinstance(ev, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                t = _captured_table(store, schema, by_name, ev, r.out)
-                if t is not None:
-                    r.rows(t, ev, isinstance(ev, UpdateRowsEvent))
+                r.rows(ev, isinstance(ev, UpdateRowsEvent))
             elif isinstance(ev, XidEvent) or (isinstance(ev, QueryEvent) and ev.query.strip().upper() == "COMMIT"):
                 r.complete(stream)
                 if r.out.changes >= limit:
@@ -186,6 +193,10 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
                 r.complete(stream)
     finally:
         stream.close()
+    took = time.monotonic() - began
+    if took >= SLOW_READ_SECONDS:
+        log.info("binlog read of %s took %.1f s: %d transactions, %d changes of %d captured tables, %d reconnects",
+                 store.name, took, r.out.transactions, r.out.changes, len(by_name), stream.connections - 1)
     if r.first_ts is not None:
         r.out.lag_seconds = max(0.0, time.time() - r.first_ts)
     return r.out
@@ -200,6 +211,9 @@ class _Reading:
     mariadb: bool
     state: str
     """MariaDB: the GTID state after the last whole transaction."""
+    store: Store
+    schema: str
+    by_name: dict[str, TableKeys]
     pending: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     pending_changes: int = 0
     first_ts: float | None = None
@@ -207,9 +221,32 @@ class _Reading:
     """MariaDB: the transaction being read."""
     standalone: bool = False
     """... and whether it is a statement with no COMMIT of its own (DDL)."""
+    seen: bool = False
+    """MariaDB: the transaction being read is one the state already holds (sent again): its events are skipped."""
+    connections: int = 1
+
+    def begin(self, stream: Any, gtid: str, flags: int) -> bool:
+        """MariaDB: a transaction starts. True when that completed the previous one (a DDL has no COMMIT)."""
+        completed = self.txn_gtid is not None and not self.seen
+        if completed:
+            self.complete(stream)
+        self.pending, self.pending_changes = {}, 0
+        self.txn_gtid, self.standalone = gtid, bool(flags & FL_STANDALONE)
+        self.seen = gtid_reached(self.state, gtid)
+        return completed
+
+    def reconnected(self, connections: int) -> None:
+        """The library opened a new dump connection (at the position after the last whole transaction): the
+        transaction read in part on the old one comes again from its start."""
+        self.connections = connections
+        self.pending, self.pending_changes = {}, 0
+        self.txn_gtid, self.standalone, self.seen = None, False, False
 
     def complete(self, stream: Any) -> None:
         """The pending transaction is whole: its keys join the batch, the batch ends after it."""
+        if self.seen:  # MariaDB: a transaction the state already holds
+            self.txn_gtid, self.seen = None, False
+            return
         for table, keys in self.pending.items():
             self.out.keys.setdefault(table, []).extend(keys)
         self.out.changes += self.pending_changes
@@ -222,9 +259,15 @@ class _Reading:
             self.out.end = (GTID, self.state)
         else:
             self.out.end = (str(stream.log_file), str(stream.log_pos))
+        stream.resume = self.out.end
 
-    def rows(self, t: TableKeys, ev: Any, update: bool) -> None:
+    def rows(self, ev: Any, update: bool) -> None:
         """The keys of a rows event (an update's before and after images both: a key may change)."""
+        if self.seen:
+            return
+        t = _captured_table(self.store, self.schema, self.by_name, ev, self.out)
+        if t is None:
+            return
         if self.first_ts is None:
             self.first_ts = float(ev.timestamp)
         for row in ev.rows:
