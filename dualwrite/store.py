@@ -8,6 +8,7 @@ pooling and reflection. Every session runs in UTC so timestamps mean the same on
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -178,6 +179,19 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    @functools.cached_property
+    def is_mariadb(self) -> bool:
+        """MariaDB rather than MySQL (asked once): GTIDs, sequences and trigger DDL differ between them."""
+        if self.dialect is not Dialect.MYSQL:
+            return False
+        with self.connect() as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT VERSION()")
+            version = str(cur.fetchone()[0]).lower()
+            cur.close()
+            conn.rollback()
+        return "mariadb" in version
 
     # -- reflection -------------------------------------------------------------------------------------
 

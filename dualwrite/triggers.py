@@ -310,17 +310,7 @@ def _counter_name(store: Store, migration: str, table: str) -> str:
 
 def _counts_refusals(store: Store) -> bool:
     """PostgreSQL and MariaDB have sequences; MySQL and SQLite refuse without counting."""
-    if store.dialect is Dialect.POSTGRESQL:
-        return True
-    if store.dialect is not Dialect.MYSQL:
-        return False
-    with store.connect() as conn:
-        cur = conn.cursor()
-        cur.execute("SELECT VERSION()")
-        version = str(cur.fetchone()[0]).lower()
-        cur.close()
-        conn.rollback()
-    return "mariadb" in version
+    return store.dialect is Dialect.POSTGRESQL or store.is_mariadb
 
 
 def denied_message(table: str, authoritative: str) -> str:

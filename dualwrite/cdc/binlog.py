@@ -63,7 +63,7 @@ GTID = "gtid"
 
 def current_position(store: Store) -> Position:
     """The end of the binlog now: the GTID state on MariaDB, file and offset on MySQL."""
-    mariadb = _is_mariadb(store)
+    mariadb = store.is_mariadb
     with store.connect() as conn:
         cur = conn.cursor()
         cur.execute("SHOW MASTER STATUS")
@@ -292,12 +292,3 @@ def _captured_table(store: Store, schema: str, by_name: dict[str, TableKeys], ev
             raise changed
     return t
 
-
-def _is_mariadb(store: Store) -> bool:
-    with store.connect() as conn:
-        cur = conn.cursor()
-        cur.execute("SELECT VERSION()")
-        version = str(cur.fetchone()[0]).lower()
-        cur.close()
-        conn.rollback()
-    return "mariadb" in version
