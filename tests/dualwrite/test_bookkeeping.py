@@ -71,12 +71,16 @@ def test_now_sql_stays_utc_in_a_session_with_another_time_zone(request: pytest.F
     """A session configured for another zone (a DBA's default, a pooler) still stamps UTC."""
     store: Store = request.getfixturevalue(engine)
     zone = "SET TIME ZONE 'Asia/Kathmandu'" if store.dialect is Dialect.POSTGRESQL else "SET time_zone = '+05:45'"
+    utc = "SET TIME ZONE 'UTC'" if store.dialect is Dialect.POSTGRESQL else "SET time_zone = '+00:00'"
     with store.connect() as conn:
         cur = conn.cursor()
         cur.execute(zone)
-        cur.execute(f"SELECT {bk.now_sql(store)}")
-        (value,) = cur.fetchone()
-        conn.rollback()
+        try:
+            cur.execute(f"SELECT {bk.now_sql(store)}")
+            (value,) = cur.fetchone()
+        finally:  # the connection goes back to the session's pool: the next test must not inherit the zone
+            cur.execute(utc)
+            conn.rollback()
     assert abs((as_utc(value) - utc_now()).total_seconds()) < 5
 
 
