@@ -122,6 +122,9 @@ async def test_async_writes_wait_for_the_fence_without_blocking_the_loop(pg_old:
         cid = m.shop.signup("acme", "Ann")
         m.relay()
         await asyncio.to_thread(m.publish, "CUTOVER_READS", FENCE_ALL)
+        # the instance has seen the fence (its cached phase may otherwise route this write under the epoch
+        # before it, which the barrier covers, and the write need not wait: a loaded machine did exactly that)
+        await asyncio.to_thread(m.writer.phase.refresh, force=True)
         task = asyncio.create_task(aw.update(t, cid, {"name": "async"}))
         ticks = 0
         for _ in range(20):  # the loop keeps running while the write waits
