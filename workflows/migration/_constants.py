@@ -15,6 +15,7 @@ __all__ = [
     "RELAY_AUTOSTART_PATCH",
     "ROLLBACK_HOLDS_AUTO_PATCH",
     "ROLLBACK_KINDS",
+    "SPEC_REF_PATCH",
     "TRIGGER_WATCH_SECONDS",
     "WORKER_SAMPLE_PATCH",
     "WRITE_FENCE_PATCH",
@@ -52,3 +53,6 @@ WORKER_SAMPLE_PATCH = "worker-shadow-sample"
 """Histories from before: a ``triggers`` gate read only application statistics (which never exist there)."""
 ROLLBACK_HOLDS_AUTO_PATCH = "rollback-holds-auto"
 """Histories from before: auto mode advanced again right after an operator's rollback."""
+SPEC_REF_PATCH = "spec-ref"
+"""Histories from before: activity inputs (plan_ranges, copy_range, verify_table) carried the whole spec; now
+the spec is published once to the control store and they carry a SpecRef (migration, control store, digest)."""
