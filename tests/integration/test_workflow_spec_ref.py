@@ -39,12 +39,13 @@ def scheduled_inputs(histories: list[Any]) -> list[tuple[str, dict[str, Any], in
 
 
 def markers(histories: list[Any]) -> list[str]:
+    """The decoded details of every marker (a patch marker names its patch id)."""
     found = []
     for h in histories:
         for e in h.events:
             if e.HasField("marker_recorded_event_attributes"):
-                found.extend(p.data.decode()
-                             for p in e.marker_recorded_event_attributes.details["patch_data"].payloads)
+                found.extend(p.data.decode("utf-8", "replace")
+                             for ps in e.marker_recorded_event_attributes.details.values() for p in ps.payloads)
     return found
 
 
