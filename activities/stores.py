@@ -23,6 +23,9 @@ from dualwrite.store import Store
 from dualwrite.triggers import mark_replica
 from workflows.models import SpecRef, TableRef, spec_digest
 
+DIGEST_MEMO = 32
+"""Inline specs whose digest a worker remembers (one per activity call in flight is plenty)."""
+
 
 class StoreCache:
     """Thread-safe: sync activities run on a thread pool and share these stores."""
@@ -33,6 +36,7 @@ class StoreCache:
         self._stores: dict[str, Store] = {}
         self._mappings: dict[tuple[str, str, bool], TableMapping] = {}
         self._specs: dict[str, MigrationSpec] = {}
+        self._digests: dict[int, tuple[MigrationSpec, str]] = {}
         self._lock = threading.Lock()
         self._control_ready: set[str] = set()
 
@@ -74,10 +78,26 @@ class StoreCache:
             self._specs[ref.digest] = spec
         return spec
 
+    def digest(self, spec: MigrationSpec) -> str:
+        """The digest of a spec passed inline (recorded histories, and the inputs that still carry the spec):
+        hashed once per spec object, so an activity asking for several tables' mappings hashes once. The
+        memo holds the spec itself (its id cannot be reused while it is in there) and keeps the last few."""
+        with self._lock:
+            hit = self._digests.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        digest = spec_digest(spec)
+        with self._lock:
+            if len(self._digests) >= DIGEST_MEMO:
+                self._digests.pop(next(iter(self._digests)))
+            self._digests[id(spec)] = (spec, digest)
+        return digest
+
     def forget_specs(self) -> None:
         """Drop the cached specs (they load again from the control store on the next use)."""
         with self._lock:
             self._specs.clear()
+            self._digests.clear()
 
     def table(self, ref: TableRef, *, refresh: bool = False) -> tuple[MigrationSpec, Store, Store, TableMapping]:
         """(spec, from store, to store, mapping) for the table an activity input names, by reference or
@@ -87,13 +107,13 @@ class StoreCache:
         else:
             if ref.spec is None:  # pragma: no cover - TableRef's validator forbids it
                 raise SpecError([Problem(f"table {ref.source}", "no spec and no spec_ref")], "bad table reference")
-            spec, digest = ref.spec, spec_digest(ref.spec)
+            spec, digest = ref.spec, self.digest(ref.spec)
         src, dst, mapping = self.mapping(spec, ref.source, reverse=ref.reverse, refresh=refresh, digest=digest)
         return spec, src, dst, mapping
 
     def relay_stores(self, spec: MigrationSpec) -> RelayStores:
         """A migration's stores and cached mappings, as the capture methods' store side takes them."""
-        digest = spec_digest(spec)
+        digest = self.digest(spec)
 
         def mapping_for(table: str, reverse: bool) -> TableMapping:
             return self.mapping(spec, table, reverse=reverse, digest=digest)[2]
@@ -105,7 +125,7 @@ class StoreCache:
         """(from store, to store, mapping) for one table; ``reverse`` mirrors new -> old. Mappings are cached
         by the spec's digest: pass it when known (a :class:`SpecRef` carries it), else the spec is hashed."""
         old, new = self.store(spec.old), self.store(spec.new)
-        key = (digest or spec_digest(spec), source, False)
+        key = (digest or self.digest(spec), source, False)
         with self._lock:
             forward = None if refresh else self._mappings.get(key)
         if forward is None:
@@ -128,6 +148,7 @@ class StoreCache:
             self._stores.clear()
             self._mappings.clear()
             self._specs.clear()
+            self._digests.clear()
 
 
 def compile_mapping(spec: MigrationSpec, source: str, old: Store, new: Store, *,

@@ -9,12 +9,14 @@ import secrets
 import pytest
 from conftest import spec_for
 
+import activities.stores as stores_module
 from activities.stores import StoreCache
 from dualwrite import control
 from dualwrite.config import StoreResolver
 from dualwrite.errors import SpecError
+from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
-from workflows.models import SpecRef, TableRef
+from workflows.models import SpecRef, TableRef, spec_digest
 
 
 @pytest.mark.parametrize("store_fixture", ["pg_old", "my_old", "sqlite_old"])
@@ -71,3 +73,25 @@ def test_table_ref_carries_exactly_one_spec() -> None:
         TableRef(source="items")
     with pytest.raises(ValueError, match="exactly one"):
         TableRef(spec=spec, spec_ref=SpecRef.of(spec), source="items")
+
+
+def test_an_inline_spec_is_hashed_once_per_object(dw_resolver: StoreResolver,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inputs that still carry the spec inline: several mapping lookups in one activity call hash it once."""
+    hashed: list[str] = []
+    real = spec_digest
+
+    def counting(spec: MigrationSpec) -> str:
+        hashed.append(spec.name)
+        return real(spec)
+
+    monkeypatch.setattr(stores_module, "spec_digest", counting)
+    spec = spec_for("memo", "pgold", "pgnew", "items")
+    cache = StoreCache(dw_resolver, pool_size=2)
+    try:
+        assert cache.digest(spec) == cache.digest(spec) == SpecRef.of(spec).digest
+        assert hashed == ["memo"]
+        copy = spec.model_copy()
+        assert cache.digest(copy) == cache.digest(spec) and hashed == ["memo", "memo"]
+    finally:
+        cache.close()

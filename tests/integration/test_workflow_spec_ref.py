@@ -28,7 +28,7 @@ BY_REF = {ActivityNames.PLAN_RANGES, ActivityNames.COPY_RANGE, ActivityNames.VER
 
 def scheduled_inputs(histories: list[Any]) -> list[tuple[str, dict[str, Any], int]]:
     """(activity name, decoded input, payload bytes) of every activity the histories scheduled."""
-    out = []
+    out: list[tuple[str, dict[str, Any], int]] = []
     for h in histories:
         for e in h.events:
             if e.HasField("activity_task_scheduled_event_attributes"):
@@ -40,7 +40,7 @@ def scheduled_inputs(histories: list[Any]) -> list[tuple[str, dict[str, Any], in
 
 def markers(histories: list[Any]) -> list[str]:
     """The decoded details of every marker (a patch marker names its patch id)."""
-    found = []
+    found: list[str] = []
     for h in histories:
         for e in h.events:
             if e.HasField("marker_recorded_event_attributes"):
