@@ -16,7 +16,7 @@ from dualwrite.config import StoreResolver
 from dualwrite.errors import SpecError
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
-from workflows.models import SpecRef, TableRef, spec_digest
+from workflows.models import CopyRangeInput, KeyRange, SpecRef, TableRef, spec_digest
 
 
 @pytest.mark.parametrize("store_fixture", ["pg_old", "my_old", "sqlite_old"])
@@ -95,3 +95,12 @@ def test_an_inline_spec_is_hashed_once_per_object(dw_resolver: StoreResolver,
         assert cache.digest(copy) == cache.digest(spec) and hashed == ["memo", "memo"]
     finally:
         cache.close()
+
+
+def test_logs_and_metrics_name_the_migration_of_an_input_by_ref() -> None:
+    from activities.observe import activity_context
+
+    spec = spec_for("ctx", "pgold", "pgnew", "items")
+    for table in (TableRef(spec_ref=SpecRef.of(spec), source="items"), TableRef(spec=spec, source="items")):
+        inp = CopyRangeInput(table=table, range=KeyRange(index=0))
+        assert activity_context([inp]) == {"migration": "ctx", "table": "items"}
