@@ -14,7 +14,15 @@ import json
 import secrets
 from typing import Any
 
-from conftest import MigrationDriver, create_pg, fast_tuning, migration_histories, rows_of, spec_for
+from conftest import (
+    MigrationDriver,
+    create_pg,
+    fast_tuning,
+    migration_histories,
+    rows_of,
+    save_histories,
+    spec_for,
+)
 from temporalio.client import Client
 
 from dualwrite import control
@@ -89,3 +97,5 @@ async def test_activity_inputs_carry_a_spec_ref(dw: MigrationDriver, temporal_cl
     # the workers resolved the reference through the spec the control store holds
     raw = control.load_spec(pg_old, name, digest)
     assert raw is not None and MigrationSpec.model_validate_json(raw) == spec
+    await save_histories(temporal_client, handle.id, "spec-ref")
+    await handle.terminate("test done")
