@@ -60,7 +60,7 @@ class AbortActivities:
             out.repair_entries_deleted = delete_migration_rows(ctl, control.REPAIR_QUEUE, spec.name)
             tables = [control.CHECKPOINTS, st.STATS]
             if inp.remove_state:
-                tables += [control.STATE, control.INSTANCES]
+                tables += [control.STATE, control.INSTANCES, control.SPECS]
             for table in tables:
                 out.control_rows_deleted += delete_migration_rows(ctl, table, spec.name)
             log.info("migration %s aborted: %d triggers removed, %d key-log entries, %d repairs and %d control rows "

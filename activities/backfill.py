@@ -47,7 +47,7 @@ class BackfillActivities:
         compared bytewise), so only a few key values reach history. A background thread heartbeats while
         its queries run: a dead worker's plan moves to another worker within the heartbeat timeout."""
         with mapped_errors(), heartbeating():
-            src, _, mapping = self.stores.mapping(inp.table.spec, inp.table.source, reverse=inp.table.reverse)
+            _spec, src, _, mapping = self.stores.table(inp.table)
             total = estimate_rows(src, mapping.source_table)
             activity.heartbeat(0)
             n = max(1, min(inp.ranges, math.ceil(total / max(1, min(mapping.batch_size, 1000)))))
@@ -66,8 +66,7 @@ class BackfillActivities:
         killed at any instant redoes at most the batch that was in flight."""
         with mapped_errors():
             info = activity.info()
-            spec = inp.table.spec
-            src, dst, mapping = self.stores.mapping(spec, inp.table.source, reverse=inp.table.reverse)
+            spec, src, dst, mapping = self.stores.table(inp.table)
             ctl = self.stores.control_store(spec.control)
             scope = f"{info.workflow_id}/{inp.table.source}"
             start = _resume_point(info.heartbeat_details, control.load_checkpoint(ctl, spec.name, scope,

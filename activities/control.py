@@ -1,4 +1,5 @@
-"""The control plane: publish a migration's state for applications, wait for their phase barrier."""
+"""The control plane: publish a migration's state for applications, wait for their phase barrier, publish
+its spec for the workers that resolve spec references."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating, raise_if_stopping, sleep
 from activities.stores import StoreCache
 from dualwrite import control
-from workflows.models import ActivityNames, BarrierStatus, ControlInput
+from workflows.models import ActivityNames, BarrierStatus, ControlInput, PublishSpecInput
 
 __all__ = ["ControlActivities"]
 
@@ -30,6 +31,14 @@ class ControlActivities:
             store = self.stores.control_store(inp.control_store)
             control.publish_state(store, inp.migration, inp.phase.value, inp.epoch, paused=inp.paused,
                                   overrides=inp.overrides)
+
+    @activity.defn(name=ActivityNames.PUBLISH_SPEC, no_thread_cancel_exception=True)
+    def publish_spec(self, inp: PublishSpecInput) -> None:
+        """Store the spec under its digest in the control store (idempotent), before the workflow hands
+        out :class:`~workflows.models.SpecRef` references to it."""
+        with mapped_errors(), heartbeating():
+            store = self.stores.control_store(inp.spec.control)
+            control.publish_spec(store, inp.spec.name, inp.digest, inp.spec.model_dump_json())
 
     @activity.defn(name=ActivityNames.AWAIT_BARRIER, no_thread_cancel_exception=True)
     def await_barrier(self, inp: ControlInput) -> BarrierStatus:

@@ -75,7 +75,8 @@ class DualwriteActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity the worker registers (the phase work's and the long pollers')."""
-        return [self.prepare.prepare, self.control.publish_state, self.control.await_barrier,
+        return [self.prepare.prepare, self.control.publish_state, self.control.publish_spec,
+                self.control.await_barrier,
                 self.backfill.plan_ranges, self.backfill.copy_range, self.backfill.clear_checkpoints,
                 self.verify.verify_table, self.repair.drain_repairs, self.gates.evaluate_gate,
                 self.gates.watch_rollback_triggers, self.cleanup.retire_old_store, *self.relay.all(),

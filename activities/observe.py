@@ -46,11 +46,11 @@ def activity_context(args: Sequence[Any]) -> dict[str, str]:
     arg = args[0] if args else None
     if arg is None:
         return out
-    spec = getattr(arg, "spec", None)
     table = getattr(arg, "table", None)
-    if spec is None and table is not None:
-        spec = getattr(table, "spec", None)
-    name = getattr(arg, "migration", None) or getattr(spec, "name", None)
+    # the spec inline, or a SpecRef (which names the migration), on the input or on its table
+    named = [getattr(holder, field, None) for holder in (arg, table) for field in ("spec", "spec_ref")]
+    name = getattr(arg, "migration", None) or next(
+        (n for n in (getattr(x, "name", None) or getattr(x, "migration", None) for x in named) if n), None)
     if isinstance(name, str):
         out["migration"] = name
     phase = getattr(arg, "phase", None)

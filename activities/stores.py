@@ -1,13 +1,14 @@
-"""Per-worker caches of stores and compiled table mappings.
+"""Per-worker caches of stores, published specs and compiled table mappings.
 
-Workflows carry store *names*; this is the only place in the worker where a name becomes a connection.
-Stores (and their connection pools) live as long as the worker, so an activity does not pay for a new
-engine, a reflection and a mapping compile on every call.
+Workflows carry store *names* and spec *references*; this is the only place in the worker where a name
+becomes a connection and a :class:`~workflows.models.SpecRef` becomes a spec. Stores (and their connection
+pools) live as long as the worker, so an activity does not pay for a new engine, a reflection and a mapping
+compile on every call; specs are cached by digest, so resolving a reference costs a dict lookup after the
+first load from the control store.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
 from sqlalchemy.exc import NoSuchTableError
@@ -15,11 +16,15 @@ from sqlalchemy.exc import NoSuchTableError
 from dualwrite import control
 from dualwrite.capture.store_side import RelayStores
 from dualwrite.config import StoreResolver
-from dualwrite.errors import Problem, SchemaError
+from dualwrite.errors import Problem, SchemaError, SpecError
 from dualwrite.mapping import TableMapping, compile_table
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
 from dualwrite.triggers import mark_replica
+from workflows.models import SpecRef, TableRef, spec_digest
+
+DIGEST_MEMO = 32
+"""Inline specs whose digest a worker remembers (one per activity call in flight is plenty)."""
 
 
 class StoreCache:
@@ -30,6 +35,8 @@ class StoreCache:
         self._pool_size = pool_size
         self._stores: dict[str, Store] = {}
         self._mappings: dict[tuple[str, str, bool], TableMapping] = {}
+        self._specs: dict[str, MigrationSpec] = {}
+        self._digests: dict[int, tuple[MigrationSpec, str]] = {}
         self._lock = threading.Lock()
         self._control_ready: set[str] = set()
 
@@ -54,20 +61,71 @@ class StoreCache:
                 self._control_ready.add(name)
         return store
 
+    def spec(self, ref: SpecRef) -> MigrationSpec:
+        """The spec a reference names: from this process's cache, else from the control store (published
+        by the workflow before it handed out the reference)."""
+        with self._lock:
+            spec = self._specs.get(ref.digest)
+        if spec is not None:
+            return spec
+        raw = control.load_spec(self.control_store(ref.control_store), ref.migration, ref.digest)
+        if raw is None:
+            raise SpecError([Problem(f"migration {ref.migration}", f"spec {ref.digest[:12]} is not published in "
+                                                                    f"control store {ref.control_store!r}")],
+                            "spec not published")
+        spec = MigrationSpec.model_validate_json(raw)
+        with self._lock:
+            self._specs[ref.digest] = spec
+        return spec
+
+    def digest(self, spec: MigrationSpec) -> str:
+        """The digest of a spec passed inline (recorded histories, and the inputs that still carry the spec):
+        hashed once per spec object, so an activity asking for several tables' mappings hashes once. The
+        memo holds the spec itself (its id cannot be reused while it is in there) and keeps the last few."""
+        with self._lock:
+            hit = self._digests.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        digest = spec_digest(spec)
+        with self._lock:
+            if len(self._digests) >= DIGEST_MEMO:
+                self._digests.pop(next(iter(self._digests)))
+            self._digests[id(spec)] = (spec, digest)
+        return digest
+
+    def forget_specs(self) -> None:
+        """Drop the cached specs (they load again from the control store on the next use)."""
+        with self._lock:
+            self._specs.clear()
+            self._digests.clear()
+
+    def table(self, ref: TableRef, *, refresh: bool = False) -> tuple[MigrationSpec, Store, Store, TableMapping]:
+        """(spec, from store, to store, mapping) for the table an activity input names, by reference or
+        (recorded histories) with the spec inline."""
+        if ref.spec_ref is not None:
+            spec, digest = self.spec(ref.spec_ref), ref.spec_ref.digest
+        else:
+            if ref.spec is None:  # pragma: no cover - TableRef's validator forbids it
+                raise SpecError([Problem(f"table {ref.source}", "no spec and no spec_ref")], "bad table reference")
+            spec, digest = ref.spec, self.digest(ref.spec)
+        src, dst, mapping = self.mapping(spec, ref.source, reverse=ref.reverse, refresh=refresh, digest=digest)
+        return spec, src, dst, mapping
+
     def relay_stores(self, spec: MigrationSpec) -> RelayStores:
         """A migration's stores and cached mappings, as the capture methods' store side takes them."""
+        digest = self.digest(spec)
 
         def mapping_for(table: str, reverse: bool) -> TableMapping:
-            return self.mapping(spec, table, reverse=reverse)[2]
+            return self.mapping(spec, table, reverse=reverse, digest=digest)[2]
 
         return RelayStores(spec, self.store(spec.old), self.store(spec.new), self.store(spec.control), mapping_for)
 
-    def mapping(self, spec: MigrationSpec, source: str, *, reverse: bool = False,
-                refresh: bool = False) -> tuple[Store, Store, TableMapping]:
-        """(from store, to store, mapping) for one table; ``reverse`` mirrors new -> old."""
+    def mapping(self, spec: MigrationSpec, source: str, *, reverse: bool = False, refresh: bool = False,
+                digest: str | None = None) -> tuple[Store, Store, TableMapping]:
+        """(from store, to store, mapping) for one table; ``reverse`` mirrors new -> old. Mappings are cached
+        by the spec's digest: pass it when known (a :class:`SpecRef` carries it), else the spec is hashed."""
         old, new = self.store(spec.old), self.store(spec.new)
-        digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
-        key = (digest, source, False)
+        key = (digest or self.digest(spec), source, False)
         with self._lock:
             forward = None if refresh else self._mappings.get(key)
         if forward is None:
@@ -89,6 +147,8 @@ class StoreCache:
                 s.dispose()
             self._stores.clear()
             self._mappings.clear()
+            self._specs.clear()
+            self._digests.clear()
 
 
 def compile_mapping(spec: MigrationSpec, source: str, old: Store, new: Store, *,

@@ -15,7 +15,7 @@ from dualwrite.inflight import Key, Settle, settle_in_flight
 from dualwrite.mapping import TableMapping
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
-from workflows.models import ActivityNames, TableVerification, VerifyTableInput
+from workflows.models import ActivityNames, TableRef, TableVerification, VerifyTableInput
 
 __all__ = ["REPAIR_ROUNDS", "VerifyActivities"]
 
@@ -40,8 +40,7 @@ class VerifyActivities:
             from dualwrite import tenancy  # noqa: PLC0415 - heavy, and only here
             from dualwrite.verify import verify_range  # noqa: PLC0415
 
-            spec = inp.table.spec
-            src, dst, mapping = self.stores.mapping(spec, inp.table.source, reverse=inp.table.reverse)
+            spec, src, dst, mapping = self.stores.table(inp.table)
             chunks = [0]
 
             def on_chunk(*_args: Any, **_kwargs: Any) -> None:
@@ -64,15 +63,15 @@ class VerifyActivities:
                 missing=report.missing, extra=report.extra, field_different=report.field_different,
                 fields=sorted(report.field_counts), ok=report.ok)
             if not report.ok:
-                settle = self._in_flight_filter(spec, inp.table.source, src, dst, mapping, inp.table.reverse)
+                settle = self._in_flight_filter(spec, inp.table, src, dst, mapping)
                 if inp.repair:
                     _repair(out, report, src, dst, mapping, settle)
                 else:
                     _recheck(out, report, src, dst, mapping, settle)
             return out
 
-    def _in_flight_filter(self, spec: MigrationSpec, source: str, src: Store, dst: Store, mapping: TableMapping,
-                          reverse: bool) -> Settle:
+    def _in_flight_filter(self, spec: MigrationSpec, table: TableRef, src: Store, dst: Store,
+                          mapping: TableMapping) -> Settle:
         """Split a report's differences into those whose change the capture still holds on either store (in
         flight: returned as a count) and the rest (a new report). Inline methods relay nothing: the report
         is returned as it is."""
@@ -80,7 +79,8 @@ class VerifyActivities:
             return lambda report: (report, 0)
         side = store_side(spec)
         ctl = self.stores.control_store(spec.control)
-        other = self.stores.mapping(spec, source, reverse=not reverse)[2]
+        source = table.source
+        other = self.stores.table(table.model_copy(update={"reverse": not table.reverse}))[3]
 
         def pending() -> set[Key]:
             return (side.pending_keys(src, ctl, spec.name, source, mapping)

@@ -11,6 +11,8 @@ Keys whose secondary write failed go to ``dualwrite_repair_queue`` (durable, nev
 history); the repair drain mirrors them later. ``dualwrite_checkpoints`` holds the committed cursor of each
 backfill range, written right after each batch commits, so a worker killed at any instant redoes at most
 the one batch in flight (heartbeat details alone are throttled and may lag several batches).
+``dualwrite_specs`` holds each migration's spec once, keyed by its digest, so activity inputs carry a
+reference to it instead of the whole spec (workers load it on first use and cache it by digest).
 
 Every timestamp is the database's own clock (UTC), so instances on machines with skewed clocks still agree
 on who is live. The schema is created idempotently on PostgreSQL, MySQL/MariaDB and SQLite. No Temporal
@@ -35,6 +37,7 @@ STATE = "dualwrite_state"
 INSTANCES = "dualwrite_instances"
 REPAIR_QUEUE = "dualwrite_repair_queue"
 CHECKPOINTS = "dualwrite_checkpoints"
+SPECS = "dualwrite_specs"
 
 AUTHORITATIVE_SIDES = ("old", "new")
 DEFAULT_LIVE_SECONDS = 15.0
@@ -89,6 +92,7 @@ class Checkpoint:
 def _ddl(store: Store) -> list[str]:
     ts, ident, suffix = bk.ts_type(store), bk.identity_pk(store), bk.table_suffix(store)
     text = "TEXT"
+    long_text = "MEDIUMTEXT" if store.dialect is Dialect.MYSQL else "TEXT"  # a spec may exceed 64 KiB
     if store.dialect is Dialect.POSTGRESQL:
         boolean = "BOOLEAN NOT NULL DEFAULT FALSE"
         default_now = "DEFAULT now()"
@@ -114,6 +118,9 @@ def _ddl(store: Store) -> list[str]:
         f"scope VARCHAR(255) NOT NULL, range_index INTEGER NOT NULL, cursor_json {text}, "
         f"rows_copied BIGINT NOT NULL, batches BIGINT NOT NULL, updated_at {ts} NOT NULL {default_now}, "
         f"PRIMARY KEY (migration, scope, range_index)){suffix}",
+        f"CREATE TABLE IF NOT EXISTS {SPECS} (migration VARCHAR(128) NOT NULL, digest VARCHAR(64) NOT NULL, "
+        f"spec_json {long_text} NOT NULL, published_at {ts} NOT NULL {default_now}, "
+        f"PRIMARY KEY (migration, digest)){suffix}",
     ]
 
 
@@ -334,3 +341,21 @@ def clear_checkpoints(store: Store, migration: str, scope: str) -> int:
     p = store.paramstyle
     return bk.execute(store, f"DELETE FROM {CHECKPOINTS} WHERE migration = {p} AND scope = {p}",
                       [migration, scope[:255]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# published specs (written once by the workflow's activity, read by workers resolving a spec reference)
+
+
+def publish_spec(store: Store, migration: str, digest: str, spec_json: str) -> None:
+    """Store a migration's spec under its digest; idempotent (the same digest always names the same JSON)."""
+    sql = _upsert(store, SPECS, ["migration", "digest", "spec_json"], ["migration", "digest"])
+    bk.execute(store, sql, [migration, digest, spec_json])
+
+
+def load_spec(store: Store, migration: str, digest: str) -> str | None:
+    """The JSON of the spec published under ``digest``, or None when it was never published."""
+    p = store.paramstyle
+    rows = bk.query(store, f"SELECT spec_json FROM {SPECS} WHERE migration = {p} AND digest = {p}",
+                    [migration, digest])
+    return str(rows[0][0]) if rows else None

@@ -75,13 +75,14 @@ class BackfillWorkflow:
     @workflow.run
     async def run(self, inp: BackfillInput) -> BackfillResult:
         self._source = inp.table.source
-        self._target = inp.table.spec.table(inp.table.source).target_table
+        spec = inp.table.inline_spec()
+        self._target = spec.table(inp.table.source).target_table
         tuning = inp.tuning
         hb = timedelta(seconds=tuning.heartbeat_timeout_seconds)
         if inp.carry is None:
             plan = await workflow.execute_activity(
                 ActivityNames.PLAN_RANGES,
-                PlanRangesInput(table=inp.table, ranges=inp.ranges or max(1, inp.concurrency * 2)),
+                PlanRangesInput(table=inp.table.by_ref(inp.spec_ref), ranges=inp.ranges or max(1, inp.concurrency * 2)),
                 # planning heartbeats from a background thread while its queries run: a dead worker's plan
                 # is picked up by another within the heartbeat timeout
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=hb,
@@ -116,7 +117,7 @@ class BackfillWorkflow:
             workflow.continue_as_new(inp.model_copy(update={"carry": carry}))
         await workflow.execute_activity(
             ActivityNames.CLEAR_CHECKPOINTS,
-            CheckpointScope(migration=inp.table.spec.name, control_store=inp.table.spec.control,
+            CheckpointScope(migration=spec.name, control_store=spec.control,
                             scope=f"{workflow.info().workflow_id}/{inp.table.source}"),
             start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=hb, retry_policy=ACTIVITY_RETRY,
         )
@@ -140,7 +141,7 @@ class BackfillWorkflow:
         try:
             result = await workflow.execute_activity(
                 ActivityNames.COPY_RANGE,
-                CopyRangeInput(table=inp.table, range=r),
+                CopyRangeInput(table=inp.table.by_ref(inp.spec_ref), range=r),
                 start_to_close_timeout=timedelta(hours=24),
                 heartbeat_timeout=timedelta(seconds=inp.tuning.heartbeat_timeout_seconds),
                 retry_policy=ACTIVITY_RETRY, result_type=RangeResult,

@@ -18,7 +18,6 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         ActivityNames,
-        TableRef,
         TableVerification,
         VerificationSummary,
         VerifyInput,
@@ -69,7 +68,7 @@ class VerificationWorkflow:
                 try:
                     result = await workflow.execute_activity(
                         ActivityNames.VERIFY_TABLE,
-                        VerifyTableInput(table=TableRef(spec=inp.spec, source=source, reverse=inp.reverse),
+                        VerifyTableInput(table=inp.table(source),
                                          repair=inp.repair, chunk_size=inp.tuning.verify_chunk_size,
                                          tenant=inp.tenant, exclude_tenants=inp.exclude_tenants),
                         start_to_close_timeout=timedelta(hours=12), heartbeat_timeout=hb,

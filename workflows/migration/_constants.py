@@ -16,6 +16,7 @@ __all__ = [
     "RELAY_AUTOSTART_PATCH",
     "ROLLBACK_HOLDS_AUTO_PATCH",
     "ROLLBACK_KINDS",
+    "SPEC_REF_PATCH",
     "TRIGGER_WATCH_SECONDS",
     "WORKER_SAMPLE_DATABASE_LOG_PATCH",
     "WORKER_SAMPLE_PATCH",
@@ -62,3 +63,6 @@ FENCE_REPAIRS_PATCH = "fence-repairs-drained"
 catch-up, and moved authority whatever the queue still held: an acknowledged write of the losing store that
 could not be mirrored (the store unreachable, the entry deferred by backoff) was lost at the flip ([T2-5]).
 Now every entry is tried under the fence after the catch-up, and the flip is refused while any is left."""
+SPEC_REF_PATCH = "spec-ref"
+"""Histories from before: activity inputs (plan_ranges, copy_range, verify_table) carried the whole spec; now
+the spec is published once to the control store and they carry a SpecRef (migration, control store, digest)."""

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         MigrationCarry,
         MigrationInput,
         Phase,
+        SpecRef,
         TableProgress,
         TenantState,
         TransitionRecord,
@@ -41,6 +42,8 @@ class MigrationState:
 
     def __init__(self, inp: MigrationInput) -> None:
         self.spec: MigrationSpec = inp.spec
+        self.spec_ref: SpecRef | None = None
+        """The reference activity inputs carry instead of the spec (computed once per run when first needed)."""
         self.method: CaptureMethod = method_for(inp.spec.strategy)
         """How changes reach the other store: the facts the workflow acts on (never the strategy's name)."""
         self.tuning: Tuning = inp.tuning

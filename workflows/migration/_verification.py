@@ -9,6 +9,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
+from workflows.migration._specref import published_spec_ref
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
@@ -73,10 +74,11 @@ class Verifications:
         side = "new" if reverse else "old"
         exclude = [] if tenant is not None else sorted(
             t for t, p in self._st.tenant_phases().items() if p.rank > s.phase.rank and phases.authoritative(p) != side)
+        ref = await published_spec_ref(self._st)
         summary: VerificationSummary = await workflow.execute_child_workflow(
             VerificationWorkflow.run,
-            VerifyInput(spec=self._st.spec, reverse=reverse, repair=repair, reason=reason, tuning=self._st.tuning,
-                        tenant=tenant, tables=tables, exclude_tenants=exclude),
+            VerifyInput(spec=self._st.spec, spec_ref=ref, reverse=reverse, repair=repair, reason=reason,
+                        tuning=self._st.tuning, tenant=tenant, tables=tables, exclude_tenants=exclude),
             id=f"{workflow.info().workflow_id}-verify-{s.verify_runs}",
             static_summary=f"verify {self._st.spec.name} {direction}{' tenant ' + tenant if tenant else ''} ({reason})",
         )

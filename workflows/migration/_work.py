@@ -13,6 +13,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from workflows.migration._capture import Capture
 from workflows.migration._fence import WriteFence
 from workflows.migration._repairs import RepairDrain
+from workflows.migration._specref import published_spec_ref
 from workflows.migration._state import MigrationState, cancel_task
 from workflows.migration._verification import Verifications
 
@@ -82,6 +83,7 @@ class PhaseWork:
                     for p in prep.tables:
                         if p.source == t.source:
                             t.rows_estimate = p.rows_estimate
+                await published_spec_ref(self._st)
                 await self._capture.ensure_relay()
             if phase is not Phase.CLEANUP and phase is not Phase.DONE:
                 side = phases.authoritative(phase)
@@ -213,11 +215,12 @@ class PhaseWork:
         self._st.wake += 1
         handles = []
         self._st.backfill_children = []
+        ref = await published_spec_ref(self._st)
         for t in self._st.spec.tables:
             child_id = f"{wid}-backfill-{t.source}-{run}"
             handle = await workflow.start_child_workflow(
                 BackfillWorkflow.run,
-                BackfillInput(table=TableRef(spec=self._st.spec, source=t.source),
+                BackfillInput(table=TableRef(spec=self._st.spec, source=t.source), spec_ref=ref,
                               concurrency=self._st.spec.backfill_concurrency, ranges=self._st.tuning.backfill_ranges,
                               tuning=self._st.tuning),
                 id=child_id, static_summary=f"backfill {t.source} → {t.target_table} ({self._st.spec.old} → "

@@ -23,6 +23,7 @@ from workflows.models._activities import (
     ControlInput,
     PrepareInput,
     PrepareResult,
+    PublishSpecInput,
     RepairDrainInput,
     RepairDrainResult,
     RetireInput,
@@ -42,9 +43,11 @@ from workflows.models._children import (
     RangeCheckpoint,
     RangePlan,
     RangeResult,
+    SpecRef,
     TableRef,
     VerifyInput,
     VerifyTableInput,
+    spec_digest,
 )
 from workflows.models._contract import (
     AbortRecord,
@@ -106,9 +109,11 @@ __all__ = [
     "PlanRangesInput",
     "PrepareInput",
     "PrepareResult",
+    "PublishSpecInput",
     "RangeCheckpoint",
     "RangePlan",
     "RangeResult",
+    "SpecRef",
     "RepairDrainInput",
     "RepairDrainResult",
     "RetireInput",
@@ -133,5 +138,6 @@ __all__ = [
     "VerifyInput",
     "VerifyTableInput",
     "WORKFLOW_ID_PREFIX",
+    "spec_digest",
     "workflow_id",
 ]

@@ -32,6 +32,14 @@ class PrepareInput(_Model):
     spec: MigrationSpec
 
 
+class PublishSpecInput(_Model):
+    """Store the spec once in the control store under ``digest`` (idempotent), so later activity inputs
+    carry a :class:`~workflows.models.SpecRef` instead of the spec."""
+
+    spec: MigrationSpec
+    digest: str
+
+
 class CheckpointScope(_Model):
     migration: str
     control_store: str
@@ -79,6 +87,7 @@ class ActivityNames:
 
     PREPARE = "prepare"
     PUBLISH_STATE = "publish_state"
+    PUBLISH_SPEC = "publish_spec"
     AWAIT_BARRIER = "await_barrier"
     PLAN_RANGES = "plan_ranges"
     COPY_RANGE = "copy_range"

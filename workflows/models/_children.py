@@ -3,10 +3,11 @@ and the verification."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dualwrite.spec import MigrationSpec
 from workflows.models._contract import Tuning
@@ -45,12 +46,53 @@ class RangeResult(_Model):
     redone_batches: int = Field(default=0, description="batches copied again after a resume (<= 1 each)")
 
 
-class TableRef(_Model):
-    """Which table of which migration, by names only: activities resolve and compile it themselves."""
+def spec_digest(spec: MigrationSpec) -> str:
+    """sha256 of the spec's JSON: the key a published spec is stored and cached under."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
 
-    spec: MigrationSpec
+
+class SpecRef(_Model):
+    """A migration's spec by reference: the workflow publishes the spec once to the control store
+    (``dualwrite_specs``, keyed by migration and digest) and activity inputs carry these three names instead
+    of the whole spec, so a copy_range input stays a few hundred bytes however many tables the spec has.
+    Workers resolve it through a per-process cache keyed by ``digest``."""
+
+    migration: str
+    control_store: str
+    digest: str = Field(description="sha256 of the spec's JSON, computed once by the workflow")
+
+    @classmethod
+    def of(cls, spec: MigrationSpec) -> SpecRef:
+        """The reference to ``spec`` (hashes its JSON: call once per workflow run, not per activity)."""
+        return cls(migration=spec.name, control_store=spec.control, digest=spec_digest(spec))
+
+
+class TableRef(_Model):
+    """Which table of which migration, by names only: activities resolve and compile it themselves.
+
+    Exactly one of ``spec_ref`` (current workflows) and ``spec`` (the whole spec inline: recorded histories
+    and workflows started before specs were published) is set."""
+
+    spec: MigrationSpec | None = None
+    spec_ref: SpecRef | None = None
     source: str
     reverse: bool = Field(default=False, description="new -> old (after write cutover)")
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> TableRef:
+        if (self.spec is None) == (self.spec_ref is None):
+            raise ValueError("a TableRef carries exactly one of spec and spec_ref")
+        return self
+
+    def inline_spec(self) -> MigrationSpec:
+        """The spec carried inline (child workflow inputs carry it; activity inputs need not)."""
+        if self.spec is None:
+            raise ValueError(f"table {self.source}: the spec is not inline here (only a spec_ref)")
+        return self.spec
+
+    def by_ref(self, ref: SpecRef | None) -> TableRef:
+        """This table for an activity input: by ``ref`` when the spec is published, else as it is."""
+        return self if ref is None else TableRef(spec_ref=ref, source=self.source, reverse=self.reverse)
 
 
 class PlanRangesInput(_Model):
@@ -69,9 +111,13 @@ class CopyRangeInput(_Model):
 
 
 class BackfillInput(_Model):
-    """Input of the per-table ``BackfillWorkflow``; ``carry`` is its continue-as-new state."""
+    """Input of the per-table ``BackfillWorkflow``; ``carry`` is its continue-as-new state.
+
+    ``table`` carries the spec inline (the child workflow reads it); with ``spec_ref`` set the spec is
+    published and the child's activity inputs carry the reference instead."""
 
     table: TableRef
+    spec_ref: SpecRef | None = None
     concurrency: int
     ranges: int | None = None
     tuning: Tuning = Field(default_factory=Tuning)
@@ -119,9 +165,11 @@ class BackfillProgress(_Model):
 
 
 class VerifyInput(_Model):
-    """Input of ``VerificationWorkflow`` and of the per-table verify activity."""
+    """Input of ``VerificationWorkflow``; with ``spec_ref`` set the spec is published and the per-table
+    verify activities' inputs carry the reference instead of the spec."""
 
     spec: MigrationSpec
+    spec_ref: SpecRef | None = None
     reverse: bool = False
     repair: bool = True
     tables: list[str] | None = Field(default=None, description="source tables; default: all (a tenant: "
@@ -131,6 +179,12 @@ class VerifyInput(_Model):
     exclude_tenants: list[str] = Field(default_factory=list, description="leave these tenants' rows alone "
                                        "(their authority runs the other way)")
     tuning: Tuning = Field(default_factory=Tuning)
+
+    def table(self, source: str) -> TableRef:
+        """One table for a verify activity's input: by reference when the spec is published."""
+        if self.spec_ref is not None:
+            return TableRef(spec_ref=self.spec_ref, source=source, reverse=self.reverse)
+        return TableRef(spec=self.spec, source=source, reverse=self.reverse)
 
 
 class VerifyTableInput(_Model):

@@ -273,6 +273,7 @@ class MigrationCarry(_Model):
     triggers: TriggerEvaluation | None = None
     next_verify_at: datetime | None = None
     verify_requested: bool = False
+    spec_published: str = Field(default="", description="digest of the spec published to the control store")
     backfill_runs: int = 0
     verify_runs: int = 0
     backfill_done: bool = False

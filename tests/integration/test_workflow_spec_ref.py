@@ -1,0 +1,101 @@
+"""Activity inputs carry a spec reference, not the spec (rule 6, docs/architecture.md).
+
+A three-table migration runs through the backfill and the verification after it; then every activity the
+migration and its children scheduled is read back from their histories: the backfill's and the
+verification's inputs (plan_ranges, copy_range, verify_table) name the spec by (migration, control store,
+digest) and hold neither its table list nor its data stores' names, and the spec itself was published once
+to the control store. The migration's outcome is the same as with the spec inline: every row copied, the
+verification clean.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from conftest import (
+    MigrationDriver,
+    create_pg,
+    fast_tuning,
+    migration_histories,
+    rows_of,
+    save_histories,
+    spec_for,
+)
+from temporalio.client import Client
+
+from dualwrite import control
+from dualwrite.spec import MigrationSpec
+from dualwrite.store import Store
+from workflows.migration import SPEC_REF_PATCH
+from workflows.models import ActivityNames, spec_digest
+
+BY_REF = {ActivityNames.PLAN_RANGES, ActivityNames.COPY_RANGE, ActivityNames.VERIFY_TABLE}
+
+
+def scheduled_inputs(histories: list[Any]) -> list[tuple[str, dict[str, Any], int]]:
+    """(activity name, decoded input, payload bytes) of every activity the histories scheduled."""
+    out: list[tuple[str, dict[str, Any], int]] = []
+    for h in histories:
+        for e in h.events:
+            if e.HasField("activity_task_scheduled_event_attributes"):
+                a = e.activity_task_scheduled_event_attributes
+                for p in a.input.payloads:
+                    out.append((a.activity_type.name, json.loads(p.data), len(p.data)))
+    return out
+
+
+def markers(histories: list[Any]) -> list[str]:
+    """The decoded details of every marker (a patch marker names its patch id)."""
+    found: list[str] = []
+    for h in histories:
+        for e in h.events:
+            if e.HasField("marker_recorded_event_attributes"):
+                found.extend(p.data.decode("utf-8", "replace")
+                             for ps in e.marker_recorded_event_attributes.details.values() for p in ps.payloads)
+    return found
+
+
+async def test_activity_inputs_carry_a_spec_ref(dw: MigrationDriver, temporal_client: Client, pg_old: Store,
+                                                pg_new: Store, table_name: str) -> None:
+    tables = [f"{table_name}_{i}" for i in range(3)]
+    for i, t in enumerate(tables):
+        create_pg(pg_old, t, 300 * (i + 1))
+        create_pg(pg_new, t, 0)
+    name = f"specref-{secrets.token_hex(3)}"
+    one = spec_for(name, "pgold", "pgnew", tables[0], mode="manual", backfill_concurrency=2)
+    spec = MigrationSpec.model_validate({**one.model_dump(mode="json"), "tables": [
+        {**one.tables[0].model_dump(mode="json"), "source": t} for t in tables]})
+    handle = await dw.start(spec, tuning=fast_tuning(backfill_ranges=4))
+    await dw.advance_to(handle, "SHADOW_READ")
+    final = await dw.status(handle)
+
+    # the outcome: every row copied, the verification after the backfill clean
+    for t in tables:
+        assert rows_of(pg_old, t) == rows_of(pg_new, t)
+    assert final.last_verification is not None and final.last_verification.ok
+    assert final.counters["rows_copied"] >= 300 + 600 + 900
+
+    histories = await migration_histories(temporal_client, handle.id)
+    assert any(SPEC_REF_PATCH in m for m in markers(histories))
+    inputs = scheduled_inputs(histories)
+    digest = spec_digest(spec)
+    published = [i for n, i, _ in inputs if n == ActivityNames.PUBLISH_SPEC]
+    assert len(published) == 1 and published[0]["digest"] == digest
+    by_ref = [(n, i, size) for n, i, size in inputs if n in BY_REF]
+    assert {n for n, _, _ in by_ref} == BY_REF
+    for n, inp, size in by_ref:
+        ref = inp["table"]["spec_ref"]
+        assert ref == {"migration": name, "control_store": "pgold", "digest": digest}, (n, ref)
+        assert inp["table"].get("spec") is None, n
+        text = json.dumps(inp)
+        # beyond the ref (which names the control store): no data store's name, no other table
+        assert "pgnew" not in text and '"tables"' not in text, (n, text)
+        assert not any(t in text for t in tables if t != inp["table"]["source"]), (n, text)
+        assert size < 600, (n, size)
+    # the workers resolved the reference through the spec the control store holds
+    raw = control.load_spec(pg_old, name, digest)
+    assert raw is not None and MigrationSpec.model_validate_json(raw) == spec
+    await save_histories(temporal_client, handle.id, "spec-ref")
+    await handle.terminate("test done")
