@@ -117,3 +117,29 @@ async def test_forgotten_raw_update_is_caught_and_holds_cutover_until_fixed(
         writer.close()
         with contextlib.suppress(Exception):  # the abort completed it
             await handle.terminate("test over")
+
+
+async def test_bypass_capture_goes_at_rollback_to_prepare_and_at_cleanup(
+        dw: MigrationDriver, pg_old: Store, pg_new: Store, table_name: str) -> None:
+    """Capture lives on the authoritative store from DUAL_WRITE to CUTOVER_WRITES only: a rollback to PREPARE
+    removes it (nothing is mirrored there, a raw write is no bypass), and CLEANUP removes it for good."""
+    create_pg(pg_old, table_name, 30)
+    create_pg(pg_new, table_name, 0)
+    name = f"bypc-{table_name[-4:]}"
+    handle = await dw.start(spec_for(name, "pgold", "pgnew", table_name, strategy="sync"))
+    try:
+        await dw.advance_to(handle, "DUAL_WRITE")
+        assert bypass.installed(pg_old, name, table_name)
+        res = await dw.update(handle, "rollback", by="pytest", reason="not yet", to="PREPARE")
+        assert res.ok and res.phase == "PREPARE", res.message
+        await eventually(lambda: not bypass.installed(pg_old, name, table_name)
+                         and not bypass.installed(pg_new, name, table_name), timeout=60,
+                         what="capture removed at the rollback to PREPARE")
+        await dw.advance_to(handle, "CUTOVER_WRITES")
+        assert bypass.installed(pg_new, name, table_name) and not bypass.installed(pg_old, name, table_name)
+        await dw.advance_to(handle, "CLEANUP")
+        await eventually(lambda: not bypass.installed(pg_new, name, table_name), timeout=60,
+                         what="capture removed at CLEANUP")
+    finally:
+        with contextlib.suppress(Exception):
+            await handle.terminate("test over")
