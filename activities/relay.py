@@ -71,8 +71,8 @@ class RelayActivities:
     def all(self) -> list[Any]:
         return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes]
 
-    def _stores(self, spec: MigrationSpec) -> RelayStores:
-        rs = self.stores.relay_stores(spec)
+    def _stores(self, spec: MigrationSpec, digest: str | None = None) -> RelayStores:
+        rs = self.stores.relay_stores(spec, digest)
         for s in (rs.old, rs.new):
             triggers.mark_replica(s)  # our own mirror writes must not be captured again
         if spec.control not in self._ready:
@@ -127,8 +127,8 @@ class RelayActivities:
     def drain(self, inp: RelayDrainInput) -> RelayDrainResult:
         """Drain the captured changes continuously for ``max_seconds`` (see the module docstring)."""
         with mapped_errors():
-            spec = inp.spec
-            rs = self._stores(spec)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
             side = store_side(spec)
             stats = self._stats_for(spec)
             out = RelayDrainResult()
@@ -176,8 +176,8 @@ class RelayActivities:
         there is time, but are not waited for: under constant writes a log is never empty, while a point is
         always reached. Used before a repairing verification that must not race a lagging relay."""
         with mapped_errors():
-            spec = inp.spec
-            rs = self._stores(spec)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
             side = store_side(spec)
             started = time.monotonic()
             sides = (inp.authoritative,) if inp.authoritative in ("old", "new") else ("old", "new")

@@ -4,7 +4,8 @@ A three-table migration runs through the backfill and the verification after it;
 migration and its children scheduled is read back from their histories: the backfill's and the
 verification's inputs (plan_ranges, copy_range, verify_table) name the spec by (migration, control store,
 digest) and hold neither its table list nor its data stores' names, and the spec itself was published once
-to the control store. The migration's outcome is the same as with the spec inline: every row copied, the
+to the control store. Nor does any other activity input of the migration (the gates, the repair drains, ...),
+except the few listed in ``SPEC_INLINE``. The migration's outcome is the same as with the spec inline: every row copied, the
 verification clean.
 """
 
@@ -28,10 +29,27 @@ from temporalio.client import Client
 from dualwrite import control
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
+from workflows.bypass import BYPASS_CAPTURE, BYPASS_COLLECT
 from workflows.migration import SPEC_REF_PATCH
 from workflows.models import ActivityNames, spec_digest
+from workflows.relay import RELAY_CATCH_UP, RELAY_DENY, RELAY_DRAIN, RELAY_SETUP, RELAY_TEARDOWN
+from workflows.sampling import SAMPLE_SHADOW
 
 BY_REF = {ActivityNames.PLAN_RANGES, ActivityNames.COPY_RANGE, ActivityNames.VERIFY_TABLE}
+SPEC_INLINE = {
+    ActivityNames.PUBLISH_SPEC,  # publishes it
+    ActivityNames.PREPARE,  # the preflight runs before the spec is published
+    # not converted yet: run once or a few times per migration
+    ActivityNames.RETIRE_OLD, ActivityNames.ABORT_CLEANUP, RELAY_SETUP, RELAY_TEARDOWN, RELAY_DENY,
+    BYPASS_CAPTURE, BYPASS_COLLECT,
+}
+"""The activities whose input still carries the whole spec; every other one names it by (migration, control
+store, digest) or not at all. (The relay's drain carries the reference the migration hands it; a relay started
+by hand, without one, carries the spec.)"""
+WHOLE_SPEC_REF = {ActivityNames.DRAIN_REPAIRS, ActivityNames.EVALUATE_GATE, ActivityNames.WATCH_TRIGGERS,
+                  SAMPLE_SHADOW, RELAY_DRAIN, RELAY_CATCH_UP}
+"""Activities naming the whole migration, by reference now (this run schedules the repair drains; the others
+need a gated transition, a cutover phase, a relayed strategy)."""
 
 
 def scheduled_inputs(histories: list[Any]) -> list[tuple[str, dict[str, Any], int]]:
@@ -94,8 +112,17 @@ async def test_activity_inputs_carry_a_spec_ref(dw: MigrationDriver, temporal_cl
         assert "pgnew" not in text and '"tables"' not in text, (n, text)
         assert not any(t in text for t in tables if t != inp["table"]["source"]), (n, text)
         assert size < 600, (n, size)
+    # nor does any other input: the gates, the repair drains (the rollback-trigger watch, the worker's shadow
+    # sample, the relay's drain and catch-up likewise, with strategies and phases this run does not reach)
+    others = [(n, i) for n, i, _ in inputs if n not in BY_REF and n not in SPEC_INLINE]
+    assert ActivityNames.DRAIN_REPAIRS in {n for n, _ in others}
+    for n, inp in others:
+        text = json.dumps(inp)
+        assert inp.get("spec") is None and "pgnew" not in text and '"tables"' not in text, (n, text)
+        if n in WHOLE_SPEC_REF:
+            assert inp["spec_ref"] == {"migration": name, "control_store": "pgold", "digest": digest}, (n, inp)
     # the workers resolved the reference through the spec the control store holds
     raw = control.load_spec(pg_old, name, digest)
     assert raw is not None and MigrationSpec.model_validate_json(raw) == spec
-    await save_histories(temporal_client, handle.id, "spec-ref")
+    await save_histories(temporal_client, handle.id, "spec-ref-inputs")
     await handle.terminate("test done")
