@@ -5,8 +5,8 @@ migration and its children scheduled is read back from their histories: the back
 verification's inputs (plan_ranges, copy_range, verify_table) name the spec by (migration, control store,
 digest) and hold neither its table list nor its data stores' names, and the spec itself was published once
 to the control store. Nor does any other activity input of the migration (the gates, the repair drains, ...),
-except the few listed in ``SPEC_INLINE``. The migration's outcome is the same as with the spec inline: every row copied, the
-verification clean.
+except the few listed in ``SPEC_INLINE``. The migration's outcome is the same as with the spec inline: every
+row copied, the verification clean.
 """
 
 from __future__ import annotations
