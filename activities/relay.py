@@ -94,7 +94,8 @@ class RelayActivities:
         the new store's keeps the old one in sync after write cutover), or the database log's slot and
         publication / binlog position. Idempotent."""
         with mapped_errors(), heartbeating():
-            logs, captured = store_side(inp.spec).setup(self._stores(inp.spec))
+            spec, digest = self.stores.spec_of(inp)
+            logs, captured = store_side(spec).setup(self._stores(spec, digest))
             return RelaySetupResult(logs=logs, triggers=captured)
 
     @activity.defn(name=RELAY_TEARDOWN, no_thread_cancel_exception=True)
@@ -105,8 +106,9 @@ class RelayActivities:
         table may already be retired (renamed, with its triggers removed) and a reflection would fail on
         every retry, leaving the relay unable to finish."""
         with mapped_errors(), heartbeating():
-            rs = self._stores(inp.spec)
-            store_side(inp.spec).teardown(rs)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
+            store_side(spec).teardown(rs)
             allow_new_store(rs)
 
     @activity.defn(name=RELAY_DENY, no_thread_cancel_exception=True)
@@ -114,8 +116,8 @@ class RelayActivities:
         """Make the migrated tables of the named stores refuse (or accept again) writes that bypass dualwrite:
         the write cutover's "denied tables" for applications that write without the adapter. Idempotent."""
         with mapped_errors():
-            spec = inp.spec
-            rs = self._stores(spec)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
             if inp.deny:
                 store_side(spec).before_denial(rs)
             for side in inp.deny:

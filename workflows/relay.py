@@ -45,6 +45,9 @@ FINISH_SIGNAL = "finish"
 RELAY_SPEC_REF_PATCH = "relay-spec-ref"
 """Histories from before: the relay's drain and the migration's start of the relay carried the spec only;
 now the migration hands the relay the reference to the spec it published, and the drains carry that."""
+RELAY_SETUP_SPEC_REF_PATCH = "relay-spec-ref-setup"
+"""Histories from before: the relay's capture setup and teardown carried the spec; now the reference the
+migration handed the relay (evaluated before the setup, so a separate id from the drains')."""
 
 POLLERS_SUFFIX = "-pollers"
 
@@ -105,14 +108,13 @@ class RelayCarry(_Model):
     refused_writes: dict[str, int] = Field(default_factory=dict)
 
 
-class RelaySetupInput(_Model):
-    spec: MigrationSpec
+class RelaySetupInput(SpecCarrier):
+    """Set capture up, or take it down (at the finish)."""
 
 
-class DenyWritesInput(_Model):
+class DenyWritesInput(SpecCarrier):
     """Which stores' migrated tables refuse writes that bypass dualwrite (strategy ``triggers``)."""
 
-    spec: MigrationSpec
     deny: list[str] = Field(default_factory=list, description="'old' / 'new': start refusing")
     allow: list[str] = Field(default_factory=list, description="'old' / 'new': stop refusing")
     authoritative: str = Field(default="new", description="the store named in the refusal message")
@@ -198,11 +200,14 @@ class RelayWorkflow:
     @workflow.run
     async def run(self, inp: RelayInput) -> RelayStatus:
         self._migration = inp.spec.name
+        setup_spec: dict[str, Any] = {"spec": inp.spec}
+        if inp.spec_ref is not None and workflow.patched(RELAY_SETUP_SPEC_REF_PATCH):
+            setup_spec = {"spec_ref": inp.spec_ref}
         if inp.carry is not None:
             self._carry = inp.carry
         else:
             await workflow.execute_activity(
-                RELAY_SETUP, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
+                RELAY_SETUP, RelaySetupInput(**setup_spec), start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=min(30.0, inp.heartbeat_timeout_seconds)), retry_policy=RELAY_RETRY,
                 result_type=RelaySetupResult, summary="set up capture")
         hb = timedelta(seconds=inp.heartbeat_timeout_seconds)
@@ -244,7 +249,7 @@ class RelayWorkflow:
         self._absorb(res)
         if inp.remove_triggers_on_finish and method_for(inp.spec.strategy).database_capture:
             await workflow.execute_activity(
-                RELAY_TEARDOWN, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
+                RELAY_TEARDOWN, RelaySetupInput(**setup_spec), start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=hb, retry_policy=RELAY_RETRY, summary="remove triggers")
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()

@@ -18,6 +18,7 @@ from workflows.migration._constants import (
     DENY_WRITES_PATCH,
     RELAY_AUTOSTART_PATCH,
     SPEC_REF_CATCH_UP_PATCH,
+    SPEC_REF_DENY_WRITES_PATCH,
 )
 from workflows.migration._specref import spec_or_ref
 from workflows.migration._state import MigrationState
@@ -128,8 +129,9 @@ class Capture:
         """Install (``deny``) or lift (``allow``) the denied-writes triggers; False when they do not apply."""
         if not self.denies_writes():
             return False
+        spec = await spec_or_ref(self._st, SPEC_REF_DENY_WRITES_PATCH)
         await workflow.execute_activity(
-            RELAY_DENY, DenyWritesInput(spec=self._st.spec, deny=deny, allow=allow, authoritative=authoritative),
+            RELAY_DENY, DenyWritesInput(**spec, deny=deny, allow=allow, authoritative=authoritative),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=ACTIVITY_RETRY,
             summary=f"deny writes on {', '.join(deny) or '-'}; allow on {', '.join(allow) or '-'}")
         return True

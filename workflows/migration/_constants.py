@@ -17,9 +17,11 @@ __all__ = [
     "ROLLBACK_HOLDS_AUTO_PATCH",
     "ROLLBACK_KINDS",
     "SPEC_REF_CATCH_UP_PATCH",
+    "SPEC_REF_DENY_WRITES_PATCH",
     "SPEC_REF_GATES_PATCH",
     "SPEC_REF_PATCH",
     "SPEC_REF_REPAIRS_PATCH",
+    "SPEC_REF_RETIRE_PATCH",
     "SPEC_REF_TRIGGER_WATCH_PATCH",
     "TRIGGER_WATCH_SECONDS",
     "WORKER_SAMPLE_DATABASE_LOG_PATCH",
@@ -81,3 +83,7 @@ SPEC_REF_GATES_PATCH = "spec-ref-gates"
 SpecRef."""
 SPEC_REF_CATCH_UP_PATCH = "spec-ref-catch-up"
 """Histories from before: the key logs' catch-up input carried the whole spec; now a SpecRef."""
+SPEC_REF_DENY_WRITES_PATCH = "spec-ref-deny-writes"
+"""Histories from before: the denied-writes triggers' input carried the whole spec; now a SpecRef."""
+SPEC_REF_RETIRE_PATCH = "spec-ref-retire"
+"""Histories from before: the old store's retirement input carried the whole spec; now a SpecRef."""

@@ -138,9 +138,8 @@ class TriggerWatchResult(_Model):
     checks: int = 0
 
 
-class RetireInput(_Model):
+class RetireInput(SpecCarrier):
     """CLEANUP: retire the old store's tables (rename, or drop), remove capture and key logs."""
 
-    spec: MigrationSpec
     drop: bool = False
     stamp: str = Field(description="suffix of the retired names, fixed by the workflow so a retry reuses it")
