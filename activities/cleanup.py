@@ -27,8 +27,8 @@ class CleanupActivities:
         table to ``<table>_dw_retired_<stamp>`` (or drop it when ``drop``). Idempotent: a retry finds the
         retired names and reports them."""
         with mapped_errors(), heartbeating():
-            spec = inp.spec
-            rs = self.stores.relay_stores(spec)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self.stores.relay_stores(spec, digest)
             ctl = self.stores.control_store(spec.control)
             out = RetireResult()
             mappings = {t.source: self.stores.mapping(spec, t.source)[2] for t in spec.tables

@@ -35,11 +35,12 @@ class GateActivities:
         the workflow's evidence. The result, with every metric's value / threshold / samples / verdict, is
         what history records."""
         with mapped_errors(), heartbeating():
+            spec, _ = self.stores.spec_of(inp)
             traffic = None
             if inp.to in phases.TRAFFIC_GATED:
-                store = self.stores.control_store(inp.spec.control)
-                traffic = gates.read_traffic(store, inp.spec.name, inp.spec.gates.window_seconds, inp.tenant)
-            return phases.evaluate_gate(inp, traffic)
+                store = self.stores.control_store(spec.control)
+                traffic = gates.read_traffic(store, spec.name, spec.gates.window_seconds, inp.tenant)
+            return phases.evaluate_gate(inp, traffic, spec)
 
     @activity.defn(name=ActivityNames.WATCH_TRIGGERS, no_thread_cancel_exception=True)
     def watch_rollback_triggers(self, inp: TriggerWatchInput) -> TriggerWatchResult:
@@ -50,9 +51,10 @@ class GateActivities:
         since); too few samples never trips. Heartbeats also come from a background thread while it sleeps
         between checks, so its heartbeat timeout need not grow with ``check_seconds``."""
         with mapped_errors(), heartbeating():
-            cfg = inp.spec.rollback_triggers
-            store = self.stores.control_store(inp.spec.control)
-            method = method_for(inp.spec.strategy)
+            spec, _ = self.stores.spec_of(inp)
+            cfg = spec.rollback_triggers
+            store = self.stores.control_store(spec.control)
+            method = method_for(spec.strategy)
             # no adapter compares reads (triggers, cdc): the worker samples rows for the shadow-mismatch trigger
             worker_samples = method.evidence is Evidence.WORKER
             started = time.monotonic()
@@ -60,16 +62,16 @@ class GateActivities:
             while True:
                 if worker_samples:
                     try:
-                        sample_and_record(self.stores, inp.spec, cfg.min_shadow_samples, 2.0)
+                        sample_and_record(self.stores, spec, cfg.min_shadow_samples, 2.0)
                     except Exception as exc:  # noqa: BLE001 - no sample this round: the triggers see fewer
                         log.warning("worker shadow sample for the rollback triggers failed: %s", safe_message(exc))
                 now = datetime.now(UTC)
                 for scope in inp.scopes:
                     since = scope.since if scope.since.tzinfo else scope.since.replace(tzinfo=UTC)
                     seconds = min(float(cfg.window_seconds), max(1.0, (now - since).total_seconds()))
-                    traffic = gates.read_traffic(store, inp.spec.name, seconds, scope.tenant,
+                    traffic = gates.read_traffic(store, spec.name, seconds, scope.tenant,
                                                  ensure_schema=not out.checks)
-                    evaluation = gates.evaluate_triggers(traffic, scope.phase.value, cfg, inp.spec.strategy.value)
+                    evaluation = gates.evaluate_triggers(traffic, scope.phase.value, cfg, spec.strategy.value)
                     out.evaluation, out.tenant, out.phase = evaluation, scope.tenant, scope.phase
                     if evaluation.tripped:
                         out.tripped = True

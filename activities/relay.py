@@ -71,8 +71,8 @@ class RelayActivities:
     def all(self) -> list[Any]:
         return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes]
 
-    def _stores(self, spec: MigrationSpec) -> RelayStores:
-        rs = self.stores.relay_stores(spec)
+    def _stores(self, spec: MigrationSpec, digest: str | None = None) -> RelayStores:
+        rs = self.stores.relay_stores(spec, digest)
         for s in (rs.old, rs.new):
             triggers.mark_replica(s)  # our own mirror writes must not be captured again
         if spec.control not in self._ready:
@@ -94,7 +94,8 @@ class RelayActivities:
         the new store's keeps the old one in sync after write cutover), or the database log's slot and
         publication / binlog position. Idempotent."""
         with mapped_errors(), heartbeating():
-            logs, captured = store_side(inp.spec).setup(self._stores(inp.spec))
+            spec, digest = self.stores.spec_of(inp)
+            logs, captured = store_side(spec).setup(self._stores(spec, digest))
             return RelaySetupResult(logs=logs, triggers=captured)
 
     @activity.defn(name=RELAY_TEARDOWN, no_thread_cancel_exception=True)
@@ -105,8 +106,9 @@ class RelayActivities:
         table may already be retired (renamed, with its triggers removed) and a reflection would fail on
         every retry, leaving the relay unable to finish."""
         with mapped_errors(), heartbeating():
-            rs = self._stores(inp.spec)
-            store_side(inp.spec).teardown(rs)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
+            store_side(spec).teardown(rs)
             allow_new_store(rs)
 
     @activity.defn(name=RELAY_DENY, no_thread_cancel_exception=True)
@@ -114,8 +116,8 @@ class RelayActivities:
         """Make the migrated tables of the named stores refuse (or accept again) writes that bypass dualwrite:
         the write cutover's "denied tables" for applications that write without the adapter. Idempotent."""
         with mapped_errors():
-            spec = inp.spec
-            rs = self._stores(spec)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
             if inp.deny:
                 store_side(spec).before_denial(rs)
             for side in inp.deny:
@@ -127,8 +129,8 @@ class RelayActivities:
     def drain(self, inp: RelayDrainInput) -> RelayDrainResult:
         """Drain the captured changes continuously for ``max_seconds`` (see the module docstring)."""
         with mapped_errors():
-            spec = inp.spec
-            rs = self._stores(spec)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
             side = store_side(spec)
             stats = self._stats_for(spec)
             out = RelayDrainResult()
@@ -176,8 +178,8 @@ class RelayActivities:
         there is time, but are not waited for: under constant writes a log is never empty, while a point is
         always reached. Used before a repairing verification that must not race a lagging relay."""
         with mapped_errors():
-            spec = inp.spec
-            rs = self._stores(spec)
+            spec, digest = self.stores.spec_of(inp)
+            rs = self._stores(spec, digest)
             side = store_side(spec)
             started = time.monotonic()
             sides = (inp.authoritative,) if inp.authoritative in ("old", "new") else ("old", "new")

@@ -29,9 +29,9 @@ class RepairActivities:
         A repair writes only into the store that is not authoritative *now* (rule 4, docs/architecture.md), and none is
         written while a write fence is published, unless this is the workflow's own drain under the fence."""
         with mapped_errors():
-            spec = inp.spec
+            spec, digest = self.stores.spec_of(inp)
             ctl = self.stores.control_store(spec.control)
-            rs = self.stores.relay_stores(spec)
+            rs = self.stores.relay_stores(spec, digest)
             out = RepairDrainResult()
             started = time.monotonic()
             worked = False

@@ -47,8 +47,9 @@ class SampleActivities:
     def sample_shadow(self, inp: ShadowSampleInput) -> ShadowSampleResult:
         """Compare a sample of rows on both stores and record the verdicts for the gate (counts only)."""
         with mapped_errors():
-            wanted = inp.samples or inp.spec.gates.min_shadow_samples
-            return sample_and_record(self.stores, inp.spec, wanted, inp.wait_seconds, self.identity)
+            spec, _ = self.stores.spec_of(inp)
+            wanted = inp.samples or spec.gates.min_shadow_samples
+            return sample_and_record(self.stores, spec, wanted, inp.wait_seconds, self.identity)
 
 
 def sample_and_record(stores: StoreCache, spec: MigrationSpec, wanted: int, wait_seconds: float,

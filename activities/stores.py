@@ -21,7 +21,7 @@ from dualwrite.mapping import TableMapping, compile_table
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
 from dualwrite.triggers import mark_replica
-from workflows.models import SpecRef, TableRef, spec_digest
+from workflows.models import SpecCarrier, SpecRef, TableRef, spec_digest
 
 DIGEST_MEMO = 32
 """Inline specs whose digest a worker remembers (one per activity call in flight is plenty)."""
@@ -78,6 +78,14 @@ class StoreCache:
             self._specs[ref.digest] = spec
         return spec
 
+    def spec_of(self, inp: SpecCarrier) -> tuple[MigrationSpec, str]:
+        """(spec, digest) of an input that names a whole migration: resolved by reference, or (recorded
+        histories, inputs started before their call site sent references) carried inline."""
+        if inp.spec_ref is not None:
+            return self.spec(inp.spec_ref), inp.spec_ref.digest
+        spec = inp.inline_spec()
+        return spec, self.digest(spec)
+
     def digest(self, spec: MigrationSpec) -> str:
         """The digest of a spec passed inline (recorded histories, and the inputs that still carry the spec):
         hashed once per spec object, so an activity asking for several tables' mappings hashes once. The
@@ -111,9 +119,10 @@ class StoreCache:
         src, dst, mapping = self.mapping(spec, ref.source, reverse=ref.reverse, refresh=refresh, digest=digest)
         return spec, src, dst, mapping
 
-    def relay_stores(self, spec: MigrationSpec) -> RelayStores:
-        """A migration's stores and cached mappings, as the capture methods' store side takes them."""
-        digest = self.digest(spec)
+    def relay_stores(self, spec: MigrationSpec, digest: str | None = None) -> RelayStores:
+        """A migration's stores and cached mappings, as the capture methods' store side takes them
+        (``digest``: the spec's, when known; else the spec is hashed)."""
+        digest = digest or self.digest(spec)
 
         def mapping_for(table: str, reverse: bool) -> TableMapping:
             return self.mapping(spec, table, reverse=reverse, digest=digest)[2]

@@ -33,6 +33,7 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from dualwrite.capture import method_for
     from dualwrite.spec import MigrationSpec
+    from workflows.models import SpecCarrier, SpecRef
     from workflows.retry import RELAY_RETRY
 
 RELAY_SETUP = "relay_setup"
@@ -41,6 +42,12 @@ RELAY_TEARDOWN = "relay_teardown"
 RELAY_CATCH_UP = "relay_catch_up"
 RELAY_DENY = "relay_deny_writes"
 FINISH_SIGNAL = "finish"
+RELAY_SPEC_REF_PATCH = "relay-spec-ref"
+"""Histories from before: the relay's drain and the migration's start of the relay carried the spec only;
+now the migration hands the relay the reference to the spec it published, and the drains carry that."""
+RELAY_SETUP_SPEC_REF_PATCH = "relay-spec-ref-setup"
+"""Histories from before: the relay's capture setup and teardown carried the spec; now the reference the
+migration handed the relay (evaluated before the setup, so a separate id from the drains')."""
 
 POLLERS_SUFFIX = "-pollers"
 
@@ -80,6 +87,9 @@ class RelayInput(_Model):
     """Start argument of ``RelayWorkflow``; ``carry`` is its continue-as-new state (starters leave it None)."""
 
     spec: MigrationSpec
+    spec_ref: SpecRef | None = Field(default=None, description="the spec as the migration published it to the "
+                                     "control store: the drains carry it instead of the spec. None (a relay "
+                                     "started by hand, histories from before): the drains carry the spec")
     poll_seconds: float = Field(default=0.2, gt=0, description="idle poll interval of the logs")
     max_activity_seconds: float = Field(default=60.0, gt=0, description="one drain activity returns after this")
     heartbeat_timeout_seconds: float = Field(default=30.0, ge=1)
@@ -98,14 +108,13 @@ class RelayCarry(_Model):
     refused_writes: dict[str, int] = Field(default_factory=dict)
 
 
-class RelaySetupInput(_Model):
-    spec: MigrationSpec
+class RelaySetupInput(SpecCarrier):
+    """Set capture up, or take it down (at the finish)."""
 
 
-class DenyWritesInput(_Model):
+class DenyWritesInput(SpecCarrier):
     """Which stores' migrated tables refuse writes that bypass dualwrite (strategy ``triggers``)."""
 
-    spec: MigrationSpec
     deny: list[str] = Field(default_factory=list, description="'old' / 'new': start refusing")
     allow: list[str] = Field(default_factory=list, description="'old' / 'new': stop refusing")
     authoritative: str = Field(default="new", description="the store named in the refusal message")
@@ -116,8 +125,7 @@ class RelaySetupResult(_Model):
     triggers: list[str] = Field(default_factory=list, description="store/table pairs with capture triggers")
 
 
-class RelayDrainInput(_Model):
-    spec: MigrationSpec
+class RelayDrainInput(SpecCarrier):
     max_seconds: float = 60.0
     poll_seconds: float = 0.2
     batch: int = 500
@@ -134,11 +142,10 @@ class RelayDrainResult(_Model):
                                            "bypassed dualwrite and were refused there so far (denied writes)")
 
 
-class CatchUpInput(_Model):
+class CatchUpInput(SpecCarrier):
     """Mirror every key-log entry that exists *now* (the drain point) before the caller relies on the other
     store, e.g. before a rollback flips authority back to the old store (called by ``MigrationWorkflow``)."""
 
-    spec: MigrationSpec
     max_seconds: float = Field(default=120.0, gt=0, description="give up (reached=False) after this long")
     batch: int = Field(default=500, ge=1, le=10_000)
     authoritative: str = Field(default="", description="'old' or 'new': only that store's key log is mirrored "
@@ -193,19 +200,25 @@ class RelayWorkflow:
     @workflow.run
     async def run(self, inp: RelayInput) -> RelayStatus:
         self._migration = inp.spec.name
+        setup_spec: dict[str, Any] = {"spec": inp.spec}
+        if inp.spec_ref is not None and workflow.patched(RELAY_SETUP_SPEC_REF_PATCH):
+            setup_spec = {"spec_ref": inp.spec_ref}
         if inp.carry is not None:
             self._carry = inp.carry
         else:
             await workflow.execute_activity(
-                RELAY_SETUP, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
+                RELAY_SETUP, RelaySetupInput(**setup_spec), start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=min(30.0, inp.heartbeat_timeout_seconds)), retry_policy=RELAY_RETRY,
                 result_type=RelaySetupResult, summary="set up capture")
         hb = timedelta(seconds=inp.heartbeat_timeout_seconds)
+        spec: dict[str, Any] = {"spec": inp.spec}
+        if inp.spec_ref is not None and workflow.patched(RELAY_SPEC_REF_PATCH):
+            spec = {"spec_ref": inp.spec_ref}
         self._details()
         while not self._carry.finishing:
             self._drain = asyncio.ensure_future(workflow.execute_activity(
                 RELAY_DRAIN,
-                RelayDrainInput(spec=inp.spec, max_seconds=inp.max_activity_seconds, poll_seconds=inp.poll_seconds,
+                RelayDrainInput(**spec, max_seconds=inp.max_activity_seconds, poll_seconds=inp.poll_seconds,
                                 batch=inp.batch),
                 start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, task_queue=inp.drain_task_queue,
@@ -229,14 +242,14 @@ class RelayWorkflow:
                 workflow.continue_as_new(inp.model_copy(update={"carry": self._carry}))
         # finishing: drain what is left, then take capture down
         res = await workflow.execute_activity(
-            RELAY_DRAIN, RelayDrainInput(spec=inp.spec, max_seconds=inp.max_activity_seconds,
+            RELAY_DRAIN, RelayDrainInput(**spec, max_seconds=inp.max_activity_seconds,
                                          poll_seconds=inp.poll_seconds, batch=inp.batch, finish=True),
             start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
             retry_policy=RELAY_RETRY, result_type=RelayDrainResult, summary="final drain")
         self._absorb(res)
         if inp.remove_triggers_on_finish and method_for(inp.spec.strategy).database_capture:
             await workflow.execute_activity(
-                RELAY_TEARDOWN, RelaySetupInput(spec=inp.spec), start_to_close_timeout=timedelta(minutes=10),
+                RELAY_TEARDOWN, RelaySetupInput(**setup_spec), start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=hb, retry_policy=RELAY_RETRY, summary="remove triggers")
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()

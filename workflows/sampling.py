@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualwrite.spec import MigrationSpec
+from workflows.models import SpecCarrier
 
 SAMPLE_SHADOW = "sample_shadow"
 
@@ -18,8 +18,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class ShadowSampleInput(_Model):
-    spec: MigrationSpec
+class ShadowSampleInput(SpecCarrier):
     samples: int = Field(default=0, ge=0, description="rows to compare over all tables; 0: the gate's "
                                                      "min_shadow_samples (at least 100)")
     wait_seconds: float = Field(default=10.0, ge=0, description="how long recently changed keys may wait for "

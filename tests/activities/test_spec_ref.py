@@ -16,7 +16,19 @@ from dualwrite.config import StoreResolver
 from dualwrite.errors import SpecError
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
-from workflows.models import CopyRangeInput, KeyRange, SpecRef, TableRef, spec_digest
+from workflows.models import (
+    CopyRangeInput,
+    GateInput,
+    KeyRange,
+    RepairDrainInput,
+    SpecCarrier,
+    SpecRef,
+    TableRef,
+    TriggerWatchInput,
+    spec_digest,
+)
+from workflows.relay import CatchUpInput, RelayDrainInput
+from workflows.sampling import ShadowSampleInput
 
 
 @pytest.mark.parametrize("store_fixture", ["pg_old", "my_old", "sqlite_old"])
@@ -104,3 +116,29 @@ def test_logs_and_metrics_name_the_migration_of_an_input_by_ref() -> None:
     for table in (TableRef(spec_ref=SpecRef.of(spec), source="items"), TableRef(spec=spec, source="items")):
         inp = CopyRangeInput(table=table, range=KeyRange(index=0))
         assert activity_context([inp]) == {"migration": "ctx", "table": "items"}
+
+
+@pytest.mark.parametrize("model", [RepairDrainInput, GateInput, TriggerWatchInput, ShadowSampleInput,
+                                   RelayDrainInput, CatchUpInput])
+def test_whole_spec_inputs_carry_exactly_one_spec(model: type[SpecCarrier]) -> None:
+    spec = spec_for("one-spec", "pgold", "pgnew", "items")
+    ref = SpecRef.of(spec)
+    extra = {"phase": "DUAL_WRITE", "to": "BACKFILL", "backfill_percent": 0, "backfill_done": False,
+             "scopes": []}  # the fields GateInput / TriggerWatchInput require (others ignore them)
+    assert model.model_validate({"spec_ref": ref.model_dump(), **extra}).spec is None
+    assert model.model_validate({"spec": spec.model_dump(mode="json"), **extra}).inline_spec() == spec
+    for both_or_none in ({}, {"spec": spec.model_dump(mode="json"), "spec_ref": ref.model_dump()}):
+        with pytest.raises(ValueError, match="exactly one of spec and spec_ref"):
+            model.model_validate({**both_or_none, **extra})
+
+
+def test_a_whole_spec_input_resolves_by_ref_or_inline(dw_resolver: StoreResolver) -> None:
+    spec = spec_for(f"carrier-{secrets.token_hex(3)}", "pgold", "pgnew", "items")
+    ref = SpecRef.of(spec)
+    cache = StoreCache(dw_resolver, pool_size=2)
+    try:
+        control.publish_spec(cache.control_store("pgold"), spec.name, ref.digest, spec.model_dump_json())
+        assert cache.spec_of(RepairDrainInput(spec_ref=ref)) == (spec, ref.digest)
+        assert cache.spec_of(RepairDrainInput(spec=spec)) == (spec, ref.digest)
+    finally:
+        cache.close()

@@ -12,7 +12,15 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError, is_cancelled_exception
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.migration._constants import CATCH_UP_PATCH, CATCH_UP_SECONDS, DENY_WRITES_PATCH, RELAY_AUTOSTART_PATCH
+from workflows.migration._constants import (
+    CATCH_UP_PATCH,
+    CATCH_UP_SECONDS,
+    DENY_WRITES_PATCH,
+    RELAY_AUTOSTART_PATCH,
+    SPEC_REF_CATCH_UP_PATCH,
+    SPEC_REF_DENY_WRITES_PATCH,
+)
+from workflows.migration._specref import spec_or_ref
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
@@ -23,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         FINISH_SIGNAL,
         RELAY_CATCH_UP,
         RELAY_DENY,
+        RELAY_SPEC_REF_PATCH,
         CatchUpInput,
         CatchUpResult,
         DenyWritesInput,
@@ -53,12 +62,15 @@ class Capture:
         if self._st.method.inline or not workflow.patched(RELAY_AUTOSTART_PATCH):
             return
         spec = self._st.spec
+        ref = self._st.spec_ref
+        if ref is None or self._st.s.spec_published != ref.digest or not workflow.patched(RELAY_SPEC_REF_PATCH):
+            ref = None  # not published (histories from before): the relay's drains carry the spec
         self._st.s.work_state = "starting the relay"
         self._st.wake += 1
         try:
             handle = await workflow.start_child_workflow(
                 RelayWorkflow.run,
-                RelayInput(spec=spec, heartbeat_timeout_seconds=self._st.tuning.heartbeat_timeout_seconds,
+                RelayInput(spec=spec, spec_ref=ref, heartbeat_timeout_seconds=self._st.tuning.heartbeat_timeout_seconds,
                            drain_task_queue=poller_task_queue(workflow.info().task_queue)),
                 id=relay_workflow_id(spec.name), parent_close_policy=ParentClosePolicy.ABANDON,
                 static_summary=f"relay {spec.name}: {spec.strategy.value} key logs, {spec.old} ⇄ {spec.new}")
@@ -88,8 +100,9 @@ class Capture:
             return None
         note(f"mirroring the key logs up to now ({why})")
         self._st.wake += 1
+        spec = await spec_or_ref(self._st, SPEC_REF_CATCH_UP_PATCH)
         res: CatchUpResult = await workflow.execute_activity(
-            RELAY_CATCH_UP, CatchUpInput(spec=self._st.spec, max_seconds=max_seconds,
+            RELAY_CATCH_UP, CatchUpInput(**spec, max_seconds=max_seconds,
                                          authoritative=self.denied_log_side(authoritative)),
             start_to_close_timeout=timedelta(seconds=max_seconds + 300),
             heartbeat_timeout=timedelta(seconds=max(10.0, self._st.tuning.heartbeat_timeout_seconds)),
@@ -116,8 +129,9 @@ class Capture:
         """Install (``deny``) or lift (``allow``) the denied-writes triggers; False when they do not apply."""
         if not self.denies_writes():
             return False
+        spec = await spec_or_ref(self._st, SPEC_REF_DENY_WRITES_PATCH)
         await workflow.execute_activity(
-            RELAY_DENY, DenyWritesInput(spec=self._st.spec, deny=deny, allow=allow, authoritative=authoritative),
+            RELAY_DENY, DenyWritesInput(**spec, deny=deny, allow=allow, authoritative=authoritative),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=ACTIVITY_RETRY,
             summary=f"deny writes on {', '.join(deny) or '-'}; allow on {', '.join(allow) or '-'}")
         return True

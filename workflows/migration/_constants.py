@@ -16,7 +16,13 @@ __all__ = [
     "RELAY_AUTOSTART_PATCH",
     "ROLLBACK_HOLDS_AUTO_PATCH",
     "ROLLBACK_KINDS",
+    "SPEC_REF_CATCH_UP_PATCH",
+    "SPEC_REF_DENY_WRITES_PATCH",
+    "SPEC_REF_GATES_PATCH",
     "SPEC_REF_PATCH",
+    "SPEC_REF_REPAIRS_PATCH",
+    "SPEC_REF_RETIRE_PATCH",
+    "SPEC_REF_TRIGGER_WATCH_PATCH",
     "TRIGGER_WATCH_SECONDS",
     "WORKER_SAMPLE_DATABASE_LOG_PATCH",
     "WORKER_SAMPLE_PATCH",
@@ -66,3 +72,18 @@ Now every entry is tried under the fence after the catch-up, and the flip is ref
 SPEC_REF_PATCH = "spec-ref"
 """Histories from before: activity inputs (plan_ranges, copy_range, verify_table) carried the whole spec; now
 the spec is published once to the control store and they carry a SpecRef (migration, control store, digest)."""
+SPEC_REF_REPAIRS_PATCH = "spec-ref-repairs"
+"""Histories from before: the repair drains' inputs (the background long-poll, the one-shot drains) carried the
+whole spec; now a SpecRef. One id per collaborator, so each moves on its own (``spec-ref`` stays where the
+spec is published)."""
+SPEC_REF_TRIGGER_WATCH_PATCH = "spec-ref-trigger-watch"
+"""Histories from before: the rollback-trigger watch's input carried the whole spec; now a SpecRef."""
+SPEC_REF_GATES_PATCH = "spec-ref-gates"
+"""Histories from before: the gate's and the worker shadow sample's inputs carried the whole spec; now a
+SpecRef."""
+SPEC_REF_CATCH_UP_PATCH = "spec-ref-catch-up"
+"""Histories from before: the key logs' catch-up input carried the whole spec; now a SpecRef."""
+SPEC_REF_DENY_WRITES_PATCH = "spec-ref-deny-writes"
+"""Histories from before: the denied-writes triggers' input carried the whole spec; now a SpecRef."""
+SPEC_REF_RETIRE_PATCH = "spec-ref-retire"
+"""Histories from before: the old store's retirement input carried the whole spec; now a SpecRef."""

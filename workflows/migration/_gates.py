@@ -9,7 +9,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import WORKER_SAMPLE_DATABASE_LOG_PATCH, WORKER_SAMPLE_PATCH
+from workflows.migration._constants import (
+    SPEC_REF_GATES_PATCH,
+    WORKER_SAMPLE_DATABASE_LOG_PATCH,
+    WORKER_SAMPLE_PATCH,
+)
+from workflows.migration._specref import spec_or_ref
 from workflows.migration._state import MigrationState, who
 from workflows.migration._verification import Verifications
 
@@ -80,9 +85,10 @@ class Gates:
             await self._capture.collect_bypass()
         percent = 100 if s.backfill_done else min((t.percent for t in s.tables), default=0)
         approved = (ts.approved_for if ts is not None else (None if tenant is not None else s.approved_for)) is to
+        spec = await spec_or_ref(self._st, SPEC_REF_GATES_PATCH)
         result: GateResult = await workflow.execute_activity(
             ActivityNames.EVALUATE_GATE,
-            GateInput(spec=self._st.spec, phase=phase, to=to, backfill_percent=percent,
+            GateInput(**spec, phase=phase, to=to, backfill_percent=percent,
                       backfill_done=s.backfill_done, last_verification=v, phase_entered_at=s.phase_entered_at,
                       repair_queue_depth=s.repair_queue_depth, approved=approved, tenant=tenant,
                       at=workflow.now()),
@@ -119,8 +125,9 @@ class Gates:
         self._st.transitioning = f"{label} (worker shadow sample)"
         self._st.wake += 1
         try:
+            spec = await spec_or_ref(self._st, SPEC_REF_GATES_PATCH)
             res: ShadowSampleResult = await workflow.execute_activity(
-                SAMPLE_SHADOW, ShadowSampleInput(spec=self._st.spec),
+                SAMPLE_SHADOW, ShadowSampleInput(**spec),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=max(30.0, self._st.tuning.heartbeat_timeout_seconds)),
                 retry_policy=SHADOW_SAMPLE_RETRY,

@@ -12,7 +12,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
-from workflows.migration._constants import TRIGGER_WATCH_SECONDS
+from workflows.migration._constants import SPEC_REF_TRIGGER_WATCH_PATCH, TRIGGER_WATCH_SECONDS
+from workflows.migration._specref import spec_or_ref
 from workflows.migration._state import MigrationState, scope_key, who
 from workflows.migration._transitions import Transitions
 
@@ -68,9 +69,10 @@ class Monitor:
             if self._st.stopping or self._st.s.phase is Phase.DONE:
                 return
             key = self._key()
+            spec = await spec_or_ref(self._st, SPEC_REF_TRIGGER_WATCH_PATCH)
             watch = asyncio.create_task(workflow.execute_activity(
                 ActivityNames.WATCH_TRIGGERS,
-                TriggerWatchInput(spec=self._st.spec, scopes=self.scopes(),
+                TriggerWatchInput(**spec, scopes=self.scopes(),
                                   max_seconds=max(TRIGGER_WATCH_SECONDS, cfg.check_seconds * 3)),
                 start_to_close_timeout=timedelta(seconds=max(TRIGGER_WATCH_SECONDS, cfg.check_seconds * 3) + 300),
                 heartbeat_timeout=self._st.short_heartbeat(),

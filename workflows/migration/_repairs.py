@@ -9,6 +9,8 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.migration._capture import Capture
+from workflows.migration._constants import SPEC_REF_REPAIRS_PATCH
+from workflows.migration._specref import spec_or_ref
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
@@ -41,9 +43,10 @@ class RepairDrain:
             try:
                 # Cancelling waits for the activity to stop: it notices at its next heartbeat and returns
                 # what it mirrored so far, so two drains never overlap across continue-as-new.
+                spec = await spec_or_ref(self._st, SPEC_REF_REPAIRS_PATCH)
                 res = await workflow.execute_activity(
                     ActivityNames.DRAIN_REPAIRS,
-                    RepairDrainInput(spec=self._st.spec, max_idle_seconds=self._st.tuning.repair_idle_seconds),
+                    RepairDrainInput(**spec, max_idle_seconds=self._st.tuning.repair_idle_seconds),
                     start_to_close_timeout=timedelta(seconds=self._st.tuning.repair_idle_seconds + 600),
                     heartbeat_timeout=timedelta(seconds=min(10.0, self._st.tuning.heartbeat_timeout_seconds)),
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -67,9 +70,10 @@ class RepairDrain:
     async def drain_once(self, max_seconds: float = 120, *, under_fence: bool = False) -> RepairDrainResult:
         """Mirror what the repair queue holds right now (a one-shot drain beside the background one); under a
         write fence every entry is tried, due or not. Returns what was done and what is left."""
+        spec = await spec_or_ref(self._st, SPEC_REF_REPAIRS_PATCH)
         res: RepairDrainResult = await workflow.execute_activity(
             ActivityNames.DRAIN_REPAIRS,
-            RepairDrainInput(spec=self._st.spec, max_idle_seconds=0, max_seconds=max_seconds, under_fence=under_fence),
+            RepairDrainInput(**spec, max_idle_seconds=0, max_seconds=max_seconds, under_fence=under_fence),
             start_to_close_timeout=timedelta(seconds=600),
             heartbeat_timeout=timedelta(seconds=min(30.0, max(10.0, self._st.tuning.heartbeat_timeout_seconds))),
             retry_policy=ACTIVITY_RETRY, result_type=RepairDrainResult, summary="drain repairs now")

@@ -9,6 +9,7 @@ it through a per-process cache keyed by digest."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 
@@ -19,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import ActivityNames, PublishSpecInput, SpecRef
     from workflows.retry import ACTIVITY_RETRY
 
-__all__ = ["published_spec_ref"]
+__all__ = ["published_spec_ref", "spec_or_ref"]
 
 
 async def published_spec_ref(st: MigrationState) -> SpecRef | None:
@@ -38,3 +39,14 @@ async def published_spec_ref(st: MigrationState) -> SpecRef | None:
             heartbeat_timeout=st.short_heartbeat(), retry_policy=ACTIVITY_RETRY, summary="publish the spec")
         st.s.spec_published = ref.digest
     return ref
+
+
+async def spec_or_ref(st: MigrationState, patch: str) -> dict[str, Any]:
+    """The spec field of an activity input that names the whole migration (a ``SpecCarrier``): the
+    reference once the call site's ``patch`` is in (publishing the spec first if this run has not), else the
+    spec inline (histories recorded before the patch, and runs begun before specs were published)."""
+    if workflow.patched(patch):
+        ref = await published_spec_ref(st)
+        if ref is not None:
+            return {"spec_ref": ref}
+    return {"spec": st.spec}

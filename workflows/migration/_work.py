@@ -11,9 +11,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
+from workflows.migration._constants import SPEC_REF_RETIRE_PATCH
 from workflows.migration._fence import WriteFence
 from workflows.migration._repairs import RepairDrain
-from workflows.migration._specref import published_spec_ref
+from workflows.migration._specref import published_spec_ref, spec_or_ref
 from workflows.migration._state import MigrationState, cancel_task
 from workflows.migration._verification import Verifications
 
@@ -194,8 +195,9 @@ class PhaseWork:
         s.work_state = "cleanup: " + ("dropping" if s.cleanup_drop else "renaming") + " the old tables"
         self._st.wake += 1
         entered = s.phase_entered_at or workflow.now()
+        spec = await spec_or_ref(self._st, SPEC_REF_RETIRE_PATCH)
         res = await workflow.execute_activity(
-            ActivityNames.RETIRE_OLD, RetireInput(spec=self._st.spec, drop=s.cleanup_drop,
+            ActivityNames.RETIRE_OLD, RetireInput(**spec, drop=s.cleanup_drop,
                                                   stamp=entered.strftime("%Y%m%d%H%M%S")),
             start_to_close_timeout=timedelta(minutes=30), heartbeat_timeout=self._st.short_heartbeat(),
             retry_policy=ACTIVITY_RETRY, result_type=RetireResult,

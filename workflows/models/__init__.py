@@ -43,11 +43,9 @@ from workflows.models._children import (
     RangeCheckpoint,
     RangePlan,
     RangeResult,
-    SpecRef,
     TableRef,
     VerifyInput,
     VerifyTableInput,
-    spec_digest,
 )
 from workflows.models._contract import (
     AbortRecord,
@@ -80,6 +78,7 @@ from workflows.models._core import (
     Phase,
     workflow_id,
 )
+from workflows.models._spec import SpecCarrier, SpecRef, spec_digest
 
 __all__ = [
     "AbortCleanupInput",
@@ -113,6 +112,7 @@ __all__ = [
     "RangeCheckpoint",
     "RangePlan",
     "RangeResult",
+    "SpecCarrier",
     "SpecRef",
     "RepairDrainInput",
     "RepairDrainResult",

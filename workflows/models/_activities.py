@@ -12,6 +12,7 @@ from dualwrite.gates import TriggerEvaluation
 from dualwrite.spec import MigrationSpec
 from workflows.models._contract import TableProgress
 from workflows.models._core import Phase, _Model
+from workflows.models._spec import SpecCarrier
 
 
 class ControlInput(_Model):
@@ -59,11 +60,10 @@ class PrepareResult(_Model):
     tables: list[TableProgress] = Field(default_factory=list)
 
 
-class RepairDrainInput(_Model):
+class RepairDrainInput(SpecCarrier):
     """One long-poll of the repair queue: returns after draining what was due, or after ``max_idle_seconds``
     with nothing to do, so the workflow's status (queue depth) stays fresh at a few events per poll."""
 
-    spec: MigrationSpec
     max_seconds: float = 60.0
     max_idle_seconds: float = 300.0
     poll_seconds: float = 1.0
@@ -123,10 +123,9 @@ class TriggerScope(_Model):
     since: datetime = Field(description="statistics older than this (the barrier of the phase) are ignored")
 
 
-class TriggerWatchInput(_Model):
+class TriggerWatchInput(SpecCarrier):
     """A long-poll of the statistics: returns when a trigger trips, or after ``max_seconds`` quietly."""
 
-    spec: MigrationSpec
     scopes: list[TriggerScope]
     max_seconds: float = 300.0
 
@@ -139,9 +138,8 @@ class TriggerWatchResult(_Model):
     checks: int = 0
 
 
-class RetireInput(_Model):
+class RetireInput(SpecCarrier):
     """CLEANUP: retire the old store's tables (rename, or drop), remove capture and key logs."""
 
-    spec: MigrationSpec
     drop: bool = False
     stamp: str = Field(description="suffix of the retired names, fixed by the workflow so a retry reuses it")

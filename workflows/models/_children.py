@@ -3,7 +3,6 @@ and the verification."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ from pydantic import Field, model_validator
 from dualwrite.spec import MigrationSpec
 from workflows.models._contract import Tuning
 from workflows.models._core import _Model
+from workflows.models._spec import SpecRef
 
 
 class KeyRange(_Model):
@@ -44,27 +44,6 @@ class RangeResult(_Model):
     attempts: int = 1
     resumed: bool = False
     redone_batches: int = Field(default=0, description="batches copied again after a resume (<= 1 each)")
-
-
-def spec_digest(spec: MigrationSpec) -> str:
-    """sha256 of the spec's JSON: the key a published spec is stored and cached under."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
-
-
-class SpecRef(_Model):
-    """A migration's spec by reference: the workflow publishes the spec once to the control store
-    (``dualwrite_specs``, keyed by migration and digest) and activity inputs carry these three names instead
-    of the whole spec, so a copy_range input stays a few hundred bytes however many tables the spec has.
-    Workers resolve it through a per-process cache keyed by ``digest``."""
-
-    migration: str
-    control_store: str
-    digest: str = Field(description="sha256 of the spec's JSON, computed once by the workflow")
-
-    @classmethod
-    def of(cls, spec: MigrationSpec) -> SpecRef:
-        """The reference to ``spec`` (hashes its JSON: call once per workflow run, not per activity)."""
-        return cls(migration=spec.name, control_store=spec.control, digest=spec_digest(spec))
 
 
 class TableRef(_Model):

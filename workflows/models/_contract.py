@@ -12,6 +12,7 @@ from dualwrite.gates import GateMetric, TrafficFacts, TriggerEvaluation
 from dualwrite.spec import MigrationSpec
 from workflows.bypass import BypassSummary
 from workflows.models._core import Phase, _Model
+from workflows.models._spec import SpecCarrier
 
 
 class Tuning(_Model):
@@ -285,8 +286,7 @@ class MigrationCarry(_Model):
     aborted: AbortRecord | None = None
 
 
-class GateInput(_Model):
-    spec: MigrationSpec
+class GateInput(SpecCarrier):
     phase: Phase
     to: Phase
     backfill_percent: int

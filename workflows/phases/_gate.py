@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from dualwrite import gates as g
+from dualwrite.spec import MigrationSpec
 from workflows.models import GateInput, GateResult, VerificationSummary
 from workflows.phases._meaning import GATED, TRAFFIC_GATED, verification_reverse
 
@@ -43,7 +44,8 @@ def _recon_facts(v: VerificationSummary | None, expected: str, allowed_empty: fr
                         empty_allowed=empty_allowed)
 
 
-def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None) -> GateResult:
+def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None,
+                  spec: MigrationSpec | None = None) -> GateResult:
     """Decide a gated transition from its evidence (recorded in history: counts, thresholds, a few keys).
 
     Into CUTOVER_READS and CUTOVER_WRITES: backfill 100 %, shadow-read match rate, secondary write success
@@ -55,14 +57,15 @@ def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None) -> Gate
     if inp.to not in GATED:
         return GateResult(passed=True, to=inp.to, checks={}, evidence={"gated": False}, tenant=inp.tenant,
                           at=inp.at)
-    gates = inp.spec.gates
+    spec = spec or inp.inline_spec()  # the activity resolved a spec_ref; tests pass the spec inline
+    gates = spec.gates
     v = inp.last_verification
     now = inp.at or (v.at if v is not None else datetime.min)
     expected = "new->old" if verification_reverse(inp.phase) else "old->new"
-    metrics = [g.backfill_metric(inp.backfill_percent, inp.backfill_done, len(inp.spec.tables))]
+    metrics = [g.backfill_metric(inp.backfill_percent, inp.backfill_done, len(spec.tables))]
     if inp.to in TRAFFIC_GATED:
-        metrics += g.traffic_metrics(traffic, gates, inp.spec.strategy.value)
-    allowed_empty = frozenset(t.source for t in inp.spec.tables if t.allow_empty)
+        metrics += g.traffic_metrics(traffic, gates, spec.strategy.value)
+    allowed_empty = frozenset(t.source for t in spec.tables if t.allow_empty)
     metrics.append(g.reconciliation_metric(_recon_facts(v, expected, allowed_empty), now, gates.window_seconds))
     metrics.append(g.repair_queue_metric(inp.repair_queue_depth))
     if gates.require_approval:
