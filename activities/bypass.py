@@ -13,14 +13,8 @@ from activities.stores import StoreCache
 from dualwrite import bypass
 from dualwrite.retire import table_exists
 from dualwrite.store import Kind
-from workflows.bypass import (
-    BYPASS_CAPTURE,
-    BYPASS_COLLECT,
-    BypassCaptureInput,
-    BypassCollectInput,
-    BypassCollectResult,
-    BypassGroup,
-)
+from workflows.bypass import BYPASS_CAPTURE, BYPASS_COLLECT, BypassCollectResult, BypassGroup
+from workflows.models import BypassCaptureInput, BypassCollectInput
 
 
 class BypassActivities:
@@ -36,7 +30,7 @@ class BypassActivities:
     def capture(self, inp: BypassCaptureInput) -> None:
         """Install capture on the sides in ``install``, remove it from those in ``remove``."""
         with mapped_errors():
-            spec = inp.spec
+            spec, _ = self.stores.spec_of(inp)
             stores = {"old": self.stores.store(spec.old), "new": self.stores.store(spec.new)}
             for t in spec.tables:
                 for side in inp.remove:
@@ -61,7 +55,7 @@ class BypassActivities:
     def collect(self, inp: BypassCollectInput) -> BypassCollectResult:
         """Collect both stores' bypass records: keys to the repair queue, counts per (table, writer) back."""
         with mapped_errors():
-            spec = inp.spec
+            spec, _ = self.stores.spec_of(inp)
             ctl = self.stores.store(spec.control)
             kinds: dict[str, Sequence[Kind]] = {t.source: list(self.stores.mapping(spec, t.source)[2].key_kinds)
                                                 for t in spec.tables}

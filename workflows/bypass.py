@@ -100,19 +100,6 @@ def merge(summary: BypassSummary, groups: Sequence[BypassGroup]) -> BypassSummar
     return summary.model_copy(update={"groups": ordered, "total": summary.total + sum(g.count for g in groups)})
 
 
-class BypassCaptureInput(_Model):
-    spec: MigrationSpec
-    install: list[str] = Field(default_factory=list, description="store sides to capture on: old, new")
-    remove: list[str] = Field(default_factory=list, description="store sides to stop capturing on")
-    discard: bool = Field(default=False, description="also delete the migration's uncollected records")
-
-
-class BypassCollectInput(_Model):
-    """Both stores are collected; a record's key is repaired from the store it was captured on."""
-
-    spec: MigrationSpec
-
-
 class BypassCollectResult(_Model):
     groups: list[BypassGroup] = Field(default_factory=list, description="counts per (table, writer), no keys")
     queued: int = Field(default=0, description="records whose keys went to the repair queue")

@@ -17,6 +17,7 @@ from workflows.migration._constants import (
     CATCH_UP_SECONDS,
     DENY_WRITES_PATCH,
     RELAY_AUTOSTART_PATCH,
+    SPEC_REF_BYPASS_PATCH,
     SPEC_REF_CATCH_UP_PATCH,
     SPEC_REF_DENY_WRITES_PATCH,
 )
@@ -26,7 +27,7 @@ from workflows.migration._state import MigrationState
 with workflow.unsafe.imports_passed_through():
     from workflows import bypass as bp
     from workflows import phases
-    from workflows.models import Phase
+    from workflows.models import BypassCaptureInput, BypassCollectInput, Phase
     from workflows.relay import (
         FINISH_SIGNAL,
         RELAY_CATCH_UP,
@@ -151,9 +152,9 @@ class Capture:
         s = self._st.s
         on = {x for x in (s.bypass.capture_on if s.bypass is not None else "").split("+") if x}
         on = (on | set(install or [])) - set(remove or [])
+        spec = await spec_or_ref(self._st, SPEC_REF_BYPASS_PATCH)
         await workflow.execute_activity(
-            bp.BYPASS_CAPTURE, bp.BypassCaptureInput(spec=self._st.spec, install=install or [], remove=remove or [],
-                                                     discard=discard),
+            bp.BYPASS_CAPTURE, BypassCaptureInput(**spec, install=install or [], remove=remove or [], discard=discard),
             start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._st.short_heartbeat(),
             retry_policy=ACTIVITY_RETRY, summary=f"bypass capture on {'+'.join(install or []) or '-'}; off on "
                                          f"{'+'.join(remove or []) or '-'}")
@@ -179,9 +180,10 @@ class Capture:
         s = self._st.s
         if s.bypass is None or not s.bypass.capture_on or not workflow.patched(bp.BYPASS_PATCH):
             return
+        spec = await spec_or_ref(self._st, SPEC_REF_BYPASS_PATCH)
         try:
             res: bp.BypassCollectResult = await workflow.execute_activity(
-                bp.BYPASS_COLLECT, bp.BypassCollectInput(spec=self._st.spec),
+                bp.BYPASS_COLLECT, BypassCollectInput(**spec),
                 start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._st.short_heartbeat(),
                 retry_policy=BYPASS_COLLECT_RETRY,
                 result_type=bp.BypassCollectResult, summary="collect bypassed writes")

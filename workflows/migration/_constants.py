@@ -21,6 +21,7 @@ __all__ = [
     "SPEC_REF_GATES_PATCH",
     "SPEC_REF_PATCH",
     "SPEC_REF_REPAIRS_PATCH",
+    "SPEC_REF_BYPASS_PATCH",
     "SPEC_REF_RETIRE_PATCH",
     "SPEC_REF_TRIGGER_WATCH_PATCH",
     "TRIGGER_WATCH_SECONDS",
@@ -85,5 +86,7 @@ SPEC_REF_CATCH_UP_PATCH = "spec-ref-catch-up"
 """Histories from before: the key logs' catch-up input carried the whole spec; now a SpecRef."""
 SPEC_REF_DENY_WRITES_PATCH = "spec-ref-deny-writes"
 """Histories from before: the denied-writes triggers' input carried the whole spec; now a SpecRef."""
+SPEC_REF_BYPASS_PATCH = "spec-ref-bypass"
+"""Histories from before: the bypass capture and collection inputs carried the whole spec; now a SpecRef."""
 SPEC_REF_RETIRE_PATCH = "spec-ref-retire"
 """Histories from before: the old store's retirement input carried the whole spec; now a SpecRef."""

@@ -31,6 +31,7 @@ from workflows.models._activities import (
     TriggerWatchInput,
     TriggerWatchResult,
 )
+from workflows.models._bypass_io import BypassCaptureInput, BypassCollectInput
 from workflows.models._children import (
     BackfillCarry,
     BackfillInput,
@@ -83,6 +84,8 @@ from workflows.models._spec import SpecCarrier, SpecRef, spec_digest
 __all__ = [
     "AbortCleanupInput",
     "AbortCleanupResult",
+    "BypassCaptureInput",
+    "BypassCollectInput",
     "AbortRecord",
     "ActivityNames",
     "BACKFILL_PERCENT",
