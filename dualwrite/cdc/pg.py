@@ -86,6 +86,19 @@ def _qualified(store: Store, table: str) -> str:
     return ".".join(store.quote(p) for p in table.split(".")) if "." in table else store.quote(table)
 
 
+def _create_publication(cur: Any, pub: str, targets: str) -> bool:
+    """CREATE PUBLICATION; False when a concurrent setup created it first (two setups of one migration race
+    at PREPARE: the relay's and the write denial's). CREATE PUBLICATION has no IF NOT EXISTS, and the loser
+    of the race sees a unique violation on ``pg_publication_pubname_index``, not "already exists"."""
+    try:
+        cur.execute(f"CREATE PUBLICATION {pub} FOR TABLE {targets}")
+    except Exception as exc:
+        if "already exists" in str(exc) or "pg_publication_pubname_index" in str(exc):
+            return False
+        raise
+    return True
+
+
 def setup(store: Store, migration: str, tables: Sequence[str]) -> bool:
     """Create the publication (for exactly ``tables``) and the slot if missing; True when the slot is new.
 
@@ -96,9 +109,7 @@ def setup(store: Store, migration: str, tables: Sequence[str]) -> bool:
         cur = conn.cursor()
         targets = ", ".join(_qualified(store, t) for t in tables)
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,))
-        if cur.fetchone() is None:
-            cur.execute(f"CREATE PUBLICATION {pub} FOR TABLE {targets}")
-        else:
+        if cur.fetchone() is not None or not _create_publication(cur, pub, targets):
             # only when the tables changed: setup runs again at every phase entry (and under the write fence),
             # and ALTER PUBLICATION locks the tables
             cur.execute("SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT quote_ident(schemaname) || '.' || "

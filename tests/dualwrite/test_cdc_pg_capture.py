@@ -165,3 +165,30 @@ def test_a_read_cut_off_at_its_limit_never_moves_the_slot_past_what_it_did_not_d
         assert _rows(cdc_pg_new, table_name) == _rows(cdc_pg_old, table_name)
     finally:
         capture.teardown(cdc_pg_old, cdc_pg_old, migration)
+
+
+def test_concurrent_setups_of_one_migration_both_succeed(cdc_pg_old: Store, table_name: str) -> None:
+    """The relay's setup and the write denial's run at once at PREPARE; the loser of CREATE PUBLICATION's
+    race saw a unique violation and failed the migration's PREPARE (seen in CI)."""
+    import threading
+
+    execute(cdc_pg_old, f"CREATE TABLE {table_name} (id bigint PRIMARY KEY)")
+    errors: list[BaseException] = []
+    for round_ in range(4):
+        migration = f"race{round_}-{table_name[-4:]}"
+        barrier = threading.Barrier(6)
+
+        def one(migration: str = migration, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                capture.setup(cdc_pg_old, cdc_pg_old, migration, [table_name])
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted on below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        capture.teardown(cdc_pg_old, cdc_pg_old, migration)
+    assert errors == []
