@@ -94,6 +94,10 @@ class Ticket:
     b: Side
     marker: CommitMarker | None = None
     """Identifies the authoritative transaction after its connection is gone (:mod:`._commit_outcome`)."""
+    reply_lost: bool = False
+    """The authoritative commit raised, yet committed (:meth:`StrictStrategy.reply_lost`)."""
+    settled: bool = False
+    """A failed authoritative commit was already handled (:meth:`StrictStrategy.commit_failed`)."""
 
 
 class StrictStrategy:
@@ -129,12 +133,19 @@ class StrictStrategy:
     def commit_stands(self, ticket: Ticket, exc: BaseException) -> bool:
         """The authoritative commit raised: did it commit all the same (its reply lost)? Then both stores
         have the write and the request succeeded: the note goes, nothing is restored, nothing is raised."""
+        if not self.reply_lost(ticket, exc):
+            return False
+        self.committed(ticket)
+        return True
+
+    def reply_lost(self, ticket: Ticket, exc: BaseException) -> bool:
+        """Only the question of :meth:`commit_stands` (the caller forgets the note once its commit is over)."""
         w = self.writer
         if outcome_of(w.data[ticket.a], ticket.marker, NOTES) is not Outcome.COMMITTED:
             return False
         log.warning("migration %s: the %s store's commit reported %s but committed: the strict write stands in "
                     "both stores", w.migration, ticket.a.value, error_class(exc))
-        self.committed(ticket)
+        ticket.reply_lost = True
         return True
 
     def prepare(self, route: Routing, touched: Sequence[Touched], dbapi_conn: Any,
@@ -188,6 +199,7 @@ class StrictStrategy:
 
     def commit_failed(self, ticket: Ticket, exc: BaseException) -> StrictWriteError:
         """The authoritative commit failed after the other store committed: restore it; the error to raise."""
+        ticket.settled = True
         restored = self._compensate(ticket.groups, ticket.a, ticket.b)
         if restored:
             self._forget(ticket.b, ticket.token)
