@@ -95,3 +95,59 @@ def test_orm_strict_commit_whose_reply_was_lost_succeeds_and_a_lost_commit_fails
             s.commit()
     finally:
         m.close()
+
+
+def _row(name: str) -> dict[str, Any]:
+    return {"tenant": "t", "name": name, "balance": Decimal("1.00"), "active": True, "created_at": NOW,
+            "version": 1}
+
+
+@pytest.mark.parametrize("through_proxy", ["pg_old>pg_new"], indirect=True)
+async def test_asyncio_strict_commit_whose_reply_was_lost_succeeds_and_a_lost_commit_fails_in_neither(
+        through_proxy: tuple[Store, Store, LostReplyProxy], fetch: Any) -> None:
+    """The asyncio Core adapter (its transaction on the application's AsyncEngine) and the async ORM."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from dualwrite.adapter import AsyncDualWriter, install_async
+
+    old, new, proxy = through_proxy
+    m = make_migration(old, new, "strict", options=_opts())
+    engine = create_async_engine(old.ref.url, connect_args={"options": "-c TimeZone=UTC"})
+    aw = AsyncDualWriter(m.writer, old_engine=engine)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    install_async(maker, m.writer)
+    t = m.models.customers
+    try:
+        m.publish("DUAL_WRITE")
+        proxy.arm(b"aio: committed, reply lost")
+        (k,) = await aw.insert(t, _row("aio: committed, reply lost"))  # no exception: it committed
+        assert proxy.fired.is_set()
+        assert m.row("old", t, k)["name"] == "aio: committed, reply lost"
+        assert m.row("new", t, k)["name"] == "aio: committed, reply lost"
+
+        proxy.arm(b"aio: commit lost", deliver=False)
+        with pytest.raises(StrictWriteError) as failed:
+            await aw.insert(t, {**_row("aio: commit lost"), "id": 9_000_031})
+        assert proxy.fired.is_set()
+        assert failed.value.store == "old" and failed.value.role == "authoritative"
+        assert m.row("old", t, 9_000_031) is None and m.row("new", t, 9_000_031) is None
+
+        proxy.arm(b"async orm: committed, reply lost")
+        async with maker() as s:
+            c = _customer(m, "async orm: committed, reply lost")
+            s.add(c)
+            await s.commit()  # no exception
+        assert proxy.fired.is_set()
+        assert m.row("new", t, c.id)["name"] == "async orm: committed, reply lost"
+        assert m.row("old", t, c.id)["name"] == "async orm: committed, reply lost"
+
+        (k2,) = await aw.insert(t, _row("after"))  # the pool is healthy afterwards
+        assert m.row("new", t, k2)["name"] == "after"
+        assert control.repair_queue_depth(m.control, m.name) == 0
+        await asyncio.to_thread(_no_notes_left, m, fetch)
+    finally:
+        await aw.close()
+        await engine.dispose()
+        m.close()
