@@ -11,7 +11,8 @@ from activities.heartbeat import sleep, stopping
 from activities.stores import StoreCache
 from dualwrite import control
 from dualwrite.relay import expedite_repairs, repair_authority, repair_batch
-from workflows.models import ActivityNames, RepairDrainInput, RepairDrainResult
+from dualwrite.stuck_repairs import stuck_tables
+from workflows.models import ActivityNames, RepairDrainInput, RepairDrainResult, StuckRepairs
 
 __all__ = ["RepairActivities"]
 
@@ -61,4 +62,12 @@ class RepairActivities:
                 sleep(inp.poll_seconds)
             out.remaining = control.repair_queue_depth(ctl, spec.name)
             out.due_in_seconds = control.next_repair_due_in(ctl, spec.name)
+            if inp.under_fence and out.remaining:
+                stuck = stuck_tables(ctl, spec.name, tenant=inp.tenant,
+                                     tenant_columns={t.source: t.tenant_column for t in spec.tables},
+                                     old=rs.old, new=rs.new, mapping_for=rs.mapping_for, errors=out.errors)
+                out.stuck = [StuckRepairs(**vars(s)) for s in stuck]
+                out.blocking = sum(s.blocking for s in stuck)
+            elif inp.under_fence:
+                out.blocking = 0
             return out

@@ -32,7 +32,7 @@ from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys
 from dualwrite.outbox import CHANGELOG, OUTBOX, delete_entries, read_batch
 from dualwrite.stats import RELAY, RELAY_LAG, Stats
-from dualwrite.store import Dialect, Store, is_transient
+from dualwrite.store import Dialect, Store, is_transient, without_row_values
 from dualwrite.triggers import authoritative_side
 
 if TYPE_CHECKING:
@@ -292,7 +292,9 @@ def repair_batch(control_store: Store, old: Store, new: Store, migration: str, m
             delay *= 0.8 + 0.4 * random.random()  # noqa: S311 - jitter, not crypto
             control.defer_repairs(control_store, all_ids, delay)
             out.failed += len(keys)
-            msg = f"table {table}: {_short(exc)}"
+            driver_exc = getattr(exc, "orig", None) or exc
+            clean = without_row_values(driver_exc, f"repairing {table}")  # no key or row values in history
+            msg = f"table {table}: {_short(exc if clean is driver_exc else clean)}"
             if msg not in out.errors and len(out.errors) < 5:
                 out.errors.append(msg)
             log.warning("repair of %d keys of %s failed, retry in %.0fs: %s", len(keys), table, delay, msg)

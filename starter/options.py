@@ -12,7 +12,7 @@ import typer
 from starter.defaults import ADDRESS_ENV, NAMESPACE_ENV, TASK_QUEUE_ENV
 
 __all__ = ["Address", "ConfigFile", "ConfirmCleanup", "ConfirmDrop", "Drop", "DryRun", "Name", "Namespace",
-           "PhaseOpt", "Reason", "RequiredReason", "Target", "TaskQueue", "TenantOpt", "Timeout"]
+           "OverrideStuck", "PhaseOpt", "Reason", "RequiredReason", "Target", "TaskQueue", "TenantOpt", "Timeout"]
 
 # ---------------------------------------------------------------------------------------------------------
 # where Temporal is
@@ -44,6 +44,11 @@ PhaseOpt = Annotated[str | None, typer.Option(
 TenantOpt = Annotated[str | None, typer.Option(
     "--tenant", metavar="ID", show_default=False,
     help="Only this tenant (a spec with a `tenants` section moves tenants one by one).")]
+OverrideStuck = Annotated[bool, typer.Option(
+    "--override-stuck-repairs",
+    help="Move authority although repair-queue keys of the moving scope cannot be mirrored into the store that "
+         "becomes authoritative (the refusal names the tables, counts and errors): those keys take that store's "
+         "rows, their writes on the other store are overwritten. Needs --reason; recorded in the transition.")]
 ConfirmCleanup = Annotated[bool, typer.Option(
     "--confirm-cleanup", help="Confirm entering CLEANUP, the point of no return: mirroring stops, capture "
                               "is removed, the old tables are renamed (or dropped with --drop).")]

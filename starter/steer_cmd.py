@@ -24,6 +24,7 @@ from starter.options import (
     DryRun,
     Name,
     Namespace,
+    OverrideStuck,
     PhaseOpt,
     Reason,
     RequiredReason,
@@ -76,6 +77,7 @@ def advance(
                                                         "(needs --reason; recorded).")] = False,
     reason: Reason = "",
     tenant: TenantOpt = None,
+    override_stuck: OverrideStuck = False,
     confirm_cleanup: ConfirmCleanup = False,
     drop: Drop = False,
     confirm_drop: ConfirmDrop = "",
@@ -100,10 +102,14 @@ def advance(
     """
     if force and not reason.strip():
         fail("--force needs --reason TEXT: a forced move is recorded with why", EXIT_BAD_INPUT)
+    if override_stuck and not reason.strip():
+        fail("--override-stuck-repairs needs --reason TEXT: the writes it gives up are recorded with why",
+             EXIT_BAD_INPUT)
     confirmed = "" if dry_run else _drop_confirmation(name, drop, confirm_cleanup, confirm_drop)
     _transition("advance", name, Target(address, namespace, timeout), to=to, reason=reason, force=force,
                dry_run=dry_run, tenant=tenant, confirm_cleanup=confirm_cleanup, drop=drop,
-               confirm_drop=confirmed or (name if dry_run and drop else ""), leaving=leaving)
+               confirm_drop=confirmed or (name if dry_run and drop else ""), leaving=leaving,
+               override_stuck=override_stuck)
 
 
 @command(commands, rich_help_panel="Steer")
@@ -113,6 +119,7 @@ def rollback(
     to: PhaseOpt = None,
     dry_run: DryRun = False,
     tenant: TenantOpt = None,
+    override_stuck: OverrideStuck = False,
     address: Address = DEFAULT_ADDRESS,
     namespace: Namespace = DEFAULT_NAMESPACE,
     timeout: Timeout = 600.0,
@@ -124,7 +131,7 @@ def rollback(
     if not reason.strip():
         fail("--reason must say why: a rollback is recorded with its reason", EXIT_BAD_INPUT)
     _transition("rollback", name, Target(address, namespace, timeout), to=to, reason=reason, dry_run=dry_run,
-               tenant=tenant)
+               tenant=tenant, override_stuck=override_stuck)
 
 
 @command(commands, rich_help_panel="Steer")
@@ -175,6 +182,7 @@ def approve(
     name: Name,
     reason: Reason = "",
     tenant: TenantOpt = None,
+    override_stuck: OverrideStuck = False,
     confirm_cleanup: ConfirmCleanup = False,
     drop: Drop = False,
     confirm_drop: ConfirmDrop = "",

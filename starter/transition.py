@@ -34,14 +34,15 @@ __all__ = ["transition", "verify_and_wait"]
 def transition(update: str, name: str, target: Target, *, to: str | None = None, reason: str = "",
                force: bool = False, dry_run: bool = False, tenant: str | None = None,
                confirm_cleanup: bool = False, drop: bool = False, confirm_drop: str = "",
-               release: bool = False, leaving: str | None = None) -> TransitionResult:
+               release: bool = False, leaving: str | None = None, override_stuck: bool = False) -> TransitionResult:
     """Send one operator Update and print its result; a refusal prints the validator's reason, exit 1.
 
     A gate evaluation that comes back with the result (a dry run, or an advance refused by its gate) is
     printed metric by metric, with what the move would change."""
     request = TransitionRequest(to=_phase_or_exit(to), reason=reason, force=force, dry_run=dry_run, tenant=tenant,
                                 confirm_cleanup=confirm_cleanup, drop_old_tables=drop, confirm_drop=confirm_drop,
-                                release=release, from_phase=_phase_or_exit(leaving))
+                                release=release, from_phase=_phase_or_exit(leaving),
+                                override_stuck_repairs=override_stuck)
 
     async def body(client: Client) -> TransitionResult:
         return await _send(client, update, name, target, request)

@@ -25,7 +25,7 @@ from typing import Any
 
 from dualwrite.store import Dialect, Store
 
-__all__ = ["MARKER_TABLE", "CommitMarker", "Outcome", "outcome_of", "take_marker"]
+__all__ = ["MARKER_TABLE", "CommitMarker", "Outcome", "outcome_of", "take_marker", "take_marker_async"]
 
 MARKER_TABLE = "*"
 """``table_name`` of a marker row in the notes table: no migrated table has that name."""
@@ -59,6 +59,22 @@ def take_marker(dbapi_conn: Any, store: Store, notes_table: str, migration: str,
         return None
     finally:
         cur.close()
+
+
+async def take_marker_async(conn: Any, store: Store, notes_table: str, migration: str, token: str
+                            ) -> CommitMarker | None:
+    """:func:`take_marker` on an SQLAlchemy ``AsyncConnection`` (the asyncio adapter's open transaction)."""
+    import sqlalchemy as sa  # noqa: PLC0415 - only the asyncio adapter needs it here
+
+    if store.dialect is Dialect.POSTGRESQL:
+        res = await conn.exec_driver_sql("SELECT txid_current()")
+        return CommitMarker(store.dialect, int(res.scalar_one()))
+    if store.dialect is Dialect.MYSQL:
+        res = await conn.execute(sa.text(f"INSERT INTO {notes_table} (migration, table_name, key_json, token) "
+                                         "VALUES (:migration, :marker, '[]', :token)"),
+                                 {"migration": migration, "marker": MARKER_TABLE, "token": token})
+        return CommitMarker(store.dialect, int(res.lastrowid))
+    return None
 
 
 def outcome_of(store: Store, marker: CommitMarker | None, notes_table: str, *, patience: float = 10.0) -> Outcome:

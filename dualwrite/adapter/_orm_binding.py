@@ -43,6 +43,8 @@ class Info:
     """``perf_counter`` at the transaction's first write (the call latency the gates read)."""
     STRICT = "_dw_strict"
     """The ticket of a strict write prepared before the commit."""
+    STRICT_CONN = "_dw_strict_conn"
+    """(the authoritative connection, its pool ``info``) of that strict write: its COMMIT is watched."""
     ASYNC_COMMIT = "_dw_async_commit"
     DEFERRED = "_dw_deferred"
     """AsyncSession: the after-commit work its ``commit()`` awaits on a thread."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from dualwrite.adapter import _orm_commit_guard as guard
 from dualwrite.adapter._orm_binding import Info, OrmBinding, binding_of
 from dualwrite.adapter._orm_routing import release
 from dualwrite.adapter._tables import Touched
@@ -80,20 +81,29 @@ def before_commit(session: Session) -> None:
     if not strict:
         return
     conn = session.connection(bind_arguments={"bind": binding.engines[route.authoritative]})
-    session.info[Info.STRICT] = binding.writer.strict.prepare(route, strict, conn.connection.dbapi_connection)
+    ticket = binding.writer.strict.prepare(route, strict, conn.connection.dbapi_connection)
+    session.info[Info.STRICT] = ticket
+    # the COMMIT itself is watched by the engine's guard: a lost reply of a commit that stood is a success
+    session.info[Info.STRICT_CONN] = (conn, guard.expect(conn, binding.writer.strict, ticket))
 
 
 def strict_end(session: Session, binding: OrmBinding, *, committed: bool) -> None:
     """The authoritative transaction of a prepared strict write ended: forget its note, or (not committed:
-    the commit failed after the other store committed) restore the other store from the authoritative rows."""
+    the commit failed after the other store committed) restore the other store from the authoritative rows.
+    A COMMIT that raised was already resolved by the engine's guard (:mod:`._orm_commit_guard`)."""
     ticket = session.info.pop(Info.STRICT, None)
+    conn, info = session.info.pop(Info.STRICT_CONN, (None, None))
     if ticket is None or binding.writer.strict is None:
         return
+    guard.forget(info, ticket)
     if committed:
         binding.writer.strict.committed(ticket)
+        guard.discard_if_dead(conn, ticket)
         return
-    failure = RuntimeError("the commit did not happen")
-    if not binding.writer.strict.commit_stands(ticket, failure):  # a lost reply: both stores have the write
+    if ticket.settled:
+        return
+    failure = RuntimeError("the commit did not happen")  # the transaction ended before or beside its COMMIT
+    if not binding.writer.strict.commit_stands(ticket, failure):
         log.warning("%s", binding.writer.strict.commit_failed(ticket, failure))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -157,11 +158,15 @@ class AsyncDualWriter:
             await conn.commit()
             return
         assert w.strict is not None
+        taken = await w.strict.marker_async(route, conn)
         rows = await w.strict.read_async(route, strict, conn)
-        ticket = await asyncio.to_thread(w.strict.prepare, route, strict, None, rows)
+        ticket = await asyncio.to_thread(functools.partial(w.strict.prepare, route, strict, None, rows, taken=taken))
         try:
             await conn.commit()
         except Exception as exc:
+            # a lost reply of a commit that stood is a success (the note goes); else restore and raise
+            if await asyncio.to_thread(w.strict.commit_stands, ticket, exc):
+                return
             raise await asyncio.to_thread(w.strict.commit_failed, ticket, exc) from exc
         w.strict.committed(ticket)
 

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dualwrite.adapter import _orm_capture as capture
 from dualwrite.adapter import _orm_commit as tx
+from dualwrite.adapter import _orm_commit_guard as commit_guard
 from dualwrite.adapter._errors import RoutingError
 from dualwrite.adapter._orm_binding import ENTITY, TENANT, Info, OrmBinding
 from dualwrite.adapter._orm_routing import DualwriteSessionMixin, await_unfenced
@@ -63,6 +64,14 @@ def _session_class(base: type[Session], binding: OrmBinding) -> type[Session]:
     return cls
 
 
+def _guard_commits(binding: OrmBinding) -> None:
+    """strict: the authoritative COMMIT's outcome is resolved when its reply is lost (either store can be
+    the authoritative one)."""
+    if binding.writer.strict is not None:
+        for engine in binding.engines.values():
+            commit_guard.guard(engine)
+
+
 def install(maker: sessionmaker[Any], writer: DualWriter, *, old_bind: Engine | None = None,
             new_bind: Engine | None = None) -> OrmBinding:
     """Make every session of ``maker`` dual-write the migration's tables (see the module docstring).
@@ -74,6 +83,7 @@ def install(maker: sessionmaker[Any], writer: DualWriter, *, old_bind: Engine | 
     old = old_bind or maker.kw.get("bind") or writer.engine(Side.OLD)
     new = new_bind or writer.engine(Side.NEW)
     binding = OrmBinding(writer, old, new)
+    _guard_commits(binding)
     maker.class_ = _session_class(maker.class_, binding)
     install_load_listener()
     return binding
@@ -90,6 +100,7 @@ def install_async(maker: Any, writer: DualWriter, *, old_bind: Any = None, new_b
     new_async = new_bind or create_async_engine(writer.new_store.ref.url)
     binding = OrmBinding(writer, old_async.sync_engine, new_async.sync_engine, async_mode=True)
     binding.async_engines = {Side.OLD: old_async, Side.NEW: new_async}
+    _guard_commits(binding)
     base_sync = maker.kw.get("sync_session_class") or Session
     maker.kw["sync_session_class"] = _session_class(base_sync, binding)
     base_async: type[AsyncSession] = maker.class_

@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING, Any
 from dualwrite import bookkeeping as bk
 from dualwrite import control, hooks, sqlgen
 from dualwrite import rows as rowio
-from dualwrite.adapter._commit_outcome import MARKER_TABLE, CommitMarker, Outcome, outcome_of, take_marker
+from dualwrite.adapter._commit_outcome import (
+    MARKER_TABLE,
+    CommitMarker,
+    Outcome,
+    outcome_of,
+    take_marker,
+    take_marker_async,
+)
 from dualwrite.adapter._errors import error_class, short_error
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.adapter._timing import record_secondary
@@ -94,6 +101,10 @@ class Ticket:
     b: Side
     marker: CommitMarker | None = None
     """Identifies the authoritative transaction after its connection is gone (:mod:`._commit_outcome`)."""
+    reply_lost: bool = False
+    """The authoritative commit raised, yet committed (:meth:`StrictStrategy.reply_lost`)."""
+    settled: bool = False
+    """A failed authoritative commit was already handled (:meth:`StrictStrategy.commit_failed`)."""
 
 
 class StrictStrategy:
@@ -129,27 +140,39 @@ class StrictStrategy:
     def commit_stands(self, ticket: Ticket, exc: BaseException) -> bool:
         """The authoritative commit raised: did it commit all the same (its reply lost)? Then both stores
         have the write and the request succeeded: the note goes, nothing is restored, nothing is raised."""
+        if not self.reply_lost(ticket, exc):
+            return False
+        self.committed(ticket)
+        return True
+
+    def reply_lost(self, ticket: Ticket, exc: BaseException) -> bool:
+        """Only the question of :meth:`commit_stands` (the caller forgets the note once its commit is over)."""
         w = self.writer
         if outcome_of(w.data[ticket.a], ticket.marker, NOTES) is not Outcome.COMMITTED:
             return False
         log.warning("migration %s: the %s store's commit reported %s but committed: the strict write stands in "
                     "both stores", w.migration, ticket.a.value, error_class(exc))
-        self.committed(ticket)
+        ticket.reply_lost = True
         return True
 
     def prepare(self, route: Routing, touched: Sequence[Touched], dbapi_conn: Any,
-                rows: dict[str, list[Any]] | None = None) -> Ticket:
+                rows: dict[str, list[Any]] | None = None, *, taken: tuple[str, CommitMarker | None] | None = None
+                ) -> Ticket:
         """Steps 1 and 2: note the keys, write and commit them on the other store (the authoritative
         transaction stays open). The rows are read on ``dbapi_conn`` (the authoritative transaction's driver
-        connection) unless ``rows`` has them already (:meth:`read_async`). Raises :class:`StrictWriteError`;
-        then the caller must roll back."""
+        connection), and the commit marker taken there, unless ``rows`` has them already and ``taken`` the
+        (token, marker) (the asyncio adapter: :meth:`read_async`, :meth:`marker_async`). Raises
+        :class:`StrictWriteError`; then the caller must roll back."""
         w = self.writer
         a, b = route.authoritative, route.mirror_to
         assert b is not None
         groups = _groups(touched)
         nkeys = sum(len(keys) for _, keys in groups.values())
-        token = uuid.uuid4().hex
-        marker = self._marker(a, dbapi_conn, token)
+        if taken is None:
+            token = uuid.uuid4().hex
+            marker = self._marker(a, dbapi_conn, token)
+        else:
+            token, marker = taken
         started = time.perf_counter()
         try:
             self._write_secondary(groups, a, b, dbapi_conn, rows, touched, token)
@@ -166,14 +189,24 @@ class StrictStrategy:
 
     def _marker(self, a: Side, dbapi_conn: Any, token: str) -> CommitMarker | None:
         """Step 0, in the authoritative transaction: what tells later whether its commit happened."""
-        if dbapi_conn is None:  # the async adapter: its transaction lives on the event loop's connection
-            return None
         try:
             return take_marker(dbapi_conn, self.writer.data[a], NOTES, self.writer.migration, token)
         except Exception as exc:
-            raise StrictWriteError(f"migration {self.writer.migration}: strict write failed on the {a.value} store "
-                                   f"(authoritative, {error_class(exc)}: {short_error(exc)}); nothing was written",
-                                   store=a.value, role="authoritative") from exc
+            raise self._marker_failed(a, exc) from exc
+
+    async def marker_async(self, route: Routing, conn: Any) -> tuple[str, CommitMarker | None]:
+        """Step 0 on an SQLAlchemy ``AsyncConnection``: the (token, marker) for :meth:`prepare`."""
+        a = route.authoritative
+        token = uuid.uuid4().hex
+        try:
+            return token, await take_marker_async(conn, self.writer.data[a], NOTES, self.writer.migration, token)
+        except Exception as exc:
+            raise self._marker_failed(a, exc) from exc
+
+    def _marker_failed(self, a: Side, exc: BaseException) -> StrictWriteError:
+        return StrictWriteError(f"migration {self.writer.migration}: strict write failed on the {a.value} store "
+                                f"(authoritative, {error_class(exc)}: {short_error(exc)}); nothing was written",
+                                store=a.value, role="authoritative")
 
     def start(self) -> None:
         """Start the background clean-up and sweep (the writer calls it: a restarted process sweeps at once)."""
@@ -188,6 +221,7 @@ class StrictStrategy:
 
     def commit_failed(self, ticket: Ticket, exc: BaseException) -> StrictWriteError:
         """The authoritative commit failed after the other store committed: restore it; the error to raise."""
+        ticket.settled = True
         restored = self._compensate(ticket.groups, ticket.a, ticket.b)
         if restored:
             self._forget(ticket.b, ticket.token)

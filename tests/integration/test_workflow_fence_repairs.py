@@ -144,6 +144,9 @@ async def test_rollback_waits_for_the_repair_queue_of_the_losing_store(
         # how: the deferred key was mirrored under the fence; the key that could not be was a clear refusal
         assert len(refusals) == 1, refusals
         assert "repair queue" in refusals[0] and "CUTOVER_WRITES" in refusals[0], refusals[0]
+        # actionable: which table, how many keys, why, and the way through (scoped: the migration flips)
+        assert "key(s) of the migration" in refusals[0] and f"table {t}: " in refusals[0], refusals[0]
+        assert "CheckViolation" in refusals[0] and "--override-stuck-repairs" in refusals[0], refusals[0]
         assert st.counters.get("write_fences_refused", 0) == 1, st.counters
     finally:
         if writer is not None:

@@ -10,6 +10,7 @@ __all__ = [
     "CATCH_UP_SECONDS",
     "DENY_WRITES_PATCH",
     "FENCE_REPAIRS_PATCH",
+    "FENCE_REPAIRS_SCOPED_PATCH",
     "MAX_TRANSITIONS_KEPT",
     "NO_PROGRESS_UPSERT_PATCH",
     "PROGRESS_UPSERT_PATCH",
@@ -90,3 +91,8 @@ SPEC_REF_BYPASS_PATCH = "spec-ref-bypass"
 """Histories from before: the bypass capture and collection inputs carried the whole spec; now a SpecRef."""
 SPEC_REF_RETIRE_PATCH = "spec-ref-retire"
 """Histories from before: the old store's retirement input carried the whole spec; now a SpecRef."""
+FENCE_REPAIRS_SCOPED_PATCH = "fence-repairs-scoped"
+"""Histories from before: any key left in the repair queue after the fence's drain refused every flip, of every
+tenant, with a count and a few errors. Now only the keys of the scope that flips hold it (a tenant's flip
+ignores shared tables and other tenants' keys), the refusal names each table with its count, attempts and last
+error and says the way through, and an operator may move anyway with ``override_stuck_repairs`` (recorded)."""

@@ -10,14 +10,19 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 from workflows.migration._capture import Capture
-from workflows.migration._constants import FENCE_REPAIRS_PATCH, ROLLBACK_KINDS, WRITE_FENCE_PATCH
+from workflows.migration._constants import (
+    FENCE_REPAIRS_PATCH,
+    FENCE_REPAIRS_SCOPED_PATCH,
+    ROLLBACK_KINDS,
+    WRITE_FENCE_PATCH,
+)
 from workflows.migration._repairs import RepairDrain
 from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
     from dualwrite.fence import FENCE
     from workflows import phases
-    from workflows.models import ActivityNames, BarrierStatus, ControlInput
+    from workflows.models import ActivityNames, BarrierStatus, ControlInput, RepairDrainResult
     from workflows.relay import CatchUpResult
     from workflows.retry import ACTIVITY_RETRY
     from workflows.verify import failure_message
@@ -30,6 +35,8 @@ class WriteFence:
         self._st = st
         self._capture = capture
         self._repairs = repairs
+        self.overridden = ""
+        """What the last :meth:`fence_for` moved past by the operator's override ('' when nothing)."""
 
     async def publish(self) -> None:
         """Publish (phase, epoch, paused, overrides) to the control tables; applications pick it up."""
@@ -64,7 +71,7 @@ class WriteFence:
             for t in sorted({*before, *after}))
         return (True, ()) if flips else None
 
-    async def _level_gaining_store(self, plan: phases.Plan, note: Callable[[str], None]) -> str:
+    async def _level_gaining_store(self, plan: phases.Plan, note: Callable[[str], None], override: bool) -> str:
         """Under the fence, with every write routed before it finished: mirror into the gaining store what only
         the losing store holds (the losing key log, then the repair queue: a key the catch-up cannot mirror is
         queued there). '' when nothing is left; else why authority must not move.
@@ -89,20 +96,46 @@ class WriteFence:
         if refused:
             return refused
         note(f"write fence: draining the repair queue ({plan.frm} -> {plan.to})")
-        res = await self._repairs.drain_once(max_seconds=budget, under_fence=True)
+        res = await self._repairs.drain_once(max_seconds=budget, under_fence=True, tenant=plan.tenant)
         if not res.remaining:
             return ""
-        errors = f" ({'; '.join(res.errors[:3])})" if res.errors else ""
-        return (f"the repair queue still holds {res.remaining} key(s) that could not be mirrored into the {gaining} "
-                f"store under the write fence{errors}; moving authority now would lose writes acknowledged on "
-                f"the {losing} store")
+        if not workflow.patched(FENCE_REPAIRS_SCOPED_PATCH):
+            errors = f" ({'; '.join(res.errors[:3])})" if res.errors else ""
+            return (f"the repair queue still holds {res.remaining} key(s) that could not be mirrored into the "
+                    f"{gaining} store under the write fence{errors}; moving authority now would lose writes "
+                    f"acknowledged on the {losing} store")
+        return self._stuck(plan, res, override, note)
 
-    async def fence_for(self, plan: phases.Plan) -> str:
+    def _stuck(self, plan: phases.Plan, res: RepairDrainResult, override: bool, note: Callable[[str], None]) -> str:
+        """Keys left after the fence's drain: those of the scope that flips refuse the flip (unless the operator
+        overrides, recorded); others wait for their own scope's flip."""
+        losing, gaining = phases.authoritative(plan.frm), phases.authoritative(plan.to)
+        blocking = res.remaining if res.blocking is None else res.blocking
+        if not blocking:
+            note(f"write fence: {res.remaining} repair key(s) of other tenants or shared tables stay queued; they do "
+                 f"not flip with {who_of(plan)} ({_per_table(res, blocking_only=False)})")
+            return ""
+        stuck = (f"the repair queue holds {blocking} key(s) of {who_of(plan)} that could not be mirrored into the "
+                 f"{gaining} store under the write fence ({_per_table(res, blocking_only=True)})")
+        if override:
+            self.overridden = (f"override of stuck repairs: {stuck}; their writes acknowledged on the {losing} store "
+                               f"are overwritten from the {gaining} store")
+            self._st.count("stuck_repairs_overridden", blocking)
+            return ""
+        verb = "rollback" if plan.kind in ROLLBACK_KINDS else "advance"
+        return (f"{stuck}; moving authority now would lose writes acknowledged on the {losing} store. Fix what the "
+                f"error says (or the row on the {gaining} store) and {verb} again: every stuck key is tried again "
+                f"under the fence. To move anyway, accepting that those keys take the {gaining} store's rows, "
+                f"{verb} with --override-stuck-repairs --reason TEXT (recorded in the transition)")
+
+    async def fence_for(self, plan: phases.Plan, *, override_stuck: bool = False) -> str:
         """Before authority moves: fence the writes of the scopes that flip, wait until every live instance
         has acknowledged the fence with nothing routed before it still open, and drain the key logs and the
         repair queue (:meth:`_level_gaining_store`). '' when the flip may go ahead (the fence stays until
         ``Transitions.enter`` publishes the new authority without it); else the fence is lifted under the old
-        authority and the refusal returned."""
+        authority and the refusal returned. ``override_stuck``: the operator's recorded override of repair keys
+        that cannot be mirrored (:attr:`overridden` then says what was overridden, for the transition)."""
+        self.overridden = ""
         scope = self.scope(plan)
         if scope is None or not workflow.patched(WRITE_FENCE_PATCH):
             return ""
@@ -139,7 +172,7 @@ class WriteFence:
                          f"key log ({plan.frm} -> {plan.to})")
                 if plan.tenant is None and await self._capture.bypass_capture(install=[phases.authoritative(plan.to)]):
                     captured_gaining = True  # raw writes to the gaining store are seen from its first write
-                refused = await self._level_gaining_store(plan, note)
+                refused = await self._level_gaining_store(plan, note, override_stuck)
         except (ActivityError, ChildWorkflowError) as exc:
             if is_cancelled_exception(exc):
                 raise
@@ -168,3 +201,21 @@ def _logs_behind(caught: CatchUpResult | None) -> str:
     errors = f" ({'; '.join(caught.errors)})" if caught.errors else ""
     return (f"the key logs still hold {caught.behind} entries after {caught.seconds:.0f} s of mirroring under the "
             f"write fence{errors}")
+
+
+def who_of(plan: phases.Plan) -> str:
+    return f"tenant {plan.tenant}" if plan.tenant is not None else "the migration"
+
+
+def _per_table(res: RepairDrainResult, *, blocking_only: bool) -> str:
+    """'table T: N key(s) after A attempt(s), last error: E; ...' (counts and error texts, never keys)."""
+    parts = []
+    for s in res.stuck:
+        n = s.blocking if blocking_only else s.keys - s.blocking
+        if n <= 0:
+            continue
+        error = f", last error: {s.error}" if s.error else ""
+        parts.append(f"table {s.table}: {n} key(s) after {s.attempts} attempt(s){error}")
+    if not parts:  # an older worker: no breakdown, only the drain's errors
+        return "; ".join(res.errors[:3]) or "no error reported"
+    return "; ".join(parts)

@@ -67,13 +67,16 @@ class RepairDrain:
             if bp.applies(self._st.spec):
                 await self._capture.collect_bypass()
 
-    async def drain_once(self, max_seconds: float = 120, *, under_fence: bool = False) -> RepairDrainResult:
+    async def drain_once(self, max_seconds: float = 120, *, under_fence: bool = False,
+                         tenant: str | None = None) -> RepairDrainResult:
         """Mirror what the repair queue holds right now (a one-shot drain beside the background one); under a
-        write fence every entry is tried, due or not. Returns what was done and what is left."""
+        write fence every entry is tried, due or not. Returns what was done and what is left (under a fence:
+        per table, and how much of it belongs to the scope that flips - ``tenant``, or the whole migration)."""
         spec = await spec_or_ref(self._st, SPEC_REF_REPAIRS_PATCH)
         res: RepairDrainResult = await workflow.execute_activity(
             ActivityNames.DRAIN_REPAIRS,
-            RepairDrainInput(**spec, max_idle_seconds=0, max_seconds=max_seconds, under_fence=under_fence),
+            RepairDrainInput(**spec, max_idle_seconds=0, max_seconds=max_seconds, under_fence=under_fence,
+                             tenant=tenant),
             start_to_close_timeout=timedelta(seconds=600),
             heartbeat_timeout=timedelta(seconds=min(30.0, max(10.0, self._st.tuning.heartbeat_timeout_seconds))),
             retry_policy=ACTIVITY_RETRY, result_type=RepairDrainResult, summary="drain repairs now")

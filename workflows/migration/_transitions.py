@@ -78,9 +78,10 @@ class Transitions:
                 if to is Phase.CLEANUP and kind == "advance":
                     reason = (reason + "; " if reason else "") + "CLEANUP confirmed" + (
                         ", old tables will be DROPPED" if self._st.s.cleanup_drop else "")
-                refused = await self._fencing.fence_for(plan)
+                refused = await self._fencing.fence_for(plan, override_stuck=req.override_stuck_repairs)
                 if refused:
                     return self._st.result(False, refused, tenant=req.tenant, gate=gate)
+                reason = _with_override(reason, self._fencing.overridden)
                 await self.enter(plan, by=req.by, reason=reason)
                 await self._capture.lift_denial(plan)
                 return self._st.result(True, f"{label} (epoch {self._st.s.epoch}); waiting for the phase barrier",
@@ -156,7 +157,7 @@ class Transitions:
                         if req.tenant is None and not was_done:
                             self._entry.start()
                         return self._st.result(False, refused, tenant=req.tenant)
-                refused = await self._fencing.fence_for(plan)
+                refused = await self._fencing.fence_for(plan, override_stuck=req.override_stuck_repairs)
                 if refused:
                     if req.tenant is None and not was_done:
                         self._entry.start()
@@ -164,7 +165,7 @@ class Transitions:
                 self._st.count("rollbacks")
                 if kind == "auto-rollback":
                     self._st.count("auto_rollbacks")
-                await self.enter(plan, by=req.by, reason=req.reason)
+                await self.enter(plan, by=req.by, reason=_with_override(req.reason, self._fencing.overridden))
                 await self._capture.lift_denial(plan)
                 held = self._hold_after_manual_rollback(plan, req, kind)
                 return self._st.result(True, f"{label} (epoch {s.epoch}); waiting for the phase barrier{held}",
@@ -303,3 +304,8 @@ def verification_text(v: VerificationSummary) -> str:
     repaired = f", {v.repaired} repaired in the {v.repaired_into} store" if v.repaired else ""
     return (f"{v.verdict} ({v.direction}: {v.rows_compared} rows compared, missing {v.missing}, extra {v.extra}, "
             f"field-different {v.field_different}{repaired})" + (f"; {errors}" if errors else ""))
+
+
+def _with_override(reason: str, overridden: str) -> str:
+    """The transition's recorded reason, with what the operator's override of stuck repairs gave up."""
+    return f"{reason}; {overridden}" if reason and overridden else reason or overridden

@@ -72,6 +72,18 @@ class RepairDrainInput(SpecCarrier):
     max_backoff_seconds: float = 300.0
     under_fence: bool = Field(default=False, description="the workflow's own drain under a write fence; the "
                               "background drain waits while a fence is published (authority is moving)")
+    tenant: str | None = Field(default=None, description="under a fence: the tenant whose authority moves "
+                               "(None: the whole migration); what is left is counted for that scope")
+
+
+class StuckRepairs(_Model):
+    """One table's keys a drain under a write fence could not mirror (counts and an error, never keys)."""
+
+    table: str
+    keys: int
+    blocking: int = Field(description="keys of the scope whose authority moves (they hold the flip)")
+    attempts: int
+    error: str = ""
 
 
 class RepairDrainResult(_Model):
@@ -80,6 +92,9 @@ class RepairDrainResult(_Model):
     remaining: int = 0
     due_in_seconds: float | None = None
     errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
+    blocking: int | None = Field(default=None, description="under a fence: the keys left that hold the flip "
+                                 "(see stuck); None from workers that do not count them")
+    stuck: list[StuckRepairs] = Field(default_factory=list, description="under a fence: what is left, per table")
 
 
 class ActivityNames:

@@ -57,6 +57,10 @@ class TransitionRequest(_Model):
     reason: str = Field(default="", description="why; required for rollback, force and hold")
     by: str = Field(default="", description="who asks (recorded in the transition history)")
     force: bool = Field(default=False, description="advance even though the gate does not pass")
+    override_stuck_repairs: bool = Field(
+        default=False, description="move authority although repair-queue keys of the flipping scope cannot be "
+        "mirrored into the gaining store (their writes on the losing store are then overwritten from it); needs "
+        "a reason; recorded in the transition")
     dry_run: bool = Field(default=False, description="validate and report (with the gate evaluation), "
                                                      "change nothing")
     tenant: str | None = Field(default=None, description="move one tenant only (spec `tenants`)")

@@ -203,6 +203,7 @@ def resolve_advance(view: MachineView, req: TransitionRequest) -> Phase:
                        "wait for it (see status) before advancing")
     if req.force and not req.reason.strip():
         raise Rejected("a forced advance needs a reason")
+    _override_needs_reason(req)
     _cleanup_confirmation(view, req, to)
     return to
 
@@ -236,13 +237,20 @@ def _resolve_tenant_advance(view: MachineView, req: TransitionRequest) -> Phase:
         raise Rejected(f"{who} has not finished its work yet ({tv.work_state or 'running'})")
     if req.force and not req.reason.strip():
         raise Rejected("a forced advance needs a reason")
+    _override_needs_reason(req)
     if req.drop_old_tables or req.confirm_cleanup:
         raise Rejected("CLEANUP is migration-wide: it takes no tenant")
     return to
 
 
+def _override_needs_reason(req: TransitionRequest) -> None:
+    if req.override_stuck_repairs and not req.reason.strip():
+        raise Rejected("overriding stuck repairs needs a reason: the writes it gives up are recorded with it")
+
+
 def resolve_rollback(view: MachineView, req: TransitionRequest) -> Phase:
     """The phase a rollback goes to, or :class:`Rejected` with the reason."""
+    _override_needs_reason(req)
     if view.phase in (Phase.CLEANUP, Phase.DONE):
         raise Rejected(f"cannot roll back from {view.phase}: entering CLEANUP retired the old store "
                        "(the point of no return)")
