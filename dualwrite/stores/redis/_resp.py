@@ -36,7 +36,10 @@ def run(client: redis.Redis, commands: Sequence[bytes]) -> list[Any]:
         return []
     payload = b"".join(commands)
     pool = client.connection_pool
-    conn: Any = pool.get_connection()  # redis-py leaves send_packed_command and disconnect untyped
+    try:
+        conn: Any = pool.get_connection()  # redis-py leaves send_packed_command and disconnect untyped
+    except TypeError:  # redis-py before 5.3 wants a command name
+        conn = pool.get_connection("EVALSHA")
 
     def exchange() -> list[Any]:
         conn.send_packed_command([payload])
