@@ -67,6 +67,12 @@ BENCHES: list[Bench] = [
                "psql COPY (binary) | psql COPY pipe", lambda v: v >= 0.5),
         Figure("backfill_mysql_vs_pipe", "MariaDB->PG backfill throughput / raw pipe", ">= 0.35x",
                "mariadb --batch | psql COPY pipe", lambda v: v >= 0.35),
+        Figure("redis_backfill_x", "PG->Redis backfill throughput / raw pipe", ">= 0.5x",
+               "psycopg COPY TO STDOUT rows -> redis-py pipelined HSET (transaction=False, 1000 rows a round trip)",
+               lambda v: v >= 0.5),
+        Figure("redis_backfill_rows_per_s", "PG->Redis backfill, rows/s (one range, private redis-server)",
+               "(informative)", "-", lambda v: True),
+        Figure("redis_anchor_rows_per_s", "PG->Redis raw pipe, rows/s", "(informative)", "-", lambda v: True),
     ]),
     Bench("backfill --via-temporal", [PY, "bench/backfill.py", "--via-temporal"],
           [PY, "bench/backfill.py", "--via-temporal", "--rows", "100000", "--rounds", "1"], [

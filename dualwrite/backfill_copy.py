@@ -11,7 +11,8 @@ Live writes win over backfill (rule 4, docs/architecture.md):
   chunk and merges it with one guarded statement);
 - after the commit the chunk's key set is compared on both sides (:mod:`dualwrite.keycheck`); a row
   deleted while the chunk was in flight, or a live write whose mirror is still on its way, is settled
-  through the mirror primitive, which reads the source row under lock. The check runs in a second
+  through the mirror primitive, which reads the source row under lock. A target without range reads
+  (Redis) is compared by the keys the chunk wrote, not by a scan of its keyspace per chunk. The check runs in a second
   thread while the next chunk is written; that chunk commits only after the check, so a chunk is
   reported (``on_batch``) once it is both committed and checked, one chunk behind the copy.
 
@@ -180,6 +181,8 @@ def copy_range(
     started = time.monotonic() - prog.seconds
     # A target with one writer (SQLite): a key-check repair could not run beside an open chunk write.
     overlap = tkind.capabilities(target).concurrent_writers
+    # A target without range reads is key-checked by the keys each chunk wrote (keycheck.settle_range).
+    by_written = not tkind.capabilities(target).range_reads
     pending: list[tuple[_Chunk, int, bool, Future[MirrorResult] | None]] = []
 
     def report_pending(timeout: float | None = None) -> None:
@@ -226,7 +229,8 @@ def copy_range(
                                          before_commit=report_pending)
             t0 = time.monotonic()
             timings["write"] += t0 - t1
-            check = checker.submit(chunk.lo, chunk.hi) if checker is not None else None
+            written = _written_keys(planner, chunk) if by_written and checker is not None else None
+            check = checker.submit(chunk.lo, chunk.hi, written) if checker is not None else None
             pending.append((chunk, n, conflicted, check))
             if not overlap:
                 report_pending()
@@ -236,6 +240,13 @@ def copy_range(
         prog.extra["fallback_chunks"] = prog.extra.get("fallback_chunks", 0) + chosen.fallbacks
     prog.seconds = time.monotonic() - started
     return prog
+
+
+def _written_keys(planner: MappedTable, chunk: _Chunk) -> list[Key] | None:
+    """The normal keys of a chunk's rows (a route that streams holds no rows: None)."""
+    if not isinstance(chunk.payload, list):
+        return None
+    return [planner.row_key(row) for row in chunk.payload]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -108,7 +108,7 @@ class KeyChecker:
         self._sconn: Any = None
         self._tconn: Any = None
 
-    def _check(self, lo: Key | None, hi: Key | None) -> MirrorResult:
+    def _check(self, lo: Key | None, hi: Key | None, written: Sequence[Key] | None) -> MirrorResult:
         if self._conns is None:
             self._conns = contextlib.ExitStack()
             self._sconn = self._conns.enter_context(self._skind.connect(self.source))
@@ -116,15 +116,16 @@ class KeyChecker:
         for attempt in range(CHECK_ATTEMPTS):
             try:
                 return keycheck.settle_range(self.source, self.target, self.mapping, self._sconn, self._tconn,
-                                             lo, hi)
+                                             lo, hi, written)
             except Exception as exc:
                 transient = self._skind.is_transient(exc) or self._tkind.is_transient(exc)
                 if not transient or attempt == CHECK_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def submit(self, lo: Key | None, hi: Key | None) -> Future[MirrorResult]:
-        return self._pool.submit(self._check, lo, hi)
+    def submit(self, lo: Key | None, hi: Key | None, written: Sequence[Key] | None = None) -> Future[MirrorResult]:
+        """Check a committed chunk; ``written``: the keys it wrote (see :func:`keycheck.settle_range`)."""
+        return self._pool.submit(self._check, lo, hi, written)
 
     def _close_conns(self) -> None:
         if self._conns is not None:

@@ -30,14 +30,17 @@ import base64
 import binascii
 import datetime as dt
 import decimal
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from dualwrite.canonical import canonical_value
+from dualwrite.canonical import canonical_value, decimal_text
 from dualwrite.store import Kind
 
-__all__ = ["ValueCodec", "decode_value", "encode_value"]
+__all__ = ["ValueCodec", "column_encoder", "decode_value", "encode_value"]
+
+Encoder = Callable[[Any], str | None]
+_UTC = dt.UTC
 
 
 def encode_value(value: Any, kind: Kind, scale: int | None = None) -> str | None:
@@ -63,6 +66,41 @@ def encode_value(value: Any, kind: Kind, scale: int | None = None) -> str | None
     return str(canon)
 
 
+def column_encoder(kind: Kind, scale: int | None = None) -> Encoder:
+    """:func:`encode_value` for one column, chosen once: the values drivers hand back for the common kinds
+    (``int``, ``str``, ``bool``, ``datetime``, ``Decimal`` at a scale) take a direct path to the same text;
+    anything else goes through :func:`encode_value` (a backfill encodes every value of every row)."""
+    def generic(v: Any) -> str | None:
+        return encode_value(v, kind, scale)
+
+    if kind is Kind.INT:
+        return lambda v: str(v) if type(v) is int else generic(v)
+    if kind is Kind.TEXT:
+        return lambda v: v if type(v) is str else generic(v)
+    if kind is Kind.BOOL:
+        return lambda v: ("true" if v else "false") if type(v) is bool else generic(v)
+    if kind is Kind.DECIMAL and scale is not None:
+        text = decimal_text(scale)
+
+        def decimal_encoder(v: Any) -> str | None:
+            if type(v) is decimal.Decimal:
+                out = text(v)
+                if isinstance(out, str):
+                    return out
+            return generic(v)
+        return decimal_encoder
+    if kind in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
+        suffix = "+00:00" if kind is Kind.TIMESTAMPTZ else ""
+
+        def timestamp_encoder(v: Any) -> str | None:
+            if type(v) is dt.datetime:
+                ts: dt.datetime = v if v.tzinfo is None else v.astimezone(_UTC).replace(tzinfo=None)
+                return ts.isoformat(timespec="microseconds") + suffix
+            return generic(v)
+        return timestamp_encoder
+    return generic
+
+
 def decode_value(text: str | bytes | None, kind: Kind, scale: int | None = None) -> Any:
     """The canonical form (:mod:`dualwrite.canonical`) of a value read back from Redis."""
     if text is None:
@@ -84,14 +122,30 @@ class ValueCodec:
     columns: tuple[str, ...]
     kinds: tuple[Kind, ...]
     scales: tuple[int | None, ...]
+    encoders: tuple[Encoder, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoders", tuple(column_encoder(k, s) for k, s in
+                                                   zip(self.kinds, self.scales, strict=True)))
 
     def fields(self, row: Sequence[Any]) -> dict[str, str]:
         """A row as Redis hash fields: NULL columns are left out."""
         out: dict[str, str] = {}
-        for name, kind, scale, value in zip(self.columns, self.kinds, self.scales, row, strict=True):
-            text = encode_value(value, kind, scale)
-            if text is not None:
-                out[name] = text
+        for name, encode, value in zip(self.columns, self.encoders, row, strict=True):
+            if value is not None:
+                text = encode(value)
+                if text is not None:
+                    out[name] = text
+        return out
+
+    def pairs(self, row: Sequence[Any]) -> list[str]:
+        """The same fields as one flat list, field name then text (an ``HSET``'s arguments)."""
+        out: list[str] = []
+        for name, encode, value in zip(self.columns, self.encoders, row, strict=True):
+            if value is not None:
+                text = encode(value)
+                if text is not None:
+                    out += (name, text)
         return out
 
     def canonical_row(self, fields: dict[str, str] | dict[bytes, bytes]) -> tuple[Any, ...]:

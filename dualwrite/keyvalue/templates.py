@@ -11,14 +11,15 @@ A per-migration prefix (``mig1:``) goes in front of every key; keys under it are
 
 from __future__ import annotations
 
+import functools
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dualwrite.errors import Problem, RowRejectedError, SpecError
-from dualwrite.keyvalue.encoding import decode_value, encode_value
+from dualwrite.keyvalue.encoding import column_encoder, decode_value
 from dualwrite.store import Kind
 
 __all__ = ["KeyTemplate"]
@@ -74,13 +75,8 @@ class KeyTemplate:
                    kinds=tuple(by_name[f] for f in fields))
 
     @property
-    def _escaped_chars(self) -> str:
+    def escaped_chars(self) -> str:
         return "%" + "".join(sorted({c for lit in self.literals[1:] for c in lit}))
-
-    def _escape(self, text: str) -> str:
-        for c in self._escaped_chars:  # "%" first: the escapes themselves contain it
-            text = text.replace(c, f"%{ord(c):02X}")
-        return text
 
     @staticmethod
     def _unescape(text: str) -> str:
@@ -88,15 +84,14 @@ class KeyTemplate:
 
     def key(self, values: Sequence[Any], columns: Sequence[str]) -> str:
         """The Redis key of a row whose key columns ``columns`` hold ``values``."""
-        by_name = dict(zip(columns, values, strict=True))
-        out = [self.prefix, self.literals[0]]
-        for i, (field, kind) in enumerate(zip(self.fields, self.kinds, strict=True)):
-            text = encode_value(by_name[field], kind)
-            if text is None:
-                raise RowRejectedError(f"key column {field} is NULL: a row without a key cannot have a Redis key")
-            out.append(self._escape(text))
-            out.append(self.literals[i + 1])
-        return "".join(out)
+        if len(values) != len(columns):
+            raise ValueError(f"{len(values)} key values for {len(columns)} key columns")
+        return self.keyer(tuple(columns))(values)
+
+    def keyer(self, columns: tuple[str, ...]) -> Callable[[Sequence[Any]], str]:
+        """:meth:`key` for values always given in the order of ``columns``, compiled once (a backfill
+        builds one key per row)."""
+        return _keyer(self, columns)
 
     def values(self, key: str | bytes, columns: Sequence[str]) -> tuple[Any, ...] | None:
         """The canonical key values (in the order of ``columns``) of a Redis key, or None when the key is not
@@ -120,3 +115,27 @@ class KeyTemplate:
     def scan_pattern(self) -> str:
         """A ``SCAN MATCH`` glob for every key of this template (the literal head, escaped, then ``*``)."""
         return _GLOB_SPECIAL.sub(r"\\\1", self.prefix + self.literals[0]) + "*"
+
+
+@functools.lru_cache(maxsize=256)
+def _keyer(template: KeyTemplate, columns: tuple[str, ...]) -> Callable[[Sequence[Any]], str]:
+    index = [columns.index(f) for f in template.fields]
+    encoders = [column_encoder(kind) for kind in template.kinds]
+    escapes = [(c, f"%{ord(c):02X}") for c in template.escaped_chars]  # "%" first: escapes contain it
+    head = template.prefix + template.literals[0]
+    parts = list(zip(template.fields, index, encoders, template.literals[1:], strict=True))
+
+    def key(values: Sequence[Any]) -> str:
+        out = head
+        for field, i, encode, tail in parts:
+            value = values[i]
+            text = None if value is None else encode(value)
+            if text is None:
+                raise RowRejectedError(f"key column {field} is NULL: a row without a key cannot have a Redis key")
+            for c, escaped in escapes:
+                if c in text:
+                    text = text.replace(c, escaped)
+            out += text + tail
+        return out
+
+    return key

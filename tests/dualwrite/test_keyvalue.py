@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from dualwrite.canonical import canonical_value
 from dualwrite.errors import RowRejectedError, ServerStartError, SpecError
 from dualwrite.keyvalue import KeyTemplate, ValueCodec, authority_problems, decode_value, encode_value, read_facts
+from dualwrite.keyvalue.encoding import column_encoder
 from dualwrite.keyvalue.redis_server import start_redis
 from dualwrite.store import Kind
 
@@ -54,6 +55,41 @@ def test_spellings_of_one_value_are_one_text() -> None:
         == "2026-01-01T12:00:00.000000+00:00"
     assert encode_value(decimal.Decimal("12.3"), Kind.DECIMAL, 2) == encode_value("12.30", Kind.DECIMAL, 2) == "12.30"
     assert encode_value({"a": 1, "b": 2}, Kind.JSON) == encode_value('{"b": 2, "a": 1.0}', Kind.JSON)
+
+
+SPELLINGS: list[tuple[Kind, Any, int | None]] = [
+    *VALUES, (Kind.INT, True, None), (Kind.INT, "17", None), (Kind.BOOL, 1, None), (Kind.BOOL, "t", None),
+    (Kind.TEXT, b"bytes", None), (Kind.TEXT, uuid.UUID(int=3), None), (Kind.DECIMAL, decimal.Decimal("NaN"), 2),
+    (Kind.DECIMAL, decimal.Decimal("-0.001"), 2), (Kind.DECIMAL, 1.005, 2), (Kind.DECIMAL, "12.345", 2),
+    (Kind.TIMESTAMP, dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC), None), (Kind.TIMESTAMP, "2026-01-01 12:00", None),
+    (Kind.TIMESTAMPTZ, dt.datetime(2026, 1, 1, 12), None), (Kind.TIMESTAMPTZ, dt.date(2026, 1, 1), None),
+    (Kind.TIMESTAMPTZ, dt.datetime(1, 1, 1, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=-1))), None),
+]
+
+
+@pytest.mark.parametrize(("kind", "value", "scale"), SPELLINGS)
+def test_column_encoders_write_the_text_of_encode_value(kind: Kind, value: Any, scale: int | None) -> None:
+    """The per-column fast paths the backfill writes through give exactly encode_value's text."""
+    assert column_encoder(kind, scale)(value) == encode_value(value, kind, scale)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(), st.text(), st.decimals(allow_nan=False, allow_infinity=False, places=4),
+       st.datetimes(timezones=st.one_of(st.none(), st.timezones())), st.booleans())
+def test_column_encoders_agree_with_encode_value_on_any_row(i: int, t: str, d: decimal.Decimal, ts: dt.datetime,
+                                                            b: bool) -> None:
+    codec = ValueCodec(columns=("i", "t", "d", "ts", "tz", "b"), scales=(None, None, 2, None, None, None),
+                       kinds=(Kind.INT, Kind.TEXT, Kind.DECIMAL, Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.BOOL))
+    row = (i, t, d, ts, ts, b)
+    try:
+        expected = {c: encode_value(v, k, s) for c, v, k, s in zip(codec.columns, row, codec.kinds, codec.scales,
+                                                                    strict=True)}
+    except OverflowError:  # an instant that cannot be moved to UTC: both paths refuse it
+        with pytest.raises(OverflowError):
+            codec.pairs(row)
+        return
+    assert codec.fields(row) == expected
+    assert codec.pairs(row) == [x for kv in expected.items() for x in kv]
 
 
 def test_null_is_an_absent_field_and_reads_back_as_null() -> None:

@@ -21,7 +21,7 @@ import redis
 from test_types import insert, source_value
 
 from dualwrite.backfill_copy import copy_range
-from dualwrite.errors import SpecError
+from dualwrite.errors import SpecError, StoreError
 from dualwrite.keycheck import settle_range
 from dualwrite.keyvalue import start_redis
 from dualwrite.mapping import TableMapping
@@ -324,6 +324,66 @@ def test_the_key_check_settles_a_range_by_scanning_redis(pg_old: Store, table_na
     assert client(new).exists("c:11")
 
 
+def test_the_backfill_key_check_settles_rows_changed_in_flight_without_scanning(
+        pg_old: Store, table_name: str, redis_url: str, run_sql: Callable[..., None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row deleted and a row inserted while the first chunk is in flight are settled by the key check,
+    which compares the keys the chunk wrote (a SCAN per chunk made a backfill quadratic in the table)."""
+    _int_table(pg_old, table_name, run_sql, n=12)
+    run_sql(pg_old, f"DELETE FROM {table_name} WHERE id = 4")
+    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}"}, version_column="version")
+    fired: list[str] = []
+
+    def in_flight(name: str, **_: Any) -> None:
+        if name == "copy.before_batch_commit" and not fired:  # the chunk (None, 6] is written, uncommitted
+            fired.append(name)
+            run_sql(pg_old, f"DELETE FROM {table_name} WHERE id = 2",
+                    f"INSERT INTO {table_name} VALUES (4, 'late', 1.00, 1)")
+
+    monkeypatch.setattr("dualwrite.backfill_copy.hooks.point", in_flight)
+    r = client(new)
+    r.config_resetstat()
+    prog = copy_range(pg_old, new, mapping, batch_size=5)  # type: ignore[arg-type]
+    assert fired and prog.done and prog.fixed_keys == 2
+    assert "cmdstat_scan" not in r.info("commandstats")
+    assert sorted(r.keys("*"), key=lambda k: int(k[2:])) == [f"c:{i}" for i in (1, *range(3, 13))]
+    assert r.hgetall("c:4") == {"id": "4", "v": "late", "n": "1.00", "version": "1"}
+    report = verify_range(pg_old, new, mapping)  # type: ignore[arg-type]
+    assert report.ok, report.summary()
+
+
+def test_writes_load_their_script_again_after_the_server_forgot_it(pg_old: Store, table_name: str,
+                                                                    redis_url: str,
+                                                                    run_sql: Callable[..., None]) -> None:
+    _int_table(pg_old, table_name, run_sql, n=3)
+    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}"}, version_column="version")
+    r = client(new)
+    r.script_flush()  # a restarted server, or SCRIPT FLUSH between two chunks
+    assert copy_range(pg_old, new, mapping).rows == 3  # type: ignore[arg-type]
+    r.script_flush()
+    run_sql(pg_old, f"UPDATE {table_name} SET v = 'moved', version = 2 WHERE id = 2")
+    assert mirror_keys(pg_old, new, mapping, [(2,)]).upserted == 1  # type: ignore[arg-type]
+    assert r.hgetall("c:2") == {"id": "2", "v": "moved", "n": "3.00", "version": "2"}
+
+
+def test_a_refused_write_names_no_row_values_and_the_rest_still_land(pg_old: Store, table_name: str,
+                                                                    redis_url: str,
+                                                                    run_sql: Callable[..., None]) -> None:
+    """A key of another type where a row's hash belongs: the script's error stops the copy with a message
+    free of row values; the connection is left in step, so the next write works."""
+    _int_table(pg_old, table_name, run_sql, n=5)
+    new, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}"}, version_column="version")
+    r = client(new)
+    r.set("c:3", "secret-ish value")
+    with pytest.raises(StoreError) as caught:
+        copy_range(pg_old, new, mapping)  # type: ignore[arg-type]
+    assert "row values withheld" in str(caught.value) and "row 3" not in str(caught.value)
+    assert r.hgetall("c:4") == {"id": "4", "v": "row 4", "n": "6.00", "version": "1"}  # the batch ran whole
+    r.delete("c:3")
+    assert copy_range(pg_old, new, mapping).done  # type: ignore[arg-type]
+    assert verify_range(pg_old, new, mapping).ok  # type: ignore[arg-type]
+
+
 def test_mirror_of_an_update_and_a_delete(pg_old: Store, table_name: str, redis_url: str,
                                           run_sql: Callable[..., None]) -> None:
     _int_table(pg_old, table_name, run_sql, n=10)
@@ -377,7 +437,5 @@ def test_renamed_and_dropped_columns_shape_the_redis_row(pg_old: Store, table_na
 
 
 def test_a_redis_url_is_required(tmp_path: Path) -> None:
-    from dualwrite.errors import StoreError
-
     with pytest.raises(StoreError, match="redis://"):
         RedisStore("new", f"sqlite:///{tmp_path}/x.db")

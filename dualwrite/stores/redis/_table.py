@@ -2,8 +2,9 @@
 
 Writes go through one Lua script per key so that each is atomic on the server: the check (is the key
 there; is its version older) and the write (``DEL`` + ``HSET`` so fields of columns now NULL disappear,
-or ``SET`` of the JSON document) happen with no other client in between. A batch of keys is one pipeline:
-one round trip.
+or ``SET`` of the JSON document) happen with no other client in between. A batch of keys is one round
+trip, its commands packed by :mod:`._resp` (redis-py's per-argument packing cost a backfill more than the
+server's work), each row's fields encoded by the column encoders chosen once per table.
 
 Redis cannot read keys in order between two bounds, so the kind says ``range_reads=False``: copy and
 verification walk the *source's* key ranges and fetch the matching keys here (:meth:`canonical_keys`).
@@ -15,16 +16,19 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import redis
+
 from dualwrite.canonical import canonical_value
 from dualwrite.errors import RowRejectedError
-from dualwrite.keyvalue import encode_value
 from dualwrite.mapping import TableMapping
 from dualwrite.store import Kind
 from dualwrite.stores._kind import Key, Role, Row, normal_key
+from dualwrite.stores.redis import _resp
 from dualwrite.stores.redis._layout import RedisLayout
 
 __all__ = ["RedisTable"]
@@ -68,6 +72,7 @@ end
 if existed then return 2 end
 return 1
 """
+WRITE_ROW_SHA = hashlib.sha1(WRITE_ROW.encode()).hexdigest()  # Redis names a script by its SHA-1
 
 
 #: the type of a decoded key value of each kind (text for the rest): a value of another type is text that
@@ -100,8 +105,8 @@ class RedisTable:
         self.positions = mapping.key_positions
         self.key_kinds = tuple(mapping.target_info.columns[c].kind for c in mapping.target_key)
         vpos = mapping.version_position
-        self.version = None if vpos is None else (vpos, self.names[vpos], layout.codec.kinds[vpos],
-                                                  layout.codec.scales[vpos])
+        self.version = None if vpos is None else (vpos, self.names[vpos], layout.codec.encoders[vpos])
+        self._key_of = layout.template.keyer(tuple(layout.key_columns))
         self.timestamp_keys = any(k in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ) for k in self.key_kinds)
 
     # -- keys ----------------------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ class RedisTable:
         return self.layout.template.key(key, self.layout.key_columns)
 
     def _row_redis_key(self, row: Row) -> str:
-        return self.redis_key(tuple(row[p] for p in self.positions))
+        return self._key_of([row[p] for p in self.positions])
 
     def row_key(self, row: Row) -> Key:
         return normal_key(tuple(row[p] for p in self.positions))
@@ -195,27 +200,36 @@ class RedisTable:
     # -- writing -------------------------------------------------------------------------------------------
 
     def _write(self, conn: Any, rows: list[Row], mode: str) -> list[int]:
-        script = conn.client.register_script(WRITE_ROW)
-        shape = "json" if self.layout.json else "hash"
         results: list[int] = []
         for start in range(0, len(rows), PIPELINE):
-            pipe = conn.client.pipeline(transaction=False)
-            for row in rows[start:start + PIPELINE]:
-                fields = self.layout.codec.fields(row)
-                vnew = self._version_text(row)
-                how = mode if mode != "newer" or vnew is not None else "always"
-                payload = ([json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))]
-                           if self.layout.json else [x for kv in fields.items() for x in kv])
-                script(keys=[self._row_redis_key(row)],
-                       args=[how, self.version[1] if self.version else "", vnew or "", shape, *payload], client=pipe)
-            results += [int(r) for r in pipe.execute()]
+            commands = [self._command(row, mode) for row in rows[start:start + PIPELINE]]
+            replies = _resp.run(conn.client, commands)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                conn.client.script_load(WRITE_ROW)  # a new or flushed server: load, then run the batch again
+                replies = _resp.run(conn.client, commands)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            results += [int(r) for r in replies]
         return results
+
+    def _command(self, row: Row, mode: str) -> bytes:
+        """The packed ``EVALSHA`` of one row's write (see :data:`WRITE_ROW` for the arguments)."""
+        vnew = self._version_text(row)
+        how = mode if mode != "newer" or vnew is not None else "always"
+        head = ["EVALSHA", WRITE_ROW_SHA, "1", self._row_redis_key(row), how, self.version[1] if self.version else "",
+                vnew or ""]
+        if self.layout.json:
+            return _resp.pack([*head, "json", json.dumps(self.layout.codec.fields(row), sort_keys=True,
+                                                         ensure_ascii=False, separators=(",", ":"))])
+        return _resp.pack([*head, "hash", *self.layout.codec.pairs(row)])
 
     def _version_text(self, row: Row) -> str | None:
         if self.version is None:
             return None
-        pos, _name, kind, scale = self.version
-        return encode_value(row[pos], kind, scale)
+        pos, _name, encode = self.version
+        value = row[pos]
+        return None if value is None else encode(value)
 
     def upsert(self, conn: Any, rows: list[Row], *, insert_only: bool, only_if_newer: bool) -> None:
         mode = "insert" if insert_only else "newer" if only_if_newer and self.version is not None else "always"
