@@ -12,6 +12,7 @@ from dualwrite import hooks
 from dualwrite.errors import SchemaError, StoreUnavailableError
 from dualwrite.rowcount import count_rows
 from dualwrite.store import Dialect
+from dualwrite.stores import as_redis, is_redis
 from workflows.models import ActivityNames, PrepareInput, PrepareResult, TableProgress
 
 __all__ = ["PrepareActivities"]
@@ -38,7 +39,9 @@ class PrepareActivities:
                 # a store that is down now may be up in a minute: StoreUnavailableError is retried with
                 # backoff, while the preflight would report it as a (permanent) problem of the spec
                 store = self.stores.store(name)
-                if store.dialect is not Dialect.SQLITE:  # connecting would create a missing SQLite file
+                if is_redis(store):
+                    as_redis(store).ping()
+                elif store.dialect is not Dialect.SQLITE:  # connecting would create a missing SQLite file
                     with store.connect() as conn:
                         conn.rollback()
             report = preflight(spec, self.stores.resolver)
