@@ -10,6 +10,7 @@ from activities.owners import OwnerCheck
 from activities.stores import StoreCache
 from dualwrite import hooks
 from dualwrite.errors import SchemaError, StoreUnavailableError
+from dualwrite.keyvalue.intact import mark_intact
 from dualwrite.rowcount import count_rows
 from dualwrite.store import Dialect
 from dualwrite.stores import as_redis, is_redis
@@ -63,4 +64,7 @@ class PrepareActivities:
                                             rows_estimate=rows if rows is not None else
                                             count_rows(old, mapping.source_table)))
             self.stores.control_store(spec.control)
+            new = self.stores.store(spec.new)
+            if is_redis(new):
+                mark_intact(new, spec.name)  # a wipe from now on is noticed by the gates (keyvalue.intact)
             return PrepareResult(ok=True, tables=tables)

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from dualwrite.config import redact
 from dualwrite.errors import Problem, SpecError, StoreError, StoreUnavailableError
 from dualwrite.mapping import TableMapping
 from dualwrite.spec._models import RedisMap, TableSpec
@@ -37,6 +38,10 @@ class RedisRef:
 
     name: str
     url: str
+
+    @property
+    def redacted_url(self) -> str:
+        return redact(self.url)
 
 
 @dataclass

@@ -6,20 +6,20 @@ Redis. This side reads the Redis rows as they are kept (an identity mapping of t
 :class:`~._table.RedisTable`: same keys, same pipelines, same SCAN walk) and turns each into the mapping's
 target row: plain columns renamed, constants, Python transforms (an SQL ``expr`` cannot run on Redis;
 preflight refuses one in a reverse rule). Values come back from their canonical text as the Python values a
-SQL driver takes (datetimes for timestamps). Redis has no row locks: a read "under lock" is a plain read,
+SQL driver takes (``Decimal``, ``datetime``: :func:`dualwrite.keyvalue.encoding.native_value`).
+Redis has no row locks: a read "under lock" is a plain read,
 so two mirrors of one key are ordered only by the adapter calling them in commit order (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
 from dualwrite.canonical import canonical_value
 from dualwrite.errors import StoreError
+from dualwrite.keyvalue.encoding import native_value
 from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping
-from dualwrite.store import Kind
 from dualwrite.stores._kind import Key, Role, Row, normal_key
 from dualwrite.stores.redis._table import RedisTable
 
@@ -35,16 +35,6 @@ def identity_mapping(mapping: TableMapping) -> TableMapping:
                         source_key=mapping.source_key, target_key=mapping.source_key, columns=cols,
                         source_info=info, target_info=info, version=version, batch_size=mapping.batch_size,
                         tenant_column=mapping.tenant_column, key_kinds=mapping.key_kinds)
-
-
-def _native(value: Any, kind: Kind) -> Any:
-    """A canonical value as a SQL driver takes it (timestamps are canonical text)."""
-    if isinstance(value, str) and kind in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
-        parsed = dt.datetime.fromisoformat(value.replace(" ", "T", 1))
-        if kind is Kind.TIMESTAMPTZ:
-            return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
-        return parsed
-    return value
 
 
 class RedisSourceTable:
@@ -66,7 +56,7 @@ class RedisSourceTable:
                              "Redis cannot run: use a transform in the reverse rule")
 
     def _map(self, row: Row) -> Row:
-        got = {c: _native(v, self.kinds[c]) for c, v in zip(self.names, row, strict=True)}
+        got = {c: native_value(v, self.kinds[c]) for c, v in zip(self.names, row, strict=True)}
         out: list[Any] = []
         for plan in self.mapping.columns:
             if plan.kind is SourceKind.COLUMN:
