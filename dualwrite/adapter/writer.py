@@ -85,6 +85,11 @@ __all__ = [
 log = logging.getLogger("dualwrite.adapter")
 
 
+_NO_SQL_ON_REDIS = ("the new store is Redis: it has no SQLAlchemy engine, so the ORM integration, the asyncio "
+                    "adapter and units of work of SQL statements cannot use it; write with DualWriter.insert / "
+                    "update / upsert / delete and read with DualWriter.read")
+
+
 class DualWriter:
     """The application's handle on one migration: routing, writes, reads, shadow compares and statistics.
 
@@ -202,7 +207,10 @@ class DualWriter:
         return self.router.route(tenant, entity)
 
     def engine(self, side: Side) -> Engine:
-        return self.engines[side]
+        try:
+            return self.engines[side]
+        except KeyError:  # a Redis new store has no SQLAlchemy engine
+            raise RoutingError(_NO_SQL_ON_REDIS) from None
 
     def table(self, name: str) -> TableRuntime:
         try:
@@ -247,9 +255,7 @@ class DualWriter:
             started = time.perf_counter()
             side = route.authoritative
             if side not in self.engines:
-                raise RoutingError(f"migration {self.migration}: the {side.value} store is Redis and "
-                                   "authoritative now: a unit of work of SQL statements cannot run there; write "
-                                   "with insert / update / upsert / delete")
+                raise RoutingError(f"migration {self.migration}: {_NO_SQL_ON_REDIS}")
             try:
                 with self.engines[side].connect() as conn:
                     if self.marks_writes and bypass.marks(route.phase):
