@@ -6,6 +6,7 @@ recorded as a forced transition with its reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -13,10 +14,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from test_demo import _free_port
+
+from starter.demo_config import DemoConfig, DemoError
+from starter.demo_watch import Watcher
+from workflows.models import MigrationStatus, Phase, TransitionRequest, TransitionResult
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -65,18 +71,56 @@ def test_demo_into_a_private_redis_reaches_done_with_every_write_read_back(tmp_p
     assert writes_gate["checks"]["new_store_intact"] is True, writes_gate
     ack = r["acknowledged_writes"]
     assert ack["keys_checked"] > 50 and ack["problem_count"] == 0, ack  # type: ignore[index]
+    shadow, secondary = r["shadow_reads"], r["secondary_writes"]
+    assert shadow["compared"] >= 50 and shadow["match_rate"] >= 0.999, shadow  # type: ignore[index]
+    assert secondary["attempts"] >= 50 and secondary["success_rate"] >= 0.9995, secondary  # type: ignore[index]
     split = r["split_column"]
     assert split["mismatches"] == 0 and split["example"]["new_first_name"] == "Ada", split  # type: ignore[index]
     # the demo's redis-server kept an append-only file in the work directory, and is stopped
     assert list((tmp_path / "work" / "redis").rglob("*.aof*"))
 
 
-def test_a_redis_that_keeps_nothing_on_disk_is_refused_at_write_cutover(tmp_path: Path, shared_redis: str) -> None:
-    proc = _demo("--short", "--new-url", shared_redis, "--workdir", str(tmp_path / "work"), "--timeout", "150")
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output[-4000:]
-    assert "refused at CUTOVER_WRITES" in output and "appendonly yes" in output, output[-3000:]
-    assert "--allow-volatile-new-store" in output
+def _status(**checks: bool) -> MigrationStatus:
+    return MigrationStatus(name="demo-x", phase=Phase.CUTOVER_READS, paused=False, mode="auto", strategy="sync",
+                           epoch=4, gate={"to": "CUTOVER_WRITES", "passed": False, "checks": checks,
+                                          "reasons": ["new_store_durable: Redis keeps nothing on disk (appendonly "
+                                                      "no, save \"\"): ...; set `appendonly yes`"]})
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.requests: list[TransitionRequest] = []
+
+    async def execute_update(self, name: str, req: TransitionRequest, result_type: Any) -> TransitionResult:
+        assert name == "advance"
+        self.requests.append(req)
+        return TransitionResult(ok=True, phase=Phase.CUTOVER_WRITES, epoch=5, message="forced")
+
+
+def test_a_redis_that_keeps_nothing_on_disk_is_refused_at_write_cutover_unless_overridden(tmp_path: Path) -> None:
+    """The demo's watcher at the CUTOVER_WRITES gate (the override's end-to-end run is the next test)."""
+    cfg = DemoConfig(short=True, workdir=tmp_path, old_url="sqlite://", new_url=SHARED_REDIS, external=False,
+                     port=1, ui_port=2, timeout=10, keep_running=False, customers=10, orders_per_customer=1,
+                     redis=True)
+    handle = _Handle()
+    refused = Watcher(cfg, None, (10, 10))  # type: ignore[arg-type]
+    with pytest.raises(DemoError, match="refused at CUTOVER_WRITES: new_store_durable: Redis keeps nothing on disk"
+                                        ".*--allow-volatile-new-store"):
+        asyncio.run(refused._volatile_new_store(handle, _status(new_store_durable=False)))  # type: ignore[arg-type]
+
+    cfg.allow_volatile = True
+    watch = Watcher(cfg, None, (10, 10))  # type: ignore[arg-type]
+    # another check still failing: the gate decides first, nothing is forced
+    asyncio.run(watch._volatile_new_store(handle, _status(new_store_durable=False,  # type: ignore[arg-type]
+                                                          shadow_match_rate=False)))
+    assert handle.requests == []
+    for _ in range(2):  # forced once, with the reason recorded
+        asyncio.run(watch._volatile_new_store(handle, _status(new_store_durable=False,  # type: ignore[arg-type]
+                                                              shadow_match_rate=True)))
+    assert len(handle.requests) == 1
+    req = handle.requests[0]
+    assert req.force and req.to is Phase.CUTOVER_WRITES and req.from_phase is Phase.CUTOVER_READS
+    assert req.reason.startswith("operator override: new_store_durable: Redis keeps nothing on disk")
 
 
 def test_the_explicit_override_is_recorded_in_the_transition_history(tmp_path: Path, shared_redis: str) -> None:
