@@ -9,9 +9,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
-from conftest import execute
+import sqlalchemy as sa
+from conftest import Databases, execute, pg_url
 from test_check import check, store_env, write_spec
 
 from dualwrite.keyvalue import start_redis
@@ -144,3 +146,18 @@ def test_redis_cannot_be_the_old_or_control_store(tmp_path: Path, pg_old: Store,
     code, out = check(spec, store_env(pgold=pg_old, kv=durable_redis, kv2=durable_redis))
     assert code == 2, out
     assert "Redis can be the new store only" in out
+
+
+def test_the_redis_example_spec_checks_clean(databases: Databases, repo_root: Path, durable_redis: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repo_root)
+    url = pg_url(databases.pg_db("exredis"))
+    with psycopg.connect(sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+                         autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS orders")
+        c.execute((repo_root / "examples" / "legacy.sql").read_text(encoding="utf-8"))
+    code, out = check(repo_root / "examples" / "orders_redis.yaml",
+                      {"DUALWRITE_STORE_LEGACY": url, "DUALWRITE_STORE_CACHE": durable_redis},
+                      "--config", str(repo_root / "examples" / "dualwrite.yaml"))
+    assert code == 0, out
+    assert "orders -> orders: key (id), 9 columns mapped, version column version, 1,000 rows" in out

@@ -33,11 +33,13 @@ def redis_table_info(spec: TableSpec, source: TableInfo) -> TableInfo:
     is neither dropped nor already the input of one of them, with the source's kinds.
 
     A column the spec fills from a transform, expression or default has no source column to take a kind
-    from and is kept as text (its canonical text is what Redis holds anyway)."""
+    from (a transform of ``amount`` may return integer cents) and is kept as text (its canonical text is
+    what Redis holds anyway)."""
     renamed = _renamed_from(spec)
     columns: dict[str, ColumnInfo] = {}
     for tcol, cmap in spec.columns.items():
-        src = source.columns.get(renamed.get(tcol) or cmap.from_ or "")
+        plain = cmap.transform is None and cmap.expr is None  # a transform's result has no known kind
+        src = source.columns.get(renamed.get(tcol) or cmap.from_ or "") if plain else None
         columns[tcol] = replace(src, name=tcol, sql_type=_SQL_TYPE) if src is not None else ColumnInfo(
             tcol, Kind.TEXT, _SQL_TYPE, nullable=True, has_default=cmap.has_default)
     # a source column a target column is made from (renamed, or the input of a transform) is not also copied
