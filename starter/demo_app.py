@@ -122,7 +122,9 @@ def spec_yaml(name: str, t: Tables, *, short: bool, new_dialect: Dialect | None 
     The split is a Python transform forward (the same on every engine, and the adapter computes it for
     the application's writes after write cutover) and SQL in reverse, on the new store's engine; with a
     Redis new store (``new_dialect`` None), which runs no SQL, a Python transform in reverse too, and each
-    table says how it is kept there (one hash per row under ``customer:{id}`` / ``order:{id}``)."""
+    table says how it is kept there (one hash per row under ``customer:{id}`` / ``order:{id}``). Into Redis
+    the secondary write re-reads the committed row (no image fast path into Redis yet), one round trip
+    more: the latency allowance is +300 % there."""
     samples = 100 if short else 400
     redis = new_dialect is None
     reverse = '{transform: "starter.demo_app:join_name"}' if redis else f'"{join_sql(new_dialect or Dialect.SQLITE)}"'
@@ -162,7 +164,7 @@ gates:
   min_shadow_samples: {samples}
   secondary_write_success_rate: 0.9995
   min_write_samples: {samples}
-  p99_latency_increase: 2.0
+  p99_latency_increase: {3.0 if redis else 2.0}
   min_latency_samples: {samples}
   window_seconds: 30
 """

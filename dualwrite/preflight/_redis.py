@@ -22,8 +22,9 @@ from dualwrite.store import Kind, TableInfo
 
 __all__ = ["REDIS_STRATEGIES", "RedisLook", "estimate_bytes", "memory_note", "strategy_problems", "table_problems"]
 
-#: strategies whose secondary write the adapter does itself (no trigger, log or key log in the new store)
-REDIS_STRATEGIES = frozenset({Strategy.SYNC})
+#: strategies whose secondary write the adapter does itself, in the call or queued (no trigger, log or key
+#: log in the new store)
+REDIS_STRATEGIES = frozenset({Strategy.SYNC, Strategy.ASYNC})
 
 #: bytes per value of each kind, as text in a hash field (a guess; the estimate says it is one)
 _WIDTH = {Kind.INT: 8, Kind.BOOL: 5, Kind.DECIMAL: 12, Kind.FLOAT: 18, Kind.TEXT: 32, Kind.BYTES: 44,
@@ -61,11 +62,10 @@ def strategy_problems(spec: MigrationSpec) -> list[str]:
                    "built yet)")
         elif s in (Strategy.TRIGGERS, Strategy.CDC):
             why = "Redis has no triggers and no change log for the relay to read after write cutover"
-        elif s is Strategy.STRICT:
-            why = "strict commits both stores in one transaction, and Redis cannot join a SQL transaction"
         else:
-            why = "the adapter does not queue Redis writes for background mirroring yet"
-        out.append(f"strategy {s.value} cannot be used with a Redis new store: {why}; use strategy sync")
+            why = "strict commits both stores in one transaction, and Redis cannot join a SQL transaction"
+        out.append(f"strategy {s.value} cannot be used with a Redis new store: {why}; use strategy sync "
+                   "(or async)")
     return out
 
 

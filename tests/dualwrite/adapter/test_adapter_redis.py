@@ -41,15 +41,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
         yield s
 
 
-@pytest.fixture
-def writer(pg_old: Store, table_name: str, server: RedisServer) -> Iterator[tuple[DualWriter, str, str]]:
-    t = table_name
+@pytest.fixture(params=["sync", "async"])
+def writer(pg_old: Store, table_name: str, server: RedisServer,
+           request: pytest.FixtureRequest) -> Iterator[tuple[DualWriter, str, str]]:
+    t = f"{table_name}_{request.param[0]}"
     with pg_old.connect() as conn:
         conn.cursor().execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL, "
                               "balance numeric(10,2), seen timestamptz, version bigint NOT NULL)")
         conn.commit()
     spec = MigrationSpec.model_validate({
-        "name": f"kva-{t}", "old": pg_old.name, "new": "kv", "strategy": "sync",
+        "name": f"kva-{t}", "old": pg_old.name, "new": "kv", "strategy": request.param,
         "tables": [{"source": t, "version_column": "version",
                     "columns": {"first_name": {"from": "name", "transform": "test_adapter_redis:first_word"},
                                 "last_name": {"from": "name", "transform": "test_adapter_redis:rest_words"}},
@@ -58,11 +59,17 @@ def writer(pg_old: Store, table_name: str, server: RedisServer) -> Iterator[tupl
     control.ensure_schema(pg_old)
     control.publish_state(pg_old, spec.name, "DUAL_WRITE", 1)
     w = DualWriter(spec, pg_old, RedisStore("kv", server.url),
-                   options=AdapterOptions(background=False, phase_ttl=0.01))
+                   options=AdapterOptions(background=request.param == "async", phase_ttl=0.01))
     try:
         yield w, t, f"{t}:acct:"
     finally:
         w.close()
+
+
+def settled(w: DualWriter) -> None:
+    """async: wait until the queued keys are mirrored (sync mirrors inside the call)."""
+    if w.lagged is not None:
+        assert w.lagged.flush(10.0)
 
 
 def pg_row(store: Store, table: str, key: int) -> tuple[object, ...] | None:
@@ -83,9 +90,11 @@ def test_writes_before_and_after_write_cutover(writer: tuple[DualWriter, str, st
 
     # old store authoritative: PostgreSQL first, the row split on its way into Redis
     w.insert(t, {"id": 1, "name": "Ada Lovelace", "balance": Decimal("12.30"), "seen": seen})
+    settled(w)
     assert r.hgetall(f"{prefix}1") == {"id": "1", "first_name": "Ada", "last_name": "Lovelace", "balance": "12.30",
                                        "seen": "2025-03-04T05:06:07.000000+00:00", "version": "1"}
     w.delete(t, 1)
+    settled(w)
     assert not r.exists(f"{prefix}1")
 
     # Redis authoritative: written there first, joined back into PostgreSQL
@@ -93,16 +102,21 @@ def test_writes_before_and_after_write_cutover(writer: tuple[DualWriter, str, st
     w.phase.refresh(force=True)
     assert w.insert(t, {"id": 2, "name": "Grace Hopper", "balance": Decimal("1.50"), "seen": seen}) == (2,)
     assert r.hget(f"{prefix}2", "first_name") == "Grace"
+    settled(w)
     assert pg_row(pg_old, t, 2) == ("Grace Hopper", Decimal("1.50"), 1)
     assert w.update(t, 2, {"balance": Decimal("2.75")}) == 1
+    settled(w)
     assert pg_row(pg_old, t, 2) == ("Grace Hopper", Decimal("2.75"), 2)  # the version bumped as in SQL
     assert w.update(t, 99, {"balance": 1}) == 0
     w.upsert(t, {"id": 3, "name": "Alan Turing"})
+    settled(w)
     assert pg_row(pg_old, t, 3) == ("Alan Turing", None, 1)
     # reads served by Redis: the application's schema and Python types
     assert w.read(t, 2) == {"id": 2, "name": "Grace Hopper", "balance": Decimal("2.75"), "seen": seen,
                             "version": 2}
-    assert w.delete(t, 3) == 1 and pg_row(pg_old, t, 3) is None and w.read(t, 3) is None
+    assert w.delete(t, 3) == 1
+    settled(w)
+    assert pg_row(pg_old, t, 3) is None and w.read(t, 3) is None
 
     with pytest.raises(RowRejectedError, match="exists already"):
         w.insert(t, {"id": 2, "name": "Someone Else"})
