@@ -13,6 +13,7 @@ from activities.stores import StoreCache
 from dualwrite import bypass
 from dualwrite.retire import table_exists
 from dualwrite.store import Kind
+from dualwrite.stores import is_redis
 from workflows.bypass import BYPASS_CAPTURE, BYPASS_COLLECT, BypassCollectResult, BypassGroup
 from workflows.models import BypassCaptureInput, BypassCollectInput
 
@@ -32,6 +33,10 @@ class BypassActivities:
         with mapped_errors():
             spec, _ = self.stores.spec_of(inp)
             stores = {"old": self.stores.store(spec.old), "new": self.stores.store(spec.new)}
+            # a Redis store has no triggers: writes that bypass the adapter there cannot be captured (README)
+            stores = {side: s for side, s in stores.items() if not is_redis(s)}
+            inp = inp.model_copy(update={"install": [x for x in inp.install if x in stores],
+                                         "remove": [x for x in inp.remove if x in stores]})
             for t in spec.tables:
                 for side in inp.remove:
                     store = stores[side]
@@ -63,7 +68,7 @@ class BypassActivities:
             seen: set[int] = set()
             for side, ref in (("old", spec.old), ("new", spec.new)):
                 store = self.stores.store(ref)
-                if id(store) in seen:
+                if id(store) in seen or is_redis(store):
                     continue
                 seen.add(id(store))
                 for table, writer, n, last in bypass.collect(store, ctl, spec.name, kinds, authoritative=side):

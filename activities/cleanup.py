@@ -8,6 +8,7 @@ from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating, stopping
 from activities.stores import StoreCache
 from dualwrite import outbox, relay, retire, triggers
+from dualwrite.stores import is_redis
 from workflows.models import ActivityNames, RetiredTable, RetireInput, RetireResult
 
 __all__ = ["CleanupActivities"]
@@ -33,17 +34,19 @@ class CleanupActivities:
             out = RetireResult()
             mappings = {t.source: self.stores.mapping(spec, t.source)[2] for t in spec.tables
                         if retire.table_exists(rs.old, t.source)}
+            sql_new = not is_redis(rs.new)  # a Redis new store has no triggers and no key logs
             for source, mapping in mappings.items():
                 triggers.remove_triggers(rs.old, spec.name, mapping.source_table)
-                triggers.remove_triggers(rs.new, spec.name, mapping.target_table)
-                out.triggers_removed += [f"{rs.old.name}/{mapping.source_table}",
-                                         f"{rs.new.name}/{mapping.target_table}"]
+                out.triggers_removed.append(f"{rs.old.name}/{mapping.source_table}")
+                if sql_new:
+                    triggers.remove_triggers(rs.new, spec.name, mapping.target_table)
+                    out.triggers_removed.append(f"{rs.new.name}/{mapping.target_table}")
                 activity.heartbeat(source)
-            if mappings:
+            if mappings and sql_new:
                 res = relay.drain(rs.old, rs.new, spec.name, rs.mapping_for, discard=("new",), control_store=ctl,
                                   should_stop=stopping)
                 out.log_entries_mirrored, out.log_entries_discarded = res.mirrored, res.discarded
-            for store in (rs.old, rs.new):
+            for store in (rs.old, rs.new) if sql_new else (rs.old,):
                 for log_table in outbox.LOGS:
                     if retire.drop_log_if_unused(store, spec.name, log_table):
                         out.logs_dropped.append(f"{store.name}/{log_table}")

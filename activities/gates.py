@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from temporalio import activity
 
@@ -14,8 +15,12 @@ from activities.sample import sample_and_record
 from activities.stores import StoreCache
 from dualwrite import gates
 from dualwrite.capture import Evidence, method_for
+from dualwrite.gates import GateMetric
+from dualwrite.keyvalue.authority import durability_metric
+from dualwrite.keyvalue.intact import intact_metric
+from dualwrite.stores import is_redis
 from workflows import phases
-from workflows.models import ActivityNames, GateInput, GateResult, TriggerWatchInput, TriggerWatchResult
+from workflows.models import ActivityNames, GateInput, GateResult, Phase, TriggerWatchInput, TriggerWatchResult
 
 __all__ = ["GateActivities"]
 
@@ -40,7 +45,16 @@ class GateActivities:
             if inp.to in phases.TRAFFIC_GATED:
                 store = self.stores.control_store(spec.control)
                 traffic = gates.read_traffic(store, spec.name, spec.gates.window_seconds, inp.tenant)
-            return phases.evaluate_gate(inp, traffic, spec)
+            result = phases.evaluate_gate(inp, traffic, spec)
+            new = self.stores.store(spec.new)
+            if is_redis(new):
+                for metric in _redis_metrics(new, spec.name, inp):
+                    result.metrics.append(metric)
+                    result.checks[metric.name] = metric.ok
+                    if not metric.ok:
+                        result.passed = False
+                        result.reasons.append(f"{metric.name}: {metric.detail}")
+            return result
 
     @activity.defn(name=ActivityNames.WATCH_TRIGGERS, no_thread_cancel_exception=True)
     def watch_rollback_triggers(self, inp: TriggerWatchInput) -> TriggerWatchResult:
@@ -82,3 +96,19 @@ class GateActivities:
                     return out
                 sleep(cfg.check_seconds)
                 raise_if_stopping()
+
+
+def _redis_metrics(new: Any, migration: str, inp: GateInput) -> list[GateMetric]:
+    """A Redis new store's own gate metrics: intact since PREPARE (into CUTOVER_READS and beyond), and, at
+    CUTOVER_WRITES, durable (keeps its data on disk, never evicts; a forced advance with a reason overrides
+    it, recorded in the transition history)."""
+    out: list[GateMetric] = []
+    if inp.to.rank >= Phase.CUTOVER_READS.rank:
+        v = inp.last_verification
+        now = inp.at or datetime.now(UTC)
+        clean = v is not None and v.verdict == "ok"  # one that had to repair is no proof of equality
+        out.append(intact_metric(new, migration, v.at if v is not None else None, clean,
+                                 now if now.tzinfo else now.replace(tzinfo=UTC)))
+    if inp.to is Phase.CUTOVER_WRITES:
+        out.append(durability_metric(new))
+    return out

@@ -10,8 +10,10 @@ from activities.owners import OwnerCheck
 from activities.stores import StoreCache
 from dualwrite import hooks
 from dualwrite.errors import SchemaError, StoreUnavailableError
+from dualwrite.keyvalue.intact import mark_intact
 from dualwrite.rowcount import count_rows
 from dualwrite.store import Dialect
+from dualwrite.stores import as_redis, is_redis
 from workflows.models import ActivityNames, PrepareInput, PrepareResult, TableProgress
 
 __all__ = ["PrepareActivities"]
@@ -38,7 +40,9 @@ class PrepareActivities:
                 # a store that is down now may be up in a minute: StoreUnavailableError is retried with
                 # backoff, while the preflight would report it as a (permanent) problem of the spec
                 store = self.stores.store(name)
-                if store.dialect is not Dialect.SQLITE:  # connecting would create a missing SQLite file
+                if is_redis(store):
+                    as_redis(store).ping()
+                elif store.dialect is not Dialect.SQLITE:  # connecting would create a missing SQLite file
                     with store.connect() as conn:
                         conn.rollback()
             report = preflight(spec, self.stores.resolver)
@@ -60,4 +64,7 @@ class PrepareActivities:
                                             rows_estimate=rows if rows is not None else
                                             count_rows(old, mapping.source_table)))
             self.stores.control_store(spec.control)
+            new = self.stores.store(spec.new)
+            if is_redis(new):
+                mark_intact(new, spec.name)  # a wipe from now on is noticed by the gates (keyvalue.intact)
             return PrepareResult(ok=True, tables=tables)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy.exc import NoSuchTableError
-
 from dualwrite import control
 from dualwrite.capture.store_side import RelayStores
 from dualwrite.config import StoreResolver
 from dualwrite.errors import Problem, SchemaError, SpecError
-from dualwrite.mapping import TableMapping, compile_table
+from dualwrite.mapping import TableMapping
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
+from dualwrite.stores import compile_for_stores, is_redis, open_store
 from dualwrite.triggers import mark_replica
 from workflows.models import SpecCarrier, SpecRef, TableRef, spec_digest
 
@@ -44,15 +43,20 @@ class StoreCache:
         with self._lock:
             s = self._stores.get(name)
             if s is None:
-                s = Store(self.resolver.resolve(name), pool_size=self._pool_size)
-                # the worker's own writes (backfill, repair, relay) must never be captured by triggers
-                mark_replica(s)
+                s = open_store(self.resolver.resolve(name), pool_size=self._pool_size)  # SQL or Redis
+                if not is_redis(s):
+                    # the worker's own writes (backfill, repair, relay) must never be captured by triggers
+                    mark_replica(s)
                 self._stores[name] = s
             return s
 
     def control_store(self, name: str) -> Store:
         """The store ``name`` with the control tables in it (created on first use by this worker)."""
         store = self.store(name)
+        if is_redis(store):
+            raise SchemaError([Problem(f"store {name!r}", "the control store is Redis: the control tables need "
+                                                          "a SQL store (name one with 'control:')")],
+                              "control store is not SQL")
         with self._lock:
             ready = name in self._control_ready
         if not ready:
@@ -162,25 +166,13 @@ class StoreCache:
 
 def compile_mapping(spec: MigrationSpec, source: str, old: Store, new: Store, *,
                     refresh: bool = False) -> TableMapping:
-    """Reflect both tables and compile the spec's mapping, raising SchemaError with every problem."""
+    """Compile the spec's mapping against both live stores (a Redis new store by its ``redis:`` section,
+    :func:`dualwrite.stores.compile_for_stores`), raising SchemaError with every problem."""
     try:
         table = spec.table(source)
     except KeyError:
         raise SchemaError([Problem(f"table {source}", "not in the spec")], "schema mismatch") from None
-    problems: list[Problem] = []
-    try:
-        src_info = old.describe(table.source, refresh=refresh)
-    except NoSuchTableError:
-        problems.append(Problem(f"table {source}", f"source table {table.source} does not exist in store "
-                                                   f"{old.name!r}"))
-    try:
-        dst_info = new.describe(table.target_table, refresh=refresh)
-    except NoSuchTableError:
-        problems.append(Problem(f"table {source}", f"target table {table.target_table} does not exist in "
-                                                   f"store {new.name!r}"))
-    if problems:
-        raise SchemaError(problems, "schema mismatch")
-    mapping, problems = compile_table(table, src_info, dst_info)
+    mapping, problems = compile_for_stores(table, old, new, refresh=refresh)
     if mapping is None:
         raise SchemaError(problems, "schema mismatch")
     return mapping

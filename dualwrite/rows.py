@@ -8,6 +8,7 @@ backfill routes (:mod:`dualwrite.stores.sql`).
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 import json
 import uuid
@@ -144,8 +145,15 @@ def adapters_for(mapping: TableMapping, dialect: Dialect) -> list[Callable[[Any]
         else:
             fn = {Kind.JSON: _json_text, Kind.UUID: _uuid_text, Kind.TIMESTAMP: _to_naive_utc,
                   Kind.TIMESTAMPTZ: _to_naive_utc}.get(kind)
+            if dialect is Dialect.SQLITE and kind is Kind.DECIMAL:
+                fn = _sqlite_decimal  # sqlite3 binds no Decimal (one read from PostgreSQL or Redis)
         out.append(fn)
     return out
+
+
+def _sqlite_decimal(value: Any) -> Any:
+    """A ``Decimal`` as SQLite stores a NUMERIC value it is given (a float); other values unchanged."""
+    return float(value) if isinstance(value, decimal.Decimal) else value
 
 
 def adapt(rows: list[Row], adapters: list[Callable[[Any], Any] | None]) -> list[Row]:

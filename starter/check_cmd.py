@@ -64,18 +64,15 @@ def check(
 
     _warn_clear_keys(report)
     notes, evidence = _gate_notes(spec, report)
+    notes += report.notes
     if as_json:
         found = report.to_dict()
         if not report.problems:
             found["gate_evidence"] = {"strategy": evidence[0][0], **dict(evidence[1:])} if evidence else {}
             found["notes"] = notes
         typer.echo(json.dumps(found, indent=2, default=str))
-    elif report.problems:
-        n = len(report.problems)
-        typer.secho(f"{report.source}: {n} problem{'s' if n != 1 else ''}", fg="red", bold=True)
-        for p in report.problems:
-            typer.echo(f"  {p}")
-        typer.echo("Nothing was written. Fix these and run 'dualwrite check' again.")
+    elif report.problems or report.authority:
+        _print_problems(report)
     else:
         typer.secho(f"{report.source}: OK, {len(report.tables)} table{'s' if len(report.tables) != 1 else ''} "
                     "ready to migrate", fg="green", bold=True)
@@ -93,8 +90,24 @@ def check(
         for note in notes:
             typer.secho(f"  note: {note}", fg="yellow")
         typer.echo("Nothing was written.")
-    if report.problems:
+    if report.problems or report.authority:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _print_problems(report: PreflightReport) -> None:
+    """Every problem, then the reasons the new store may not become authoritative (also problems: the
+    migration would be refused at CUTOVER_WRITES), then the notes."""
+    listed = [*report.problems, *report.authority]
+    n = len(listed)
+    typer.secho(f"{report.source}: {n} problem{'s' if n != 1 else ''}", fg="red", bold=True)
+    for p in listed:
+        typer.echo(f"  {p}")
+    for note in report.notes:
+        typer.echo(f"  note: {note}")
+    if report.authority:
+        typer.echo("  (the new store would be refused as authoritative at CUTOVER_WRITES; `dualwrite advance "
+                   "--force --reason ...` there overrides it, recorded in the transition history)")
+    typer.echo("Nothing was written. Fix these and run 'dualwrite check' again.")
 
 
 def _gate_notes(path: Path, report: Any) -> tuple[list[str], list[tuple[str, str]]]:

@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 from dualwrite.store import Dialect, Store
+from dualwrite.stores import is_redis
 
 FIRST = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Tim", "Frances",
          "John", "Sophie", "Leslie", "Niklaus", "Hedy", "Dennis", "Karen", "Linus", "Guido")
@@ -100,7 +101,17 @@ def join_sql(dialect: Dialect) -> str:
     return "first_name || ' ' || last_name"
 
 
-def spec_yaml(name: str, t: Tables, *, short: bool, new_dialect: Dialect = Dialect.SQLITE) -> str:
+def join_name(row: dict[str, Any]) -> str | None:
+    """The reverse of the split where the new store runs no SQL (Redis): first and last name joined."""
+    parts = [p for p in (row.get("first_name"), row.get("last_name")) if p]
+    return " ".join(parts) if parts else None
+
+
+def _redis_section(name: str, entity: str) -> str:
+    return f'\n    redis: {{key: "{entity}:{{id}}", value: hash, prefix: "dwdemo:{name}:"}}'
+
+
+def spec_yaml(name: str, t: Tables, *, short: bool, new_dialect: Dialect | None = Dialect.SQLITE) -> str:
     """The demo's migration spec. The gate thresholds are the seed's (99.9 % match, 99.95 % secondary
     success, 100 % backfill, no reconciliation gap); only the sample minimums and the window are sized for a
     demo that lasts a minute or two instead of a day. The latency allowance (+200 % instead of the seed's
@@ -109,8 +120,16 @@ def spec_yaml(name: str, t: Tables, *, short: bool, new_dialect: Dialect = Diale
     database files with it, so its p99 swings; ``outbox`` is the strategy for a +20 % budget.
 
     The split is a Python transform forward (the same on every engine, and the adapter computes it for
-    the application's writes after write cutover) and SQL in reverse, on the new store's engine."""
+    the application's writes after write cutover) and SQL in reverse, on the new store's engine; with a
+    Redis new store (``new_dialect`` None), which runs no SQL, a Python transform in reverse too, and each
+    table says how it is kept there (one hash per row under ``customer:{id}`` / ``order:{id}``). Into Redis
+    the secondary write re-reads the committed row (no image fast path into Redis yet), one round trip
+    more: the latency allowance is +300 % there."""
     samples = 100 if short else 400
+    redis = new_dialect is None
+    reverse = '{transform: "starter.demo_app:join_name"}' if redis else f'"{join_sql(new_dialect or Dialect.SQLITE)}"'
+    kv_customers = _redis_section(name, "customer") if redis else ""
+    kv_orders = _redis_section(name, "order") if redis else ""
     return f"""
 name: {name}
 old: legacy
@@ -131,7 +150,7 @@ tables:
       tier: {{default: standard}}
     drop: [fax]
     reverse:
-      name: "{join_sql(new_dialect)}"
+      name: {reverse}{kv_customers}
   - source: {t.orders}
     version_column: version
     batch_size: {250 if short else 1000}
@@ -139,13 +158,13 @@ tables:
       total: amount
       placed_at: placed
       currency: {{default: EUR}}
-    drop: [legacy_flag]
+    drop: [legacy_flag]{kv_orders}
 gates:
   shadow_match_rate: 0.999
   min_shadow_samples: {samples}
   secondary_write_success_rate: 0.9995
   min_write_samples: {samples}
-  p99_latency_increase: 2.0
+  p99_latency_increase: {3.0 if redis else 2.0}
   min_latency_samples: {samples}
   window_seconds: 30
 """
@@ -409,17 +428,36 @@ def split_check(old: Store, new: Store, t: Tables) -> dict[str, Any]:
         cur.execute(f"SELECT id, name FROM {old.quote(_retired(old, t.customers))}")
         names = {int(r[0]): r[1] for r in cur.fetchall()}
         conn.rollback()
-    with new.connect() as conn:
-        cur = conn.cursor()
-        cur.execute(f"SELECT id, first_name, last_name FROM {t.customers}")
-        parts = {int(r[0]): (r[1], r[2]) for r in cur.fetchall()}
-        conn.rollback()
+    parts = _redis_names(new) if is_redis(new) else _sql_names(new, t)
     both = sorted(set(names) & set(parts))
     bad = [k for k in both if names[k] != f"{parts[k][0]} {parts[k][1]}"]
     example = {"id": 1, "old_name": names.get(1), "new_first_name": parts.get(1, (None, None))[0],
                "new_last_name": parts.get(1, (None, None))[1]}
     return {"column": f"{t.customers}.name -> first_name + last_name", "rows_compared": len(both),
             "mismatches": len(bad), "example": example}
+
+
+def _sql_names(new: Store, t: Tables) -> dict[int, tuple[Any, Any]]:
+    with new.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"SELECT id, first_name, last_name FROM {t.customers}")
+        parts = {int(r[0]): (r[1], r[2]) for r in cur.fetchall()}
+        conn.rollback()
+    return parts
+
+
+def _redis_names(new: Any) -> dict[int, tuple[Any, Any]]:
+    """first_name and last_name of every customer hash the demo keeps in Redis (under its prefix)."""
+    client = new.client()
+    try:
+        parts: dict[int, tuple[Any, Any]] = {}
+        pattern = next(f"{m.prefix}customer:*" for m in new.tables.values())
+        for key in client.scan_iter(match=pattern, count=1000):
+            first, last = client.hmget(key, "first_name", "last_name")
+            parts[int(key.rsplit(b":", 1)[1])] = (first and first.decode(), last and last.decode())
+    finally:
+        client.close()
+    return parts
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -43,7 +43,14 @@ def demo(
         "--old-url", metavar="URL", help="Run on this database as the old store (postgresql://… or "
         "mysql://…) instead of a SQLite file. The demo creates and drops only its own dwdemo_* tables.")] = None,
     new_url: Annotated[str | None, typer.Option(
-        "--new-url", metavar="URL", help="The new store's database (with --old-url).")] = None,
+        "--new-url", metavar="URL", help="The new store's database (with --old-url), or a Redis you run "
+        "(redis://host:port/db, with --new-store redis).")] = None,
+    new_store: Annotated[str, typer.Option(
+        "--new-store", metavar="KIND", help="sql, or redis: the new store is Redis (one hash per row); the demo "
+        "starts its own redis-server with persistence on, unless --new-url redis://… names one.")] = "sql",
+    allow_volatile_new_store: Annotated[bool, typer.Option(
+        "--allow-volatile-new-store", help="With a Redis that keeps nothing on disk (or may evict keys): force "
+        "the advance into CUTOVER_WRITES anyway (recorded with its reason in the transition history).")] = False,
     store_url: Annotated[str | None, typer.Option(
         "--store-url", metavar="URL", help="Run both stores on this PostgreSQL or MySQL/MariaDB server: the "
         "demo creates the databases dwdemo_old and dwdemo_new there if missing (instead of --old-url and "
@@ -76,7 +83,14 @@ def demo(
             err.print("[bold red]error:[/] give --store-url, or --old-url and --new-url, not both")
             raise typer.Exit(EXIT_BAD_INPUT)
         old_url, new_url = demo_run.demo_databases(store_url)
-    if (old_url is None) != (new_url is None):
+    if new_store not in ("sql", "redis"):
+        err.print(f"[bold red]error:[/] --new-store is sql or redis, not {escape(new_store)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    redis = new_store == "redis" or (new_url or "").lower().startswith(("redis://", "rediss://"))
+    if redis and new_url is not None and not new_url.lower().startswith(("redis://", "rediss://")):
+        err.print("[bold red]error:[/] with --new-store redis, --new-url is a redis:// URL")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if not redis and (old_url is None) != (new_url is None):
         err.print("[bold red]error:[/] give both --old-url and --new-url, or neither (SQLite files)")
         raise typer.Exit(EXIT_BAD_INPUT)
     binary = require_temporal()
@@ -89,9 +103,19 @@ def demo(
     external = old_url is not None
     n_customers = customers or (200 if short else 2000)
     grpc, ui = pick_ports(port, ui_port)
+    server = None
+    if redis and new_url is None:
+        server = demo_run.start_private_redis(base.resolve() / "redis")  # exits 1 naming the package if missing
+        new_url = server.url
     cfg = DemoConfig(short=short, workdir=base.resolve(), external=external,
                      old_url=old_url or f"sqlite:///{base.resolve() / 'legacy.db'}",
                      new_url=new_url or f"sqlite:///{base.resolve() / 'modern.db'}",
                      port=grpc, ui_port=ui, timeout=timeout, keep_running=keep_running,
-                     customers=n_customers, orders_per_customer=4)
-    raise typer.Exit(demo_run.run(cfg, binary, report_json))
+                     customers=n_customers, orders_per_customer=4, redis=redis,
+                     allow_volatile=allow_volatile_new_store)
+    try:
+        code = demo_run.run(cfg, binary, report_json)
+    finally:
+        if server is not None:
+            server.stop()
+    raise typer.Exit(code)

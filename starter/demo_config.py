@@ -36,6 +36,10 @@ class DemoConfig:
     keep_running: bool
     customers: int
     orders_per_customer: int
+    redis: bool = False
+    """The new store is Redis ([T2-6]): the demo's own private redis-server, or ``new_url`` (redis://)."""
+    allow_volatile: bool = False
+    """Override the CUTOVER_WRITES refusal of a Redis that keeps nothing on disk (recorded as a forced advance)."""
     name: str = field(default_factory=lambda: f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
 
     @property

@@ -28,9 +28,12 @@ from dualwrite import stats as st
 from dualwrite.adapter import AdapterOptions, DualWriter
 from dualwrite.codec import data_converter
 from dualwrite.config import StoreRef, StoreResolver, env_var_for, normalise_url, redact
+from dualwrite.errors import ServerStartError
+from dualwrite.keyvalue import RedisServer, start_redis
 from dualwrite.logs import configure
 from dualwrite.spec import parse_spec
 from dualwrite.store import Store
+from dualwrite.stores import open_store
 from starter import demo_app, devserver
 from starter.client import start_migration
 from starter.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, err, out
@@ -42,7 +45,7 @@ from starter.devserver import LOOPBACK
 from worker import build_worker, make_runtime
 from workflows.models import MigrationInput, Tuning
 
-__all__ = ["demo_databases", "run"]
+__all__ = ["demo_databases", "run", "start_private_redis"]
 
 
 def run(cfg: DemoConfig, binary: str, report_json: Path | None) -> int:
@@ -104,6 +107,19 @@ def demo_databases(server_url: str) -> tuple[str, str]:
             url.set(database="dwdemo_new").render_as_string(hide_password=False))
 
 
+def start_private_redis(folder: Path) -> RedisServer:
+    """The demo's own redis-server (persistence on, a free port, ``folder``); exit 1 with the package to
+    install when the binary is missing or it does not start."""
+    try:
+        with out.status("starting a private redis-server…"):
+            server = start_redis(folder)
+    except ServerStartError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"private Redis on 127.0.0.1:{server.port} (append-only file in {escape(str(folder))})")
+    return server
+
+
 def _start_server(binary: str, cfg: DemoConfig) -> subprocess.Popen[bytes]:
     """The demo's own dev server (:mod:`starter.devserver`), ready; exit 1 when it does not start."""
     args = devserver.server_args(binary, ip=LOOPBACK, port=cfg.port, ui_port=cfg.ui_port, log_level="error")
@@ -128,19 +144,22 @@ def _stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _stores(cfg: DemoConfig) -> tuple[Store, Store, Tables]:
-    """Create both schemas and the legacy rows."""
+    """Create both schemas and the legacy rows. A Redis new store has no schema: its keys go under a
+    prefix of this run's own (``dwdemo:<name>:``), so a Redis of the user's keeps every other key."""
     tables = demo_app.Tables.for_external() if cfg.external else demo_app.Tables()
     if not cfg.external:
         for f in ("legacy.db", "modern.db"):
             for suffix in ("", "-wal", "-shm"):
                 (cfg.workdir / f"{f}{suffix}").unlink(missing_ok=True)
     old = Store(StoreRef("legacy", normalise_url(cfg.old_url)))
-    new = Store(StoreRef("modern", normalise_url(cfg.new_url)))
+    new = open_store(StoreRef("modern", normalise_url(cfg.new_url)))
     if cfg.external:
         demo_app.reset_tables(old, tables)
+    if cfg.external and not cfg.redis:
         demo_app.reset_tables(new, tables)
     demo_app.execute(old, demo_app.legacy_ddl(old.dialect, tables))
-    demo_app.execute(new, demo_app.modern_ddl(new.dialect, tables))
+    if not cfg.redis:
+        demo_app.execute(new, demo_app.modern_ddl(new.dialect, tables))
     return old, new, tables
 
 
@@ -152,10 +171,12 @@ async def _drive(cfg: DemoConfig) -> dict[str, Any]:
         seeded = await asyncio.to_thread(demo_app.seed, old, tables, cfg.customers, cfg.orders_per_customer)
     out.print(f"old store [bold]legacy[/] ({escape(old.ref.redacted_url)}): {seeded[0]:,} customers, "
               f"{seeded[1]:,} orders in the legacy schema")
-    out.print(f"new store [bold]modern[/] ({escape(new.ref.redacted_url)}): name split into first_name + "
+    kept = "one Redis hash per row, " if cfg.redis else ""
+    out.print(f"new store [bold]modern[/] ({escape(new.ref.redacted_url)}): {kept}name split into first_name + "
               "last_name (joined back by a reverse rule), renamed columns, dropped fax / legacy_flag, new tier / "
               "currency with defaults")
-    spec_text = demo_app.spec_yaml(cfg.name, tables, short=cfg.short, new_dialect=new.dialect)
+    spec_text = demo_app.spec_yaml(cfg.name, tables, short=cfg.short,
+                                   new_dialect=None if cfg.redis else new.dialect)
     (cfg.workdir / "demo-spec.yaml").write_text(spec_text, encoding="utf-8")
     spec = parse_spec(spec_text, "demo-spec.yaml")
     no_config = cfg.workdir / "stores.yaml"  # stores come from the environment below; keep ./dualwrite.yaml out

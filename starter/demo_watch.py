@@ -44,6 +44,27 @@ class Watcher:
         self.phase_task: TaskID = self.progress.add_task("phases", total=7)
         self.table_tasks: dict[str, TaskID] = {}
         self.status: MigrationStatus | None = None
+        self.forced = False  # the override of a volatile Redis was used (once)
+
+    async def _volatile_new_store(self, handle: WorkflowHandle[Any, Any], status: MigrationStatus) -> None:
+        """A Redis new store that keeps nothing on disk is refused at CUTOVER_WRITES (``new_store_durable``):
+        stop with the reason, or, when the operator passed ``--allow-volatile-new-store`` and that is the only
+        check failing, force the advance once (recorded in the transition history with the reason)."""
+        gate = status.gate
+        if (not self.cfg.redis or status.phase != Phase.CUTOVER_READS or not isinstance(gate, dict)
+                or gate.get("to") != "CUTOVER_WRITES" or gate.get("passed")):
+            return
+        checks = gate.get("checks") or {}
+        if checks.get("new_store_durable", True):
+            return
+        why = next((r for r in gate.get("reasons") or [] if r.startswith("new_store_durable")), "new_store_durable")
+        if not self.cfg.allow_volatile:
+            raise DemoError(f"refused at CUTOVER_WRITES: {why}. Use a Redis that keeps its data on disk, or pass "
+                            "--allow-volatile-new-store to override (recorded in the transition history)")
+        if self.forced or not all(ok for name, ok in checks.items() if name != "new_store_durable"):
+            return  # the other checks decide first (traffic samples, verification)
+        self.forced = True
+        await _force_past_durability(handle, f"operator override: {why}")
 
     def _t(self) -> str:
         return f"{time.monotonic() - self.started:6.1f}s"
@@ -112,6 +133,7 @@ class Watcher:
                         raise DemoError(f"cannot query the migration: {exc}") from None
                     self.status = status
                     self._note(status)
+                    await self._volatile_new_store(handle, status)
                     live.update(self._renderable(status), refresh=True)
                     if status.phase == Phase.DONE and result.done():
                         break
@@ -134,6 +156,16 @@ class Watcher:
         self.status = final
         self._note(final)
         return final  # type: ignore[no-any-return]
+
+
+async def _force_past_durability(handle: WorkflowHandle[Any, Any], reason: str) -> None:
+    """The operator's explicit override: a forced advance into CUTOVER_WRITES, recorded with its reason."""
+    from workflows.models import TransitionRequest, TransitionResult  # noqa: PLC0415
+
+    res = await handle.execute_update("advance", TransitionRequest(
+        to=Phase.CUTOVER_WRITES, from_phase=Phase.CUTOVER_READS, force=True, reason=reason,
+        by="dualwrite demo --allow-volatile-new-store"), result_type=TransitionResult)
+    out.print(f"[yellow]override:[/] {escape(res.message)}")
 
 
 def checks_text(gate: dict[str, Any]) -> str:

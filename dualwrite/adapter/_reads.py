@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dualwrite.adapter._keyvalue import KeyValueSide
 from dualwrite.adapter._stores import retry_stale
 from dualwrite.adapter._tables import Key, TableRuntime
 from dualwrite.adapter.phase import Side
@@ -20,14 +21,18 @@ __all__ = ["DirectReads"]
 class DirectReads:
     """Row reads by key on either store, off the request path."""
 
-    def __init__(self, table: Callable[[str], TableRuntime], data: Mapping[Side, Store]) -> None:
+    def __init__(self, table: Callable[[str], TableRuntime], data: Mapping[Side, Store],
+                 kv: KeyValueSide | None = None) -> None:
         self.table = table
         self.data = data
+        self.kv = kv  # the Redis new store, read through its kind
 
     def read_row(self, table: str, side: str, key: Key) -> dict[str, Any] | None:
         """One row by key on ``side`` (its column names), or None."""
         rt = self.table(table)
         sd = Side(side)
+        if sd is Side.NEW and self.kv is not None:
+            return self.kv.read_rows(rt, [key])[key]
         s = rt.sides[sd]
         store = self.data[sd]
         sql = s.sql.get("read")
@@ -50,6 +55,8 @@ class DirectReads:
         """Many rows by key in one statement (the shadow reader's batches): {requested key: row}."""
         rt = self.table(table)
         sd = Side(side)
+        if sd is Side.NEW and self.kv is not None:
+            return self.kv.read_rows(rt, keys)
         s = rt.sides[sd]
         store = self.data[sd]
         wanted = {normal_key(k): k for k in keys}

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import NoSuchTableError
 
 from dualwrite.adapter._errors import RoutingError
 from dualwrite.adapter._fast_path import FastPath
@@ -17,11 +16,12 @@ from dualwrite.adapter._options import AdapterOptions
 from dualwrite.adapter.phase import Side
 from dualwrite.capture import CaptureMethod, method_for
 from dualwrite.errors import Problem, SchemaError
-from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping, compile_table
+from dualwrite.mapping import ColumnPlan, SourceKind, TableMapping
 from dualwrite.shadow import TableComparator
 from dualwrite.spec import MigrationSpec, Strategy, TableSpec
 from dualwrite.sqlgen import user_expr
 from dualwrite.store import Dialect, Kind, Store
+from dualwrite.stores import compile_for_stores, is_redis
 
 __all__ = ["Key", "KeyLike", "SideTable", "TableRuntime", "Touched", "build_tables", "entity_of"]
 
@@ -38,9 +38,11 @@ class SideTable:
                  app_reads: Sequence[ColumnPlan] = (), why_not_writable: str = "") -> None:
         self.side = side
         self.store = store
-        self.dialect = store.dialect
+        sql = not is_redis(store)  # a Redis side runs no SQL: its reads and writes are _keyvalue's
+        # (the SQL pieces below are then never used; SQLite's spelling stands in)
+        self.dialect = store.dialect if sql else Dialect.SQLITE
         self.table = table
-        self.qtable = store.quote(table)
+        self.qtable = store.quote(table) if sql else table
         self.columns = tuple(columns)
         self.app_to_col = dict(app_to_col)
         self.col_to_app = {v: k for k, v in self.app_to_col.items()}
@@ -52,9 +54,9 @@ class SideTable:
         self.computed = tuple(computed)  # side columns computed from application values (forward expr/transform)
         self.app_reads = tuple(app_reads)  # application columns rebuilt from a side row (reverse rules)
         self.why_not_writable = why_not_writable
-        self.ph = store.paramstyle
+        self.ph = store.paramstyle if sql else "?"
         self.sql: dict[Any, str] = {}
-        q = store.quote
+        q = store.quote if sql else _bare
         self.returning_all = ", ".join(q(c) for c in self.columns)
         self.where_key = " AND ".join(f"{q(k)} = {self.ph}" for k in self.key)
 
@@ -132,6 +134,10 @@ class SideTable:
         return self.ph, (1,)
 
 
+def _bare(name: str) -> str:
+    return name
+
+
 def _now_sql(dialect: Dialect) -> str:
     if dialect is Dialect.POSTGRESQL:
         return "clock_timestamp()"
@@ -178,7 +184,8 @@ class TableRuntime:
         # the fast path trusts the version guard only where a refused image can be told from a written one
         # (the upsert's row count); MariaDB/MySQL report a matched row as written, so an image refused there
         # would be lost silently: their side always re-reads the authoritative row (mirror_keys)
-        if forward.version is not None and not _has_expr(forward) and new.dialect is not Dialect.MYSQL:
+        if (forward.version is not None and not _has_expr(forward) and not is_redis(new)
+                and new.dialect is not Dialect.MYSQL):
             self.fast[Side.OLD] = FastPath(forward, new, self.old.columns)
         if (forward.version is not None and self.backward is not None and not _has_expr(self.backward)
                 and old.dialect is not Dialect.MYSQL):
@@ -275,13 +282,7 @@ def build_tables(spec: MigrationSpec, old: Store, new: Store, options: AdapterOp
     tables: dict[str, TableRuntime] = {}
     problems: list[Problem] = []
     for t in spec.tables:
-        try:
-            src_info = old.describe(t.source)
-            dst_info = new.describe(t.target_table)
-        except NoSuchTableError as exc:
-            problems.append(Problem(f"table {t.source}", f"table {exc} does not exist"))
-            continue
-        mapping, found = compile_table(t, src_info, dst_info)
+        mapping, found = compile_for_stores(t, old, new)  # a Redis new store: by its redis: section
         if mapping is None:
             problems += found
             continue

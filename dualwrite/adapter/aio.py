@@ -85,6 +85,9 @@ class AsyncDualWriter:
 
     def __init__(self, writer: DualWriter, *, old_engine: Any = None, new_engine: Any = None) -> None:
         self.writer = writer
+        if writer.kv is not None:
+            raise RoutingError(f"migration {writer.migration}: the asyncio adapter serves SQL stores only, and the "
+                               "new store is Redis: use DualWriter's insert / update / upsert / delete")
         self._own: list[Any] = []
         self.engines: dict[Side, Any] = {}
         for side, given in ((Side.OLD, old_engine), (Side.NEW, new_engine)):

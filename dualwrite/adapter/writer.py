@@ -55,6 +55,7 @@ from dualwrite import stats as st
 from dualwrite.adapter._errors import RoutingError, error_class, is_disconnect
 from dualwrite.adapter._fast_path import FastPath
 from dualwrite.adapter._inline import InlineMirror
+from dualwrite.adapter._keyvalue import KeyValueSide
 from dualwrite.adapter._options import AdapterOptions, log_values
 from dualwrite.adapter._reads import DirectReads
 from dualwrite.adapter._repairs import CloseReport, RepairQueue
@@ -73,6 +74,7 @@ from dualwrite.mapping import TableMapping
 from dualwrite.shadow import RecentWrites, Scheduler, ShadowOptions, ShadowReader
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
+from dualwrite.stores import is_redis, open_store
 
 __all__ = [
     "LAT_FENCE", "AdapterOptions", "CloseReport", "DualWriter", "FastPath", "Key", "KeyLike", "RoutingError",
@@ -81,6 +83,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("dualwrite.adapter")
+
+
+_NO_SQL_ON_REDIS = ("the new store is Redis: it has no SQLAlchemy engine, so the ORM integration, the asyncio "
+                    "adapter and units of work of SQL statements cannot use it; write with DualWriter.insert / "
+                    "update / upsert / delete and read with DualWriter.read")
 
 
 class DualWriter:
@@ -102,7 +109,11 @@ class DualWriter:
         self.instance_id = instance_id or default_instance_id()
         self.old_store, self.new_store = old, new
         self.control = control_store or old
-        self.engines: dict[Side, Engine] = {Side.OLD: old_engine or old.engine, Side.NEW: new_engine or new.engine}
+        self.kv = KeyValueSide(new) if is_redis(new) else None
+        """The Redis new store's reads and writes ([T2-6]); None when the new store is SQL."""
+        self.engines: dict[Side, Engine] = {Side.OLD: old_engine or old.engine}
+        if self.kv is None:
+            self.engines[Side.NEW] = new_engine or new.engine
         self.data: dict[Side, Store] = {Side.OLD: data_store(old, opts.secondary_timeout, opts.pool_size),
                                         Side.NEW: data_store(new, opts.secondary_timeout, opts.pool_size)}
         self.marks_writes = bypass.adapter_marks(spec)
@@ -124,7 +135,7 @@ class DualWriter:
         self.router = Router(self.migration, self.phase, opts, self.stats, self.recent)
         self.executor = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="dualwrite-shadow")
         self.scheduler = Scheduler()
-        self.reads = DirectReads(self.table, self.data)
+        self.reads = DirectReads(self.table, self.data, self.kv)
         self.shadow = self._shadow_reader()
         self.phase.on_change(self._on_state)
         self.spill_dir = Path(opts.spill_dir).expanduser() if opts.spill_dir else spill.default_spill_dir()
@@ -181,7 +192,7 @@ class DualWriter:
     def from_resolver(cls, spec: MigrationSpec, resolver: StoreResolver | None = None, **kw: Any) -> DualWriter:
         """Resolve the spec's store names (``DUALWRITE_STORE_<NAME>`` or the config file) and build a writer."""
         res = resolver or StoreResolver()
-        old, new = Store(res.resolve(spec.old)), Store(res.resolve(spec.new))
+        old, new = Store(res.resolve(spec.old)), open_store(res.resolve(spec.new))  # new: SQL or Redis
         ctl = Store(res.resolve(spec.control_store)) if spec.control_store else None
         return cls(spec, old, new, control_store=ctl, **kw)
 
@@ -196,7 +207,10 @@ class DualWriter:
         return self.router.route(tenant, entity)
 
     def engine(self, side: Side) -> Engine:
-        return self.engines[side]
+        try:
+            return self.engines[side]
+        except KeyError:  # a Redis new store has no SQLAlchemy engine
+            raise RoutingError(_NO_SQL_ON_REDIS) from None
 
     def table(self, name: str) -> TableRuntime:
         try:
@@ -240,6 +254,8 @@ class DualWriter:
         try:
             started = time.perf_counter()
             side = route.authoritative
+            if side not in self.engines:
+                raise RoutingError(f"migration {self.migration}: {_NO_SQL_ON_REDIS}")
             try:
                 with self.engines[side].connect() as conn:
                     if self.marks_writes and bypass.marks(route.phase):
@@ -283,29 +299,56 @@ class DualWriter:
                     self.lagged.submit(route, lagged)
         record_unit(self.stats, route, started, committed)
 
+    def _one_write(self, tenant: str | None, entity: str | None, sql: Callable[[UnitOfWork], Any],
+                   kv: Callable[[KeyValueSide], tuple[Any, list[Touched]]]) -> Any:
+        """One write by key: a SQL unit of work on the authoritative store, or (a Redis new store that is
+        authoritative) the write on Redis, then the same mirror back as after a SQL commit."""
+        if self.kv is None:
+            with self.unit_of_work(tenant=tenant, entity=entity) as uow:
+                return sql(uow)
+        route = self.begin_write(tenant, entity)
+        try:
+            if route.authoritative is not Side.NEW:
+                with self.unit_of_work(tenant=tenant, entity=entity, routing=route) as uow:
+                    return sql(uow)
+            started = time.perf_counter()
+            try:
+                result, touched = kv(self.kv)
+            except BaseException as exc:
+                count_primary_failure(self.stats, exc)
+                raise
+            self.finish(route, touched, started, time.perf_counter())
+            return result
+        finally:
+            self.end_write(route)
+
     def insert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         """Insert one row; returns its key (also when the database generated it)."""
         rt = self.table(table)
-        with self.unit_of_work(tenant=rt.tenant_of(values, tenant), entity=rt.entity_from(values)) as uow:
-            return uow.insert(table, values)
+        key: Key = self._one_write(rt.tenant_of(values, tenant), rt.entity_from(values),
+                                   lambda uow: uow.insert(table, values), lambda kv: kv.insert(rt, values))
+        return key
 
     def update(self, table: str, key: KeyLike, values: Mapping[str, Any], *, tenant: str | None = None) -> int:
         """Update one row by key; returns the number of rows changed (0 or 1)."""
         rt = self.table(table)
         k = rt.key_of(key)
-        with self.unit_of_work(tenant=rt.tenant_of(values, tenant), entity=entity_of(rt, k)) as uow:
-            return uow.update(table, k, values)
+        n: int = self._one_write(rt.tenant_of(values, tenant), entity_of(rt, k),
+                                 lambda uow: uow.update(table, k, values), lambda kv: kv.update(rt, k, values))
+        return n
 
     def upsert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         rt = self.table(table)
-        with self.unit_of_work(tenant=rt.tenant_of(values, tenant), entity=rt.entity_from(values)) as uow:
-            return uow.upsert(table, values)
+        key: Key = self._one_write(rt.tenant_of(values, tenant), rt.entity_from(values),
+                                   lambda uow: uow.upsert(table, values), lambda kv: kv.upsert(rt, values))
+        return key
 
     def delete(self, table: str, key: KeyLike, *, tenant: str | None = None) -> int:
         rt = self.table(table)
         k = rt.key_of(key)
-        with self.unit_of_work(tenant=tenant, entity=entity_of(rt, k)) as uow:
-            return uow.delete(table, k)
+        n: int = self._one_write(tenant, entity_of(rt, k), lambda uow: uow.delete(table, k),
+                                 lambda kv: kv.delete(rt, k))
+        return n
 
     # -- reads --------------------------------------------------------------------------------------------
 
@@ -325,8 +368,12 @@ class DualWriter:
             handoff = self.shadow.start(rt.name, k, side.value)
         started = time.perf_counter()
         try:
-            with self.engines[side].connect() as conn:
-                found = rt.select(conn, side, k)
+            if side not in self.engines:  # the Redis new store serves reads
+                assert self.kv is not None
+                found = self.kv.read(rt, k)
+            else:
+                with self.engines[side].connect() as conn:
+                    found = rt.select(conn, side, k)
         except BaseException:
             if handoff is not None:
                 handoff.cancel()

@@ -37,7 +37,7 @@ from typing import Any
 from dualwrite.canonical import canonical_value, decimal_text
 from dualwrite.store import Kind
 
-__all__ = ["ValueCodec", "column_encoder", "decode_value", "encode_value"]
+__all__ = ["ValueCodec", "column_encoder", "decode_value", "encode_value", "native_value"]
 
 Encoder = Callable[[Any], str | None]
 _UTC = dt.UTC
@@ -113,6 +113,28 @@ def decode_value(text: str | bytes | None, kind: Kind, scale: int | None = None)
         except (binascii.Error, ValueError):
             return text  # not ours: compares unequal to every SQL value, as it should
     return canonical_value(text, kind, scale)
+
+
+def native_value(canon: Any, kind: Kind) -> Any:
+    """A canonical value as the Python value a SQL driver hands out and takes: ``Decimal`` for decimals
+    (canonical text), ``datetime`` for timestamps (canonical ISO text; with time zone: aware, in UTC).
+    What the adapter returns for reads served by Redis, and what the mirror back into SQL writes."""
+    if not isinstance(canon, str):
+        return canon
+    if kind is Kind.DECIMAL:
+        try:
+            return decimal.Decimal(canon)
+        except decimal.InvalidOperation:
+            return canon
+    if kind in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
+        try:
+            parsed = dt.datetime.fromisoformat(canon.replace(" ", "T", 1))
+        except ValueError:
+            return canon
+        if kind is Kind.TIMESTAMPTZ:
+            return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+        return parsed
+    return canon
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,10 @@ class KeyTemplate:
             fields.append(field)
         if len(literals) == len(fields):
             literals.append("")
-        unknown = [f for f in fields if f not in key_columns]
+        unknown = list(dict.fromkeys(f for f in fields if f not in key_columns))
         if unknown:
-            problems.append(f"{', '.join(unknown)} not key columns (the key is {', '.join(key_columns)})")
+            verb = "is not a key column" if len(unknown) == 1 else "are not key columns"
+            problems.append(f"{', '.join(unknown)} {verb} (the key is {', '.join(key_columns)})")
         missing = [c for c in key_columns if c not in fields]
         if missing:
             problems.append(f"key column(s) {', '.join(missing)} missing: two rows would share one Redis key")

@@ -23,8 +23,10 @@ from dualwrite.config import StoreRef, redact
 from dualwrite.errors import DualwriteError
 
 #: how long a preflight waits for a server before calling it unreachable
+from dualwrite.preflight._redis import RedisLook
 from dualwrite.preflight._report import _ROLE_LABEL
 from dualwrite.store import Dialect, Store, TableInfo
+from dualwrite.stores import is_redis_url
 
 #: how long a preflight waits for a server before calling it unreachable
 CONNECT_TIMEOUT_S = 10
@@ -101,6 +103,7 @@ class _Probe:
         self.secrets: list[str] = []
         self._table_names: list[str] | None = None
         self._facts: dict[str, Any] = {}
+        self.redis: RedisLook | None = None  # a Redis store: no SQL, looked at by _redis.RedisLook
 
     @property
     def label(self) -> str:
@@ -114,6 +117,13 @@ class _Probe:
         """Connect once; on failure remember a clear, redacted reason in ``error``."""
         self.ref = ref
         shown = ref.redacted_url
+        if is_redis_url(ref.url):
+            self.redis = RedisLook(ref.name, ref.url)
+            self.secrets += self.redis.secrets
+            why = self.redis.open(CONNECT_TIMEOUT_S)
+            if why:
+                self.error = f"{why} ({shown})"
+            return
         try:
             url = sa.make_url(ref.url)
         except Exception:  # noqa: BLE001 - the message would quote the URL; describe it instead

@@ -56,6 +56,12 @@ class PreflightReport:
     problems: list[Problem] = field(default_factory=list)
     stores: list[StoreSummary] = field(default_factory=list)
     tables: list[TableSummary] = field(default_factory=list)
+    authority: list[Problem] = field(default_factory=list)
+    """Why the new store may not become authoritative (a Redis that keeps nothing on disk or evicts keys):
+    ``dualwrite check`` reports these as problems and the CUTOVER_WRITES gate refuses on them, but they do not
+    stop PREPARE, because every phase before write cutover is safe with such a store."""
+    notes: list[str] = field(default_factory=list)
+    """Facts worth knowing that are no problem (the memory a Redis new store will need)."""
 
     @property
     def ok(self) -> bool:
@@ -71,6 +77,8 @@ class PreflightReport:
             "spec": self.source,
             "ok": self.ok,
             "problems": [{"where": p.where, "message": p.message} for p in self.problems],
+            "authority_problems": [{"where": p.where, "message": p.message} for p in self.authority],
+            "store_notes": list(self.notes),
             "stores": [
                 {"name": s.name, "roles": list(s.roles), "url": s.url, "dialect": s.dialect,
                  "reachable": s.reachable, "user": s.user} for s in self.stores

@@ -14,6 +14,7 @@ from dualwrite.config import StoreRef, StoreResolver, redact
 from dualwrite.errors import Problem
 from dualwrite.mapping import SourceKind, TableMapping, _did_you_mean, compile_table, load_callable
 from dualwrite.preflight._probe import _error_text, _Probe
+from dualwrite.preflight._redis import strategy_problems, table_problems
 from dualwrite.preflight._report import _ROLE_LABEL, PreflightReport, StoreSummary, TableSummary
 from dualwrite.spec import Loc, MigrationSpec, SpecDocument, TableSpec, read_spec
 from dualwrite.store import Dialect, TableInfo
@@ -56,6 +57,7 @@ class _Run:
                 self._exists_only(index, source, target, old, new)
             self._ownership(old, new)
             self._capture(old, new)
+            self._redis(new)
         finally:
             for probe in self.probes.values():
                 probe.close()
@@ -123,10 +125,14 @@ class _Run:
         self._same_database = bool(old and new and old.ref and new.ref and old is not new
                                    and _same_place(old.ref, new.ref))
         for probe in self.probes.values():
+            if probe.redis is not None and probe.roles != ["new"]:
+                self.problem(f"{self.at(next(r for r in probe.roles if r != 'new'))} (store {probe.name!r})",
+                             "this store is Redis: Redis can be the new store only (the old store and the "
+                             "control tables are SQL; name a SQL store with 'control:')")
             self.report.stores.append(StoreSummary(
                 name=probe.name, roles=tuple(_ROLE_LABEL[r] for r in probe.roles),
                 url=probe.ref.redacted_url if probe.ref else None,
-                dialect=probe.dialect.value if probe.dialect else None,
+                dialect="redis" if probe.redis is not None else probe.dialect.value if probe.dialect else None,
                 reachable=probe.error is None, user=probe.user))
 
     def _table(self, index: int, entry: TableSpec, old: _Probe | None, new: _Probe | None) -> None:
@@ -147,7 +153,14 @@ class _Run:
         first = len(self.report.problems)
         source_info, target_info = self._describe(index, entry, old, new)
         mapping: TableMapping | None = None
-        if source_info is not None and target_info is not None:
+        if new is not None and new.redis is not None:
+            if source_info is not None:
+                mapping, problems = table_problems(entry, source_info, f"tables[{index}]")
+                for p in problems:
+                    self.problem(self._relocate(index, p.where), p.message)
+            else:
+                self._one_side(index, entry, None, None)
+        elif source_info is not None and target_info is not None:
             mapping, problems = compile_table(entry, source_info, target_info, where=f"tables[{index}]")
             for p in problems:
                 self.problem(self._relocate(index, p.where), p.message)
@@ -175,7 +188,7 @@ class _Run:
             source_info, msg = old.describe(entry.source, "source table")
             if msg:
                 self.problem(self.at("tables", index, "source"), msg)
-        if new is not None and new.error is None:
+        if new is not None and new.error is None and new.redis is None:  # Redis: no catalog to describe
             target_info, msg = new.describe(entry.target_table, "target table")
             if msg and not entry.target:
                 msg += "; with no 'target:' the target table has the source's name"
@@ -212,6 +225,18 @@ class _Run:
             if probe is not None and probe.error is None and probe.store is not None:
                 for msg in capture_problems(probe.store, spec.name, role):
                     self.problem(f"{probe.label} (strategy cdc)", msg)
+
+    def _redis(self, new: _Probe | None) -> None:
+        """A Redis new store: strategies it can serve, and whether it may become authoritative (kept apart
+        from the problems: they refuse CUTOVER_WRITES, not the phases before it)."""
+        if new is None or new.redis is None or new.error is not None or self.doc.spec is None:
+            return
+        for msg in strategy_problems(self.doc.spec):
+            self.problem(self.at("strategy"), msg)
+        authority, note = new.redis.authority(f"{new.label} (authoritative from CUTOVER_WRITES)",
+                                              [(t.mapping, t.rows) for t in self.report.tables])
+        self.report.authority += authority
+        self.report.notes.append(note)
 
     def _reversible(self, index: int, entry: TableSpec, mapping: TableMapping) -> None:
         """Every migration goes through CUTOVER_WRITES, where rows are mirrored new -> old so that rollback
@@ -274,7 +299,7 @@ class _Run:
                      old: _Probe | None, new: _Probe | None) -> None:
         """A table entry that did not validate: still say whether the tables it names exist."""
         for name, probe, field_name in ((source, old, "source"), (target, new, "target")):
-            if name is None or probe is None or probe.error is not None:
+            if name is None or probe is None or probe.error is not None or probe.redis is not None:
                 continue
             _, msg = probe.describe(name, f"{field_name} table")
             if msg:

@@ -6,6 +6,7 @@ copy, mirror and verification work through. The SQL kind (PostgreSQL, MariaDB/My
 :mod:`dualwrite.stores.sql`. See ``docs/architecture.md`` ("Store kinds").
 """
 
+from dualwrite.stores._compile import compile_for_stores
 from dualwrite.stores._kind import (
     Bounds,
     Capabilities,
@@ -19,6 +20,7 @@ from dualwrite.stores._kind import (
     StoreKind,
     normal_key,
 )
+from dualwrite.stores._open import as_redis, is_redis, is_redis_url, open_store
 from dualwrite.stores._registry import kind_for, register_kind, scheme_of
 
 __all__ = [
@@ -32,8 +34,13 @@ __all__ = [
     "Role",
     "Row",
     "StoreKind",
+    "as_redis",
+    "compile_for_stores",
+    "is_redis",
+    "is_redis_url",
     "kind_for",
     "normal_key",
+    "open_store",
     "register_kind",
     "scheme_of",
 ]

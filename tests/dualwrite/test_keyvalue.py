@@ -128,7 +128,7 @@ def test_a_bad_template_names_every_problem_at_once() -> None:
     with pytest.raises(SpecError) as err:
         KeyTemplate.parse("c:{id}{idd}:{id!r}", ["id", "region"], [Kind.INT, Kind.TEXT], where="spec.yaml:9")
     msg = str(err.value)
-    for part in ("spec.yaml:9", "idd not key columns", "region missing", "id used more than once",
+    for part in ("spec.yaml:9", "idd is not a key column", "region missing", "id used more than once",
                  "no separator", "format or conversion"):
         assert part in msg
 

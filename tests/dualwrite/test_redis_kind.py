@@ -418,7 +418,7 @@ def test_a_bad_redis_section_names_the_table_and_field(pg_old: Store, table_name
     with pytest.raises(SpecError) as err:
         redis_mapping(spec, info)
     msg = str(err.value)
-    assert f"table {table_name}.redis.key" in msg and "idd not key columns" in msg and "format" in msg
+    assert f"table {table_name}.redis.key" in msg and "idd is not a key column" in msg and "format" in msg
     with pytest.raises(SpecError, match=r"\.redis"):
         redis_mapping(TableSpec(source=table_name), info)
     with pytest.raises(pydantic.ValidationError, match="redis.value"):
@@ -439,3 +439,26 @@ def test_renamed_and_dropped_columns_shape_the_redis_row(pg_old: Store, table_na
 def test_a_redis_url_is_required(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="redis://"):
         RedisStore("new", f"sqlite:///{tmp_path}/x.db")
+
+
+def test_after_write_cutover_redis_is_mirrored_and_verified_back_into_sql(
+        pg_old: Store, table_name: str, redis_url: str, run_sql: Callable[..., None]) -> None:
+    """The reverse mirror: the reversed mapping reads Redis as its source and writes the SQL table."""
+    run_sql(pg_old, f"CREATE TABLE {table_name} (id bigint PRIMARY KEY, name text, amount numeric(10,2), "
+                    "at timestamptz, version bigint NOT NULL)",
+            f"INSERT INTO {table_name} SELECT g, 'n' || g, g * 1.1, '2026-01-02 03:04:05+00', 1 "
+            "FROM generate_series(1, 6) g")
+    store, mapping = setup(pg_old, table_name, redis_url, layout={"key": "c:{id}"}, target="cust",
+                           version_column="version")
+    mirror_keys(pg_old, store, mapping, [(k,) for k in range(1, 7)])
+    r = client(store)
+    r.hset("c:2", mapping={"name": "changed in redis", "version": "2"})
+    r.delete("c:3")
+    back = mapping.reversed()
+    report = verify_range(store, pg_old, back)
+    assert {d.key: d.kind for d in report.differences} == {(2,): DiffKind.FIELD, (3,): DiffKind.EXTRA}
+    mirror_keys(store, pg_old, back, [(2,), (3,)])
+    with pg_old.engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"SELECT id, name, version FROM {table_name} WHERE id <= 3 ORDER BY id").all()
+    assert [tuple(x) for x in rows] == [(1, "n1", 1), (2, "changed in redis", 2)]
+    assert verify_range(store, pg_old, back).ok and verify_range(pg_old, store, mapping).ok

@@ -17,11 +17,13 @@ from typing import Any
 
 import redis
 
-from dualwrite.errors import Problem, SpecError, StoreError
+from dualwrite.config import redact
+from dualwrite.errors import Problem, SpecError, StoreError, StoreUnavailableError
 from dualwrite.mapping import TableMapping
 from dualwrite.spec._models import RedisMap, TableSpec
 from dualwrite.stores._kind import Capabilities, CopyRoute, Key, MappedTable, RangeChecksum, Role
 from dualwrite.stores.redis._layout import RedisLayout
+from dualwrite.stores.redis._source import RedisSourceTable, identity_mapping
 from dualwrite.stores.redis._table import RedisTable
 
 __all__ = ["REDIS", "RedisConnection", "RedisKind", "RedisStore"]
@@ -36,6 +38,10 @@ class RedisRef:
 
     name: str
     url: str
+
+    @property
+    def redacted_url(self) -> str:
+        return redact(self.url)
 
 
 @dataclass
@@ -64,9 +70,30 @@ class RedisStore:
     def ref(self) -> RedisRef:
         return RedisRef(self.name, self.url)
 
-    def client(self) -> redis.Redis:
+    def lay_out(self, spec: TableSpec) -> None:
+        """Keep ``spec``'s table by its ``redis:`` section (stores opened by URL alone learn their layouts as
+        the migration's mappings are compiled); a table without one is a :class:`SpecError`."""
+        if spec.redis is None:
+            raise SpecError([Problem(f"table {spec.source}.redis", 'the new store is Redis: give the key template '
+                                                                   '(redis: {key: "name:{id}"})')])
+        self.tables[spec.target_table] = spec.redis
+
+    def client(self, *, timeout: float | None = None) -> redis.Redis:
         """A client of its own (a pool of one connection per thread that uses it)."""
-        return redis.Redis.from_url(self.url)
+        return redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def ping(self, timeout: float = 5.0) -> None:
+        """Raise :class:`StoreUnavailableError` (retried) unless the server answers."""
+        client = self.client(timeout=timeout)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"store {self.name!r} is unreachable: {type(exc).__name__}") from None
+        finally:
+            client.close()
+
+    def dispose(self) -> None:
+        """Nothing pooled outlives a connection (each :meth:`RedisKind.connect` has its own client)."""
 
     def __str__(self) -> str:
         return self.name
@@ -113,12 +140,19 @@ class RedisKind:
             client.close()
 
     def table(self, store: Any, mapping: TableMapping, role: Role) -> MappedTable:
+        """The target side: the mapping's target table kept in Redis. The source side (the mirror and the
+        verification new -> old after write cutover): its source table, read through :mod:`._source`."""
         rstore = _redis_store(store)
-        layout = rstore.tables.get(mapping.target_table)
+        kept = mapping.target_table if role is Role.TARGET else mapping.source_table
+        layout = rstore.tables.get(kept)
         if layout is None:
-            raise StoreError(f"store {rstore.name!r}: table {mapping.target_table} has no Redis layout "
+            raise StoreError(f"store {rstore.name!r}: table {kept} has no Redis layout "
                              "(the table spec's redis: section)")
-        return RedisTable(RedisLayout.of(layout, mapping, f"table {mapping.source_table}"), mapping, role)
+        if role is Role.TARGET:
+            return RedisTable(RedisLayout.of(layout, mapping, f"table {mapping.source_table}"), mapping, role)
+        own = identity_mapping(mapping)
+        inner = RedisTable(RedisLayout.of(layout, own, f"table {kept}"), own, Role.TARGET)
+        return RedisSourceTable(inner, mapping)
 
     def row_estimate(self, store: Any, table: str) -> int | None:
         return None  # keys of all tables share one keyspace: DBSIZE is not a table's count

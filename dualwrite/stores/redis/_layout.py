@@ -29,17 +29,22 @@ def _renamed_from(spec: TableSpec) -> dict[str, str]:
 
 
 def redis_table_info(spec: TableSpec, source: TableInfo) -> TableInfo:
-    """The target table a Redis layout stands for: the migrated columns with the source's kinds.
+    """The target table a Redis layout stands for: the spec's columns, and every other source column that
+    is neither dropped nor already the input of one of them, with the source's kinds.
 
     A column the spec fills from a transform, expression or default has no source column to take a kind
-    from and is kept as text (its canonical text is what Redis holds anyway)."""
+    from (a transform of ``amount`` may return integer cents) and is kept as text (its canonical text is
+    what Redis holds anyway)."""
     renamed = _renamed_from(spec)
     columns: dict[str, ColumnInfo] = {}
     for tcol, cmap in spec.columns.items():
-        src = source.columns.get(renamed.get(tcol) or cmap.from_ or "")
+        plain = cmap.transform is None and cmap.expr is None  # a transform's result has no known kind
+        src = source.columns.get(renamed.get(tcol) or cmap.from_ or "") if plain else None
         columns[tcol] = replace(src, name=tcol, sql_type=_SQL_TYPE) if src is not None else ColumnInfo(
             tcol, Kind.TEXT, _SQL_TYPE, nullable=True, has_default=cmap.has_default)
-    used = set(renamed.values())
+    # a source column a target column is made from (renamed, or the input of a transform) is not also copied
+    # under its own name: a SQL target would not have it either (the demo's name -> first_name + last_name)
+    used = set(renamed.values()) | {m.from_ for m in spec.columns.values() if m.from_ is not None}
     for name, col in source.columns.items():
         if name not in spec.drop and name not in used and name not in columns:
             columns[name] = replace(col, sql_type=_SQL_TYPE)

@@ -25,6 +25,7 @@ import redis
 
 from dualwrite.canonical import canonical_value
 from dualwrite.errors import RowRejectedError
+from dualwrite.keyvalue.intact import MARKER_PREFIX
 from dualwrite.mapping import TableMapping
 from dualwrite.store import Kind
 from dualwrite.stores._kind import Key, Role, Row, normal_key
@@ -126,6 +127,8 @@ class RedisTable:
         template = self.layout.template
         for raw in conn.client.scan_iter(match=template.scan_pattern(), count=SCAN_COUNT):
             name = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            if name.startswith(MARKER_PREFIX):
+                continue  # dualwrite's own keys (keyvalue.intact), never a row
             try:
                 values = template.values(name, self.layout.key_columns)
                 if values is None or template.key(values, self.layout.key_columns) != name:
@@ -230,6 +233,11 @@ class RedisTable:
         pos, _name, encode = self.version
         value = row[pos]
         return None if value is None else encode(value)
+
+    def put(self, conn: Any, rows: list[Row], *, insert_only: bool) -> list[bool]:
+        """Write whole rows (the adapter's writes while Redis is authoritative); for each, whether it was
+        written (False: ``insert_only`` found its key taken)."""
+        return [r != 0 for r in self._write(conn, rows, "insert" if insert_only else "always")]
 
     def upsert(self, conn: Any, rows: list[Row], *, insert_only: bool, only_if_newer: bool) -> None:
         mode = "insert" if insert_only else "newer" if only_if_newer and self.version is not None else "always"
