@@ -7,7 +7,10 @@ row the gaining store rejects for good stopped the cutover of every tenant, with
 Here a tenant table moves tenant by tenant; one key of tenant acme is queued for repair and the new store
 rejects its row (a CHECK constraint). Then:
 
-- tenant beta's flip into CUTOVER_WRITES goes ahead: acme's key is not beta's write;
+- tenant beta's flip into CUTOVER_WRITES goes ahead, its gate passed without --force: acme's key is not beta's
+  write, and the gate's repair-queue criterion counts what the fence counts (the evidence names the rest);
+- acme's dry run names its queued key, which the fence would try again and refuse the flip for, and the way
+  through;
 - acme's flip is refused, and the refusal says which table, how many keys, why (the constraint), and the way
   through;
 - acme's flip with the operator's override goes ahead, and the transition records what was given up.
