@@ -18,7 +18,9 @@ from dualwrite.capture import Evidence, method_for
 from dualwrite.gates import GateMetric
 from dualwrite.keyvalue.authority import durability_metric
 from dualwrite.keyvalue.intact import intact_metric
+from dualwrite.spec import MigrationSpec
 from dualwrite.stores import is_redis
+from dualwrite.stuck_repairs import gate_facts, stuck_tables
 from workflows import phases
 from workflows.models import ActivityNames, GateInput, GateResult, Phase, TriggerWatchInput, TriggerWatchResult
 
@@ -40,12 +42,12 @@ class GateActivities:
         the workflow's evidence. The result, with every metric's value / threshold / samples / verdict, is
         what history records."""
         with mapped_errors(), heartbeating():
-            spec, _ = self.stores.spec_of(inp)
+            spec, digest = self.stores.spec_of(inp)
             traffic = None
             if inp.to in phases.TRAFFIC_GATED:
                 store = self.stores.control_store(spec.control)
                 traffic = gates.read_traffic(store, spec.name, spec.gates.window_seconds, inp.tenant)
-            result = phases.evaluate_gate(inp, traffic, spec)
+            result = phases.evaluate_gate(inp, traffic, spec, self._repairs(inp, spec, digest))
             new = self.stores.store(spec.new)
             if is_redis(new):
                 for metric in _redis_metrics(new, spec.name, inp):
@@ -55,6 +57,19 @@ class GateActivities:
                         result.passed = False
                         result.reasons.append(f"{metric.name}: {metric.detail}")
             return result
+
+    def _repairs(self, inp: GateInput, spec: MigrationSpec, digest: str) -> gates.RepairFacts | None:
+        """The repair queue as the gate's scope sees it, read when the workflow's drain has left keys in it
+        (``repair_queue_depth``): a tenant's gate counts only the keys that would hold its flip at the write
+        fence (its own, and those whose tenant cannot be told), the migration's every key (rule 3; [T2-5])."""
+        if not inp.repair_queue_depth:
+            return None
+        ctl = self.stores.control_store(spec.control)
+        rs = self.stores.relay_stores(spec, digest)
+        stuck = stuck_tables(ctl, spec.name, tenant=inp.tenant,
+                             tenant_columns={t.source: t.tenant_column for t in spec.tables},
+                             old=rs.old, new=rs.new, mapping_for=rs.mapping_for)
+        return gate_facts(stuck, inp.tenant)
 
     @activity.defn(name=ActivityNames.WATCH_TRIGGERS, no_thread_cancel_exception=True)
     def watch_rollback_triggers(self, inp: TriggerWatchInput) -> TriggerWatchResult:

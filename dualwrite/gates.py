@@ -192,6 +192,37 @@ class ReconFacts(_Model):
                                                            "it (allow_empty): zero rows compared is a pass")
 
 
+class RepairTable(_Model):
+    """One table's keys in the repair queue when a gate is decided (counts, never keys)."""
+
+    table: str
+    keys: int = Field(description="distinct keys of the table queued")
+    of_scope: int = Field(description="of those, the keys of the scope that moves")
+    attempts: int = Field(default=0, description="the most attempts any of them has had")
+
+
+class RepairFacts(_Model):
+    """What the repair queue holds when a gate is decided, and how much of it belongs to the scope that moves.
+
+    The same count as the write fence's (``dualwrite.stuck_repairs``): the whole queue when the migration moves;
+    when a tenant moves, its keys of tables that move by tenant and those whose tenant cannot be told, never a
+    shared table's or another tenant's (those wait for their own move)."""
+
+    scope: str = Field(description="'tenant <id>' or 'the migration'")
+    queued: int = Field(description="keys queued for the whole migration")
+    of_scope: int = Field(description="keys of the scope that moves: they hold its gate")
+    tables: list[RepairTable] = Field(default_factory=list)
+
+    def per_table(self, *, of_scope: bool = True) -> str:
+        """'table T: N key(s) after A attempt(s); ...' for the scope's keys (or for the others')."""
+        parts = []
+        for t in self.tables:
+            n = t.of_scope if of_scope else t.keys - t.of_scope
+            if n > 0:
+                parts.append(f"table {t.table}: {n:,} key(s) after {t.attempts} attempt(s)")
+        return "; ".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # exact comparisons
 
@@ -397,11 +428,25 @@ def reconciliation_metric(r: ReconFacts, now: datetime, window_seconds: float) -
                                 f"unresolved{repaired}", 0.0)
 
 
-def repair_queue_metric(depth: int) -> GateMetric:
-    return GateMetric(name="repair_queue", value=float(depth), threshold=0, op="==", samples=1, min_samples=1,
-                      verdict=Verdict.PASS if depth == 0 else Verdict.FAIL,
-                      detail="no key waits for repair" if depth == 0 else
-                      f"{depth:,} keys wait in the repair queue")
+def repair_queue_metric(depth: int, facts: RepairFacts | None = None) -> GateMetric:
+    """An empty repair queue - of the scope that moves when ``facts`` says which keys are its own (a tenant's
+    gate is not held by another tenant's key, nor by a shared table's); ``depth`` alone counts every key."""
+    if facts is None:
+        return GateMetric(name="repair_queue", value=float(depth), threshold=0, op="==", samples=1, min_samples=1,
+                          verdict=Verdict.PASS if depth == 0 else Verdict.FAIL,
+                          detail="no key waits for repair" if depth == 0 else
+                          f"{depth:,} keys wait in the repair queue")
+    n, others = facts.of_scope, facts.queued - facts.of_scope
+    of = "" if facts.scope == "the migration" else f" of {facts.scope}"
+    if n == 0:
+        detail = f"no key{of} waits for repair"
+    else:
+        detail = f"{n:,} keys{of} wait in the repair queue ({facts.per_table() or 'no breakdown'})"
+    if others > 0:
+        detail += (f" ({others:,} key(s) of other tenants or shared tables wait for their own move: "
+                   f"{facts.per_table(of_scope=False)})")
+    return GateMetric(name="repair_queue", value=float(n), threshold=0, op="==", samples=1, min_samples=1,
+                      verdict=Verdict.PASS if n == 0 else Verdict.FAIL, detail=detail)
 
 
 def approval_metric(approved: bool, to: str) -> GateMetric:

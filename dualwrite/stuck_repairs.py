@@ -27,12 +27,13 @@ from typing import Any
 from dualwrite import bookkeeping as bk
 from dualwrite import control
 from dualwrite import rows as rowio
+from dualwrite.gates import RepairFacts, RepairTable
 from dualwrite.keys import Key, decode_key
 from dualwrite.mapping import TableMapping
 from dualwrite.sqlgen import source_side, target_side
 from dualwrite.store import Store
 
-__all__ = ["StuckTable", "stuck_tables"]
+__all__ = ["StuckTable", "gate_facts", "stuck_tables"]
 
 log = logging.getLogger("dualwrite.repair")
 
@@ -77,6 +78,15 @@ def stuck_tables(control_store: Store, migration: str, *, tenant: str | None,
         error = next((e.split(": ", 1)[1] for e in errors if e.startswith(f"table {table}: ")), "")
         out.append(StuckTable(table, len(per), blocking, max(per.values()), error))
     return out
+
+
+def gate_facts(stuck: Sequence[StuckTable], tenant: str | None) -> RepairFacts:
+    """The repair-queue facts a gate is decided on: the same per-scope count that holds the write fence, so a
+    tenant's gate is not held by a key that would not hold its flip."""
+    return RepairFacts(scope=f"tenant {tenant}" if tenant is not None else "the migration",
+                       queued=sum(s.keys for s in stuck), of_scope=sum(s.blocking for s in stuck),
+                       tables=[RepairTable(table=s.table, keys=s.keys, of_scope=s.blocking, attempts=s.attempts)
+                               for s in stuck])
 
 
 def _of_tenant(table: str, key_jsons: list[str], tenant: str, column: str, old: Store, new: Store,

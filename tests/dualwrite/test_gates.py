@@ -189,3 +189,21 @@ def test_cdc_rollback_triggers_read_the_worker_samples_and_the_relay() -> None:
     assert ev.tripped and {m.name for m in ev.metrics if m.verdict == "fail"} == {
         "shadow_mismatch_rate", "new_store_error_rate"}, ev
     assert not g.evaluate_triggers(facts, "CUTOVER_READS", cfg, "sync").tripped
+
+
+def test_the_repair_queue_metric_counts_the_keys_of_the_scope_that_moves() -> None:
+    """A tenant's gate is held by its own queued keys only; the others are named, not counted ([T2-5])."""
+    tables = [g.RepairTable(table="orders", keys=3, of_scope=1, attempts=4),
+              g.RepairTable(table="plans", keys=2, of_scope=0, attempts=1)]
+    held = g.repair_queue_metric(5, g.RepairFacts(scope="tenant acme", queued=5, of_scope=1, tables=tables))
+    assert (held.verdict, held.value) == (g.Verdict.FAIL, 1.0)
+    assert held.detail == ("1 keys of tenant acme wait in the repair queue (table orders: 1 key(s) after 4 "
+                           "attempt(s)) (4 key(s) of other tenants or shared tables wait for their own move: table "
+                           "orders: 2 key(s) after 4 attempt(s); table plans: 2 key(s) after 1 attempt(s))")
+    free = g.repair_queue_metric(2, g.RepairFacts(scope="tenant beta", queued=2, of_scope=0, tables=tables[1:]))
+    assert (free.verdict, free.value) == (g.Verdict.PASS, 0.0)
+    assert free.detail.startswith("no key of tenant beta waits for repair (2 key(s) of other tenants")
+    whole = g.repair_queue_metric(1, g.RepairFacts(scope="the migration", queued=5, of_scope=5, tables=[
+        t.model_copy(update={"of_scope": t.keys}) for t in tables]))
+    assert whole.verdict is g.Verdict.FAIL and whole.detail.startswith("5 keys wait in the repair queue (table orders")
+    assert g.repair_queue_metric(1).detail == "1 keys wait in the repair queue"  # no facts: the workflow's count

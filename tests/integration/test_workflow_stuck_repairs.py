@@ -7,7 +7,10 @@ row the gaining store rejects for good stopped the cutover of every tenant, with
 Here a tenant table moves tenant by tenant; one key of tenant acme is queued for repair and the new store
 rejects its row (a CHECK constraint). Then:
 
-- tenant beta's flip into CUTOVER_WRITES goes ahead: acme's key is not beta's write;
+- tenant beta's flip into CUTOVER_WRITES goes ahead, its gate passed without --force: acme's key is not beta's
+  write, and the gate's repair-queue criterion counts what the fence counts (the evidence names the rest);
+- acme's dry run names its queued key, which the fence would try again and refuse the flip for, and the way
+  through;
 - acme's flip is refused, and the refusal says which table, how many keys, why (the constraint), and the way
   through;
 - acme's flip with the operator's override goes ahead, and the transition records what was given up.
@@ -21,6 +24,8 @@ import secrets
 from typing import Any
 
 from conftest import MigrationDriver, execute, spec_for
+from temporalio.client import Client
+from test_cli_gates import cli
 
 from dualwrite import control
 from dualwrite.store import Store
@@ -37,7 +42,7 @@ async def _tenant_to(dw: MigrationDriver, handle: Any, tenant: str, phase: str, 
 
 
 async def test_a_stuck_key_holds_only_its_own_tenants_flip_and_the_override_is_recorded(
-        dw: MigrationDriver, pg_old: Store, pg_new: Store, table_name: str) -> None:
+        dw: MigrationDriver, temporal_client: Client, pg_old: Store, pg_new: Store, table_name: str) -> None:
     t = table_name
     execute(pg_old, DDL.format(t=t), f"INSERT INTO {t} SELECT g, CASE WHEN g % 2 = 0 THEN 'acme' ELSE 'beta' END, "
                                      "'n' || g, 1 FROM generate_series(1, 40) g")
@@ -56,10 +61,26 @@ async def test_a_stuck_key_holds_only_its_own_tenants_flip_and_the_override_is_r
         execute(pg_old, f"UPDATE {t} SET name = 'poison', version = 2 WHERE id = 2")
         control.enqueue_repair(pg_old, name, t, [(2,)], reason="test: a secondary write failed")
 
-        # the gate's repair-queue metric is migration-wide evidence (forced past, recorded); the fence is the hard
-        # stop, and it only counts the keys of the scope that flips
-        beta = await _tenant_to(dw, handle, "beta", "CUTOVER_WRITES", force=True, reason="acme's key is not ours")
+        # the background drain has tried the key and left it queued (the workflow's count is migration-wide)
+        await dw.wait(handle, lambda s: s.repair_queue_depth == 1 and s.counters.get("repair_failed", 0) >= 1,
+                      "the stuck key seen by the repair drain", 60)
+
+        # the gate's repair-queue criterion, like the fence, counts only the keys of the scope that moves: beta
+        # passes its gate, no --force, and the evidence says what it left aside
+        beta = await _tenant_to(dw, handle, "beta", "CUTOVER_WRITES", reason="acme's key is not ours")
         assert beta.ok, beta.message
+        assert beta.gate is not None and beta.gate.passed and beta.gate.checks["repair_queue"], beta.gate
+        rq = next(m for m in beta.gate.metrics if m.name == "repair_queue")
+        assert rq.value == 0 and "tenant beta" in rq.detail and "1 key(s) of other tenants" in rq.detail, rq.detail
+        assert beta.gate.evidence["repair_queue"]["queued"] == 1, beta.gate.evidence
+
+        # acme's dry run says the queued key would hold the flip, and the way through (the CLI prints it)
+        rc, out, err = await cli(temporal_client, "advance", name, "--tenant", "acme", "--dry-run")
+        assert rc == 1, out + err  # acme's own gate: its key waits in the repair queue
+        text = " ".join((out + err).split())
+        assert f"table {t}: 1 key(s)" in text and "tenant acme" in text, text
+        assert "the write fence" in text and "--override-stuck-repairs" in text, text
+        assert {x.tenant: x.phase for x in (await dw.status(handle)).tenants}["acme"] == "CUTOVER_READS"
 
         refused = await dw.update(handle, "advance", tenant="acme", by="pytest", force=True, reason="try")
         assert not refused.ok

@@ -100,6 +100,9 @@ class Transitions:
         if phases.authoritative(frm) != phases.authoritative(to):
             out.append(f"writes: the {phases.authoritative(to)} store becomes authoritative (written first), "
                        f"the {phases.authoritative(frm)} store is kept in sync for rollback")
+            held = _stuck_repairs_note(gate, phases.authoritative(frm), phases.authoritative(to))
+            if held:
+                out.append(held)
             if req.tenant is None and self._st.method.database_capture and not self._st.spec.tenant_tables:
                 losing, gaining = phases.authoritative(frm), phases.authoritative(to)
                 out.append(f"an application writing without the adapter: from the flip on, its writes to the "
@@ -309,3 +312,15 @@ def verification_text(v: VerificationSummary) -> str:
 def _with_override(reason: str, overridden: str) -> str:
     """The transition's recorded reason, with what the operator's override of stuck repairs gave up."""
     return f"{reason}; {overridden}" if reason and overridden else reason or overridden
+
+
+def _stuck_repairs_note(gate: GateResult | None, losing: str, gaining: str) -> str:
+    """A dry run of a flip: the repair-queue keys of the moving scope that the write fence would try again and,
+    if they still cannot be mirrored, refuse the flip for (the gate's evidence: counts per table, no keys)."""
+    metric = next((m for m in gate.metrics if m.name == "repair_queue"), None) if gate else None
+    if metric is None or not metric.value:
+        return ""
+    return (f"the write fence: {metric.detail}. Under the fence each is tried again; while any cannot be mirrored "
+            f"into the {gaining} store the flip is refused (their writes are acknowledged on the {losing} store "
+            "only). Fix the cause and advance again, or advance with --override-stuck-repairs --reason TEXT to move "
+            f"anyway (those keys then take the {gaining} store's rows)")

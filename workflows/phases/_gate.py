@@ -45,13 +45,14 @@ def _recon_facts(v: VerificationSummary | None, expected: str, allowed_empty: fr
 
 
 def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None,
-                  spec: MigrationSpec | None = None) -> GateResult:
+                  spec: MigrationSpec | None = None, repairs: g.RepairFacts | None = None) -> GateResult:
     """Decide a gated transition from its evidence (recorded in history: counts, thresholds, a few keys).
 
     Into CUTOVER_READS and CUTOVER_WRITES: backfill 100 %, shadow-read match rate, secondary write success
     rate and p99 latency impact over the window (each with its minimum sample count), no unresolved
     difference in a verification younger than the window (in the current authority's direction), an empty
-    repair queue, and an approval when the spec asks for one. Into CLEANUP the traffic metrics do not
+    repair queue (``repairs``: the keys of the scope that moves, read by the activity; else the workflow's
+    count of the whole queue), and an approval when the spec asks for one. Into CLEANUP the traffic metrics do not
     apply (the old store is about to be retired), the rest does.
     """
     if inp.to not in GATED:
@@ -67,7 +68,7 @@ def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None,
         metrics += g.traffic_metrics(traffic, gates, spec.strategy.value)
     allowed_empty = frozenset(t.source for t in spec.tables if t.allow_empty)
     metrics.append(g.reconciliation_metric(_recon_facts(v, expected, allowed_empty), now, gates.window_seconds))
-    metrics.append(g.repair_queue_metric(inp.repair_queue_depth))
+    metrics.append(g.repair_queue_metric(inp.repair_queue_depth, repairs))
     if gates.require_approval:
         metrics.append(g.approval_metric(inp.approved, inp.to.value))
     evidence: dict[str, Any] = {"window_seconds": gates.window_seconds}
@@ -75,6 +76,8 @@ def evaluate_gate(inp: GateInput, traffic: g.TrafficFacts | None = None,
         evidence["stats_scope"] = traffic.scope
         evidence["instances"] = traffic.instances
         evidence["sources"] = {m.name: m.source for m in metrics if m.source}
+    if repairs is not None:
+        evidence["repair_queue"] = repairs.model_dump(mode="json")
     if v is not None:
         evidence["verification"] = {"at": v.at.isoformat(), "ok": v.ok, "rows_compared": v.rows_compared,
                                     "missing": v.missing, "extra": v.extra, "field_different": v.field_different,
