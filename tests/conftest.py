@@ -184,6 +184,21 @@ def fetch() -> Callable[[Store, str], list[tuple[object, ...]]]:
     return fetch_all
 
 
+@pytest.fixture
+def volatile_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Redis that keeps nothing on disk (no AOF, no RDB saves), whatever the machine's own Redis
+    keeps: what ``check`` and the CUTOVER_WRITES gate must refuse as authoritative."""
+    import redis
+
+    from dualwrite.keyvalue import start_redis
+
+    with start_redis(tmp_path_factory.mktemp("redis-volatile")) as server:
+        client = redis.Redis(port=server.port)
+        client.config_set("appendonly", "no")
+        client.config_set("save", "")
+        yield server.url
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

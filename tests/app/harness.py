@@ -190,7 +190,7 @@ class TcpProxy:
         try:
             while True:
                 data = src.recv(65536)
-                if not data:
+                if not data or not self._passes(src, dst, data):
                     break
                 dst.sendall(data)
         except OSError:
@@ -202,6 +202,11 @@ class TcpProxy:
                 s.close()
             with self._lock:
                 self._conns -= {src, dst}
+
+    def _passes(self, src: socket.socket, dst: socket.socket, data: bytes) -> bool:
+        """Whether ``data`` read from ``src`` goes on to ``dst``; False cuts the connection. A fault
+        proxy overrides this (tests/app/lost_reply.py)."""
+        return True
 
     def stop(self) -> None:
         if self._listener is not None:

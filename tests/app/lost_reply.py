@@ -21,7 +21,6 @@ the fault has happened, so a test can assert that it exercised what it meant to.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
 import threading
@@ -52,27 +51,10 @@ class LostReplyProxy(TcpProxy):
             self._committing.clear()
         self.fired.clear()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        to_server = self._is_upstream(dst)
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if to_server and not self._client_chunk(dst, data):
-                    break  # the COMMIT is dropped: cut the connection
-                if not to_server and self._reply_lost(src):
-                    break  # the server answered the COMMIT: the answer is lost with the connection
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            with self._lock:
-                self._conns -= {src, dst}
+    def _passes(self, src: socket.socket, dst: socket.socket, data: bytes) -> bool:
+        if self._is_upstream(dst):
+            return self._client_chunk(dst, data)  # False: the COMMIT is dropped, the connection cut
+        return not self._reply_lost(src)  # the server answered the COMMIT: the answer is lost with the cut
 
     def _is_upstream(self, s: socket.socket) -> bool:
         try:

@@ -12,19 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from test_demo import _free_port
 
 from starter.demo_config import DemoConfig, DemoError
 from starter.demo_watch import Watcher
 from workflows.models import MigrationStatus, Phase, TransitionRequest, TransitionResult
-
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def _demo(*args: str, timeout: float = 200, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -38,19 +34,6 @@ def _demo(*args: str, timeout: float = 200, env: dict[str, str] | None = None) -
 
 def _report(path: Path) -> dict[str, object]:
     return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def shared_redis() -> Iterator[str]:
-    """The machine's Redis (no persistence); the demo's keys are removed afterwards, nothing else."""
-    r = redis.Redis.from_url(SHARED_REDIS)
-    if r.config_get("appendonly").get("appendonly") == "yes":  # pragma: no cover - a machine that persists
-        pytest.skip("the shared Redis keeps an append-only file here")
-    yield SHARED_REDIS
-    for pattern in ("dwdemo:demo-*", "__dualwrite__:demo-*"):
-        keys = list(r.scan_iter(match=pattern, count=1000))
-        for i in range(0, len(keys), 1000):
-            r.delete(*keys[i:i + 1000])
 
 
 def test_demo_into_a_private_redis_reaches_done_with_every_write_read_back(tmp_path: Path) -> None:
@@ -97,9 +80,10 @@ class _Handle:
         return TransitionResult(ok=True, phase=Phase.CUTOVER_WRITES, epoch=5, message="forced")
 
 
-def test_a_redis_that_keeps_nothing_on_disk_is_refused_at_write_cutover_unless_overridden(tmp_path: Path) -> None:
+def test_a_redis_that_keeps_nothing_on_disk_is_refused_at_write_cutover_unless_overridden(tmp_path: Path,
+                                                                                          volatile_redis: str) -> None:
     """The demo's watcher at the CUTOVER_WRITES gate (the override's end-to-end run is the next test)."""
-    cfg = DemoConfig(short=True, workdir=tmp_path, old_url="sqlite://", new_url=SHARED_REDIS, external=False,
+    cfg = DemoConfig(short=True, workdir=tmp_path, old_url="sqlite://", new_url=volatile_redis, external=False,
                      port=1, ui_port=2, timeout=10, keep_running=False, customers=10, orders_per_customer=1,
                      redis=True)
     handle = _Handle()
@@ -123,9 +107,9 @@ def test_a_redis_that_keeps_nothing_on_disk_is_refused_at_write_cutover_unless_o
     assert req.reason.startswith("operator override: new_store_durable: Redis keeps nothing on disk")
 
 
-def test_the_explicit_override_is_recorded_in_the_transition_history(tmp_path: Path, shared_redis: str) -> None:
+def test_the_explicit_override_is_recorded_in_the_transition_history(tmp_path: Path, volatile_redis: str) -> None:
     report_path = tmp_path / "report.json"
-    proc = _demo("--short", "--new-url", shared_redis, "--allow-volatile-new-store", "--workdir",
+    proc = _demo("--short", "--new-url", volatile_redis, "--allow-volatile-new-store", "--workdir",
                  str(tmp_path / "work"), "--report-json", str(report_path), "--timeout", "150")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
