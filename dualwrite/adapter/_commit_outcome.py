@@ -6,7 +6,8 @@ the write, and the application is about to be told that neither store does. So b
 restores the other store and raises, it asks the authoritative store what happened, through a marker
 taken inside the transaction:
 
-- PostgreSQL: the transaction id (``txid_current()``), whose fate ``txid_status()`` reports afterwards
+- PostgreSQL: the transaction id (``txid_current()``, appended to the write's own ``RETURNING`` list when it
+  has one, so it costs no round trip), whose fate ``txid_status()`` reports afterwards
   ('committed', 'aborted', or 'in progress' while the server still finishes it);
 - MariaDB / MySQL: a marker row in ``dualwrite_strict_notes`` inserted by the transaction; a locking read
   of it afterwards waits until that transaction has ended, then finds the row only if it committed;

@@ -41,6 +41,8 @@ class Statement:
     want_image: bool = False
     moved_from: Key | None = None
     """An update that changed the key: the row left this key."""
+    txid: bool = False
+    """The RETURNING list ends with ``txid_current()`` (a strict write's commit marker, no extra round trip)."""
 
 
 class UnitOfWorkBase:
@@ -53,6 +55,9 @@ class UnitOfWorkBase:
         self.touched: list[Touched] = []
         self._log: list[tuple[str, Key]] = []
         self._outbox = writer.method.notes_keys and routing.mirror_to is not None
+        self.txid: int | None = None
+        """PostgreSQL: the authoritative transaction's id, when a strict statement returned it (the marker
+        :mod:`dualwrite.adapter.strict` would otherwise fetch with a round trip of its own)."""
         self._image = routing.mirror_to is not None and writer.options.fast_path  # in-call tables only (below)
 
     def _side(self, rt: TableRuntime) -> SideTable:
@@ -159,6 +164,9 @@ class UnitOfWorkBase:
             st_.params = [*st_.params, *notes.fold_params(self.writer.migration, rt.name, st_.key)]
         elif st_.want_image or returning_key:
             st_.sql, st_.mode = f"{st_.sql} RETURNING {s.returning_all}", "returning"
+            if (s.dialect is Dialect.POSTGRESQL and rt.method.writes_before_commit and self.txid is None
+                    and self.routing.mirror_to is not None):
+                st_.sql, st_.txid = f"{st_.sql}, txid_current()", True
         return st_
 
     def record_result(self, st_: Statement, rowcount: int, rows: Sequence[Sequence[Any]] | None) -> Key | None:
@@ -167,6 +175,9 @@ class UnitOfWorkBase:
         if st_.moved_from is not None:
             self._record(rt, st_.moved_from, None, deleted=True)
         if st_.mode == "returning":
+            if st_.txid and rows:
+                self.txid = int(rows[0][-1])
+                rows = [r[:-1] for r in rows]
             first: Key | None = None
             for r in rows or ():
                 image = dict(zip(s.columns, r, strict=True))

@@ -161,7 +161,7 @@ class AsyncDualWriter:
             await conn.commit()
             return
         assert w.strict is not None
-        taken = await w.strict.marker_async(route, conn)
+        taken = w.strict.taken(route, uow.txid) or await w.strict.marker_async(route, conn)
         rows = await w.strict.read_async(route, strict, conn)
         ticket = await asyncio.to_thread(functools.partial(w.strict.prepare, route, strict, None, rows, taken=taken))
         try:

@@ -124,10 +124,12 @@ class StrictStrategy:
 
     # -- the protocol ------------------------------------------------------------------------------------
 
-    def commit(self, route: Routing, touched: Sequence[Touched], dbapi_conn: Any, commit: Callable[[], None]) -> None:
+    def commit(self, route: Routing, touched: Sequence[Touched], dbapi_conn: Any, commit: Callable[[], None], *,
+               txid: int | None = None) -> None:
         """Write the strict tables' keys of ``touched`` to the other store, then ``commit()`` the authoritative
-        transaction (``dbapi_conn`` is its driver connection). Raises :class:`StrictWriteError`."""
-        ticket = self.prepare(route, touched, dbapi_conn)
+        transaction (``dbapi_conn`` is its driver connection; ``txid`` its id if a statement returned it).
+        Raises :class:`StrictWriteError`."""
+        ticket = self.prepare(route, touched, dbapi_conn, taken=self.taken(route, txid))
         hooks.point("strict.between_commits")
         try:
             commit()
@@ -186,6 +188,13 @@ class StrictStrategy:
                                    "nothing was written", store=b.value, role="secondary") from exc
         record_secondary(w.stats, b, nkeys, started)
         return Ticket(token, groups, a, b, marker)
+
+    def taken(self, route: Routing, txid: int | None) -> tuple[str, CommitMarker | None] | None:
+        """The (token, marker) for :meth:`prepare` when the authoritative statement already returned its
+        transaction id (PostgreSQL ``RETURNING ..., txid_current()``); None: prepare fetches the marker."""
+        if txid is None or self.writer.data[route.authoritative].dialect is not Dialect.POSTGRESQL:
+            return None
+        return uuid.uuid4().hex, CommitMarker(Dialect.POSTGRESQL, txid)
 
     def _marker(self, a: Side, dbapi_conn: Any, token: str) -> CommitMarker | None:
         """Step 0, in the authoritative transaction: what tells later whether its commit happened."""

@@ -263,7 +263,7 @@ class DualWriter:
                     uow = UnitOfWork(self, route, conn)
                     yield uow
                     uow.note_keys()
-                    self.commit_unit(route, uow.touched, conn)
+                    self.commit_unit(route, uow.touched, conn, txid=uow.txid)
             except BaseException as exc:
                 if not isinstance(exc, GeneratorExit):
                     count_primary_failure(self.stats, exc)
@@ -273,15 +273,17 @@ class DualWriter:
         finally:
             self.end_write(route)
 
-    def commit_unit(self, route: Routing, touched: Sequence[Touched], conn: Connection) -> None:
+    def commit_unit(self, route: Routing, touched: Sequence[Touched], conn: Connection, *,
+                    txid: int | None = None) -> None:
         """Commit the authoritative transaction; tables with the strict strategy write the other store
-        first, inside it (:mod:`dualwrite.adapter.strict`)."""
+        first, inside it (:mod:`dualwrite.adapter.strict`). ``txid``: the transaction's id when a statement
+        returned it (PostgreSQL), so the strict commit marker costs no round trip."""
         strict = strict_groups(touched) if self.strict is not None and route.mirror_to is not None else []
         if not strict:
             conn.commit()
             return
         assert self.strict is not None
-        self.strict.commit(route, strict, conn.connection.dbapi_connection, conn.commit)
+        self.strict.commit(route, strict, conn.connection.dbapi_connection, conn.commit, txid=txid)
 
     def finish(self, route: Routing, touched: list[Touched], started: float, committed: float) -> None:
         """After an authoritative commit: remember the keys, mirror them (sync) or queue them (async), record
