@@ -143,6 +143,7 @@ class OutboxApp:
         self.next_id = 3_000_000
         self.counter = 0
         self.phases_seen: set[str] = set()
+        self.fenced_waits = 0
         self.stop = threading.Event()
 
     def step(self) -> None:
@@ -150,6 +151,12 @@ class OutboxApp:
         assert state is not None
         self.phases_seen.add(state.phase)
         control.record_instance_seen(self.old, self.migration, self.instance, state.epoch)
+        if control.is_fenced(state.overrides, None):
+            # as the adapter does: while authority moves, a write waits for the fence to lift. (Writing on
+            # into the losing store after the fence's drain is what the fence exists to prevent; an app that
+            # ignored it lost a write here once the flip landed between its read of the phase and its commit.)
+            self.fenced_waits += 1
+            return
         store = self.new if phases.authoritative(Phase(state.phase)) == "new" else self.old
         self.counter += 1
         value = f"o{self.counter}"
