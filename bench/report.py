@@ -56,6 +56,8 @@ class Outcome:
     seconds: float
     values: dict[str, str] = field(default_factory=dict)
     tail: str = ""
+    written: str = ""
+    """When the benchmark ran (UTC), carried with its figures into RESULTS.json and the README's guide."""
 
 
 PY = sys.executable
@@ -100,7 +102,21 @@ BENCHES: list[Bench] = [
                "the seed's synchronous row: ~2x write latency", lambda v: v <= 2.2),
         Figure("async_p99_x", "async secondary write p99 / direct write p99", "<= 1.15",
                "direct SQLAlchemy Core UPDATE + COMMIT", lambda v: v <= 1.15),
+        *[Figure(f"{s}_{q}_x", f"{s} write {q} / direct write {q} (README's strategy guide)", "(informative)",
+                 "direct SQLAlchemy Core UPDATE + COMMIT", lambda v: True)
+          for s, q in (("strict", "p99"), ("sync", "p99"), ("async", "p50"), ("outbox", "p50"),
+                       ("triggers", "p50"), ("triggers", "p99"))],
     ]),
+    Bench("cdc", [PY, "bench/cdc.py"], [PY, "bench/cdc.py", "--changes", "10000", "--seconds", "5"], [
+        Figure("cdc_pg_changes_per_s", "PostgreSQL -> PostgreSQL changes applied from the slot, per second",
+               ">= 20000", "-", lambda v: v >= 20000),
+        Figure("cdc_mariadb_changes_per_s", "MariaDB -> PostgreSQL changes applied from the binlog, per second",
+               ">= 5000", "-", lambda v: v >= 5000),
+        Figure("cdc_lag_p99_s", "capture lag p99 at a steady 1,000 writes/s, seconds", "<= 1", "-",
+               lambda v: v <= 1),
+        Figure("cdc_p99_x", "primary write p99 with log capture running / without", "<= 1.05",
+               "the same updates with no slot", lambda v: v <= 1.05),
+    ], timeout=900),
     Bench("zero_downtime", [PY, "-m", "bench.zero_downtime", "--quiet"],
           [PY, "-m", "bench.zero_downtime", "--quiet", "--hold", "3"], [
         Figure("failed requests", "failed writes (one every 5 ms) through CUTOVER_READS, CUTOVER_WRITES, rollback",
@@ -236,13 +252,14 @@ def load_saved(path: Path) -> dict[str, Outcome]:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return {n: Outcome(by_name[n], bool(d["ok"]), float(d["seconds"]), dict(d["values"]), str(d.get("tail", "")))
+    return {n: Outcome(by_name[n], bool(d["ok"]), float(d["seconds"]), dict(d["values"]), str(d.get("tail", "")),
+                       str(d.get("written", "")))
             for n, d in doc.items() if n in by_name}
 
 
 def save(outcomes: dict[str, Outcome], path: Path) -> None:
-    path.write_text(json.dumps({n: {"ok": o.ok, "seconds": round(o.seconds, 1), "values": o.values, "tail": o.tail}
-                                for n, o in outcomes.items()}, indent=1) + "\n")
+    path.write_text(json.dumps({n: {"ok": o.ok, "seconds": round(o.seconds, 1), "values": o.values, "tail": o.tail,
+                                    "written": o.written} for n, o in outcomes.items()}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ran: list[Outcome] = []
     for b in benches:
         o = run_bench(b, args.quick)
+        o.written = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC") + (" QUICK" if args.quick else "")
         print(f"  {'ok' if o.ok else 'FAILED'} in {o.seconds:.0f}s: {o.values}", flush=True)
         ran.append(o)
         saved[b.name] = o
@@ -264,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         # after each, so a long run leaves partial results
         write([saved[x.name] for x in BENCHES if x.name in saved], args.out, args.quick)
     print(f"wrote {args.out} and {saved_path}")
+    if any(o.bench.name in ("write_overhead", "cdc") and o.ok for o in ran) and not args.quick:
+        from bench import guide  # the README's strategy latencies come from this report, never by hand
+
+        guide.main([])
     return 0 if all(o.ok for o in ran) else 1
 
 

@@ -36,8 +36,9 @@ Ratios (goals from the issue in brackets):
   beside ``cdc_p99_x`` of ``bench/cdc.py`` (the primary write with log capture running)
 
 The last line prints them, e.g. ``outbox_p99_x=1.38 sync_p50_x=2.05 orm_overhead=0.06 shadow_read_p50_x=1.11
-strict_p50_x=2.1 async_p99_x=1.05 triggers_p99_x=1.2`` (the p50 / p99 ratios of every strategy are printed
-above it, for the README's guide).
+strict_p50_x=2.1 async_p99_x=1.05 triggers_p99_x=1.2 strict_p99_x=... sync_p99_x=... async_p50_x=...
+outbox_p50_x=... triggers_p50_x=... n=3000``: with the p50 and p99 ratio of every strategy, from which
+``python -m bench.guide`` (run by ``bench.report``) writes the latency column of the README's strategy table.
 Usage: ``python bench/write_overhead.py [--n 3000] [--rows 10000] [--keep] [--bypass-capture]``.
 ``--bypass-capture`` measures the adapter with runtime bypass detection on (the adapter marks each
 transaction, a capture trigger with a ``WHEN`` clause sits on ``accounts``); the goal is that
@@ -285,9 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     strict_p50_x = p50["strict"] / p50["direct"]
     async_p99_x = p99["async"] / p99["direct"]
     triggers_p99_x = p99["triggers"] / p99["direct"]
+    # the p50 and p99 ratio of every strategy (the README's strategy guide is generated from them)
+    others = " ".join(f"{s}_{q}_x={(p50 if q == 'p50' else p99)[s] / (p50 if q == 'p50' else p99)['direct']:.2f}"
+                      for s, q in (("strict", "p99"), ("sync", "p99"), ("async", "p50"), ("outbox", "p50"),
+                                   ("triggers", "p50")))
     print(f"outbox_p99_x={outbox_p99_x:.2f} sync_p50_x={sync_p50_x:.2f} orm_overhead={orm_overhead:.2f} "
           f"shadow_read_p50_x={shadow_x:.2f} strict_p50_x={strict_p50_x:.2f} async_p99_x={async_p99_x:.2f} "
-          f"triggers_p99_x={triggers_p99_x:.2f}")
+          f"triggers_p99_x={triggers_p99_x:.2f} {others} n={args.n}")
 
 
 def quiet(w: DualWriter, timeout: float = 30.0) -> None:
