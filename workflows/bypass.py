@@ -127,8 +127,13 @@ class BypassRefuseResult(_Model):
 
 def refusal_line(summary: BypassSummary | None) -> str:
     """The line ``dualwrite status`` prints about the old store after write cutover ('' when nothing to say)."""
-    if summary is None or not summary.old_store:
+    if summary is None:
         return ""
+    if not summary.old_store:
+        if not summary.old_refused:
+            return ""
+        return (f"old store accepts raw writes again (write cutover rolled back); it refused "
+                f"{summary.old_refused:,} writes that bypassed the adapter")
     if summary.old_store != REFUSING:
         return f"old store does not refuse writes that bypass the adapter: {summary.old_store}"
     n = "not measured on this engine" if summary.old_refused is None else f"{summary.old_refused:,} refused"
