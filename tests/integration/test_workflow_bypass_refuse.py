@@ -7,7 +7,7 @@ that writes plain SQL to the OLD store on the application's own engine.
 - After write cutover the old store refuses the raw path (``bypass-refuse-old``) with an error naming the
   migration and saying to write through the adapter, while the adapter's own writes (and dualwrite's repairs)
   pass; ``dualwrite status`` and the metric count the refused writes.
-- A rollback lifts the refusal: the raw path writes the old store again.
+- A rollback lifts the refusal: the raw path writes the old store again; so does an abort.
 - No acknowledged write is lost: every adapter write and every raw write the database accepted ends on both
   stores.
 """
@@ -153,8 +153,19 @@ async def test_forgotten_raw_path_is_collected_under_the_fence_and_refused_after
             return all(_name(s, table_name, k) == v for k, v in acked.items() for s in (pg_old, pg_new))
 
         await eventually(level, timeout=60, what="every acknowledged write on both stores")
+
+        # 5. abort out of write cutover lifts the refusal too
+        await asyncio.sleep(WINDOW + 0.5)  # the raw write after the rollback leaves the gate's window
+        res = await dw.update(handle, "advance", by="pytest", reason="cutover writes again")
+        assert res.ok and res.phase == "CUTOVER_WRITES", res.message
+        assert triggers.writes_denied(pg_old, name, table_name)
         res = await dw.update(handle, "abort", by="pytest", reason="test over")
         assert res.ok, res.message
+        assert not triggers.writes_denied(pg_old, name, table_name)
+        _raw_update(app, table_name, 5, "raw-after-abort")
+        assert _name(pg_old, table_name, 5) == "raw-after-abort"
+        status = await dw.status(handle)
+        assert status.bypass is not None and status.bypass.old_store == "", status.bypass
         await save_histories(dw.client, handle.id, "bypass-refuse-old")
     finally:
         writer.close()
