@@ -18,8 +18,16 @@ write cutover, a lost write. How it tells the writers apart:
   session_user, inet_client_addr(); MariaDB: USER(), CONNECTION_ID()).
 
 :func:`collect` reads and deletes those rows, queues their keys for repair (so the stores converge anyway) and
-returns counts per (table, writer): no key ever leaves this module. SQLite is not covered (no session state a
-trigger can read); per-tenant authority is not covered (the authoritative store differs per tenant).
+returns counts per (table, writer): no key ever leaves this module. The workflow also collects under every
+write fence, before the repair drain, so no bypassed write is left uncollected when authority moves.
+
+After write cutover a raw write to the old store would be lost (nothing carries it to the new store under an
+adapter strategy): :func:`refuse_old` makes the old store's migrated tables refuse every write that is neither
+the adapter's nor dualwrite's own (the denied-writes triggers of :mod:`dualwrite.triggers`, letting marked
+transactions pass), with an error that names the migration and says to write through the adapter.
+
+SQLite is not covered (no session state a trigger can read); per-tenant authority is not covered (the
+authoritative store differs per tenant).
 """
 
 from __future__ import annotations

@@ -189,9 +189,10 @@ class WriteFence:
                     denied_losing = True
                     note(f"write fence: the {losing} store refuses writes that bypass dualwrite; draining its "
                          f"key log ({plan.frm} -> {plan.to})")
-                if plan.tenant is None and gaining == "new" and await self._capture.refuse_old(True):
-                    refusing_old = True  # from here on no raw write lands on the old store uncollected
-                    note("write fence: the old store refuses writes that bypass the adapter")
+                if plan.tenant is None and gaining == "new":
+                    refusing_old = True  # lifted again if the flip is refused (also clears a "cannot" note)
+                    if await self._capture.refuse_old(True):  # no raw write lands on the old store uncollected
+                        note("write fence: the old store refuses writes that bypass the adapter")
                 if plan.tenant is None and await self._capture.bypass_capture(install=[phases.authoritative(plan.to)]):
                     captured_gaining = True  # raw writes to the gaining store are seen from its first write
                 refused = await self._collect_bypass(plan, note)
