@@ -146,19 +146,20 @@ class Capture:
             if gaining == "old":
                 await self.refuse_old(False)
 
-    async def refuse_old(self, on: bool, *, final: bool = False) -> bool:
+    async def refuse_old(self, on: bool, *, final: bool = False, force: bool = False) -> bool:
         """Adapter strategies after write cutover: the old store refuses writes that bypass the adapter (a raw
         write there is lost: nothing carries it to the new store), or accepts them again (``on`` False:
         rollback, a refused flip, CLEANUP with ``final``). True when the old store refuses now. Nothing is
-        called when the state already is as wanted; SQLite / Redis say why they cannot (status shows it)."""
+        called when the state already is as wanted (unless ``force``: lifting after an install that may have
+        failed half way); SQLite / Redis say why they cannot (status shows it)."""
         if not bp.applies(self._st.spec) or not workflow.patched(bp.REFUSE_OLD_PATCH):
             return False
         s = self._st.s
         current = s.bypass.old_store if s.bypass is not None else ""
         if on and current:
             return current == bp.REFUSING
-        if not on and current != bp.REFUSING and not (final and s.bypass is not None
-                                                      and s.bypass.old_refused is not None):
+        if not on and not force and current != bp.REFUSING and not (final and s.bypass is not None
+                                                                    and s.bypass.old_refused is not None):
             if current and s.bypass is not None:
                 s.bypass = s.bypass.model_copy(update={"old_store": ""})
             return False

@@ -209,8 +209,8 @@ class WriteFence:
             await self._capture.deny_writes(deny=[], allow=[phases.authoritative(plan.frm)])
         if captured_gaining:
             await self._capture.bypass_capture(remove=[phases.authoritative(plan.to)])
-        if refusing_old:
-            await self._capture.refuse_old(False)
+        if refusing_old:  # forced: an install that failed half way is lifted too
+            await self._capture.refuse_old(False, force=True)
         s.epoch += 1
         await self.publish()
         note("")
