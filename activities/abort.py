@@ -22,6 +22,7 @@ from dualwrite import bypass, control, outbox
 from dualwrite import stats as st
 from dualwrite.capture.store_side import store_side
 from dualwrite.retire import delete_migration_rows, table_exists
+from dualwrite.stores import is_redis
 from workflows.models import AbortCleanupInput, AbortCleanupResult, ActivityNames
 
 __all__ = ["AbortActivities"]
@@ -54,6 +55,9 @@ class AbortActivities:
                             bypass.remove(store, spec.name, table)
                 for store in {id(s): s for s in (old, new)}.values():
                     bypass.discard(store, spec.name)
+                if not is_redis(old):  # after write cutover the old store refused raw writes: no more
+                    bypass.allow_old(old, spec.name, [t.source for t in spec.tables if table_exists(old, t.source)],
+                                     final=True)
             for store in {id(s): s for s in (old, new)}.values():
                 for log_table in outbox.LOGS:
                     out.log_entries_deleted += delete_migration_rows(store, log_table, spec.name)

@@ -14,8 +14,15 @@ from dualwrite import bypass
 from dualwrite.retire import table_exists
 from dualwrite.store import Kind
 from dualwrite.stores import is_redis
-from workflows.bypass import BYPASS_CAPTURE, BYPASS_COLLECT, BypassCollectResult, BypassGroup
-from workflows.models import BypassCaptureInput, BypassCollectInput
+from workflows.bypass import (
+    BYPASS_CAPTURE,
+    BYPASS_COLLECT,
+    BYPASS_REFUSE_OLD,
+    BypassCollectResult,
+    BypassGroup,
+    BypassRefuseResult,
+)
+from workflows.models import BypassCaptureInput, BypassCollectInput, BypassRefuseInput
 
 
 class BypassActivities:
@@ -25,7 +32,7 @@ class BypassActivities:
         self.stores = stores
 
     def all(self) -> list[Any]:
-        return [self.capture, self.collect]
+        return [self.capture, self.collect, self.refuse_old]
 
     @activity.defn(name=BYPASS_CAPTURE, no_thread_cancel_exception=True)
     def capture(self, inp: BypassCaptureInput) -> None:
@@ -74,4 +81,32 @@ class BypassActivities:
                 for table, writer, n, last in bypass.collect(store, ctl, spec.name, kinds, authoritative=side):
                     out.groups.append(BypassGroup(table=table, writer=writer, count=n, last_seen=last))
                     out.queued += n
+            if inp.refusing_old:
+                old = self.stores.store(spec.old)
+                out.old_refused = _refused_total(old, spec.name, [t.source for t in spec.tables])
             return out
+
+    @activity.defn(name=BYPASS_REFUSE_OLD, no_thread_cancel_exception=True)
+    def refuse_old(self, inp: BypassRefuseInput) -> BypassRefuseResult:
+        """After write cutover: the old store's migrated tables refuse writes that bypass the adapter (or accept
+        them again). Idempotent; the old tables already gone (renamed at CLEANUP) are skipped."""
+        with mapped_errors():
+            spec, _ = self.stores.spec_of(inp)
+            store = self.stores.store(spec.old)
+            tables = [t.source for t in spec.tables]
+            if is_redis(store):
+                note = ("not supported on a Redis store (no triggers); raw writes to the old store after write "
+                        "cutover are not refused and not measured")
+                return BypassRefuseResult(refusing=False, note=note if inp.refuse else "")
+            if not inp.refuse:
+                bypass.allow_old(store, spec.name, [t for t in tables if table_exists(store, t)], final=inp.final)
+                return BypassRefuseResult(refused=_refused_total(store, spec.name, tables) if not inp.final else None)
+            why = bypass.refuse_old(store, spec.name, tables)
+            return BypassRefuseResult(refusing=not why, note=why,
+                                      refused=None if why else _refused_total(store, spec.name, tables))
+
+
+def _refused_total(store: Any, migration: str, tables: Sequence[str]) -> int | None:
+    """Writes the old store refused, over the migrated tables (None: not measured on this engine)."""
+    per_table = bypass.old_refused(store, migration, tables)
+    return sum(per_table.values()) if per_table else None

@@ -18,8 +18,16 @@ write cutover, a lost write. How it tells the writers apart:
   session_user, inet_client_addr(); MariaDB: USER(), CONNECTION_ID()).
 
 :func:`collect` reads and deletes those rows, queues their keys for repair (so the stores converge anyway) and
-returns counts per (table, writer): no key ever leaves this module. SQLite is not covered (no session state a
-trigger can read); per-tenant authority is not covered (the authoritative store differs per tenant).
+returns counts per (table, writer): no key ever leaves this module. The workflow also collects under every
+write fence, before the repair drain, so no bypassed write is left uncollected when authority moves.
+
+After write cutover a raw write to the old store would be lost (nothing carries it to the new store under an
+adapter strategy): :func:`refuse_old` makes the old store's migrated tables refuse every write that is neither
+the adapter's nor dualwrite's own (the denied-writes triggers of :mod:`dualwrite.triggers`, letting marked
+transactions pass), with an error that names the migration and says to write through the adapter.
+
+SQLite is not covered (no session state a trigger can read); per-tenant authority is not covered (the
+authoritative store differs per tenant).
 """
 
 from __future__ import annotations
@@ -34,22 +42,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualwrite import bookkeeping as bk
-from dualwrite import control
+from dualwrite import control, triggers
 from dualwrite.capture import method_for
 from dualwrite.keys import decode_key
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Dialect, Kind, Store
-from dualwrite.triggers import _lit, _my_key_json, _pg_key_json
+from dualwrite.triggers import ADAPTER_COMMENT, ADAPTER_SETTING, ADAPTER_VARIABLE, _lit, _my_key_json, _pg_key_json
 
 BYPASS = "dualwrite_bypass"
 #: the PostgreSQL setting / MariaDB variable that marks an adapter transaction
-PG_SETTING = "dualwrite.adapter"
-MY_VARIABLE = "@dualwrite_adapter"
+PG_SETTING = ADAPTER_SETTING
+MY_VARIABLE = ADAPTER_VARIABLE
 MY_MARK_SQL = "SET @dualwrite_adapter = 1"
 MY_UNMARK_SQL = "SET @dualwrite_adapter = NULL"
 _MARKED = "dualwrite_adapter_marked"
-#: PostgreSQL: the comment an adapter transaction's statements carry (the capture trigger looks for it)
-ADAPTER_COMMENT = "/*dualwrite:adapter*/ "
 #: keys read and queued for repair per collection (the rest wait for the next one)
 COLLECT_LIMIT = 5000
 
@@ -120,6 +126,11 @@ def _comment(conn: Any, _cursor: Any, statement: str, parameters: Any, _context:
 
 
 def _unmark(conn: Any) -> None:
+    """Commit / rollback: the transaction's mark ends. Not on an invalidated connection (its ``info`` is gone
+    with the DBAPI connection, and raising here would mask the error that invalidated it); pool check-in
+    drops the mark with the record."""
+    if getattr(conn, "invalidated", False):
+        return
     if conn.info.get(_MARKED) == "postgresql":
         del conn.info[_MARKED]
 
@@ -349,3 +360,62 @@ def discard(store: Store, migration: str) -> int:
         cur.close()
         conn.commit()
     return n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# after write cutover: the old store refuses writes that do not come through the adapter
+
+#: why the old store cannot refuse raw writes on an engine (stated in status instead of staying silent)
+REFUSE_UNSUPPORTED = {
+    Dialect.SQLITE: "not supported on SQLite (a trigger cannot tell the adapter's writes from others); raw "
+                    "writes to the old store after write cutover are not refused and not measured",
+}
+
+
+def refused_old_message(store: Store, migration: str, table: str) -> str:
+    """The error a raw write to ``table`` on the old store reads after write cutover: which migration, and the
+    way out. MariaDB keeps at most 128 characters of a SIGNAL's text: names are shortened there if need be."""
+    text = (f"dualwrite migration {migration}: {table} on the old store refuses writes that bypass the adapter "
+            "since write cutover (nothing would carry them to the new store); write through the dualwrite adapter")
+    if store.dialect is not Dialect.MYSQL:
+        return text
+
+    def short(name: str, n: int) -> str:
+        return name if len(name) <= n else name[:n - 3] + "..."
+
+    return (f"dualwrite migration {short(migration, 24)}: {short(table, 24)} refuses raw writes after cutover; "
+            "write through the dualwrite adapter")[:128]
+
+
+def refuse_old(store: Store, migration: str, tables: Sequence[str]) -> str:
+    """Make the migrated ``tables`` of the old store refuse every write that is neither the adapter's (marked
+    transactions) nor dualwrite's own (replica sessions: repair, backfill), counting the refusals (PostgreSQL,
+    MariaDB). Idempotent. '' when installed, else why not (SQLite)."""
+    why = REFUSE_UNSUPPORTED.get(store.dialect)
+    if why:
+        return why
+    triggers.deny_writes(store, migration, tables, "new", adapter_passes=True,
+                         message_for=lambda t: refused_old_message(store, migration, t))
+    return ""
+
+
+def allow_old(store: Store, migration: str, tables: Sequence[str], *, final: bool = False) -> None:
+    """Lift :func:`refuse_old` (rollback, a refused flip, abort, CLEANUP; idempotent). ``final``: the
+    migration ends here, the refusal counters go too."""
+    if store.dialect in REFUSE_UNSUPPORTED:
+        return
+    triggers.allow_writes(store, migration, tables)
+    if final:
+        triggers.drop_refusal_counters(store, migration, tables)
+
+
+def old_refused(store: Store, migration: str, tables: Sequence[str]) -> dict[str, int]:
+    """Writes the old store refused per table so far (tables whose engine does not count are left out)."""
+    out: dict[str, int] = {}
+    if store.dialect in REFUSE_UNSUPPORTED:
+        return out
+    for t in tables:
+        n = triggers.refused_writes(store, migration, t)
+        if n is not None:
+            out[t] = n
+    return out

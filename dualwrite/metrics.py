@@ -105,6 +105,9 @@ CATALOGUE: tuple[MetricDoc, ...] = (
     MetricDoc("dualwrite_bypassed_writes", "gauge", ("migration", "table"),
               "writes that bypassed the adapter (runtime bypass capture), collected since capture started; "
               "the writers are named in `dualwrite status`", "worker"),
+    MetricDoc("dualwrite_old_store_refused_writes", "gauge", ("migration",),
+              "after write cutover (adapter strategies): raw writes the old store refused, as counted at the last "
+              "bypass collection; absent where not measured (SQLite, MySQL, Redis)", "worker"),
     MetricDoc("dualwrite_verification_rows_compared", "gauge", ("migration",),
               "rows compared by the last verification", "worker"),
     MetricDoc("dualwrite_verification_differences", "gauge", ("migration", "class"),
@@ -176,6 +179,7 @@ class WorkerMetrics:
         self.backfill_rows = gauge("dualwrite_backfill_rows")
         self.repair_depth = gauge("dualwrite_repair_queue_depth")
         self.bypassed = gauge("dualwrite_bypassed_writes")
+        self.old_refused = gauge("dualwrite_old_store_refused_writes")
         self.verify_rows = gauge("dualwrite_verification_rows_compared")
         self.verify_diff = gauge("dualwrite_verification_differences")
         self.verify_ok = gauge("dualwrite_verification_ok")
@@ -233,6 +237,8 @@ class WorkerMetrics:
         self._set(seen, self.repair_depth, (m,), view.repair_queue_depth)
         for table, n in view.bypassed.items():
             self._set(seen, self.bypassed, (m, table), n)
+        if view.old_refused is not None:
+            self._set(seen, self.old_refused, (m,), view.old_refused)
         if view.verification is not None:
             v = view.verification
             self._set(seen, self.verify_rows, (m,), v.get("rows_compared"))
@@ -303,6 +309,7 @@ class MigrationView:
     gates: Mapping[str, bool] = ()  # type: ignore[assignment]
     window: st.StatsWindow | None = None
     bypassed: Mapping[str, int] = ()  # type: ignore[assignment]
+    old_refused: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("tenant_overrides", "entity_overrides", "backfill", "gates", "bypassed"):
@@ -339,7 +346,8 @@ class MigrationView:
             ramp_phase=str(ramp["phase"]) if ramp and ramp.get("phase") else None,
             ramp_percent=float(ramp.get("percent", 0)) if ramp else 0.0,
             backfill=backfill, repair_queue_depth=int(status.repair_queue_depth or 0),
-            verification=verification, gates=gates, window=window, bypassed=bypassed)
+            verification=verification, gates=gates, window=window, bypassed=bypassed,
+            old_refused=getattr(getattr(status, "bypass", None), "old_refused", None))
 
 
 # ---------------------------------------------------------------------------------------------------------

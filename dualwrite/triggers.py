@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -275,6 +275,11 @@ def is_replica(store: Store) -> bool:
 #: SQLSTATE of a refused write (PostgreSQL: raise_exception's class; MariaDB: unhandled user exception)
 DENIED_SQLSTATE_PG = "P0001"
 DENIED_SQLSTATE_MY = "45000"
+#: the adapter's mark (:mod:`dualwrite.bypass`): a PostgreSQL setting its own engines set at connect time,
+#: the comment its transactions' statements carry on the application's engine, a MariaDB session variable
+ADAPTER_SETTING = "dualwrite.adapter"
+ADAPTER_COMMENT = "/*dualwrite:adapter*/ "
+ADAPTER_VARIABLE = "@dualwrite_adapter"
 #: SQLite has no session state: a connection dualwrite marks as a replica defines this function, and the
 #: deny triggers call it, so an application's connection fails to prepare the write ("no such function")
 SQLITE_REPLICA_FN = "dualwrite_replica"
@@ -321,23 +326,32 @@ def denied_message(table: str, authoritative: str) -> str:
     return f"dualwrite: writes to {name} are refused here; the table is served by store '{authoritative}' now"[:128]
 
 
-def deny_sql(store: Store, migration: str, table: str, authoritative: str, *, count: bool = False) -> list[str]:
+def deny_sql(store: Store, migration: str, table: str, authoritative: str, *, count: bool = False,
+             adapter_passes: bool = False, message: str | None = None) -> list[str]:
     """The statements that make ``table`` refuse every write that is not dualwrite's own (a replica session).
 
     Vitess's "denied tables" at a switch of writes: an application that does not write through the adapter
     (strategy ``triggers``, later log capture) and keeps writing to the store that lost authority gets an
     error naming where the table is served now, instead of a write that the next mirror would silently
-    overwrite. The relay, backfill and repair write through replica sessions and pass."""
+    overwrite. The relay, backfill and repair write through replica sessions and pass.
+
+    ``adapter_passes``: the adapter's marked transactions pass too (adapter strategies after write cutover,
+    :func:`dualwrite.bypass.refuse_old`: the adapter keeps the old store in sync for rollback, a raw write
+    there would be lost). ``message``: the error text instead of :func:`denied_message` (PostgreSQL and
+    MariaDB; SQLite cannot tell the adapter's writes apart, see :func:`dualwrite.bypass.refuse_old`)."""
     trig, fn = _deny_names(migration, table)
     qt = store.quote(table)
-    msg = denied_message(table, authoritative)
+    msg = message or denied_message(table, authoritative)
     seq = _counter_name(store, migration, table)
     if store.dialect is Dialect.POSTGRESQL:
+        passes = ("coalesce(current_setting('dualwrite.replica', true), '') = 'on'"
+                  + (f" OR coalesce(current_setting('{ADAPTER_SETTING}', true), '') = 'on'"
+                     f" OR strpos(current_query(), {_lit(ADAPTER_COMMENT.strip())}) > 0" if adapter_passes else ""))
         return [
             f"CREATE SEQUENCE IF NOT EXISTS {seq}",
             f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $dw$\n"
             "BEGIN\n"
-            "  IF coalesce(current_setting('dualwrite.replica', true), '') = 'on' THEN RETURN NULL; END IF;\n"
+            f"  IF {passes} THEN RETURN NULL; END IF;\n"
             f"  PERFORM nextval({_lit(seq)});\n"
             f"  RAISE EXCEPTION USING ERRCODE = '{DENIED_SQLSTATE_PG}', MESSAGE = {_lit(msg)};\n"
             "END $dw$",
@@ -347,7 +361,8 @@ def deny_sql(store: Store, migration: str, table: str, authoritative: str, *, co
         ]
     if store.dialect is Dialect.MYSQL:
         bump = f"SET @dualwrite_refused = NEXTVAL({seq}); " if count else ""
-        body = (f"BEGIN IF @dualwrite_replica IS NULL THEN {bump}SIGNAL SQLSTATE '{DENIED_SQLSTATE_MY}' "
+        guard = "@dualwrite_replica IS NULL" + (f" AND {ADAPTER_VARIABLE} IS NULL" if adapter_passes else "")
+        body = (f"BEGIN IF {guard} THEN {bump}SIGNAL SQLSTATE '{DENIED_SQLSTATE_MY}' "
                 f"SET MESSAGE_TEXT = {_lit(msg)}; END IF; END")
         out = [f"CREATE SEQUENCE IF NOT EXISTS {seq} NOCACHE"] if count else []
         for suffix, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
@@ -369,10 +384,14 @@ def undeny_sql(store: Store, migration: str, table: str) -> list[str]:
     return [f"DROP TRIGGER IF EXISTS {trig}_{s}" for s in "iud"]
 
 
-def deny_writes(store: Store, migration: str, tables: Sequence[str], authoritative: str) -> None:
-    """Make ``tables`` on ``store`` refuse writes that bypass dualwrite (idempotent), counting them."""
+def deny_writes(store: Store, migration: str, tables: Sequence[str], authoritative: str, *,
+                adapter_passes: bool = False, message_for: Callable[[str], str] | None = None) -> None:
+    """Make ``tables`` on ``store`` refuse writes that bypass dualwrite (idempotent), counting them.
+    ``adapter_passes`` / ``message_for`` (the error text per table): see :func:`deny_sql`."""
     count = _counts_refusals(store)
-    _run(store, [sql for t in tables for sql in deny_sql(store, migration, t, authoritative, count=count)])
+    _run(store, [sql for t in tables for sql in deny_sql(
+        store, migration, t, authoritative, count=count, adapter_passes=adapter_passes,
+        message=message_for(t) if message_for is not None else None)])
 
 
 def refused_writes(store: Store, migration: str, table: str) -> int | None:

@@ -37,6 +37,7 @@ from starter.options import Target
 from starter.render import render_status
 from starter.session import completed, describe, query_status, run, status_name
 from starter.stalls import find_stalls
+from workflows.bypass import refusal_line
 from workflows.models import MigrationStatus, Phase
 from workflows.relay import RelayStatus, relay_workflow_id
 
@@ -120,6 +121,9 @@ async def _print_beyond_query(client: Client, handle: WorkflowHandle[Any, Any], 
                 + (f", last {g.last_seen:%Y-%m-%d %H:%M:%S}" if g.last_seen else "")
                 for g in st.bypass.groups[:10]]
         out.print(f"[yellow]writes that bypassed the adapter: {st.bypass.total:,}[/] ({'; '.join(seen)})")
+    line = refusal_line(st.bypass)
+    if line:
+        out.print(escape(line))
 
 
 async def _refused_writes(client: Client, name: str, target: Target) -> dict[str, int]:

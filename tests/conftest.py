@@ -453,6 +453,24 @@ class FakeApp:
                                         version="version")
         self.next_id = 1_000_000
         self.counter = 0
+        self._marked: dict[int, Store] = {}
+
+    def _as_adapter(self, store: Store) -> Store:
+        """``store`` with its connections marked as the adapter's own, as DualWriter's secondary pools are (after
+        write cutover the old store refuses unmarked writes, [T2-7]); disposed with this object."""
+        import weakref
+
+        import sqlalchemy as sa
+
+        from dualwrite import bypass
+
+        if id(store) not in self._marked:
+            marked = Store(StoreRef(store.name, store.engine.url.render_as_string(hide_password=False)), pool_size=1)
+            sa.event.listen(marked.engine, "do_connect",
+                            lambda _d, _r, _a, cparams: bypass.connect_options(marked.dialect, cparams))
+            weakref.finalize(self, marked.dispose)
+            self._marked[id(store)] = marked
+        return self._marked[id(store)]
 
     def write(self, n: int, *, authoritative: str = "old", lose_secondary: bool = False,
               crash_secondary: bool = False) -> list[int]:
@@ -492,7 +510,7 @@ class FakeApp:
             control.enqueue_repair(self.control, self.migration, self.table, [(k,) for k in keys],
                                    reason="secondary write timed out", authoritative=authoritative)
         elif not crash_secondary:
-            mirror_keys(first, second, mapping, [(k,) for k in keys])
+            mirror_keys(first, self._as_adapter(second), mapping, [(k,) for k in keys])
         return keys
 
 

@@ -18,8 +18,17 @@ from dualwrite.spec import MigrationSpec
 
 BYPASS_CAPTURE = "bypass_capture"
 BYPASS_COLLECT = "bypass_collect"
+BYPASS_REFUSE_OLD = "bypass_refuse_old"
 BYPASS_PATCH = "bypass-capture"
 """Histories from before: no bypass capture, no bypass metric in the gate."""
+FENCE_COLLECT_PATCH = "bypass-fence-collect"
+"""Histories from before: bypassed writes were not collected under the write fence (those written between the
+last collection and the fence were collected only after authority had moved)."""
+REFUSE_OLD_PATCH = "bypass-refuse-old"
+"""Histories from before: after write cutover the old store accepted raw writes (lost under adapter
+strategies: nothing carries them to the new store)."""
+REFUSING = "refusing"
+""":attr:`BypassSummary.old_store` while the old store refuses writes that bypass the adapter."""
 
 
 class _Model(BaseModel):
@@ -45,6 +54,10 @@ class BypassSummary(_Model):
     total: int = 0
     groups: list[BypassGroup] = Field(default_factory=list)
     capture_on: str = Field(default="", description="the store side capturing now: old, new or '' (none)")
+    old_store: str = Field(default="", description="after write cutover: 'refusing' while the old store refuses "
+                                                   "writes that bypass the adapter, else why it cannot; '' before")
+    old_refused: int | None = Field(default=None, description="writes the old store refused so far (None: not "
+                                                              "measured on this engine, or never refusing)")
 
 
 def applies(spec: MigrationSpec) -> bool:
@@ -103,3 +116,25 @@ def merge(summary: BypassSummary, groups: Sequence[BypassGroup]) -> BypassSummar
 class BypassCollectResult(_Model):
     groups: list[BypassGroup] = Field(default_factory=list, description="counts per (table, writer), no keys")
     queued: int = Field(default=0, description="records whose keys went to the repair queue")
+    old_refused: int | None = Field(default=None, description="writes the old store refused so far (asked for)")
+
+
+class BypassRefuseResult(_Model):
+    refusing: bool = Field(default=False, description="the old store refuses writes that bypass the adapter")
+    note: str = Field(default="", description="why it cannot ('' when it does, or when lifted)")
+    refused: int | None = Field(default=None, description="writes refused so far (None: not measured)")
+
+
+def refusal_line(summary: BypassSummary | None) -> str:
+    """The line ``dualwrite status`` prints about the old store after write cutover ('' when nothing to say)."""
+    if summary is None:
+        return ""
+    if not summary.old_store:
+        if not summary.old_refused:
+            return ""
+        return (f"old store accepts raw writes again (write cutover rolled back); it refused "
+                f"{summary.old_refused:,} writes that bypassed the adapter")
+    if summary.old_store != REFUSING:
+        return f"old store does not refuse writes that bypass the adapter: {summary.old_store}"
+    n = "not measured on this engine" if summary.old_refused is None else f"{summary.old_refused:,} refused"
+    return f"old store refuses writes that bypass the adapter: {n}"

@@ -124,6 +124,8 @@ class Abort:
                    + f". The new store's tables ({', '.join(t.target_table for t in self._st.spec.tables)}) and "
                    f"their data in {self._st.spec.new} are left as they are: drop or keep them yourself")
         s.phase_work_done, s.work_state, s.repair_queue_depth = True, "", 0
+        if s.bypass is not None and s.bypass.old_store:  # ABORT_CLEANUP lifted the old store's refusal
+            s.bypass = s.bypass.model_copy(update={"old_store": ""})
         s.aborted = AbortRecord(by=req.by, reason=req.reason, at=workflow.now(), from_phase=frm, message=message)
         if frm is Phase.PREPARE:  # else _enter recorded it
             self._st.record(frm, s.phase, "abort", req.by, req.reason)

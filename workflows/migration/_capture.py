@@ -27,7 +27,7 @@ from workflows.migration._state import MigrationState
 with workflow.unsafe.imports_passed_through():
     from workflows import bypass as bp
     from workflows import phases
-    from workflows.models import BypassCaptureInput, BypassCollectInput, Phase
+    from workflows.models import BypassCaptureInput, BypassCollectInput, BypassRefuseInput, Phase
     from workflows.relay import (
         FINISH_SIGNAL,
         RELAY_CATCH_UP,
@@ -143,6 +143,47 @@ class Capture:
             gaining = phases.authoritative(plan.to)
             if await self.deny_writes(deny=[], allow=[gaining]):
                 self._st.count("denied_writes_lifted")
+            if gaining == "old":
+                await self.refuse_old(False)
+
+    async def refuse_old(self, on: bool, *, final: bool = False, force: bool = False) -> bool:
+        """Adapter strategies after write cutover: the old store refuses writes that bypass the adapter (a raw
+        write there is lost: nothing carries it to the new store), or accepts them again (``on`` False:
+        rollback, a refused flip, CLEANUP with ``final``). True when the old store refuses now. Nothing is
+        called when the state already is as wanted (unless ``force``: lifting after an install that may have
+        failed half way); SQLite / Redis say why they cannot (status shows it)."""
+        if not bp.applies(self._st.spec) or not workflow.patched(bp.REFUSE_OLD_PATCH):
+            return False
+        s = self._st.s
+        current = s.bypass.old_store if s.bypass is not None else ""
+        if on and current:
+            return current == bp.REFUSING
+        if not on and not force and current != bp.REFUSING and not (final and s.bypass is not None
+                                                                    and s.bypass.old_refused is not None):
+            if current and s.bypass is not None:
+                s.bypass = s.bypass.model_copy(update={"old_store": ""})
+            return False
+        spec = await spec_or_ref(self._st, SPEC_REF_BYPASS_PATCH)
+        res: bp.BypassRefuseResult = await workflow.execute_activity(
+            bp.BYPASS_REFUSE_OLD, BypassRefuseInput(**spec, refuse=on, final=final),
+            start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._st.short_heartbeat(),
+            retry_policy=ACTIVITY_RETRY, result_type=bp.BypassRefuseResult,
+            summary=("the old store refuses writes that bypass the adapter" if on
+                     else "the old store accepts raw writes again"))
+        state = (bp.REFUSING if res.refusing else res.note) if on else ""
+        s.bypass = (s.bypass or bp.BypassSummary()).model_copy(
+            update={"old_store": state, "old_refused": None if final else res.refused})
+        self._st.count("old_store_refusing" if res.refusing else "old_store_accepting")
+        self._st.wake += 1
+        return res.refusing
+
+    async def refuse_old_for(self, phase: Phase) -> None:
+        """The old store refuses raw writes in CUTOVER_WRITES only (installed under the write fence before the
+        flip, see :meth:`WriteFence.fence_for`); lifted in every other phase, for good at CLEANUP."""
+        if phase is Phase.CUTOVER_WRITES:
+            await self.refuse_old(True)
+        else:
+            await self.refuse_old(False, final=phase in (Phase.CLEANUP, Phase.DONE))
 
     async def bypass_capture(self, *, install: list[str] | None = None, remove: list[str] | None = None,
                              discard: bool = False) -> bool:
@@ -174,30 +215,35 @@ class Capture:
         elif current:
             await self.bypass_capture(remove=["old", "new"], discard=True)
 
-    async def collect_bypass(self) -> None:
+    async def collect_bypass(self, why: str = "") -> str:
         """Collect the bypass records: counts per (table, writer) into the state, keys into the repair queue.
-        A failed collection leaves the counts as they were (the records wait for the next one)."""
+        A failed collection leaves the counts as they were (the records wait for the next one) and returns
+        why it failed ('' otherwise): under the write fence that refuses the flip."""
         s = self._st.s
         if s.bypass is None or not s.bypass.capture_on or not workflow.patched(bp.BYPASS_PATCH):
-            return
+            return ""
         spec = await spec_or_ref(self._st, SPEC_REF_BYPASS_PATCH)
         try:
             res: bp.BypassCollectResult = await workflow.execute_activity(
-                bp.BYPASS_COLLECT, BypassCollectInput(**spec),
+                bp.BYPASS_COLLECT, BypassCollectInput(**spec, refusing_old=s.bypass.old_store == bp.REFUSING),
                 start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=self._st.short_heartbeat(),
                 retry_policy=BYPASS_COLLECT_RETRY,
-                result_type=bp.BypassCollectResult, summary="collect bypassed writes")
+                result_type=bp.BypassCollectResult, summary=f"collect bypassed writes{why}")
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise
             workflow.logger.warning("bypass collection failed: %s", failure_message(exc))
-            return
+            return failure_message(exc)
+        if res.old_refused is not None and s.bypass is not None and res.old_refused != s.bypass.old_refused:
+            s.bypass = s.bypass.model_copy(update={"old_refused": res.old_refused})
+            self._st.wake += 1
         if res.groups:
             s.bypass = bp.merge(s.bypass or bp.BypassSummary(), res.groups)
             self._st.count("bypassed_writes", res.queued)
             s.repair_queue_depth += res.queued
             self._st.gate_dirty = True
             self._st.wake += 1
+        return ""
 
 
 def relay_ended(handle: asyncio.Future[Any]) -> None:

@@ -21,6 +21,7 @@ from workflows.migration._state import MigrationState
 
 with workflow.unsafe.imports_passed_through():
     from dualwrite.fence import FENCE
+    from workflows import bypass as bp
     from workflows import phases
     from workflows.models import ActivityNames, BarrierStatus, ControlInput, RepairDrainResult
     from workflows.relay import CatchUpResult
@@ -106,6 +107,23 @@ class WriteFence:
                     f"acknowledged on the {losing} store")
         return self._stuck(plan, res, override, note)
 
+    async def _collect_bypass(self, plan: phases.Plan, note: Callable[[str], None]) -> str:
+        """Under the fence, before the repair drain: collect the writes that bypassed the adapter since the last
+        collection, so their keys are queued and repaired before authority moves. '' when collected (or when
+        bypass capture does not apply); else why the flip must not happen (never with uncollected bypass)."""
+        if (plan.tenant is not None or not bp.applies(self._st.spec)
+                or not workflow.patched(bp.FENCE_COLLECT_PATCH)):
+            return ""
+        s = self._st.s
+        if s.bypass is None or not s.bypass.capture_on:
+            return ""
+        note(f"write fence: collecting writes that bypassed the adapter ({plan.frm} -> {plan.to})")
+        failed = await self._capture.collect_bypass(" under the write fence")
+        if not failed:
+            return ""
+        return (f"collecting the writes that bypassed the adapter failed under the write fence ({failed}); "
+                "authority does not move while bypassed writes may be uncollected")
+
     def _stuck(self, plan: phases.Plan, res: RepairDrainResult, override: bool, note: Callable[[str], None]) -> str:
         """Keys left after the fence's drain: those of the scope that flips refuse the flip (unless the operator
         overrides, recorded); others wait for their own scope's flip."""
@@ -150,6 +168,7 @@ class WriteFence:
         refused = ""
         denied_losing = False
         captured_gaining = False
+        refusing_old = False
         try:
             wait = self._st.tuning.fence_barrier_seconds
             status = await workflow.execute_activity(
@@ -170,9 +189,14 @@ class WriteFence:
                     denied_losing = True
                     note(f"write fence: the {losing} store refuses writes that bypass dualwrite; draining its "
                          f"key log ({plan.frm} -> {plan.to})")
+                if plan.tenant is None and gaining == "new":
+                    refusing_old = True  # lifted again if the flip is refused (also clears a "cannot" note)
+                    if await self._capture.refuse_old(True):  # no raw write lands on the old store uncollected
+                        note("write fence: the old store refuses writes that bypass the adapter")
                 if plan.tenant is None and await self._capture.bypass_capture(install=[phases.authoritative(plan.to)]):
                     captured_gaining = True  # raw writes to the gaining store are seen from its first write
-                refused = await self._level_gaining_store(plan, note, override_stuck)
+                refused = await self._collect_bypass(plan, note)
+                refused = refused or await self._level_gaining_store(plan, note, override_stuck)
         except (ActivityError, ChildWorkflowError) as exc:
             if is_cancelled_exception(exc):
                 raise
@@ -185,6 +209,8 @@ class WriteFence:
             await self._capture.deny_writes(deny=[], allow=[phases.authoritative(plan.frm)])
         if captured_gaining:
             await self._capture.bypass_capture(remove=[phases.authoritative(plan.to)])
+        if refusing_old:  # forced: an install that failed half way is lifted too
+            await self._capture.refuse_old(False, force=True)
         s.epoch += 1
         await self.publish()
         note("")

@@ -90,6 +90,7 @@ class PhaseWork:
                 side = phases.authoritative(phase)
                 await self._capture.deny_writes(deny=["new" if side == "old" else "old"], allow=[], authoritative=side)
             await self._capture.bypass_capture_for(phase)
+            await self._capture.refuse_old_for(phase)
             if s.published_epoch < epoch:
                 await self._fencing.publish()
             await self._barrier(epoch, self._set_work_state)

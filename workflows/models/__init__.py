@@ -32,7 +32,7 @@ from workflows.models._activities import (
     TriggerWatchInput,
     TriggerWatchResult,
 )
-from workflows.models._bypass_io import BypassCaptureInput, BypassCollectInput
+from workflows.models._bypass_io import BypassCaptureInput, BypassCollectInput, BypassRefuseInput
 from workflows.models._children import (
     BackfillCarry,
     BackfillInput,
@@ -87,6 +87,7 @@ __all__ = [
     "AbortCleanupResult",
     "BypassCaptureInput",
     "BypassCollectInput",
+    "BypassRefuseInput",
     "AbortRecord",
     "ActivityNames",
     "BACKFILL_PERCENT",

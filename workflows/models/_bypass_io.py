@@ -8,7 +8,7 @@ from pydantic import Field
 
 from workflows.models._spec import SpecCarrier
 
-__all__ = ["BypassCaptureInput", "BypassCollectInput"]
+__all__ = ["BypassCaptureInput", "BypassCollectInput", "BypassRefuseInput"]
 
 
 class BypassCaptureInput(SpecCarrier):
@@ -19,3 +19,13 @@ class BypassCaptureInput(SpecCarrier):
 
 class BypassCollectInput(SpecCarrier):
     """Both stores are collected; a record's key is repaired from the store it was captured on."""
+
+    refusing_old: bool = Field(default=False, description="also read how many writes the old store refused")
+
+
+class BypassRefuseInput(SpecCarrier):
+    """After write cutover the old store refuses writes that bypass the adapter (``refuse``), or accepts them
+    again (rollback, a refused flip, abort, CLEANUP)."""
+
+    refuse: bool = Field(default=True, description="install (True) or lift (False) the refusal on the old store")
+    final: bool = Field(default=False, description="lifting for good: the refusal counters go too")
