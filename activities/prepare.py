@@ -9,6 +9,7 @@ from activities.heartbeat import heartbeating
 from activities.owners import OwnerCheck
 from activities.stores import StoreCache
 from dualwrite import hooks
+from dualwrite.cdc import capture as cdc_capture
 from dualwrite.errors import SchemaError, StoreUnavailableError
 from dualwrite.keyvalue.intact import mark_intact
 from dualwrite.rowcount import count_rows
@@ -63,7 +64,8 @@ class PrepareActivities:
                 tables.append(TableProgress(source=t.source, target=t.target_table,
                                             rows_estimate=rows if rows is not None else
                                             count_rows(old, mapping.source_table)))
-            self.stores.control_store(spec.control)
+            ctl = self.stores.control_store(spec.control)
+            cdc_capture.reopen(ctl, spec.name)  # a new run: capture of an earlier, aborted one may start again
             new = self.stores.store(spec.new)
             if is_redis(new):
                 mark_intact(new, spec.name)  # a wipe from now on is noticed by the gates (keyvalue.intact)

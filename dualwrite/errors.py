@@ -127,6 +127,12 @@ class PgOutputError(CaptureError, ValueError):
     ``ValueError``, which it was before it joined the hierarchy."""
 
 
+class CaptureEndedError(CaptureError):
+    """Capture of a migration that was aborted or cleaned up cannot start again: an activity still running
+    after the end (a terminated relay's drain, a late denial) must not leave a slot behind. A new run of the
+    migration (its preflight) lifts this."""
+
+
 class SlotBusyError(DualwriteError):
     """Another session reads the replication slot right now (the relay and a catch-up share it): try again
     shortly. Not permanent."""

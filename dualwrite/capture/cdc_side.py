@@ -62,6 +62,8 @@ def _drain(rs: RelayStores, phase: str, *, limit: int, max_seconds: float, shoul
     log is empty), and skip the other store's log while it is denied."""
     authoritative = triggers.authoritative_side(phase)
     migration = rs.spec.name
+    if capture.ended(rs.control, migration):
+        return RelayResult()  # aborted or cleaned up: an activity that outlived its relay has nothing to do
     if phase in RETIRED_OLD and sides is None:
         # the old store is retired: what the new store captures is not mirrored anywhere any more
         capture.skip(rs.new, rs.control, migration, lambda: True)
@@ -100,6 +102,8 @@ class CdcSide:
         return [], captured
 
     def teardown(self, rs: RelayStores) -> None:
+        """The relay's end (CLEANUP, abort): marked ended first, so nothing still running starts it again."""
+        capture.end(rs.control, rs.spec.name)
         for store in (rs.old, rs.new):
             capture.teardown(store, rs.control, rs.spec.name)
 
@@ -153,6 +157,7 @@ class CdcSide:
         someone drops it (the most reported failure of log-based tools), and a table left denying writes
         refuses the application after it was told the migration is over."""
         removed: list[str] = []
+        capture.end(rs.control, rs.spec.name)  # first: a capture activity still running cannot start it again
         for store in (rs.old, rs.new):
             capture.teardown(store, rs.control, rs.spec.name)
             removed.append(f"{store.name}/capture")

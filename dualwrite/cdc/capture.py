@@ -28,7 +28,7 @@ from typing import Any
 from dualwrite import control
 from dualwrite.cdc import binlog, pg
 from dualwrite.cdc.pg import CaptureError, SchemaChangedError, TableKeys
-from dualwrite.errors import StoreUnavailableError
+from dualwrite.errors import CaptureEndedError, StoreUnavailableError
 from dualwrite.keys import Key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys, normal_key
@@ -46,12 +46,59 @@ def _check_dialect(store: Store) -> None:
                            "use strategy triggers or outbox")
 
 
+#: the control store's checkpoint scope that marks a migration's capture as ended (abort, CLEANUP)
+ENDED_SCOPE = "cdc:ended"
+
+
+def end(control_store: Store, migration: str) -> None:
+    """Mark the migration's capture as ended (before it is taken down): :func:`setup` refuses from now on.
+
+    Durable, in the control store, because what could create a slot again is an activity that outlived
+    the decision (a terminated relay's, a late denial's retry), in any worker."""
+    control.save_checkpoint(control_store, migration, ENDED_SCOPE, 0, ["ended"], 0, 1)
+
+
+def ended(control_store: Store, migration: str) -> bool:
+    try:
+        return control.load_checkpoint(control_store, migration, ENDED_SCOPE, 0) is not None
+    except Exception as exc:
+        if control_tables_missing(exc):
+            return False  # no control tables yet: nothing ever ended
+        raise
+
+
+def control_tables_missing(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "does not exist" in text or "doesn't exist" in text or "no such table" in text
+
+
+def reopen(control_store: Store, migration: str) -> None:
+    """A new run of the migration (its preflight): capture may start again."""
+    control.clear_checkpoints(control_store, migration, ENDED_SCOPE)
+
+
 def setup(store: Store, control_store: Store, migration: str, tables: Sequence[str]) -> bool:
-    """Start capture on ``store`` for ``tables`` (idempotent; True when it starts now)."""
+    """Start capture on ``store`` for ``tables`` (idempotent; True when it starts now).
+
+    Refused (:class:`CaptureEndedError`) once the migration's capture has ended. The mark is read before
+    and again after creating: an abort marks first and drops afterwards, so either it drops what was
+    created here, or this sees its mark and takes it down itself; no slot is left either way."""
     _check_dialect(store)
+    _refuse_ended(control_store, migration)
     if store.dialect is Dialect.POSTGRESQL:
-        return pg.setup(store, migration, tables)
-    return binlog.setup(control_store, migration, store)
+        started = pg.setup(store, migration, tables)
+    else:
+        started = binlog.setup(control_store, migration, store)
+    if ended(control_store, migration):
+        teardown(store, control_store, migration)
+        _refuse_ended(control_store, migration)
+    return started
+
+
+def _refuse_ended(control_store: Store, migration: str) -> None:
+    if ended(control_store, migration):
+        raise CaptureEndedError(f"migration {migration!r} was aborted or cleaned up: its capture is not started "
+                                "again (a new run of the migration starts it)")
 
 
 def teardown(store: Store, control_store: Store, migration: str) -> None:

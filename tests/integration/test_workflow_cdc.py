@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.raw_writer import RawWriter, app_store, through_cutover_and_back
+from cdc_fixtures import hold_slot
 from conftest import MigrationDriver, create_my, create_pg, eventually, fetch_all, spec_for
 
 from dualwrite.cdc import pg
@@ -75,11 +76,17 @@ async def test_abort_of_a_cdc_migration_drops_the_slots_and_lifts_the_denied_wri
     await dw.advance_to(handle, "SHADOW_READ")
     assert pg.slot_exists(cdc_pg_old, name) and pg.slot_exists(cdc_pg_new, name)
     assert triggers.writes_denied(cdc_pg_new, name, table_name)
-    # the relay is gone (terminated by an operator): the abort itself must still remove the capture
+    # the relay is gone (terminated by an operator): the abort itself must still remove the capture, even
+    # while a session still holds the slot (the terminated relay's drain runs until its heartbeat fails)
     await dw.client.get_workflow_handle(f"dualwrite-{name}-relay").terminate("operator")
-    res = await dw.update(handle, "abort", by="pytest", reason="changed our mind")
-    assert res.ok, res.message
-    final = await asyncio.wait_for(handle.result(), timeout=90)
+    holder = hold_slot(cdc_pg_old, name)
+    try:
+        res = await dw.update(handle, "abort", by="pytest", reason="changed our mind")
+        assert res.ok, res.message
+        final = await asyncio.wait_for(handle.result(), timeout=90)
+    finally:
+        holder.kill()
+        holder.wait()
     assert final.aborted is not None
     assert not pg.slot_exists(cdc_pg_old, name) and not pg.slot_exists(cdc_pg_new, name)
     for store in (cdc_pg_old, cdc_pg_new):
