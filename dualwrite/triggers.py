@@ -210,8 +210,9 @@ def installed(store: Store, migration: str, table: str) -> bool:
     return _triggers_present(store, _names(migration, table)[0])
 
 
-def _triggers_present(store: Store, trig: str) -> bool:
-    """Is the trigger ``trig`` (PostgreSQL) or are its per-event siblings ``trig_*`` (MariaDB, SQLite) there?"""
+def _triggers_present(store: Store, trig: str, *, all_events: bool = False) -> bool:
+    """Is the trigger ``trig`` (PostgreSQL) or are its per-event siblings ``trig_*`` (MariaDB, SQLite) there?
+    With ``all_events``: all three siblings (insert, update, delete)."""
     with store.connect() as conn:
         cur = conn.cursor()
         if store.dialect is Dialect.POSTGRESQL:
@@ -224,6 +225,8 @@ def _triggers_present(store: Store, trig: str) -> bool:
         (n,) = cur.fetchone()
         cur.close()
         conn.rollback()
+    if all_events and store.dialect is not Dialect.POSTGRESQL:
+        return int(n) >= 3
     return bool(n)
 
 
@@ -351,8 +354,12 @@ def deny_sql(store: Store, migration: str, table: str, authoritative: str, *, co
                 f"SET MESSAGE_TEXT = {_lit(msg)}; END IF; END")
         out = [f"CREATE SEQUENCE IF NOT EXISTS {seq} NOCACHE"] if count else []
         for suffix, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
-            out += [f"DROP TRIGGER IF EXISTS {trig}_{suffix}",
-                    f"CREATE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} FOR EACH ROW {body}"]
+            if store.is_mariadb:
+                # one statement: a DROP then CREATE (each DDL commits on its own) let writes in between
+                out += [f"CREATE OR REPLACE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} FOR EACH ROW {body}"]
+            else:  # MySQL has no CREATE OR REPLACE TRIGGER
+                out += [f"DROP TRIGGER IF EXISTS {trig}_{suffix}",
+                        f"CREATE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} FOR EACH ROW {body}"]
         return out
     out = []
     for suffix, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
@@ -413,5 +420,6 @@ def allow_writes(store: Store, migration: str, tables: Sequence[str]) -> None:
 
 
 def writes_denied(store: Store, migration: str, table: str) -> bool:
-    """Does ``table`` on ``store`` refuse writes that bypass dualwrite?"""
-    return _triggers_present(store, _deny_names(migration, table)[0])
+    """Does ``table`` on ``store`` refuse writes that bypass dualwrite? On MariaDB and SQLite only when all
+    three per-event triggers are there: with one missing, those writes land."""
+    return _triggers_present(store, _deny_names(migration, table)[0], all_events=True)
