@@ -81,6 +81,11 @@ class WriteFencedError(DualwriteError):
     ``fence_max_wait``, or was routed before the authority moved: nothing was written; retry the request."""
 
 
+class AuthorityMovedError(DualwriteError):
+    """A relay round was about to mirror into a store that is no longer denied (authority moved to it since
+    the round read the phase): nothing was written; the next round reads the new phase. Not permanent."""
+
+
 class StrictWriteError(DualwriteError):
     """A ``strict`` write failed, and neither store keeps it: ``store`` says which one failed.
 

@@ -423,3 +423,32 @@ def writes_denied(store: Store, migration: str, table: str) -> bool:
     """Does ``table`` on ``store`` refuse writes that bypass dualwrite? On MariaDB and SQLite only when all
     three per-event triggers are there: with one missing, those writes land."""
     return _triggers_present(store, _deny_names(migration, table)[0], all_events=True)
+
+
+def still_denied(conn: Any, store: Store, migration: str, table: str) -> bool:
+    """In the caller's open transaction on ``store``: does ``table`` still refuse the application's writes?
+
+    The table is locked first (a row-exclusive lock on PostgreSQL, a shared-write metadata lock on MariaDB),
+    and lifting a denial drops triggers, which waits for that lock: a caller that sees True writes before the
+    lift commits, never after it."""
+    trig, _ = _deny_names(migration, table)
+    cur = conn.cursor()
+    try:
+        if store.dialect is Dialect.POSTGRESQL:
+            qt = _qualified(store, table)
+            cur.execute(f"LOCK TABLE {qt} IN ROW EXCLUSIVE MODE")
+            cur.execute("SELECT COUNT(*) FROM pg_trigger WHERE tgname = %s AND tgrelid = %s::regclass "
+                        "AND NOT tgisinternal", (trig, qt))
+            return bool(cur.fetchone()[0])
+        if store.dialect is Dialect.MYSQL:
+            cur.execute(f"DELETE FROM {_qualified(store, table)} WHERE 1 = 0")  # takes the metadata lock
+            cur.execute("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+                        "AND TRIGGER_NAME LIKE %s", (trig + "\\_%",))
+            return int(cur.fetchone()[0]) >= 3
+        return True  # SQLite: one writer at a time, no concurrent lift to race
+    finally:
+        cur.close()
+
+
+def _qualified(store: Store, table: str) -> str:
+    return ".".join(store.quote(p) for p in table.split(".")) if "." in table else store.quote(table)

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dualwrite import triggers
+from dualwrite import control, triggers
 from dualwrite.capture.store_side import RETIRED_OLD, Backlog, Key, RelayStores
 from dualwrite.cdc import capture
 from dualwrite.cdc.pg import TableKeys
+from dualwrite.errors import AuthorityMovedError
 from dualwrite.mapping import TableMapping
 from dualwrite.relay import RelayResult
 from dualwrite.stats import RELAY, RELAY_LAG, Stats
@@ -71,11 +72,22 @@ def _drain(rs: RelayStores, phase: str, *, limit: int, max_seconds: float, shoul
     total = RelayResult()
     started = time.monotonic()
     for side in sides or (authoritative,):
-        source, target = rs.store(side), rs.store("new" if side == "old" else "old")
+        other = "new" if side == "old" else "old"
+        source, target = rs.store(side), rs.store(other)
+        guarded = _target_denied(rs, other, phase) if side == authoritative and len(sides or ()) < 2 else False
+        if guarded is None:
+            log.info("cdc %s: authority moved since the round read phase %s; the next round mirrors", migration,
+                     phase)
+            break
         state = _Capture(rs, side)
         while not should_stop():
-            res = capture.drain_batch(source, target, rs.control, migration, state.tables, state.mapping_for(),
-                                      reverse=state.reverse, limit=limit)
+            try:
+                res = capture.drain_batch(source, target, rs.control, migration, state.tables, state.mapping_for(),
+                                          reverse=state.reverse, limit=limit, guarded=guarded)
+            except AuthorityMovedError:
+                log.info("cdc %s: authority moved during a round under phase %s; nothing written, the next round "
+                         "mirrors", migration, phase)
+                return total
             total += res
             if not res.entries or time.monotonic() - started > max_seconds:
                 break
@@ -88,6 +100,21 @@ def _drain(rs: RelayStores, phase: str, *, limit: int, max_seconds: float, shoul
             except Exception as exc:  # noqa: BLE001 - a skip is housekeeping; the next round tries again
                 log.warning("cdc %s: cannot skip the %s store's log: %s", migration, other, type(exc).__name__)
     return total
+
+
+def _target_denied(rs: RelayStores, side: str, phase: str) -> bool | None:
+    """Must the round's mirror into ``side`` check, in its own transaction, that ``side`` is still denied?
+
+    True when ``side`` refuses the application now: the mirror checks again under a lock that lifting the
+    denial waits for. Not denied: either it never was (before the first denial, histories without denials)
+    or its denial was lifted after this round read ``phase``; the workflow publishes a flip before it lifts
+    the denial, so then the published phase differs now (None: the round must not write)."""
+    if all(triggers.writes_denied(rs.store(side), rs.spec.name, t) for t in rs.tables(side)):
+        return True
+    state = control.read_state(rs.control, rs.spec.name)
+    if state is not None and state.phase != phase:
+        return None
+    return False
 
 
 class CdcSide:

@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dualwrite import control
+from dualwrite import control, triggers
 from dualwrite.cdc import binlog, pg
 from dualwrite.cdc.pg import CaptureError, SchemaChangedError, TableKeys
-from dualwrite.errors import CaptureEndedError, StoreUnavailableError
+from dualwrite.errors import AuthorityMovedError, CaptureEndedError, StoreUnavailableError
 from dualwrite.keys import Key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys, normal_key
@@ -110,12 +110,17 @@ def teardown(store: Store, control_store: Store, migration: str) -> None:
 
 
 def drain_batch(store: Store, other: Store, control_store: Store, migration: str, tables: Sequence[TableKeys],
-                mapping_for: Callable[[str], TableMapping], *, reverse: bool, limit: int = 5000) -> RelayResult:
+                mapping_for: Callable[[str], TableMapping], *, reverse: bool, limit: int = 5000,
+                guarded: bool = False) -> RelayResult:
     """Mirror one batch of captured changes of ``store`` to ``other``; entries 0 = nothing captured.
 
     ``tables`` name the migrated tables as they are on ``store``; ``mapping_for(name)`` gives the mapping
     from ``store`` to ``other`` for one of them. A key the target rejects goes to the repair queue, so it
-    does not hold the log back; an unreachable store or a deadlock raises, and the position stays."""
+    does not hold the log back; an unreachable store or a deadlock raises, and the position stays.
+
+    ``guarded``: ``other`` refuses the application's writes (denied writes) and must still do so in the
+    transaction that mirrors into it, or :class:`AuthorityMovedError` is raised and nothing is advanced (the
+    round read a phase that has just changed)."""
     out = RelayResult()
     if store.dialect is Dialect.POSTGRESQL:
         try:
@@ -141,7 +146,8 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
                     migration, table, store.name)
     for table, table_keys in keys.items():
         mapping = mapping_for(table)
-        _mirror(store, other, control_store, migration, mapping, table, table_keys, reverse, out)
+        commit_if = _still_denied(other, migration, mapping.target_table) if guarded else None
+        _mirror(store, other, control_store, migration, mapping, table, table_keys, reverse, out, commit_if)
     if store.dialect is Dialect.POSTGRESQL:
         assert pbatch.end_lsn is not None
         with contextlib.suppress(pg.SlotBusyError):  # the other reader advances it; re-reading is harmless
@@ -152,17 +158,24 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
     return out
 
 
+def _still_denied(target: Store, migration: str, table: str) -> Callable[[Any], bool]:
+    return lambda conn: triggers.still_denied(conn, target, migration, table)
+
+
 def _mirror(store: Store, other: Store, control_store: Store, migration: str, mapping: TableMapping, table: str,
-            keys: list[Key], reverse: bool, out: RelayResult) -> None:
+            keys: list[Key], reverse: bool, out: RelayResult, commit_if: Callable[[Any], bool] | None) -> None:
     try:
-        res = mirror_keys(store, other, mapping, keys)
+        res = mirror_keys(store, other, mapping, keys, commit_if=commit_if)
         out.mirrored += res.keys
-    except StoreUnavailableError:
+    except (StoreUnavailableError, AuthorityMovedError):
         raise
     except Exception as exc:
         if is_transient(exc):
             raise  # a deadlock: the batch is read again, nothing was advanced
-        done, failed, errors = _mirror_isolated(store, other, mapping, list(dict.fromkeys(keys)))
+        if commit_if is not None:  # key by key, each under the same check
+            done, failed, errors = _isolated_guarded(store, other, mapping, list(dict.fromkeys(keys)), commit_if)
+        else:
+            done, failed, errors = _mirror_isolated(store, other, mapping, list(dict.fromkeys(keys)))
         out.mirrored += done
         if failed:
             control.enqueue_repair(control_store, migration, table, failed,
@@ -170,6 +183,22 @@ def _mirror(store: Store, other: Store, control_store: Store, migration: str, ma
                                    authoritative="new" if reverse else "old")
             out.failed += len(failed)
             out.errors += [e for e in errors if e not in out.errors][:5 - len(out.errors)]
+
+
+def _isolated_guarded(store: Store, other: Store, mapping: TableMapping, keys: list[Key],
+                      commit_if: Callable[[Any], bool]) -> tuple[int, list[Key], list[str]]:
+    done, failed, errors = 0, [], []
+    for key in keys:
+        try:
+            mirror_keys(store, other, mapping, [key], commit_if=commit_if)
+            done += 1
+        except (StoreUnavailableError, AuthorityMovedError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+            failed.append(key)
+            if _short(exc) not in errors:
+                errors.append(_short(exc))
+    return done, failed, errors
 
 
 def skip(store: Store, control_store: Store, migration: str, still_denied: Callable[[], bool]) -> bool:
