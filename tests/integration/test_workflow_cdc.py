@@ -92,3 +92,28 @@ async def test_abort_of_a_cdc_migration_drops_the_slots_and_lifts_the_denied_wri
     for store in (cdc_pg_old, cdc_pg_new):
         assert not triggers.writes_denied(store, name, table_name)
         execute(store, f"INSERT INTO {table_name} (id, name, version) VALUES (900001, 'after the abort', 1)")
+
+
+async def test_rollback_to_prepare_drops_the_slots_and_publications(
+        dw: MigrationDriver, cdc_pg_old: Store, cdc_pg_new: Store, table_name: str) -> None:
+    """Back in PREPARE nothing is migrated any more: the slot that held WAL since the first PREPARE goes,
+    with its publication; the capture PREPARE's denial sets up again starts afresh (a new publication)."""
+    create_pg(cdc_pg_old, table_name, 20)
+    create_pg(cdc_pg_new, table_name, 0)
+    name = f"cdcrb-{table_name[-4:]}"
+    handle = await dw.start(spec_for(name, "cdcpgold", "cdcpgnew", table_name, strategy="cdc"))
+    await dw.advance_to(handle, "BACKFILL")
+    _, pub = pg.capture_names(name)
+
+    def pubs() -> list[tuple[object, ...]]:
+        return [*fetch_all(cdc_pg_old, f"SELECT oid FROM pg_publication WHERE pubname = '{pub}'"),
+                *fetch_all(cdc_pg_new, f"SELECT oid FROM pg_publication WHERE pubname = '{pub}'")]
+
+    before = pubs()
+    assert len(before) == 2 and pg.slot_exists(cdc_pg_old, name) and pg.slot_exists(cdc_pg_new, name)
+    res = await dw.update(handle, "rollback", by="pytest", reason="start over", to="PREPARE")
+    assert res.ok, res.message
+    await dw.settled(handle, "PREPARE")
+    after = pubs()
+    assert not set(before) & set(after), "the publications of before the rollback were dropped"
+    await handle.terminate("test over")
