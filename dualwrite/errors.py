@@ -138,6 +138,17 @@ class CaptureEndedError(CaptureError):
     migration (its preflight) lifts this."""
 
 
+class CaptureLostError(CaptureError):
+    """Capture lost changes: the replication slot vanished after it had started, or the binlog no longer
+    holds the stored position. Changes in between were never mirrored: restart the relay, then run a
+    verification with repair before any cutover."""
+
+
+class CaptureTruncatedError(CaptureError):
+    """A TRUNCATE of a migrated table was seen in the log: it is not mirrored (a key-by-key mirror cannot
+    replay it), so the stores differ until a verification with repair levels them."""
+
+
 class SlotBusyError(DualwriteError):
     """Another session reads the replication slot right now (the relay and a catch-up share it): try again
     shortly. Not permanent."""

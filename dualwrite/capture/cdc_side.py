@@ -20,7 +20,7 @@ from dualwrite import control, triggers
 from dualwrite.capture.store_side import RETIRED_OLD, Backlog, Key, RelayStores
 from dualwrite.cdc import capture
 from dualwrite.cdc.pg import TableKeys
-from dualwrite.errors import AuthorityMovedError
+from dualwrite.errors import AuthorityMovedError, CaptureLostError, CaptureTruncatedError
 from dualwrite.mapping import TableMapping
 from dualwrite.relay import RelayResult
 from dualwrite.stats import RELAY, RELAY_LAG, Stats
@@ -88,6 +88,14 @@ def _drain(rs: RelayStores, phase: str, *, limit: int, max_seconds: float, shoul
                 log.info("cdc %s: authority moved during a round under phase %s; nothing written, the next round "
                          "mirrors", migration, phase)
                 return total
+            except CaptureTruncatedError as exc:  # noted; the position moved past it, capture goes on
+                log.error("cdc %s: %s", migration, exc)
+                continue
+            except CaptureLostError as exc:
+                # noted (status shows it until a verification with repair): capture starts again from now
+                log.error("cdc %s: %s", migration, exc)
+                capture.restart(source, rs.control, migration, rs.tables(side))
+                continue
             total += res
             if not res.entries or time.monotonic() - started > max_seconds:
                 break
@@ -158,6 +166,10 @@ class CdcSide:
             out.remaining += n or 0
             if warning:
                 out.warnings.append(warning)
+        try:
+            out.lost = capture.losses(rs.control, rs.spec.name, [rs.old, rs.new])
+        except Exception:  # noqa: BLE001 - information only; the next drain asks again
+            log.warning("cdc %s: cannot read the capture's loss marks", rs.spec.name)
         return out
 
     def catch_up_points(self, rs: RelayStores, sides: Sequence[str]) -> list[Any]:

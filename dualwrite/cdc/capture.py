@@ -28,7 +28,13 @@ from typing import Any
 from dualwrite import control, triggers
 from dualwrite.cdc import binlog, pg
 from dualwrite.cdc.pg import CaptureError, SchemaChangedError, TableKeys
-from dualwrite.errors import AuthorityMovedError, CaptureEndedError, StoreUnavailableError
+from dualwrite.errors import (
+    AuthorityMovedError,
+    CaptureEndedError,
+    CaptureLostError,
+    CaptureTruncatedError,
+    StoreUnavailableError,
+)
 from dualwrite.keys import Key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys, normal_key
@@ -87,12 +93,21 @@ def setup(store: Store, control_store: Store, migration: str, tables: Sequence[s
     _refuse_ended(control_store, migration)
     if store.dialect is Dialect.POSTGRESQL:
         started = pg.setup(store, migration, tables)
+        # noted once the slot exists: a slot missing later lost changes (not one that was never set up)
+        control.save_checkpoint(control_store, migration, _started_scope(store), 0, ["slot"], 0, 1)
     else:
         started = binlog.setup(control_store, migration, store)
     if ended(control_store, migration):
         teardown(store, control_store, migration)
         _refuse_ended(control_store, migration)
     return started
+
+
+def restart(store: Store, control_store: Store, migration: str, tables: Sequence[str]) -> None:
+    """Capture on ``store`` again from the end of its log after it lost changes (the loss stays noted)."""
+    if store.dialect is Dialect.MYSQL:
+        binlog.teardown(control_store, migration, store)  # the stored position is gone from the binlog
+    setup(store, control_store, migration, tables)
 
 
 def _refuse_ended(control_store: Store, migration: str) -> None:
@@ -102,11 +117,71 @@ def _refuse_ended(control_store: Store, migration: str) -> None:
 
 
 def teardown(store: Store, control_store: Store, migration: str) -> None:
-    """Stop capture on ``store`` (idempotent)."""
+    """Stop capture on ``store`` (idempotent). Its loss marks go too: what follows (CLEANUP, or a rollback
+    to PREPARE and a new backfill with its repairing verification) no longer depends on what was lost."""
+    with contextlib.suppress(Exception):  # no control tables (never set up): nothing noted
+        for scope in (_started_scope(store), _lost_scope(store)):
+            control.clear_checkpoints(control_store, migration, scope)
     if store.dialect is Dialect.POSTGRESQL:
         pg.teardown(store, migration)
     elif store.dialect is Dialect.MYSQL:
         binlog.teardown(control_store, migration, store)
+
+
+def _started_scope(store: Store) -> str:
+    return f"cdc:slot:{store.name}"
+
+
+def _lost_scope(store: Store) -> str:
+    return f"cdc:lost:{store.name}"
+
+
+def note_loss(control_store: Store, migration: str, store: Store, what: str) -> None:
+    """Keep, in the control store, that capture on ``store`` missed changes (shown by status)."""
+    control.save_checkpoint(control_store, migration, _lost_scope(store), 0, [what[:500]], 0, 1)
+
+
+def losses(control_store: Store, migration: str, stores: Sequence[Store]) -> list[str]:
+    """What capture missed on ``stores`` (empty: nothing): a verification with repair must level the stores
+    before any cutover relies on them."""
+    out = []
+    for store in stores:
+        try:
+            cp = control.load_checkpoint(control_store, migration, _lost_scope(store), 0)
+        except Exception as exc:
+            if control_tables_missing(exc):
+                continue
+            raise
+        if cp is not None and cp.cursor:
+            out.append(str(cp.cursor[0]))
+    return out
+
+
+def clear_losses(control_store: Store, migration: str, stores: Sequence[Store]) -> None:
+    """After a verification with repair levelled the stores."""
+    for store in stores:
+        control.clear_checkpoints(control_store, migration, _lost_scope(store))
+
+
+def _lost(control_store: Store, migration: str, store: Store, why: str) -> CaptureLostError:
+    msg = (f"store {store.name!r}: capture of migration {migration!r} lost changes: {why}; changes in between "
+           "were never mirrored: restart the relay, then run a verification with repair before any cutover")
+    note_loss(control_store, migration, store, msg)
+    return CaptureLostError(msg)
+
+
+def _read_pg(store: Store, control_store: Store, migration: str, tables: Sequence[TableKeys],
+             limit: int) -> pg.Batch:
+    try:
+        return pg.read_batch(store, migration, tables, limit)
+    except CaptureError:
+        if pg.slot_exists(store, migration) or ended(control_store, migration):
+            raise
+        if control.load_checkpoint(control_store, migration, _started_scope(store), 0) is None:
+            raise  # never set up (or taken down): not a loss
+        slot, _ = pg.capture_names(migration, store.name)
+        raise _lost(control_store, migration, store, f"the replication slot {slot} vanished after capture "
+                    "had started (dropped by hand, or invalidated by max_slot_wal_keep_size)") from None
 
 
 def drain_batch(store: Store, other: Store, control_store: Store, migration: str, tables: Sequence[TableKeys],
@@ -124,7 +199,7 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
     out = RelayResult()
     if store.dialect is Dialect.POSTGRESQL:
         try:
-            pbatch = pg.read_batch(store, migration, tables, limit)
+            pbatch = _read_pg(store, control_store, migration, tables, limit)
         except pg.SlotBusyError:
             return out  # the other reader (relay or catch-up) is applying it
         keys, changes, lag, done = pbatch.keys, pbatch.changes, pbatch.lag_seconds, pbatch.end_lsn is not None
@@ -135,15 +210,16 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
             with contextlib.suppress(pg.SlotBusyError):
                 pg.advance(store, migration, pbatch.idle_lsn)
     else:
+        at = binlog.load_position(control_store, migration, store)
+        purged = binlog.purged_past(store, at) if at is not None else None
+        if purged is not None:
+            raise _lost(control_store, migration, store, purged)
         bbatch = binlog.read_batch(control_store, migration, store, tables, limit)
         keys, changes, lag, done = bbatch.keys, bbatch.changes, bbatch.lag_seconds, bbatch.end is not None
         truncated = []
     if not done:
         return out
     out.entries, out.batches, out.lag_seconds = changes, 1, lag
-    for table in truncated:
-        log.warning("cdc %s: TRUNCATE of %s captured on %s; it is not mirrored: run a verification with repair",
-                    migration, table, store.name)
     for table, table_keys in keys.items():
         mapping = mapping_for(table)
         commit_if = _still_denied(other, migration, mapping.target_table) if guarded else None
@@ -155,6 +231,11 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
     else:
         assert bbatch.end is not None
         binlog.save_position(control_store, migration, store, bbatch.end)
+    if truncated:  # reported after the rest was applied and the position moved past it
+        msg = (f"store {store.name!r}: TRUNCATE of {', '.join(dict.fromkeys(truncated))} captured for migration "
+               f"{migration!r}; a TRUNCATE is not mirrored: run a verification with repair before any cutover")
+        note_loss(control_store, migration, store, msg)
+        raise CaptureTruncatedError(msg)
     return out
 
 
