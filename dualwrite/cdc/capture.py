@@ -137,14 +137,22 @@ def _lost_scope(store: Store) -> str:
 
 
 def note_loss(control_store: Store, migration: str, store: Store, what: str) -> None:
-    """Keep, in the control store, that capture on ``store`` missed changes (shown by status)."""
-    control.save_checkpoint(control_store, migration, _lost_scope(store), 0, [what[:500]], 0, 1)
+    """Keep, in the control store, that capture on ``store`` missed changes, and when (shown by status; the
+    cutover gates want a verification with repair after it, :mod:`dualwrite.cdc.gate`)."""
+    cp = control.load_checkpoint(control_store, migration, _lost_scope(store), 0)
+    n = cp.batches + 1 if cp is not None else 1
+    control.save_checkpoint(control_store, migration, _lost_scope(store), 0, [what[:500], time.time()], 0, n)
 
 
 def losses(control_store: Store, migration: str, stores: Sequence[Store]) -> list[str]:
     """What capture missed on ``stores`` (empty: nothing): a verification with repair must level the stores
     before any cutover relies on them."""
-    out = []
+    return [what for what, _ in losses_at(control_store, migration, stores)]
+
+
+def losses_at(control_store: Store, migration: str, stores: Sequence[Store]) -> list[tuple[str, float]]:
+    """(what, unix time of the latest) per store whose capture missed changes."""
+    out: list[tuple[str, float]] = []
     for store in stores:
         try:
             cp = control.load_checkpoint(control_store, migration, _lost_scope(store), 0)
@@ -153,7 +161,7 @@ def losses(control_store: Store, migration: str, stores: Sequence[Store]) -> lis
                 continue
             raise
         if cp is not None and cp.cursor:
-            out.append(str(cp.cursor[0]))
+            out.append((str(cp.cursor[0]), float(cp.cursor[1]) if len(cp.cursor) > 1 else 0.0))
     return out
 
 

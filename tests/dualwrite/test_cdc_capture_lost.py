@@ -130,3 +130,22 @@ def test_the_relay_round_notes_the_loss_starts_capture_again_and_status_shows_it
     finally:
         side.teardown(rs)
         capture.reopen(cdc_pg_old, name)
+
+
+def test_cutover_gates_want_a_repairing_verification_after_the_loss() -> None:
+    """Until a clean verification with repair ran after the newest loss, a gate into cutover fails and says
+    why; one from before the loss, a failed one or one without repair does not count."""
+    from datetime import UTC, datetime, timedelta
+
+    from dualwrite.cdc.gate import capture_lost_metric
+
+    lost_at = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    lost = [("store 'old': capture of migration 'm' lost changes: the replication slot vanished", lost_at.timestamp())]
+    assert capture_lost_metric([], None, False, False) is None
+    after, before = lost_at + timedelta(minutes=1), lost_at - timedelta(minutes=1)
+    for at, ok, repairing in ((None, False, False), (before, True, True), (after, False, True), (after, True, False)):
+        m = capture_lost_metric(lost, at, ok, repairing)
+        assert m is not None and not m.ok and "run a verification with repair first" in m.detail
+        assert "replication slot vanished" in m.detail
+    m = capture_lost_metric(lost, after, True, True)
+    assert m is not None and m.ok
