@@ -94,7 +94,7 @@ def setup(store: Store, control_store: Store, migration: str, tables: Sequence[s
     if store.dialect is Dialect.POSTGRESQL:
         started = pg.setup(store, migration, tables)
         # noted once the slot exists: a slot missing later lost changes (not one that was never set up)
-        control.save_checkpoint(control_store, migration, _started_scope(store), 0, ["slot"], 0, 1)
+        _note_started(control_store, migration, store)
     else:
         started = binlog.setup(control_store, migration, store)
     if ended(control_store, migration):
@@ -108,6 +108,16 @@ def restart(store: Store, control_store: Store, migration: str, tables: Sequence
     if store.dialect is Dialect.MYSQL:
         binlog.teardown(control_store, migration, store)  # the stored position is gone from the binlog
     setup(store, control_store, migration, tables)
+
+
+def _note_started(control_store: Store, migration: str, store: Store) -> None:
+    try:
+        control.save_checkpoint(control_store, migration, _started_scope(store), 0, ["slot"], 0, 1)
+    except Exception as exc:
+        if not control_tables_missing(exc):
+            raise
+        control.ensure_schema(control_store)  # a control store used for the first time (the relay makes them)
+        control.save_checkpoint(control_store, migration, _started_scope(store), 0, ["slot"], 0, 1)
 
 
 def _refuse_ended(control_store: Store, migration: str) -> None:
