@@ -21,6 +21,7 @@ from activities.stores import StoreCache
 from dualwrite import bypass, control, outbox
 from dualwrite import stats as st
 from dualwrite.capture.store_side import store_side
+from dualwrite.cdc.capture import ENDED_SCOPE
 from dualwrite.retire import delete_migration_rows, table_exists
 from dualwrite.stores import is_redis
 from workflows.models import AbortCleanupInput, AbortCleanupResult, ActivityNames
@@ -62,11 +63,15 @@ class AbortActivities:
                 for log_table in outbox.LOGS:
                     out.log_entries_deleted += delete_migration_rows(store, log_table, spec.name)
             out.repair_entries_deleted = delete_migration_rows(ctl, control.REPAIR_QUEUE, spec.name)
-            tables = [control.CHECKPOINTS, st.STATS]
+            tables = [st.STATS]
             if inp.remove_state:
                 tables += [control.STATE, control.INSTANCES, control.SPECS]
             for table in tables:
                 out.control_rows_deleted += delete_migration_rows(ctl, table, spec.name)
+            if table_exists(ctl, control.CHECKPOINTS):
+                # all but the capture's end mark (cdc.capture.end): an activity that outlived the relay must
+                # still find it, or it could create a replication slot again
+                out.control_rows_deleted += control.clear_checkpoints_except(ctl, spec.name, ENDED_SCOPE)
             log.info("migration %s aborted: %d triggers removed, %d key-log entries, %d repairs and %d control rows "
                      "deleted", spec.name, len(out.triggers_removed), out.log_entries_deleted,
                      out.repair_entries_deleted, out.control_rows_deleted)

@@ -15,10 +15,12 @@ from activities.sample import sample_and_record
 from activities.stores import StoreCache
 from dualwrite import gates
 from dualwrite.capture import Evidence, method_for
+from dualwrite.cdc import capture as cdc_capture
+from dualwrite.cdc.gate import capture_lost_metric
 from dualwrite.gates import GateMetric
 from dualwrite.keyvalue.authority import durability_metric
 from dualwrite.keyvalue.intact import intact_metric
-from dualwrite.spec import MigrationSpec
+from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.stores import is_redis
 from dualwrite.stuck_repairs import gate_facts, stuck_tables
 from workflows import phases
@@ -49,13 +51,15 @@ class GateActivities:
                 traffic = gates.read_traffic(store, spec.name, spec.gates.window_seconds, inp.tenant)
             result = phases.evaluate_gate(inp, traffic, spec, self._repairs(inp, spec, digest))
             new = self.stores.store(spec.new)
+            extra = _capture_lost_metrics(self.stores, spec, inp)
             if is_redis(new):
-                for metric in _redis_metrics(new, spec.name, inp):
-                    result.metrics.append(metric)
-                    result.checks[metric.name] = metric.ok
-                    if not metric.ok:
-                        result.passed = False
-                        result.reasons.append(f"{metric.name}: {metric.detail}")
+                extra += _redis_metrics(new, spec.name, inp)
+            for metric in extra:
+                result.metrics.append(metric)
+                result.checks[metric.name] = metric.ok
+                if not metric.ok:
+                    result.passed = False
+                    result.reasons.append(f"{metric.name}: {metric.detail}")
             return result
 
     def _repairs(self, inp: GateInput, spec: MigrationSpec, digest: str) -> gates.RepairFacts | None:
@@ -111,6 +115,19 @@ class GateActivities:
                     return out
                 sleep(cfg.check_seconds)
                 raise_if_stopping()
+
+
+def _capture_lost_metrics(stores: StoreCache, spec: MigrationSpec, inp: GateInput) -> list[GateMetric]:
+    """Log capture that lost changes holds every gate into CUTOVER_READS and beyond until a verification
+    with repair ran after the loss (:mod:`dualwrite.cdc.gate`)."""
+    if spec.strategy is not Strategy.CDC or inp.to.rank < Phase.CUTOVER_READS.rank:
+        return []
+    rs = stores.relay_stores(spec)
+    lost = cdc_capture.losses_at(rs.control, spec.name, [rs.old, rs.new])
+    v = inp.last_verification
+    metric = capture_lost_metric(lost, v.at if v is not None else None, v is not None and v.ok,
+                                 v is not None and v.repair and v.tenant is None)
+    return [metric] if metric is not None else []
 
 
 def _redis_metrics(new: Any, migration: str, inp: GateInput) -> list[GateMetric]:

@@ -9,9 +9,11 @@ from activities.heartbeat import heartbeating
 from activities.owners import OwnerCheck
 from activities.stores import StoreCache
 from dualwrite import hooks
+from dualwrite.cdc import capture as cdc_capture
 from dualwrite.errors import SchemaError, StoreUnavailableError
 from dualwrite.keyvalue.intact import mark_intact
 from dualwrite.rowcount import count_rows
+from dualwrite.spec import Strategy
 from dualwrite.store import Dialect
 from dualwrite.stores import as_redis, is_redis
 from workflows.models import ActivityNames, PrepareInput, PrepareResult, TableProgress
@@ -45,6 +47,13 @@ class PrepareActivities:
                 elif store.dialect is not Dialect.SQLITE:  # connecting would create a missing SQLite file
                     with store.connect() as conn:
                         conn.rollback()
+            if inp.rollback and spec.strategy is Strategy.CDC:
+                # back in PREPARE nothing is migrated: the slots and publications kept from before hold WAL for
+                # nothing (and the preflight refuses a slot it finds); the denial that follows sets capture up
+                # afresh, before the next backfill's first range
+                rs = self.stores.relay_stores(spec)
+                for store in (rs.old, rs.new):
+                    cdc_capture.teardown(store, rs.control, spec.name)
             report = preflight(spec, self.stores.resolver)
             lost = [s.name for s in report.stores if not s.reachable and s.dialect is not None]
             if lost:
@@ -63,7 +72,8 @@ class PrepareActivities:
                 tables.append(TableProgress(source=t.source, target=t.target_table,
                                             rows_estimate=rows if rows is not None else
                                             count_rows(old, mapping.source_table)))
-            self.stores.control_store(spec.control)
+            ctl = self.stores.control_store(spec.control)
+            cdc_capture.reopen(ctl, spec.name)  # a new run: capture of an earlier, aborted one may start again
             new = self.stores.store(spec.new)
             if is_redis(new):
                 mark_intact(new, spec.name)  # a wipe from now on is noticed by the gates (keyvalue.intact)

@@ -158,6 +158,9 @@ class RelayActivities:
             for warning in backlog.warnings:
                 log.warning("relay %s: %s", spec.name, warning)
             out.remaining = backlog.remaining
+            out.capture_lost = backlog.lost
+            for lost in backlog.lost:
+                log.error("relay %s: %s", spec.name, lost)
             stats.gauge(st.RELAY_DEPTH, float(backlog.remaining))
             if backlog.refused_writes is not None:
                 out.refused_writes = backlog.refused_writes

@@ -343,6 +343,13 @@ def clear_checkpoints(store: Store, migration: str, scope: str) -> int:
                       [migration, scope[:255]])
 
 
+def clear_checkpoints_except(store: Store, migration: str, scope: str) -> int:
+    """Every checkpoint of ``migration`` but those of ``scope`` (an abort keeps the capture's end mark)."""
+    p = store.paramstyle
+    return bk.execute(store, f"DELETE FROM {CHECKPOINTS} WHERE migration = {p} AND scope <> {p}",
+                      [migration, scope[:255]])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # published specs (written once by the workflow's activity, read by workers resolving a spec reference)
 

@@ -81,6 +81,11 @@ class WriteFencedError(DualwriteError):
     ``fence_max_wait``, or was routed before the authority moved: nothing was written; retry the request."""
 
 
+class AuthorityMovedError(DualwriteError):
+    """A relay round was about to mirror into a store that is no longer denied (authority moved to it since
+    the round read the phase): nothing was written; the next round reads the new phase. Not permanent."""
+
+
 class StrictWriteError(DualwriteError):
     """A ``strict`` write failed, and neither store keeps it: ``store`` says which one failed.
 
@@ -125,6 +130,23 @@ class SchemaChangedError(CaptureError):
 class PgOutputError(CaptureError, ValueError):
     """A ``pgoutput`` message the decoder does not understand (a corrupt or newer stream). Also a
     ``ValueError``, which it was before it joined the hierarchy."""
+
+
+class CaptureEndedError(CaptureError):
+    """Capture of a migration that was aborted or cleaned up cannot start again: an activity still running
+    after the end (a terminated relay's drain, a late denial) must not leave a slot behind. A new run of the
+    migration (its preflight) lifts this."""
+
+
+class CaptureLostError(CaptureError):
+    """Capture lost changes: the replication slot vanished after it had started, or the binlog no longer
+    holds the stored position. Changes in between were never mirrored: restart the relay, then run a
+    verification with repair before any cutover."""
+
+
+class CaptureTruncatedError(CaptureError):
+    """A TRUNCATE of a migrated table was seen in the log: it is not mirrored (a key-by-key mirror cannot
+    replay it), so the stores differ until a verification with repair levels them."""
 
 
 class SlotBusyError(DualwriteError):

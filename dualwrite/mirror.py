@@ -13,10 +13,12 @@ read (``lock=False``), where no lock orders the images; ``force`` drops it there
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dualwrite import hooks
+from dualwrite.errors import AuthorityMovedError
 from dualwrite.mapping import TableMapping
 from dualwrite.store import Store
 from dualwrite.stores import Key, Role, kind_for, normal_key
@@ -38,8 +40,13 @@ class MirrorResult:
 
 
 def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Sequence[Key], *,
-                force: bool = False, lock: bool = True, batch_size: int = 1000) -> MirrorResult:
-    """Mirror ``keys`` (source key values) from ``source`` to ``target``; one round trip per store per batch."""
+                force: bool = False, lock: bool = True, batch_size: int = 1000,
+                commit_if: Callable[[Any], bool] | None = None) -> MirrorResult:
+    """Mirror ``keys`` (source key values) from ``source`` to ``target``; one round trip per store per batch.
+
+    ``commit_if(target_connection)`` runs in each batch's target transaction before anything is written; False
+    rolls the batch back and raises :class:`AuthorityMovedError` (a relay checks that the target still refuses
+    the application, under a lock that a lift of the denial must wait for)."""
     result = MirrorResult()
     unique = list(dict.fromkeys(normal_key(k) for k in keys))
     skind, tkind = kind_for(source), kind_for(target)
@@ -51,6 +58,12 @@ def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Seque
             found = src.read_keys(sconn, batch, lock=lock)
             present = {src.row_key(r) for r in found}
             absent = [k for k in batch if k not in present]
+            if commit_if is not None and not commit_if(tconn):
+                tconn.rollback()
+                sconn.rollback()
+                raise AuthorityMovedError(f"mirroring {mapping.source_table} -> {mapping.target_table}: the target "
+                                          f"store {target.name!r} is no longer denied (authority moved); nothing "
+                                          "was written")
             # usually only one of the two statements runs: a batch is all writes or all deletes
             try:
                 result.deleted += dst.delete(tconn, absent)

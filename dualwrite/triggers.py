@@ -210,8 +210,9 @@ def installed(store: Store, migration: str, table: str) -> bool:
     return _triggers_present(store, _names(migration, table)[0])
 
 
-def _triggers_present(store: Store, trig: str) -> bool:
-    """Is the trigger ``trig`` (PostgreSQL) or are its per-event siblings ``trig_*`` (MariaDB, SQLite) there?"""
+def _triggers_present(store: Store, trig: str, *, all_events: bool = False) -> bool:
+    """Is the trigger ``trig`` (PostgreSQL) or are its per-event siblings ``trig_*`` (MariaDB, SQLite) there?
+    With ``all_events``: all three siblings (insert, update, delete)."""
     with store.connect() as conn:
         cur = conn.cursor()
         if store.dialect is Dialect.POSTGRESQL:
@@ -224,6 +225,8 @@ def _triggers_present(store: Store, trig: str) -> bool:
         (n,) = cur.fetchone()
         cur.close()
         conn.rollback()
+    if all_events and store.dialect is not Dialect.POSTGRESQL:
+        return int(n) >= 3
     return bool(n)
 
 
@@ -366,8 +369,12 @@ def deny_sql(store: Store, migration: str, table: str, authoritative: str, *, co
                 f"SET MESSAGE_TEXT = {_lit(msg)}; END IF; END")
         out = [f"CREATE SEQUENCE IF NOT EXISTS {seq} NOCACHE"] if count else []
         for suffix, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
-            out += [f"DROP TRIGGER IF EXISTS {trig}_{suffix}",
-                    f"CREATE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} FOR EACH ROW {body}"]
+            if store.is_mariadb:
+                # one statement: a DROP then CREATE (each DDL commits on its own) let writes in between
+                out += [f"CREATE OR REPLACE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} FOR EACH ROW {body}"]
+            else:  # MySQL has no CREATE OR REPLACE TRIGGER
+                out += [f"DROP TRIGGER IF EXISTS {trig}_{suffix}",
+                        f"CREATE TRIGGER {trig}_{suffix} BEFORE {event} ON {qt} FOR EACH ROW {body}"]
         return out
     out = []
     for suffix, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
@@ -432,5 +439,35 @@ def allow_writes(store: Store, migration: str, tables: Sequence[str]) -> None:
 
 
 def writes_denied(store: Store, migration: str, table: str) -> bool:
-    """Does ``table`` on ``store`` refuse writes that bypass dualwrite?"""
-    return _triggers_present(store, _deny_names(migration, table)[0])
+    """Does ``table`` on ``store`` refuse writes that bypass dualwrite? On MariaDB and SQLite only when all
+    three per-event triggers are there: with one missing, those writes land."""
+    return _triggers_present(store, _deny_names(migration, table)[0], all_events=True)
+
+
+def still_denied(conn: Any, store: Store, migration: str, table: str) -> bool:
+    """In the caller's open transaction on ``store``: does ``table`` still refuse the application's writes?
+
+    The table is locked first (a row-exclusive lock on PostgreSQL, a shared-write metadata lock on MariaDB),
+    and lifting a denial drops triggers, which waits for that lock: a caller that sees True writes before the
+    lift commits, never after it."""
+    trig, _ = _deny_names(migration, table)
+    cur = conn.cursor()
+    try:
+        if store.dialect is Dialect.POSTGRESQL:
+            qt = _qualified(store, table)
+            cur.execute(f"LOCK TABLE {qt} IN ROW EXCLUSIVE MODE")
+            cur.execute("SELECT COUNT(*) FROM pg_trigger WHERE tgname = %s AND tgrelid = %s::regclass "
+                        "AND NOT tgisinternal", (trig, qt))
+            return bool(cur.fetchone()[0])
+        if store.dialect is Dialect.MYSQL:
+            cur.execute(f"DELETE FROM {_qualified(store, table)} WHERE 1 = 0")  # takes the metadata lock
+            cur.execute("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+                        "AND TRIGGER_NAME LIKE %s", (trig + "\\_%",))
+            return int(cur.fetchone()[0]) >= 3
+        return True  # SQLite: one writer at a time, no concurrent lift to race
+    finally:
+        cur.close()
+
+
+def _qualified(store: Store, table: str) -> str:
+    return ".".join(store.quote(p) for p in table.split(".")) if "." in table else store.quote(table)

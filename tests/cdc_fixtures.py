@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dualwrite.cdc import servers
+from dualwrite.cdc import pg, servers
 from dualwrite.config import StoreRef, env_var_for
 from dualwrite.store import Store
 
@@ -99,3 +102,20 @@ def cdc_pg_new(cdc_pg_server: servers.Server, dw_resolver: Any, databases: Any) 
 @pytest.fixture(scope="session")
 def cdc_my_old(cdc_my_server: servers.Server, dw_resolver: Any, databases: Any) -> Store:
     return _register(dw_resolver, databases, "cdcmyold", cdc_my_server.url(_my_db(cdc_my_server, "old")))
+
+
+def hold_slot(store: Store, migration: str) -> subprocess.Popen[bytes]:
+    """A session that holds the slot active, as a running capture activity does."""
+    slot, pub = pg.capture_names(migration, store.name)
+    url = store.engine.url
+    exe = shutil.which("pg_recvlogical")
+    assert exe, "pg_recvlogical (postgresql-client) is needed"
+    proc = subprocess.Popen([exe, "-h", str(url.host), "-p", str(url.port), "-U", str(url.username),
+                             "-d", str(url.database), "-S", slot, "--start", "-o", "proto_version=1",
+                             "-o", f"publication_names={pub}", "-f", "/dev/null", "--no-loop"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not (pg.lag(store, migration) or (0, False))[1]:
+        assert time.monotonic() < deadline and proc.poll() is None, "pg_recvlogical did not take the slot"
+        time.sleep(0.05)
+    return proc

@@ -106,6 +106,7 @@ class RelayCarry(_Model):
     last_lag_seconds: float = 0.0
     finishing: bool = False
     refused_writes: dict[str, int] = Field(default_factory=dict)
+    capture_lost: list[str] = Field(default_factory=list)
 
 
 class RelaySetupInput(SpecCarrier):
@@ -140,6 +141,9 @@ class RelayDrainResult(_Model):
     errors: list[str] = Field(default_factory=list, description="a few error messages (no row data)")
     refused_writes: dict[str, int] = Field(default_factory=dict, description="'store/table' -> writes that "
                                            "bypassed dualwrite and were refused there so far (denied writes)")
+    capture_lost: list[str] = Field(default_factory=list, description="what log capture missed (strategy cdc: a "
+                                    "slot that vanished, a purged binlog, a TRUNCATE): a verification with repair "
+                                    "must level the stores before any cutover")
 
 
 class CatchUpInput(SpecCarrier):
@@ -168,6 +172,7 @@ class RelayStatus(_Model):
     runs: int
     finishing: bool
     refused_writes: dict[str, int] = Field(default_factory=dict)
+    capture_lost: list[str] = Field(default_factory=list)
 
 
 RelayInput.model_rebuild()
@@ -195,7 +200,7 @@ class RelayWorkflow:
         return RelayStatus(migration=self._migration, totals=self._carry.totals,
                            last_lag_seconds=self._carry.last_lag_seconds, remaining=self._remaining,
                            runs=self._carry.runs, finishing=self._carry.finishing,
-                           refused_writes=self._carry.refused_writes)
+                           refused_writes=self._carry.refused_writes, capture_lost=self._carry.capture_lost)
 
     @workflow.run
     async def run(self, inp: RelayInput) -> RelayStatus:
@@ -258,6 +263,7 @@ class RelayWorkflow:
         self._carry.totals.add(res.counters)
         self._carry.last_lag_seconds = res.lag_seconds
         self._carry.refused_writes = res.refused_writes or self._carry.refused_writes
+        self._carry.capture_lost = res.capture_lost
         self._remaining = res.remaining
         self._details()
 
@@ -268,4 +274,5 @@ class RelayWorkflow:
             "| mirrored | entries | sent to repair | discarded | lag | backlog |\n|---:|---:|---:|---:|---:|---:|\n"
             f"| {t.mirrored:,} | {t.entries:,} | {t.failed:,} | {t.discarded:,} | "
             f"{self._carry.last_lag_seconds:.2f} s | {self._remaining:,} |"
-            + ("\n\n*finishing: final drain*" if self._carry.finishing else ""))
+            + ("\n\n*finishing: final drain*" if self._carry.finishing else "")
+            + "".join(f"\n\n**capture lost changes:** {m}" for m in self._carry.capture_lost))

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dualwrite import triggers
+from dualwrite import control, triggers
 from dualwrite.capture.store_side import RETIRED_OLD, Backlog, Key, RelayStores
 from dualwrite.cdc import capture
 from dualwrite.cdc.pg import TableKeys
+from dualwrite.errors import AuthorityMovedError, CaptureLostError, CaptureTruncatedError
 from dualwrite.mapping import TableMapping
 from dualwrite.relay import RelayResult
 from dualwrite.stats import RELAY, RELAY_LAG, Stats
@@ -62,6 +63,8 @@ def _drain(rs: RelayStores, phase: str, *, limit: int, max_seconds: float, shoul
     log is empty), and skip the other store's log while it is denied."""
     authoritative = triggers.authoritative_side(phase)
     migration = rs.spec.name
+    if capture.ended(rs.control, migration):
+        return RelayResult()  # aborted or cleaned up: an activity that outlived its relay has nothing to do
     if phase in RETIRED_OLD and sides is None:
         # the old store is retired: what the new store captures is not mirrored anywhere any more
         capture.skip(rs.new, rs.control, migration, lambda: True)
@@ -69,11 +72,30 @@ def _drain(rs: RelayStores, phase: str, *, limit: int, max_seconds: float, shoul
     total = RelayResult()
     started = time.monotonic()
     for side in sides or (authoritative,):
-        source, target = rs.store(side), rs.store("new" if side == "old" else "old")
+        other = "new" if side == "old" else "old"
+        source, target = rs.store(side), rs.store(other)
+        guarded = _target_denied(rs, other, phase) if side == authoritative and len(sides or ()) < 2 else False
+        if guarded is None:
+            log.info("cdc %s: authority moved since the round read phase %s; the next round mirrors", migration,
+                     phase)
+            break
         state = _Capture(rs, side)
         while not should_stop():
-            res = capture.drain_batch(source, target, rs.control, migration, state.tables, state.mapping_for(),
-                                      reverse=state.reverse, limit=limit)
+            try:
+                res = capture.drain_batch(source, target, rs.control, migration, state.tables, state.mapping_for(),
+                                          reverse=state.reverse, limit=limit, guarded=guarded)
+            except AuthorityMovedError:
+                log.info("cdc %s: authority moved during a round under phase %s; nothing written, the next round "
+                         "mirrors", migration, phase)
+                return total
+            except CaptureTruncatedError as exc:  # noted; the position moved past it, capture goes on
+                log.error("cdc %s: %s", migration, exc)
+                continue
+            except CaptureLostError as exc:
+                # noted (status shows it until a verification with repair): capture starts again from now
+                log.error("cdc %s: %s", migration, exc)
+                capture.restart(source, rs.control, migration, rs.tables(side))
+                continue
             total += res
             if not res.entries or time.monotonic() - started > max_seconds:
                 break
@@ -88,6 +110,21 @@ def _drain(rs: RelayStores, phase: str, *, limit: int, max_seconds: float, shoul
     return total
 
 
+def _target_denied(rs: RelayStores, side: str, phase: str) -> bool | None:
+    """Must the round's mirror into ``side`` check, in its own transaction, that ``side`` is still denied?
+
+    True when ``side`` refuses the application now: the mirror checks again under a lock that lifting the
+    denial waits for. Not denied: either it never was (before the first denial, histories without denials)
+    or its denial was lifted after this round read ``phase``; the workflow publishes a flip before it lifts
+    the denial, so then the published phase differs now (None: the round must not write)."""
+    if all(triggers.writes_denied(rs.store(side), rs.spec.name, t) for t in rs.tables(side)):
+        return True
+    state = control.read_state(rs.control, rs.spec.name)
+    if state is not None and state.phase != phase:
+        return None
+    return False
+
+
 class CdcSide:
     """Log capture on both stores (a PostgreSQL replication slot and publication, a MariaDB binlog position)."""
 
@@ -100,6 +137,8 @@ class CdcSide:
         return [], captured
 
     def teardown(self, rs: RelayStores) -> None:
+        """The relay's end (CLEANUP, abort): marked ended first, so nothing still running starts it again."""
+        capture.end(rs.control, rs.spec.name)
         for store in (rs.old, rs.new):
             capture.teardown(store, rs.control, rs.spec.name)
 
@@ -127,6 +166,10 @@ class CdcSide:
             out.remaining += n or 0
             if warning:
                 out.warnings.append(warning)
+        try:
+            out.lost = capture.losses(rs.control, rs.spec.name, [rs.old, rs.new])
+        except Exception:  # noqa: BLE001 - information only; the next drain asks again
+            log.warning("cdc %s: cannot read the capture's loss marks", rs.spec.name)
         return out
 
     def catch_up_points(self, rs: RelayStores, sides: Sequence[str]) -> list[Any]:
@@ -153,6 +196,7 @@ class CdcSide:
         someone drops it (the most reported failure of log-based tools), and a table left denying writes
         refuses the application after it was told the migration is over."""
         removed: list[str] = []
+        capture.end(rs.control, rs.spec.name)  # first: a capture activity still running cannot start it again
         for store in (rs.old, rs.new):
             capture.teardown(store, rs.control, rs.spec.name)
             removed.append(f"{store.name}/capture")

@@ -73,6 +73,8 @@ class Backlog:
     lag_seconds: float | None = None
     refused_writes: dict[str, int] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: what capture missed (log capture): a verification with repair must level the stores
+    lost: list[str] = field(default_factory=list)
 
 
 class StoreSide(Protocol):

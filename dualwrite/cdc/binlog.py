@@ -117,6 +117,32 @@ def setup(control_store: Store, migration: str, store: Store) -> bool:
     return True
 
 
+def purged_past(store: Store, pos: Position) -> str | None:
+    """Why the binlog no longer holds everything after ``pos`` (the oldest binlog starts after it), or None.
+
+    MariaDB: the GTID state at the start of the oldest binlog must be included in ``pos``; MySQL: ``pos``'s
+    file must still be there."""
+    with store.connect() as conn:
+        cur = conn.cursor()
+        try:
+            cur.execute("SHOW BINARY LOGS")
+            rows = cur.fetchall()
+            if not rows:
+                return None
+            oldest = str(rows[0][0])
+            if pos[0] != GTID:
+                return None if pos[0] >= oldest else f"the binlog {pos[0]} was purged (the oldest is {oldest})"
+            cur.execute("SELECT BINLOG_GTID_POS(%s, 4)", (oldest,))
+            start = str((cur.fetchone() or [""])[0] or "")
+        finally:
+            cur.close()
+            conn.rollback()
+    if gtid_reached(pos[1], start):
+        return None
+    return (f"the binlog was purged past the stored GTID position {pos[1] or '(empty)'} (the oldest binlog "
+            f"{oldest} starts at {start})")
+
+
 def teardown(control_store: Store, migration: str, store: Store) -> None:
     control.clear_checkpoints(control_store, migration, _scope(store))
 

@@ -25,10 +25,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dualwrite import control
+from dualwrite import control, triggers
 from dualwrite.cdc import binlog, pg
 from dualwrite.cdc.pg import CaptureError, SchemaChangedError, TableKeys
-from dualwrite.errors import StoreUnavailableError
+from dualwrite.errors import (
+    AuthorityMovedError,
+    CaptureEndedError,
+    CaptureLostError,
+    CaptureTruncatedError,
+    StoreUnavailableError,
+)
 from dualwrite.keys import Key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys, normal_key
@@ -46,33 +52,172 @@ def _check_dialect(store: Store) -> None:
                            "use strategy triggers or outbox")
 
 
+#: the control store's checkpoint scope that marks a migration's capture as ended (abort, CLEANUP)
+ENDED_SCOPE = "cdc:ended"
+
+
+def end(control_store: Store, migration: str) -> None:
+    """Mark the migration's capture as ended (before it is taken down): :func:`setup` refuses from now on.
+
+    Durable, in the control store, because what could create a slot again is an activity that outlived
+    the decision (a terminated relay's, a late denial's retry), in any worker."""
+    control.save_checkpoint(control_store, migration, ENDED_SCOPE, 0, ["ended"], 0, 1)
+
+
+def ended(control_store: Store, migration: str) -> bool:
+    try:
+        return control.load_checkpoint(control_store, migration, ENDED_SCOPE, 0) is not None
+    except Exception as exc:
+        if control_tables_missing(exc):
+            return False  # no control tables yet: nothing ever ended
+        raise
+
+
+def control_tables_missing(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "does not exist" in text or "doesn't exist" in text or "no such table" in text
+
+
+def reopen(control_store: Store, migration: str) -> None:
+    """A new run of the migration (its preflight): capture may start again."""
+    control.clear_checkpoints(control_store, migration, ENDED_SCOPE)
+
+
 def setup(store: Store, control_store: Store, migration: str, tables: Sequence[str]) -> bool:
-    """Start capture on ``store`` for ``tables`` (idempotent; True when it starts now)."""
+    """Start capture on ``store`` for ``tables`` (idempotent; True when it starts now).
+
+    Refused (:class:`CaptureEndedError`) once the migration's capture has ended. The mark is read before
+    and again after creating: an abort marks first and drops afterwards, so either it drops what was
+    created here, or this sees its mark and takes it down itself; no slot is left either way."""
     _check_dialect(store)
+    _refuse_ended(control_store, migration)
     if store.dialect is Dialect.POSTGRESQL:
-        return pg.setup(store, migration, tables)
-    return binlog.setup(control_store, migration, store)
+        started = pg.setup(store, migration, tables)
+        # noted once the slot exists: a slot missing later lost changes (not one that was never set up)
+        _note_started(control_store, migration, store)
+    else:
+        started = binlog.setup(control_store, migration, store)
+    if ended(control_store, migration):
+        teardown(store, control_store, migration)
+        _refuse_ended(control_store, migration)
+    return started
+
+
+def restart(store: Store, control_store: Store, migration: str, tables: Sequence[str]) -> None:
+    """Capture on ``store`` again from the end of its log after it lost changes (the loss stays noted)."""
+    if store.dialect is Dialect.MYSQL:
+        binlog.teardown(control_store, migration, store)  # the stored position is gone from the binlog
+    setup(store, control_store, migration, tables)
+
+
+def _note_started(control_store: Store, migration: str, store: Store) -> None:
+    try:
+        control.save_checkpoint(control_store, migration, _started_scope(store), 0, ["slot"], 0, 1)
+    except Exception as exc:
+        if not control_tables_missing(exc):
+            raise
+        control.ensure_schema(control_store)  # a control store used for the first time (the relay makes them)
+        control.save_checkpoint(control_store, migration, _started_scope(store), 0, ["slot"], 0, 1)
+
+
+def _refuse_ended(control_store: Store, migration: str) -> None:
+    if ended(control_store, migration):
+        raise CaptureEndedError(f"migration {migration!r} was aborted or cleaned up: its capture is not started "
+                                "again (a new run of the migration starts it)")
 
 
 def teardown(store: Store, control_store: Store, migration: str) -> None:
-    """Stop capture on ``store`` (idempotent)."""
+    """Stop capture on ``store`` (idempotent). Its loss marks go too: what follows (CLEANUP, or a rollback
+    to PREPARE and a new backfill with its repairing verification) no longer depends on what was lost."""
+    with contextlib.suppress(Exception):  # no control tables (never set up): nothing noted
+        for scope in (_started_scope(store), _lost_scope(store)):
+            control.clear_checkpoints(control_store, migration, scope)
     if store.dialect is Dialect.POSTGRESQL:
         pg.teardown(store, migration)
     elif store.dialect is Dialect.MYSQL:
         binlog.teardown(control_store, migration, store)
 
 
+def _started_scope(store: Store) -> str:
+    return f"cdc:slot:{store.name}"
+
+
+def _lost_scope(store: Store) -> str:
+    return f"cdc:lost:{store.name}"
+
+
+def note_loss(control_store: Store, migration: str, store: Store, what: str) -> None:
+    """Keep, in the control store, that capture on ``store`` missed changes, and when (shown by status; the
+    cutover gates want a verification with repair after it, :mod:`dualwrite.cdc.gate`)."""
+    cp = control.load_checkpoint(control_store, migration, _lost_scope(store), 0)
+    n = cp.batches + 1 if cp is not None else 1
+    control.save_checkpoint(control_store, migration, _lost_scope(store), 0, [what[:500], time.time()], 0, n)
+
+
+def losses(control_store: Store, migration: str, stores: Sequence[Store]) -> list[str]:
+    """What capture missed on ``stores`` (empty: nothing): a verification with repair must level the stores
+    before any cutover relies on them."""
+    return [what for what, _ in losses_at(control_store, migration, stores)]
+
+
+def losses_at(control_store: Store, migration: str, stores: Sequence[Store]) -> list[tuple[str, float]]:
+    """(what, unix time of the latest) per store whose capture missed changes."""
+    out: list[tuple[str, float]] = []
+    for store in stores:
+        try:
+            cp = control.load_checkpoint(control_store, migration, _lost_scope(store), 0)
+        except Exception as exc:
+            if control_tables_missing(exc):
+                continue
+            raise
+        if cp is not None and cp.cursor:
+            out.append((str(cp.cursor[0]), float(cp.cursor[1]) if len(cp.cursor) > 1 else 0.0))
+    return out
+
+
+def clear_losses(control_store: Store, migration: str, stores: Sequence[Store]) -> None:
+    """After a verification with repair levelled the stores."""
+    for store in stores:
+        control.clear_checkpoints(control_store, migration, _lost_scope(store))
+
+
+def _lost(control_store: Store, migration: str, store: Store, why: str) -> CaptureLostError:
+    msg = (f"store {store.name!r}: capture of migration {migration!r} lost changes: {why}; changes in between "
+           "were never mirrored: restart the relay, then run a verification with repair before any cutover")
+    note_loss(control_store, migration, store, msg)
+    return CaptureLostError(msg)
+
+
+def _read_pg(store: Store, control_store: Store, migration: str, tables: Sequence[TableKeys],
+             limit: int) -> pg.Batch:
+    try:
+        return pg.read_batch(store, migration, tables, limit)
+    except CaptureError:
+        if pg.slot_exists(store, migration) or ended(control_store, migration):
+            raise
+        if control.load_checkpoint(control_store, migration, _started_scope(store), 0) is None:
+            raise  # never set up (or taken down): not a loss
+        slot, _ = pg.capture_names(migration, store.name)
+        raise _lost(control_store, migration, store, f"the replication slot {slot} vanished after capture "
+                    "had started (dropped by hand, or invalidated by max_slot_wal_keep_size)") from None
+
+
 def drain_batch(store: Store, other: Store, control_store: Store, migration: str, tables: Sequence[TableKeys],
-                mapping_for: Callable[[str], TableMapping], *, reverse: bool, limit: int = 5000) -> RelayResult:
+                mapping_for: Callable[[str], TableMapping], *, reverse: bool, limit: int = 5000,
+                guarded: bool = False) -> RelayResult:
     """Mirror one batch of captured changes of ``store`` to ``other``; entries 0 = nothing captured.
 
     ``tables`` name the migrated tables as they are on ``store``; ``mapping_for(name)`` gives the mapping
     from ``store`` to ``other`` for one of them. A key the target rejects goes to the repair queue, so it
-    does not hold the log back; an unreachable store or a deadlock raises, and the position stays."""
+    does not hold the log back; an unreachable store or a deadlock raises, and the position stays.
+
+    ``guarded``: ``other`` refuses the application's writes (denied writes) and must still do so in the
+    transaction that mirrors into it, or :class:`AuthorityMovedError` is raised and nothing is advanced (the
+    round read a phase that has just changed)."""
     out = RelayResult()
     if store.dialect is Dialect.POSTGRESQL:
         try:
-            pbatch = pg.read_batch(store, migration, tables, limit)
+            pbatch = _read_pg(store, control_store, migration, tables, limit)
         except pg.SlotBusyError:
             return out  # the other reader (relay or catch-up) is applying it
         keys, changes, lag, done = pbatch.keys, pbatch.changes, pbatch.lag_seconds, pbatch.end_lsn is not None
@@ -83,18 +228,20 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
             with contextlib.suppress(pg.SlotBusyError):
                 pg.advance(store, migration, pbatch.idle_lsn)
     else:
+        at = binlog.load_position(control_store, migration, store)
+        purged = binlog.purged_past(store, at) if at is not None else None
+        if purged is not None:
+            raise _lost(control_store, migration, store, purged)
         bbatch = binlog.read_batch(control_store, migration, store, tables, limit)
         keys, changes, lag, done = bbatch.keys, bbatch.changes, bbatch.lag_seconds, bbatch.end is not None
         truncated = []
     if not done:
         return out
     out.entries, out.batches, out.lag_seconds = changes, 1, lag
-    for table in truncated:
-        log.warning("cdc %s: TRUNCATE of %s captured on %s; it is not mirrored: run a verification with repair",
-                    migration, table, store.name)
     for table, table_keys in keys.items():
         mapping = mapping_for(table)
-        _mirror(store, other, control_store, migration, mapping, table, table_keys, reverse, out)
+        commit_if = _still_denied(other, migration, mapping.target_table) if guarded else None
+        _mirror(store, other, control_store, migration, mapping, table, table_keys, reverse, out, commit_if)
     if store.dialect is Dialect.POSTGRESQL:
         assert pbatch.end_lsn is not None
         with contextlib.suppress(pg.SlotBusyError):  # the other reader advances it; re-reading is harmless
@@ -102,20 +249,32 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
     else:
         assert bbatch.end is not None
         binlog.save_position(control_store, migration, store, bbatch.end)
+    if truncated:  # reported after the rest was applied and the position moved past it
+        msg = (f"store {store.name!r}: TRUNCATE of {', '.join(dict.fromkeys(truncated))} captured for migration "
+               f"{migration!r}; a TRUNCATE is not mirrored: run a verification with repair before any cutover")
+        note_loss(control_store, migration, store, msg)
+        raise CaptureTruncatedError(msg)
     return out
 
 
+def _still_denied(target: Store, migration: str, table: str) -> Callable[[Any], bool]:
+    return lambda conn: triggers.still_denied(conn, target, migration, table)
+
+
 def _mirror(store: Store, other: Store, control_store: Store, migration: str, mapping: TableMapping, table: str,
-            keys: list[Key], reverse: bool, out: RelayResult) -> None:
+            keys: list[Key], reverse: bool, out: RelayResult, commit_if: Callable[[Any], bool] | None) -> None:
     try:
-        res = mirror_keys(store, other, mapping, keys)
+        res = mirror_keys(store, other, mapping, keys, commit_if=commit_if)
         out.mirrored += res.keys
-    except StoreUnavailableError:
+    except (StoreUnavailableError, AuthorityMovedError):
         raise
     except Exception as exc:
         if is_transient(exc):
             raise  # a deadlock: the batch is read again, nothing was advanced
-        done, failed, errors = _mirror_isolated(store, other, mapping, list(dict.fromkeys(keys)))
+        if commit_if is not None:  # key by key, each under the same check
+            done, failed, errors = _isolated_guarded(store, other, mapping, list(dict.fromkeys(keys)), commit_if)
+        else:
+            done, failed, errors = _mirror_isolated(store, other, mapping, list(dict.fromkeys(keys)))
         out.mirrored += done
         if failed:
             control.enqueue_repair(control_store, migration, table, failed,
@@ -123,6 +282,22 @@ def _mirror(store: Store, other: Store, control_store: Store, migration: str, ma
                                    authoritative="new" if reverse else "old")
             out.failed += len(failed)
             out.errors += [e for e in errors if e not in out.errors][:5 - len(out.errors)]
+
+
+def _isolated_guarded(store: Store, other: Store, mapping: TableMapping, keys: list[Key],
+                      commit_if: Callable[[Any], bool]) -> tuple[int, list[Key], list[str]]:
+    done, failed, errors = 0, [], []
+    for key in keys:
+        try:
+            mirror_keys(store, other, mapping, [key], commit_if=commit_if)
+            done += 1
+        except (StoreUnavailableError, AuthorityMovedError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+            failed.append(key)
+            if _short(exc) not in errors:
+                errors.append(_short(exc))
+    return done, failed, errors
 
 
 def skip(store: Store, control_store: Store, migration: str, still_denied: Callable[[], bool]) -> bool:

@@ -136,14 +136,39 @@ def setup(store: Store, migration: str, tables: Sequence[str]) -> bool:
         return True
 
 
-def teardown(store: Store, migration: str) -> None:
-    """Drop the slot (its retained WAL is released) and the publication. Idempotent."""
+#: how long teardown keeps ending the sessions that hold the slot before it gives up (and is retried)
+TEARDOWN_SECONDS = 30.0
+
+
+def teardown(store: Store, migration: str, *, seconds: float = TEARDOWN_SECONDS) -> None:
+    """Drop the slot (its retained WAL is released) and the publication. Idempotent.
+
+    A slot in use cannot be dropped, and one is in use whenever a capture activity reads it: one of a relay
+    that was terminated keeps running until its heartbeat fails. Skipping an active slot left it behind for
+    ever, so the session that holds it is ended (``pg_terminate_backend``; its activity fails and is not
+    retried once the migration ended) and the drop is tried again until the slot is gone. Raises
+    :class:`CaptureError` (the caller's activity is retried) when it is still there after ``seconds``."""
     slot, pub = capture_names(migration, store.name)
+    deadline = time.monotonic() + seconds
     with _session(store) as conn:
         cur = conn.cursor()
-        cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND NOT active", (slot,))
         cur.execute(f"DROP PUBLICATION IF EXISTS {pub}")
+        while True:
+            cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cur.fetchone()
+            if row is None:
+                return
+            if row[0] is not None:
+                cur.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            try:
+                cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except Exception as exc:
+                if "does not exist" not in str(exc) and "is active for PID" not in str(exc):
+                    raise
+            if time.monotonic() > deadline:
+                raise CaptureError(f"store {store.name!r}: the replication slot {slot} of migration {migration!r} "
+                                   f"is still in use after {seconds:.0f}s of ending its sessions")
+            time.sleep(0.05)
 
 
 def slot_exists(store: Store, migration: str) -> bool:

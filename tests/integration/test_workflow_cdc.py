@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.raw_writer import RawWriter, app_store, through_cutover_and_back
+from cdc_fixtures import hold_slot
 from conftest import MigrationDriver, create_my, create_pg, eventually, fetch_all, spec_for
 
 from dualwrite.cdc import pg
@@ -75,13 +76,44 @@ async def test_abort_of_a_cdc_migration_drops_the_slots_and_lifts_the_denied_wri
     await dw.advance_to(handle, "SHADOW_READ")
     assert pg.slot_exists(cdc_pg_old, name) and pg.slot_exists(cdc_pg_new, name)
     assert triggers.writes_denied(cdc_pg_new, name, table_name)
-    # the relay is gone (terminated by an operator): the abort itself must still remove the capture
+    # the relay is gone (terminated by an operator): the abort itself must still remove the capture, even
+    # while a session still holds the slot (the terminated relay's drain runs until its heartbeat fails)
     await dw.client.get_workflow_handle(f"dualwrite-{name}-relay").terminate("operator")
-    res = await dw.update(handle, "abort", by="pytest", reason="changed our mind")
-    assert res.ok, res.message
-    final = await asyncio.wait_for(handle.result(), timeout=90)
+    holder = hold_slot(cdc_pg_old, name)
+    try:
+        res = await dw.update(handle, "abort", by="pytest", reason="changed our mind")
+        assert res.ok, res.message
+        final = await asyncio.wait_for(handle.result(), timeout=90)
+    finally:
+        holder.kill()
+        holder.wait()
     assert final.aborted is not None
     assert not pg.slot_exists(cdc_pg_old, name) and not pg.slot_exists(cdc_pg_new, name)
     for store in (cdc_pg_old, cdc_pg_new):
         assert not triggers.writes_denied(store, name, table_name)
         execute(store, f"INSERT INTO {table_name} (id, name, version) VALUES (900001, 'after the abort', 1)")
+
+
+async def test_rollback_to_prepare_drops_the_slots_and_publications(
+        dw: MigrationDriver, cdc_pg_old: Store, cdc_pg_new: Store, table_name: str) -> None:
+    """Back in PREPARE nothing is migrated any more: the slot that held WAL since the first PREPARE goes,
+    with its publication; the capture PREPARE's denial sets up again starts afresh (a new publication)."""
+    create_pg(cdc_pg_old, table_name, 20)
+    create_pg(cdc_pg_new, table_name, 0)
+    name = f"cdcrb-{table_name[-4:]}"
+    handle = await dw.start(spec_for(name, "cdcpgold", "cdcpgnew", table_name, strategy="cdc"))
+    await dw.advance_to(handle, "BACKFILL")
+    _, pub = pg.capture_names(name)
+
+    def pubs() -> list[tuple[object, ...]]:
+        return [*fetch_all(cdc_pg_old, f"SELECT oid FROM pg_publication WHERE pubname = '{pub}'"),
+                *fetch_all(cdc_pg_new, f"SELECT oid FROM pg_publication WHERE pubname = '{pub}'")]
+
+    before = pubs()
+    assert len(before) == 2 and pg.slot_exists(cdc_pg_old, name) and pg.slot_exists(cdc_pg_new, name)
+    res = await dw.update(handle, "rollback", by="pytest", reason="start over", to="PREPARE")
+    assert res.ok, res.message
+    await dw.settled(handle, "PREPARE")
+    after = pubs()
+    assert not set(before) & set(after), "the publications of before the rollback were dropped"
+    await handle.terminate("test over")

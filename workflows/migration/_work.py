@@ -77,7 +77,7 @@ class PhaseWork:
                 s.work_state = "preflight"
                 self._st.wake += 1
                 prep = await workflow.execute_activity(
-                    ActivityNames.PREPARE, PrepareInput(spec=self._st.spec),
+                    ActivityNames.PREPARE, PrepareInput(spec=self._st.spec, rollback=s.entered_by_rollback),
                     start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=self._st.short_heartbeat(),
                     retry_policy=ACTIVITY_RETRY, result_type=PrepareResult, summary="preflight")
                 for t in s.tables:

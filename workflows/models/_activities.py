@@ -31,6 +31,8 @@ class ControlInput(_Model):
 
 class PrepareInput(_Model):
     spec: MigrationSpec
+    #: entered by a rollback (not the migration's start): capture kept from before goes first (strategy cdc)
+    rollback: bool = False
 
 
 class PublishSpecInput(_Model):
