@@ -3,7 +3,8 @@ with the old store and every live application instance has seen it.
 
 What goes: the method's capture on both stores (the capture triggers and denied writes of ``triggers``), this
 migration's key-log entries (the log tables stay, other migrations may share them), its queued repairs,
-backfill checkpoints, statistics and, when ``remove_state``, its published state and instance rows. What
+backfill checkpoints, statistics, its bookkeeping keys in a Redis new store (``__dualwrite__:<migration>:*``)
+and, when ``remove_state``, its published state and instance rows. What
 stays: every row of the old store (nothing here writes to the migrated tables) and the new store's tables and
 data, left for the operator to drop or keep.
 """
@@ -22,6 +23,7 @@ from dualwrite import bypass, control, outbox
 from dualwrite import stats as st
 from dualwrite.capture.store_side import store_side
 from dualwrite.cdc.capture import ENDED_SCOPE
+from dualwrite.keyvalue.intact import remove_markers
 from dualwrite.retire import delete_migration_rows, table_exists
 from dualwrite.stores import is_redis
 from workflows.models import AbortCleanupInput, AbortCleanupResult, ActivityNames
@@ -49,19 +51,23 @@ class AbortActivities:
             old, new, ctl = rs.old, rs.new, rs.control
             out = AbortCleanupResult()
             out.triggers_removed = store_side(spec).abort(rs, table_exists)
+            # a Redis new store has no capture, bypass records or key logs: only its bookkeeping keys
+            sql_stores = [s for s in {id(s): s for s in (old, new)}.values() if not is_redis(s)]
             if bypass.applies(spec):  # bypass capture: gone from both stores, with its records
                 for t in spec.tables:
                     for store, table in ((old, t.source), (new, t.target_table)):
-                        if table_exists(store, table):
+                        if not is_redis(store) and table_exists(store, table):
                             bypass.remove(store, spec.name, table)
-                for store in {id(s): s for s in (old, new)}.values():
+                for store in sql_stores:
                     bypass.discard(store, spec.name)
                 if not is_redis(old):  # after write cutover the old store refused raw writes: no more
                     bypass.allow_old(old, spec.name, [t.source for t in spec.tables if table_exists(old, t.source)],
                                      final=True)
-            for store in {id(s): s for s in (old, new)}.values():
+            for store in sql_stores:
                 for log_table in outbox.LOGS:
                     out.log_entries_deleted += delete_migration_rows(store, log_table, spec.name)
+            if is_redis(new):
+                remove_markers(new, spec.name)
             out.repair_entries_deleted = delete_migration_rows(ctl, control.REPAIR_QUEUE, spec.name)
             tables = [st.STATS]
             if inp.remove_state:

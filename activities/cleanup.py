@@ -8,6 +8,7 @@ from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating, stopping
 from activities.stores import StoreCache
 from dualwrite import outbox, relay, retire, triggers
+from dualwrite.keyvalue.intact import remove_markers
 from dualwrite.stores import is_redis
 from workflows.models import ActivityNames, RetiredTable, RetireInput, RetireResult
 
@@ -25,7 +26,8 @@ class CleanupActivities:
         """Retire the old store after the CLEANUP barrier (applications no longer mirror): remove capture
         triggers (both stores), mirror what the old store's key logs still hold and discard the entries
         towards the old store, drop key logs left empty, discard queued repairs, then rename each old
-        table to ``<table>_dw_retired_<stamp>`` (or drop it when ``drop``). Idempotent: a retry finds the
+        table to ``<table>_dw_retired_<stamp>`` (or drop it when ``drop``); a Redis new store loses this
+        migration's ``__dualwrite__:<migration>:*`` keys. Idempotent: a retry finds the
         retired names and reports them."""
         with mapped_errors(), heartbeating():
             spec, digest = self.stores.spec_of(inp)
@@ -51,6 +53,8 @@ class CleanupActivities:
                     if retire.drop_log_if_unused(store, spec.name, log_table):
                         out.logs_dropped.append(f"{store.name}/{log_table}")
             out.repair_entries_discarded = retire.discard_repairs(ctl, spec.name)
+            if not sql_new:  # the intact marker and the rest of this migration's keys (keyvalue.intact)
+                remove_markers(rs.new, spec.name)
             for t in spec.tables:
                 done = retire.retire_table(rs.old, t.source, inp.stamp, drop=inp.drop)
                 out.tables.append(RetiredTable(source=done.source, action=done.action, retired_as=done.retired_as))

@@ -131,11 +131,11 @@ def _capture_lost_metrics(stores: StoreCache, spec: MigrationSpec, inp: GateInpu
 
 
 def _redis_metrics(new: Any, migration: str, inp: GateInput) -> list[GateMetric]:
-    """A Redis new store's own gate metrics: intact since PREPARE (into CUTOVER_READS and beyond), and, at
-    CUTOVER_WRITES, durable (keeps its data on disk, never evicts; a forced advance with a reason overrides
-    it, recorded in the transition history)."""
+    """A Redis new store's own gate metrics: intact since PREPARE (into CUTOVER_READS through CLEANUP:
+    ``gates.INTACT_GATED``), and, at CUTOVER_WRITES, durable (keeps its data on disk, never evicts; a forced
+    advance with a reason overrides it, recorded in the transition history)."""
     out: list[GateMetric] = []
-    if inp.to.rank >= Phase.CUTOVER_READS.rank:
+    if inp.to.value in gates.INTACT_GATED:
         v = inp.last_verification
         now = inp.at or datetime.now(UTC)
         clean = v is not None and v.verdict == "ok"  # one that had to repair is no proof of equality

@@ -1,7 +1,7 @@
 """Chaos convergence run: writers that behave like real applications, through every phase transition, while
 faults are injected; then reconciliation, and a check of every acknowledged write against the stores.
 
-    python -m bench.chaos --seconds 60 --pair pg-pg|mariadb-pg \\
+    python -m bench.chaos --seconds 60 --pair pg-pg|mariadb-pg|pg-redis \\
         --strategy strict|sync|async|outbox|triggers|cdc [--writer adapter|raw] [--ack-log FILE] \\
         [--rng-seed N] [--servers-dir DIR] [--no-temporal] [--quiet]
 
@@ -49,6 +49,12 @@ neither store (``strict``: the capture method's ``all_or_nothing``), ``writes to
 N of M`` must be 0: no such write's value in either store, no failed delete's key gone (unless a later
 acknowledged write put it there); for the others the line is informative.
 
+``--pair pg-redis`` moves the tables from PostgreSQL into a private ``redis-server`` with persistence on (started
+for the run like the tests do, :func:`dualwrite.keyvalue.start_redis`; one hash per row, key
+``<table>:<key values>``), behind the same fault proxy; the harness reads Redis itself for the checks
+(:func:`redis_rows`). Redis takes ``sync`` and ``async`` only, written through the adapter (no ``raw`` writer:
+nothing captures a write that bypasses the adapter), with Temporal.
+
 ``cdc`` needs servers that write a logical WAL (PostgreSQL ``wal_level=logical``) and a ROW binlog
 (MariaDB), which the machine's servers lack: such a run starts private instances on free ports
 (:mod:`bench.chaos_servers`, with :mod:`dualwrite.cdc.servers` as the cdc tests do) and stops them at the
@@ -84,6 +90,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import redis
+
 from bench import chaos_cdc
 from bench.chaos_servers import ServerSet, capture_servers, machine_servers
 from bench.faultproxy import FaultProxy
@@ -91,11 +99,13 @@ from dualwrite import control, outbox, triggers
 from dualwrite.adapter import AdapterOptions, DualWriter
 from dualwrite.capture import METHODS, method_for
 from dualwrite.config import StoreRef, env_var_for
+from dualwrite.keyvalue import RedisServer, start_redis
 from dualwrite.mapping import TableMapping
 from dualwrite.relay import drain, drain_repairs
 from dualwrite.repair import repair
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
+from dualwrite.stores import is_redis, open_store
 from dualwrite.verify import verify_range
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,12 +156,14 @@ def fresh_databases(pair: str, tag: str, srv: ServerSet | None = None) -> tuple[
     """Create empty old/new databases for one run (on the machine's servers unless ``srv`` says otherwise);
     returns their SQLAlchemy URLs."""
     srv = srv or machine_servers()
-    new_db = f"dwchaos_{tag}_new"
-    srv.pg_admin(f'DROP DATABASE IF EXISTS "{new_db}"')
-    srv.pg_admin(f'CREATE DATABASE "{new_db}"')
-    new_url = srv.pg_url(new_db)
+    new_url = ""  # pg-redis: the run's own redis-server, started by run()
+    if pair != "pg-redis":
+        new_db = f"dwchaos_{tag}_new"
+        srv.pg_admin(f'DROP DATABASE IF EXISTS "{new_db}"')
+        srv.pg_admin(f'CREATE DATABASE "{new_db}"')
+        new_url = srv.pg_url(new_db)
     old_db = f"dwchaos_{tag}_old"
-    if pair == "pg-pg":
+    if pair in ("pg-pg", "pg-redis"):
         srv.pg_admin(f'DROP DATABASE IF EXISTS "{old_db}"')
         srv.pg_admin(f'CREATE DATABASE "{old_db}"')
         old_url = srv.pg_url(old_db)
@@ -160,7 +172,7 @@ def fresh_databases(pair: str, tag: str, srv: ServerSet | None = None) -> tuple[
         srv.my_admin(f"CREATE DATABASE `{old_db}` CHARACTER SET utf8mb4")
         old_url = srv.my_url(old_db)
     else:
-        raise SystemExit(f"unknown pair {pair!r} (pg-pg or mariadb-pg)")
+        raise SystemExit(f"unknown pair {pair!r} (pg-pg, mariadb-pg or pg-redis)")
     return old_url, new_url
 
 
@@ -171,7 +183,7 @@ def drop_databases(pair: str, tag: str, srv: ServerSet | None = None) -> None:
     with contextlib.suppress(Exception):
         srv.pg_admin(f'DROP DATABASE IF EXISTS "dwchaos_{tag}_new" WITH (FORCE)')
     with contextlib.suppress(Exception):
-        if pair == "pg-pg":
+        if pair in ("pg-pg", "pg-redis"):
             srv.pg_admin(f'DROP DATABASE IF EXISTS "dwchaos_{tag}_old" WITH (FORCE)')
         else:
             srv.my_admin(f"DROP DATABASE IF EXISTS `dwchaos_{tag}_old`")
@@ -215,10 +227,40 @@ def all_rows(store: Store, tables: Iterable[str] = TABLES) -> dict[KeyId, Row]:
     return out
 
 
-def make_spec(name: str, strategy: str, **kw: Any) -> MigrationSpec:
+def redis_rows(url: str, tables: Iterable[str] = TABLES) -> dict[KeyId, Row]:
+    """:func:`all_rows` of a Redis new store: every hash under each table's template (:func:`make_spec`),
+    read straight from the server (the key columns are fields of the hash too)."""
+    out: dict[KeyId, Row] = {}
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        for table in tables:
+            names = sorted(set(client.scan_iter(match=f"{table}:*", count=1000)))
+            for i in range(0, len(names), 1000):
+                pipe = client.pipeline(transaction=False)
+                for name in names[i:i + 1000]:
+                    pipe.hgetall(name)
+                for h in pipe.execute():
+                    key = norm_key(table, [h.get(c) for c in KEYS[table]])
+                    out[(table, key)] = (str(h.get("name")), int(h.get("n", -1)), int(h.get("version", -1)))
+    finally:
+        client.close()
+    return out
+
+
+def rows_of(store: Store) -> dict[KeyId, Row]:
+    """Every row of the chaos tables in ``store``, SQL or Redis."""
+    return redis_rows(store.url) if is_redis(store) else all_rows(store)
+
+
+REDIS_KEYS = {TABLE: f"{TABLE}:{{id}}", PAIRS: f"{PAIRS}:{{a}}:{{b}}", DOCS: f"{DOCS}:{{id}}"}
+
+
+def make_spec(name: str, strategy: str, *, redis_new: bool = False, **kw: Any) -> MigrationSpec:
+    layout: Callable[[str], dict[str, Any]] = (lambda t: {"redis": {"key": REDIS_KEYS[t], "value": "hash"}}) \
+        if redis_new else (lambda t: {})
     return MigrationSpec.model_validate({
         "name": name, "old": "chaosold", "new": "chaosnew", "strategy": strategy,
-        "tables": [{"source": t, "version_column": "version", "batch_size": 200} for t in TABLES],
+        "tables": [{"source": t, "version_column": "version", "batch_size": 200, **layout(t)} for t in TABLES],
         # the run drives every transition itself; the injected faults would trip the automatic rollback
         "rollback_triggers": {"enabled": False}, **kw})
 
@@ -702,7 +744,7 @@ def child_main(args: argparse.Namespace) -> int:
     """Write through a DualWriter until killed; append "intent" and "ack" lines to ``--log``."""
     spec = MigrationSpec.model_validate_json(Path(args.spec_file).read_text())
     old = Store(StoreRef("chaosold", args.old_url))
-    new = Store(StoreRef("chaosnew", args.new_url))
+    new = open_store(StoreRef("chaosnew", args.new_url))  # PostgreSQL or Redis
     writer = DualWriter(spec, old, new, control_store=old, options=AdapterOptions(
         background=True, phase_ttl=0.2, secondary_timeout=1.0, ensure_schema=False))
     rng = random.Random()
@@ -1360,6 +1402,10 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
     res = Result(label=f"{pair} {strategy} writer={writer_kind} {seconds:.0f}s{only} seed={rng_seed}",
                  temporal=temporal, all_or_nothing=method.all_or_nothing)
     tag = f"{pair.replace('-', '')}_{strategy}_{secrets.token_hex(2)}"
+    redis_new = pair == "pg-redis"
+    if redis_new and (writer_kind != "adapter" or not temporal or method.key_log is not None
+                      or method.reads_database_log or method.all_or_nothing):
+        raise SystemExit("--pair pg-redis runs --strategy sync or async, --writer adapter, with Temporal")
     # log capture needs servers that write a logical WAL / a ROW binlog: the run starts its own
     srv = capture_servers(pair, servers_dir) if method.reads_database_log else machine_servers()
     try:
@@ -1368,20 +1414,32 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
         srv.close(keep=keep)
         raise
     workdir = Path(tempfile.mkdtemp(prefix="dwchaos-"))
-    proxy = FaultProxy(srv.pg.host, srv.pg.port, delay=0.05)
+    redis_server: RedisServer | None = None
+    if redis_new:  # persistence on (AOF): the new store is authoritative after write cutover
+        redis_server = start_redis(workdir / "redis")
+        new_url = redis_server.url
+        proxy = FaultProxy("127.0.0.1", redis_server.port, delay=0.05)
+    else:
+        proxy = FaultProxy(srv.pg.host, srv.pg.port, delay=0.05)
     proxy.start()
     proxied_new = proxy.url_for(new_url)
-    old = Store(StoreRef("chaosold", old_url))
-    new_direct = Store(StoreRef("chaosnew", new_url))
-    new = Store(StoreRef("chaosnew", proxied_new))
-    relay_old, relay_new = Store(StoreRef("chaosold", old_url)), Store(StoreRef("chaosnew", proxied_new))
-    check_old, check_new = Store(StoreRef("chaosold", old_url)), Store(StoreRef("chaosnew", new_url))
-    triggers.mark_replica(relay_old)
-    triggers.mark_replica(relay_new)
-    triggers.mark_replica(check_old)
-    triggers.mark_replica(check_new)
     name = f"chaos-{tag}".replace("_", "-")
-    spec = make_spec(name, strategy, mode="manual")
+    spec = make_spec(name, strategy, redis_new=redis_new, mode="manual")
+
+    def new_store(url: str) -> Store:
+        store = open_store(StoreRef("chaosnew", url))
+        for t in spec.tables if is_redis(store) else ():
+            store.lay_out(t)  # type: ignore[attr-defined]  # a RedisStore opened by URL learns its tables
+        return store
+
+    old = Store(StoreRef("chaosold", old_url))
+    new_direct = new_store(new_url)
+    new = new_store(proxied_new)
+    relay_old, relay_new = Store(StoreRef("chaosold", old_url)), new_store(proxied_new)
+    check_old, check_new = Store(StoreRef("chaosold", old_url)), new_store(new_url)
+    for s in (relay_old, relay_new, check_old, check_new):
+        if not is_redis(s):
+            triggers.mark_replica(s)
     log = AckLog(path=ack_log)
     stop = threading.Event()
     writes_stop = threading.Event()
@@ -1397,8 +1455,9 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
     try:
         flavour = "my-old" if pair == "mariadb-pg" else "pg-old"
         execute(old, *(DDL[t][flavour] for t in TABLES))
-        execute(new_direct, *(DDL[t]["pg-new-char36" if t == DOCS and new_uuid_type == "char36" else "pg-new"]
-                              for t in TABLES))
+        if not redis_new:
+            execute(new_direct, *(DDL[t]["pg-new-char36" if t == DOCS and new_uuid_type == "char36" else "pg-new"]
+                                  for t in TABLES))
         control.ensure_schema(old)
         seeds = seed_keys(seed_rows)
         insert_seed(old, seeds)
@@ -1613,7 +1672,7 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
         res.authoritative = "new" if new_auth else "old"
 
         def stores_now() -> tuple[dict[KeyId, Row], dict[KeyId, Row]]:
-            o, n = all_rows(check_old), all_rows(check_new)
+            o, n = all_rows(check_old), rows_of(check_new)
             return (n, o) if new_auth else (o, n)
 
         auth_rows, other_rows = stores_now()
@@ -1669,6 +1728,8 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
         for s in stores:
             with contextlib.suppress(Exception):
                 s.dispose()
+        if redis_server is not None:
+            redis_server.stop()
         if not keep:
             drop_databases(pair, tag, srv)
             srv.close()
@@ -1691,7 +1752,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--seconds", type=float, default=45.0)
-    ap.add_argument("--pair", default="pg-pg", choices=["pg-pg", "mariadb-pg"])
+    ap.add_argument("--pair", default="pg-pg", choices=["pg-pg", "mariadb-pg", "pg-redis"])
     ap.add_argument("--strategy", default="sync", choices=list(METHODS))
     ap.add_argument("--writer", default=None, choices=["adapter", "raw"],
                     help="adapter: through a DualWriter (default where the strategy needs the adapter); raw: "

@@ -43,6 +43,11 @@ RELAY_SOURCE = "relay"
 #: a relay further behind than this (the age of the oldest change it has not mirrored) holds the gate, for
 #: every capture method whose relay runs behind the application's writes (``relay_lag_gated``)
 MAX_RELAY_LAG_SECONDS = 60.0
+#: the gates that read a Redis new store's intact marker (``new_store_intact``, :mod:`dualwrite.keyvalue.intact`):
+#: into CUTOVER_READS, the first phase that serves from the new store, through CLEANUP. Before, a wiped new
+#: store holds nothing the phases need yet and verification's repair copies it again; after CLEANUP the
+#: marker is gone with the migration's other keys, and the old store is retired (nothing to copy from)
+INTACT_GATED = frozenset({"CUTOVER_READS", "CUTOVER_WRITES", "CLEANUP"})
 
 
 def _method(strategy: str | CaptureMethod) -> CaptureMethod:

@@ -9,6 +9,13 @@ Because the image is read under the key's lock, commit order on the source decid
 version column: a key deleted and re-inserted with its version restarting at 1, or updated without a version
 bump, still arrives (rule 1, docs/architecture.md). The version guard ("only if newer") is used only for an unlocked
 read (``lock=False``), where no lock orders the images; ``force`` drops it there too.
+
+A source without row locks (Redis, the source of the reverse mirror after write cutover) has no lock to read
+under, so two mirrors of a key could cross: one reads ``v1``, a concurrent write and its mirror commit ``v2``,
+then the first writes ``v1`` over it. So such a mirror writes the target first (the upsert or delete takes
+the target's row lock, as ``SELECT ... FOR UPDATE`` would, and also for a key the target does not have yet),
+then re-reads the source under that lock and writes again while the image changed (at most
+:data:`REREAD_ROUNDS`). Whichever mirror commits last re-read last, so the newest image wins.
 """
 
 from __future__ import annotations
@@ -21,9 +28,13 @@ from dualwrite import hooks
 from dualwrite.errors import AuthorityMovedError
 from dualwrite.mapping import TableMapping
 from dualwrite.store import Store
-from dualwrite.stores import Key, Role, kind_for, normal_key
+from dualwrite.stores import Key, MappedTable, Role, Row, StoreKind, kind_for, normal_key
 
-__all__ = ["MirrorResult", "mirror_keys", "normal_key"]
+__all__ = ["REREAD_ROUNDS", "MirrorResult", "mirror_keys", "normal_key"]
+
+REREAD_ROUNDS = 5
+"""How often a mirror from a store without row locks re-reads its source after writing (see above); the
+image of the last read is what commits."""
 
 
 @dataclass
@@ -39,6 +50,27 @@ class MirrorResult:
         return self
 
 
+def _by_key(src: MappedTable, rows: list[Row]) -> dict[Key, Row]:
+    return {src.row_key(r): r for r in rows}
+
+
+def _write(tkind: StoreKind, dst: MappedTable, tconn: Any, mapping: TableMapping, batch: list[Key],
+           found: list[Row], present: set[Key], guarded: bool) -> int:
+    """Make the target's ``batch`` keys equal ``found`` (the source rows; keys not in ``present`` deleted);
+    the number of rows deleted. Row values never reach the error (the kind scrubs it)."""
+    absent = [k for k in batch if k not in present]
+    # usually only one of the two statements runs: a batch is all writes or all deletes
+    try:
+        deleted = dst.delete(tconn, absent)
+        dst.upsert(tconn, found, insert_only=False, only_if_newer=guarded)
+    except Exception as exc:
+        clean = tkind.scrub_error(exc, f"mirroring {mapping.source_table} -> {mapping.target_table}")
+        if clean is exc:
+            raise
+        raise clean from None
+    return deleted
+
+
 def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Sequence[Key], *,
                 force: bool = False, lock: bool = True, batch_size: int = 1000,
                 commit_if: Callable[[Any], bool] | None = None) -> MirrorResult:
@@ -52,31 +84,32 @@ def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Seque
     skind, tkind = kind_for(source), kind_for(target)
     src, dst = skind.table(source, mapping, Role.SOURCE), tkind.table(target, mapping, Role.TARGET)
     guarded = not (force or lock) and mapping.version is not None
+    # a source without row locks (Redis after write cutover) cannot hold its image still: re-read it once the
+    # target's write holds the row locks, and write again while it changed (module docstring)
+    reread = lock and not skind.capabilities(source).row_locks
     with skind.connect(source) as sconn, tkind.connect(target) as tconn:
         for start in range(0, len(unique), batch_size):
             batch = unique[start:start + batch_size]
             found = src.read_keys(sconn, batch, lock=lock)
-            present = {src.row_key(r) for r in found}
-            absent = [k for k in batch if k not in present]
+            hooks.point("mirror.after_read")
             if commit_if is not None and not commit_if(tconn):
                 tconn.rollback()
                 sconn.rollback()
                 raise AuthorityMovedError(f"mirroring {mapping.source_table} -> {mapping.target_table}: the target "
                                           f"store {target.name!r} is no longer denied (authority moved); nothing "
                                           "was written")
-            # usually only one of the two statements runs: a batch is all writes or all deletes
-            try:
-                result.deleted += dst.delete(tconn, absent)
-                dst.upsert(tconn, found, insert_only=False, only_if_newer=guarded)
-            except Exception as exc:
-                clean = tkind.scrub_error(exc, f"mirroring {mapping.source_table} -> {mapping.target_table}")
-                if clean is exc:
-                    raise
-                raise clean from None
+            deleted = _write(tkind, dst, tconn, mapping, batch, found, {src.row_key(r) for r in found}, guarded)
+            for _round in range(REREAD_ROUNDS if reread else 0):
+                again = src.read_keys(sconn, batch, lock=lock)  # under the target's row locks
+                if _by_key(src, again) == _by_key(src, found):
+                    break
+                found = again  # a concurrent write overtook this image: write the newer one, still locked
+                deleted = _write(tkind, dst, tconn, mapping, batch, found, {src.row_key(r) for r in found}, guarded)
             hooks.point("mirror.before_commit")
             tconn.commit()
             sconn.commit()
             hooks.point("mirror.after_commit")
             result.keys += len(batch)
             result.upserted += len(found)
+            result.deleted += deleted
     return result

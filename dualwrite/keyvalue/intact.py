@@ -11,7 +11,10 @@ CUTOVER_READS and beyond reads it (one ``GET``):
   the stores equal (run ``dualwrite verify``: it re-copies what is missing, then verify again);
 - ``suspect:<when>``: as above, until such a verification; then it is ``intact`` again.
 
-Keys starting with ``__dualwrite__:`` are dualwrite's: verification's SCAN skips them.
+Keys starting with ``__dualwrite__:`` are dualwrite's: verification's SCAN skips them. A migration's own
+(``__dualwrite__:<migration>:*``, this marker and whatever else it keeps there) go with it: abort and CLEANUP
+remove them (:func:`remove_markers`), so no later gate reads the marker (the gates read it from CUTOVER_READS
+through CLEANUP: :data:`dualwrite.gates.INTACT_GATED`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from dualwrite.gates import GateMetric, Verdict
 
-__all__ = ["INTACT_METRIC", "MARKER_PREFIX", "intact_metric", "mark_intact", "marker_key"]
+__all__ = ["INTACT_METRIC", "MARKER_PREFIX", "intact_metric", "mark_intact", "marker_key", "remove_markers"]
 
 MARKER_PREFIX = "__dualwrite__:"
 INTACT_METRIC = "new_store_intact"
@@ -36,6 +39,21 @@ def mark_intact(store: Any, migration: str) -> None:
     client = store.client(timeout=10.0)
     try:
         client.set(marker_key(migration), "intact")
+    finally:
+        client.close()
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` with the characters SCAN's MATCH pattern treats specially escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def remove_markers(store: Any, migration: str) -> int:
+    """Delete every ``__dualwrite__:<migration>:*`` key (abort, CLEANUP); how many went. Idempotent."""
+    client = store.client(timeout=10.0)
+    try:
+        names = list(client.scan_iter(match=f"{_glob_escaped(MARKER_PREFIX + migration)}:*", count=1000))
+        return sum(int(client.delete(*names[i:i + 1000])) for i in range(0, len(names), 1000))
     finally:
         client.close()
 

@@ -25,14 +25,17 @@ import pytest
 import redis
 from conftest import NO_TRAFFIC_GATES, Databases, MigrationDriver, create_pg, fast_tuning, fetch_all, pg_url
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
 from activities.core import DualwriteActivities
 from dualwrite.adapter import AdapterOptions, DualWriter
 from dualwrite.config import StoreRef, StoreResolver, env_var_for
 from dualwrite.keyvalue import RedisServer, start_redis
+from dualwrite.keyvalue.intact import mark_intact
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
 from worker import build_worker
+from workflows.models import AbortCleanupInput, GateInput, Phase, RetireInput
 
 ROWS = 300
 
@@ -244,3 +247,72 @@ async def test_a_wiped_redis_is_found_blocks_the_cutover_and_is_recopied(
     finally:
         old.dispose()
         await handle.terminate("test over")
+
+
+# -- the migration's own keys in Redis ([T2-6]): activities run here directly, no workflow needed -----------
+
+
+def _activities(databases: Databases, private_redis: RedisServer, tmp_path: Path) -> DualwriteActivities:
+    config = tmp_path / "dualwrite.yaml"
+    config.write_text("stores: {}\n")
+    return DualwriteActivities(StoreResolver(config_file=config, environ={
+        env_var_for("pgold"): pg_url(databases.pg_db("old")), env_var_for("kv"): private_redis.url}))
+
+
+def test_abort_and_cleanup_remove_the_migrations_own_keys_from_redis(
+        databases: Databases, private_redis: RedisServer, tmp_path: Path) -> None:
+    """``__dualwrite__:<migration>:*`` (the intact marker and whatever else dualwrite keeps there) goes with
+    the migration; another migration's keys, and the migrated rows, stay."""
+    acts = _activities(databases, private_redis, tmp_path)
+    old = Store(StoreRef("pgold", pg_url(databases.pg_db("old"))))
+    r = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        for how in ("abort", "cleanup"):
+            name, table = f"kvm-{how}-{secrets.token_hex(3)}", f"kv_marks_{secrets.token_hex(3)}"
+            create_pg(old, table, 3)
+            spec = redis_spec(name, table)
+            mark_intact(acts.stores.store(spec.new), name)
+            r.set(f"__dualwrite__:{name}:other", "x")
+            r.set(f"__dualwrite__:{name}x:intact", "intact")  # another migration, its name a prefix of ours
+            r.hset(f"{name}:item:1", mapping={"id": "1", "name": "kept"})
+            if how == "abort":
+                ActivityEnvironment().run(acts.abort.abort_cleanup, AbortCleanupInput(spec=spec))
+            else:
+                ActivityEnvironment().run(acts.cleanup.retire_old_store, RetireInput(spec=spec, stamp="t26"))
+            assert sorted(r.scan_iter(match=f"__dualwrite__:{name}:*")) == [], how
+            assert r.get(f"__dualwrite__:{name}x:intact") == "intact", how
+            assert r.hget(f"{name}:item:1", "name") == "kept", how
+    finally:
+        old.dispose()
+        acts.close()
+
+
+def test_the_intact_gate_applies_from_cutover_reads_through_cleanup(
+        databases: Databases, private_redis: RedisServer, tmp_path: Path) -> None:
+    """A wiped Redis blocks the gates into CUTOVER_READS .. CLEANUP only: before, it is repaired by copying
+    again; after CLEANUP the marker is gone with the migration's other keys (and the old store is retired:
+    nothing to copy again from)."""
+    acts = _activities(databases, private_redis, tmp_path)
+    old = Store(StoreRef("pgold", pg_url(databases.pg_db("old"))))
+    name, table = f"kvg-{secrets.token_hex(3)}", f"kv_gate_{secrets.token_hex(3)}"
+    try:
+        create_pg(old, table, 3)
+        spec = redis_spec(name, table)
+        new = acts.stores.store(spec.new)
+        r = redis.Redis.from_url(private_redis.url, decode_responses=True)
+        seen: dict[Phase, bool] = {}
+        for frm, to in ((Phase.PREPARE, Phase.DUAL_WRITE), (Phase.DUAL_WRITE, Phase.BACKFILL),
+                        (Phase.BACKFILL, Phase.SHADOW_READ), (Phase.CUTOVER_WRITES, Phase.CLEANUP),
+                        (Phase.CLEANUP, Phase.DONE)):
+            mark_intact(new, name)
+            r.delete(f"__dualwrite__:{name}:intact")  # wiped
+            gate = ActivityEnvironment().run(acts.gates.evaluate_gate, GateInput(
+                spec=spec, phase=frm, to=to, backfill_percent=100, backfill_done=True, at=dt.datetime.now(dt.UTC)))
+            intact = [m for m in gate.metrics if m.name == "new_store_intact"]
+            seen[to] = bool(intact)
+            assert all(not m.ok for m in intact)
+        assert seen == {Phase.DUAL_WRITE: False, Phase.BACKFILL: False, Phase.SHADOW_READ: False,
+                        Phase.CLEANUP: True, Phase.DONE: False}
+    finally:
+        old.dispose()
+        acts.close()

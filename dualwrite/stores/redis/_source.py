@@ -8,7 +8,9 @@ target row: plain columns renamed, constants, Python transforms (an SQL ``expr``
 preflight refuses one in a reverse rule). Values come back from their canonical text as the Python values a
 SQL driver takes (``Decimal``, ``datetime``: :func:`dualwrite.keyvalue.encoding.native_value`).
 Redis has no row locks: a read "under lock" is a plain read,
-so two mirrors of one key are ordered only by the adapter calling them in commit order (docs/architecture.md).
+so :func:`dualwrite.mirror.mirror_keys` re-reads the Redis rows once its SQL write holds the row locks and writes
+again while they changed: a concurrent write between the read and the SQL write is never overwritten by an
+older image (docs/architecture.md).
 """
 
 from __future__ import annotations
