@@ -92,7 +92,8 @@ class StreamOutboxSide(KeyLogSide):
         stream = so.stream_key(rs.spec.name)
         client = self._client(rs.new)
         try:
-            so.ensure_group(client, stream)
+            if not so.ensure_group(client, stream, create=False):
+                return out  # no stream: nothing was noted yet (or CLEANUP removed it)
             entries = so.claim(client, stream, self.consumer, limit=limit, lease_seconds=self.lease_seconds)
             if len(entries) < limit:
                 entries += so.read_new(client, stream, self.consumer, limit=limit - len(entries))

@@ -82,13 +82,19 @@ def _entries(raw: Sequence[Any], now_ms: int) -> list[StreamEntry]:
     return out
 
 
-def ensure_group(client: redis.Redis, stream: str) -> None:
-    """Create the relays' group (and the stream) if missing; from id 0, so entries appended before are read."""
+def ensure_group(client: redis.Redis, stream: str, *, create: bool = True) -> bool:
+    """Create the relays' group if missing, from id 0 so entries appended before are read; ``create``: the
+    stream too (the relay's set-up). False: no stream (not ``create``), so nothing to read - a drain never
+    recreates a stream CLEANUP removed."""
     try:
-        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        client.xgroup_create(stream, GROUP, id="0", mkstream=create)
     except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+        if "BUSYGROUP" in str(exc):
+            return True
+        if not create and "requires the key to exist" in str(exc):
+            return False
+        raise
+    return True
 
 
 def claim(client: redis.Redis, stream: str, consumer: str, *, limit: int, lease_seconds: float
