@@ -5,6 +5,8 @@ through its store kind (:func:`dualwrite.mirror.mirror_keys`), and shadow reads 
 cutover on, Redis is authoritative: :meth:`DualWriter.insert` / ``update`` / ``upsert`` / ``delete`` write
 it here (a SQL unit of work cannot run on Redis) and the inline mirror copies each key back into the old
 store with the reversed mapping (Redis as the mirror's source, :mod:`dualwrite.stores.redis._source`).
+Under ``outbox`` nothing is mirrored in the call: the key is appended to the migration's Redis stream by
+the same script that writes the row (:mod:`dualwrite.keyvalue.stream_outbox`), and the relay mirrors it.
 
 What Redis cannot do and SQL does, stated rather than pretended (README, "Redis as the new store"):
 

@@ -37,6 +37,10 @@ from dualwrite.stores import as_redis, is_redis
 __all__ = ["StreamOutboxSide"]
 
 CLIENT_TIMEOUT = 10.0
+CATCH_UP_LEASE_SECONDS = 5.0
+"""A catch-up (under the write fence, before a rollback) does not wait out a whole lease: it takes over entries
+a relay has held this long. Taking one over from a relay that is merely slow costs a second mirror of the
+same keys, which is harmless (a mirror copies the row as it is)."""
 
 
 class StreamOutboxSide(KeyLogSide):
@@ -86,7 +90,8 @@ class StreamOutboxSide(KeyLogSide):
                 break
         return total
 
-    def _stream_batch(self, rs: RelayStores, *, limit: int, discard: bool) -> RelayResult:
+    def _stream_batch(self, rs: RelayStores, *, limit: int, discard: bool, lease: float | None = None
+                      ) -> RelayResult:
         """One batch of the stream: reclaimed entries first, then new ones; mirrored, then acknowledged."""
         out = RelayResult()
         stream = so.stream_key(rs.spec.name)
@@ -94,7 +99,8 @@ class StreamOutboxSide(KeyLogSide):
         try:
             if not so.ensure_group(client, stream, create=False):
                 return out  # no stream: nothing was noted yet (or CLEANUP removed it)
-            entries = so.claim(client, stream, self.consumer, limit=limit, lease_seconds=self.lease_seconds)
+            entries = so.claim(client, stream, self.consumer, limit=limit,
+                               lease_seconds=self.lease_seconds if lease is None else lease)
             if len(entries) < limit:
                 entries += so.read_new(client, stream, self.consumer, limit=limit - len(entries))
             if not entries:
@@ -172,7 +178,8 @@ class StreamOutboxSide(KeyLogSide):
         if "old" in sides:
             total += super().catch_up_round(rs, ("old",), phase, limit=limit, should_stop=should_stop)
         if "new" in sides and not should_stop():
-            total += self._stream_batch(rs, limit=limit, discard=phase in RETIRED_OLD)
+            total += self._stream_batch(rs, limit=limit, discard=phase in RETIRED_OLD,
+                                        lease=min(self.lease_seconds, CATCH_UP_LEASE_SECONDS))
         return total
 
     def pending_keys(self, store: Store, control_store: Store, migration: str, spec_table: str,

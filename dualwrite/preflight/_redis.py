@@ -4,8 +4,8 @@ become authoritative.
 A Redis store has no catalog and no privileges to look up: what can be checked before anything is written
 is that the server answers, that every table says how it is kept (key template naming every key column
 once, value ``hash`` or ``json``), that the spec asks nothing of Redis it cannot do (SQL reverse rules, a
-strategy that needs triggers, a log or a key log in the new store, the control tables), and - because after
-write cutover Redis holds the only copy of new writes - whether it keeps its data on disk and never evicts
+strategy that needs triggers, a change log or a SQL transaction in the new store, the control tables), and -
+because after write cutover Redis holds the only copy of new writes - whether it keeps its data on disk and never evicts
 (:func:`dualwrite.keyvalue.authority_problems`), with the memory the tables need against ``maxmemory``.
 """
 
