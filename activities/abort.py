@@ -2,7 +2,8 @@
 with the old store and every live application instance has seen it.
 
 What goes: the method's capture on both stores (the capture triggers and denied writes of ``triggers``), this
-migration's key-log entries (the log tables stay, other migrations may share them), its queued repairs,
+migration's key-log entries (the log tables stay, other migrations may share them; a Redis new store's outbox
+stream goes), its queued repairs,
 backfill checkpoints, statistics and, when ``remove_state``, its published state and instance rows. What
 stays: every row of the old store (nothing here writes to the migrated tables) and the new store's tables and
 data, left for the operator to drop or keep.
@@ -21,7 +22,9 @@ from activities.stores import StoreCache
 from dualwrite import bypass, control, outbox
 from dualwrite import stats as st
 from dualwrite.capture.store_side import store_side
+from dualwrite.keyvalue.stream_outbox import drop_stream
 from dualwrite.retire import delete_migration_rows, table_exists
+from dualwrite.stores import is_redis
 from workflows.models import AbortCleanupInput, AbortCleanupResult, ActivityNames
 
 __all__ = ["AbortActivities"]
@@ -47,14 +50,18 @@ class AbortActivities:
             old, new, ctl = rs.old, rs.new, rs.control
             out = AbortCleanupResult()
             out.triggers_removed = store_side(spec).abort(rs, table_exists)
-            if bypass.applies(spec):  # bypass capture: gone from both stores, with its records
+            if bypass.applies(spec):  # bypass capture: gone from both stores, with its records (none on Redis)
                 for t in spec.tables:
                     for store, table in ((old, t.source), (new, t.target_table)):
-                        if table_exists(store, table):
+                        if not is_redis(store) and table_exists(store, table):
                             bypass.remove(store, spec.name, table)
                 for store in {id(s): s for s in (old, new)}.values():
-                    bypass.discard(store, spec.name)
+                    if not is_redis(store):
+                        bypass.discard(store, spec.name)
             for store in {id(s): s for s in (old, new)}.values():
+                if is_redis(store):  # no SQL key logs there: the outbox stream goes whole
+                    out.log_entries_deleted += drop_stream(store, spec.name)
+                    continue
                 for log_table in outbox.LOGS:
                     out.log_entries_deleted += delete_migration_rows(store, log_table, spec.name)
             out.repair_entries_deleted = delete_migration_rows(ctl, control.REPAIR_QUEUE, spec.name)

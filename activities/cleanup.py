@@ -9,7 +9,7 @@ from activities.heartbeat import heartbeating, stopping
 from activities.stores import StoreCache
 from dualwrite import outbox, relay, retire, triggers
 from dualwrite.keyvalue import stream_outbox
-from dualwrite.stores import as_redis, is_redis
+from dualwrite.stores import is_redis
 from workflows.models import ActivityNames, RetiredTable, RetireInput, RetireResult
 
 __all__ = ["CleanupActivities"]
@@ -52,15 +52,10 @@ class CleanupActivities:
                     if retire.drop_log_if_unused(store, spec.name, log_table):
                         out.logs_dropped.append(f"{store.name}/{log_table}")
             if not sql_new:  # the Redis outbox stream: what it still holds is towards the retired old store
-                client = as_redis(rs.new).client(timeout=10.0)
-                try:
-                    stream = stream_outbox.stream_key(spec.name)
-                    if client.exists(stream):
-                        out.log_entries_discarded += int(client.xlen(stream))
-                        client.delete(stream)
-                        out.logs_dropped.append(f"{rs.new.name}/{stream}")
-                finally:
-                    client.close()
+                n = stream_outbox.drop_stream(rs.new, spec.name)
+                if n:
+                    out.log_entries_discarded += n
+                out.logs_dropped.append(f"{rs.new.name}/{stream_outbox.stream_key(spec.name)}")
             out.repair_entries_discarded = retire.discard_repairs(ctl, spec.name)
             for t in spec.tables:
                 done = retire.retire_table(rs.old, t.source, inp.stamp, drop=inp.drop)

@@ -26,7 +26,7 @@ import redis
 from dualwrite.keyvalue.intact import MARKER_PREFIX
 
 __all__ = ["GROUP", "LEASE_SECONDS", "NOTED_DELETE", "StreamEntry", "acknowledge", "age_of", "behind", "claim",
-           "depth", "ensure_group", "last_id", "read_new", "recent", "stream_key"]
+           "depth", "drop_stream", "ensure_group", "last_id", "read_new", "recent", "stream_key"]
 
 GROUP = "dualwrite-relay"
 """The relays' consumer group: every relay of a migration reads through it, each under its own name."""
@@ -158,3 +158,17 @@ def recent(client: redis.Redis, stream: str, seconds: float, *, cap: int) -> lis
     now = _now_ms(client)
     raw = client.xrange(stream, min=str(max(0, now - int(seconds * 1000))), count=cap)
     return _entries(raw or [], now)
+
+
+def drop_stream(store: Any, migration: str) -> int:
+    """Delete a migration's outbox stream from a Redis store (CLEANUP, abort); returns the entries it held."""
+    client = store.client(timeout=10.0)
+    try:
+        stream = stream_key(migration)
+        pipe = client.pipeline(transaction=True)
+        pipe.xlen(stream)
+        pipe.delete(stream)
+        n, _deleted = pipe.execute()
+        return int(n)
+    finally:
+        client.close()

@@ -37,8 +37,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 class Setup:
-    def __init__(self, spec: MigrationSpec, writer: DualWriter, rs: RelayStores, table: str, url: str) -> None:
+    def __init__(self, spec: MigrationSpec, writer: DualWriter, rs: RelayStores, table: str, url: str,
+                 resolver: StoreResolver) -> None:
         self.spec, self.writer, self.rs, self.table, self.url = spec, writer, rs, table, url
+        self.writer_resolver = resolver
         self.r = redis.Redis.from_url(url, decode_responses=True)
         self.stream = so.stream_key(spec.name)
         self.prefix = f"{table}:item:"
@@ -74,7 +76,7 @@ def kv(pg_old: Store, databases: Databases, table_name: str, server: RedisServer
     rs = cache.relay_stores(spec)
     store_side(spec).setup(rs)
     try:
-        yield Setup(spec, w, rs, table_name, server.url)
+        yield Setup(spec, w, rs, table_name, server.url, resolver)
     finally:
         w.close()
 
@@ -187,3 +189,20 @@ def test_while_sql_is_authoritative_the_outbox_is_the_sql_table(kv: Setup) -> No
     side = kv.relay()
     res: Any = side.drain_round(kv.rs, "DUAL_WRITE", limit=100, max_seconds=1, stats=None, should_stop=lambda: False)
     assert res.entries == 1 and kv.r.hget(f"{kv.prefix}7", "name") == "seven"
+
+
+def test_an_abort_removes_the_outbox_stream_and_the_sql_outbox_entries(kv: Setup) -> None:
+    """The abort's store cleanup with a Redis new store: the SQL outbox's entries and the Redis stream go
+    (authority is back on PostgreSQL by then: what the stream still named was caught up before)."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.abort import AbortActivities
+    from workflows.models import AbortCleanupInput
+
+    kv.writer.insert(kv.table, {"id": 1, "name": "one"})
+    assert kv.r.xlen(kv.stream) == 1
+    cache = StoreCache(kv.writer_resolver, pool_size=1)
+    out = ActivityEnvironment().run(AbortActivities(cache).abort_cleanup,
+                                    AbortCleanupInput(spec=kv.spec, remove_state=False))
+    assert out.log_entries_deleted == 1, out
+    assert not kv.r.exists(kv.stream)
