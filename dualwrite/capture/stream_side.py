@@ -63,6 +63,7 @@ class StreamOutboxSide(KeyLogSide):
         client = self._client(rs.new)
         try:
             so.ensure_group(client, stream)
+            so.forget_idle_consumers(client, stream, max(self.lease_seconds, 600.0))
         finally:
             client.close()
         return [f"{rs.old.name}/{self.key_log}", f"{rs.new.name}/{stream}"], []

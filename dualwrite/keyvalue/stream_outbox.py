@@ -26,7 +26,8 @@ import redis
 from dualwrite.keyvalue.intact import MARKER_PREFIX
 
 __all__ = ["GROUP", "LEASE_SECONDS", "NOTED_DELETE", "StreamEntry", "acknowledge", "age_of", "behind", "claim",
-           "depth", "drop_stream", "ensure_group", "last_id", "read_new", "recent", "stream_key"]
+           "depth", "drop_stream", "ensure_group", "forget_idle_consumers", "last_id", "read_new", "recent",
+           "stream_key"]
 
 GROUP = "dualwrite-relay"
 """The relays' consumer group: every relay of a migration reads through it, each under its own name."""
@@ -172,3 +173,20 @@ def drop_stream(store: Any, migration: str) -> int:
         return int(n)
     finally:
         client.close()
+
+
+def forget_idle_consumers(client: redis.Redis, stream: str, idle_seconds: float) -> list[str]:
+    """Remove the group's consumers that hold nothing and were idle longer than ``idle_seconds`` (relays of
+    processes long gone; every relay process reads under a name of its own). Returns their names."""
+    gone: list[str] = []
+    try:
+        consumers: Any = client.xinfo_consumers(stream, GROUP)
+    except redis.ResponseError:
+        return gone  # no stream or no group yet
+    for c in consumers:
+        info = {_text(k): v for k, v in c.items()}
+        if int(info.get("pending", 0)) == 0 and int(info.get("idle", 0)) > idle_seconds * 1000:
+            name = _text(info["name"])
+            client.xgroup_delconsumer(stream, GROUP, name)
+            gone.append(name)
+    return gone
