@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dualwrite import outbox
+from dualwrite import hooks, outbox
 from dualwrite.capture.keylog_side import IN_FLIGHT_SECONDS, MAX_PENDING_READ, KeyLogSide
 from dualwrite.capture.store_side import RETIRED_OLD, Backlog, Key, RelayStores
 from dualwrite.keys import decode_key
@@ -106,6 +106,7 @@ class StreamOutboxSide(KeyLogSide):
                 entries += so.read_new(client, stream, self.consumer, limit=limit - len(entries))
             if not entries:
                 return out
+            hooks.point("relay.stream_after_read")  # read, pending under this relay, nothing mirrored yet
             out.entries, out.batches = len(entries), 1
             out.lag_seconds = max(e.age_seconds for e in entries)
             if discard:

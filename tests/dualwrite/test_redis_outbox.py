@@ -8,6 +8,11 @@ entries are reclaimed and applied, and every acknowledged write reaches PostgreS
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +22,9 @@ from typing import Any
 import pytest
 import redis
 from conftest import Databases, fetch_all, pg_url
+from temporalio.testing import ActivityEnvironment
 
+from activities.abort import AbortActivities
 from activities.stores import StoreCache
 from dualwrite import control
 from dualwrite.adapter import AdapterOptions, DualWriter
@@ -28,6 +35,7 @@ from dualwrite.keyvalue import RedisServer, start_redis
 from dualwrite.keyvalue import stream_outbox as so
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
+from workflows.models import AbortCleanupInput
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +49,7 @@ class Setup:
                  resolver: StoreResolver) -> None:
         self.spec, self.writer, self.rs, self.table, self.url = spec, writer, rs, table, url
         self.writer_resolver = resolver
+        self.pg_url = ""
         self.r = redis.Redis.from_url(url, decode_responses=True)
         self.stream = so.stream_key(spec.name)
         self.prefix = f"{table}:item:"
@@ -76,7 +85,10 @@ def kv(pg_old: Store, databases: Databases, table_name: str, server: RedisServer
     rs = cache.relay_stores(spec)
     store_side(spec).setup(rs)
     try:
-        yield Setup(spec, w, rs, table_name, server.url, resolver)
+        setup = Setup(spec, w, rs, table_name, server.url, resolver)
+        setup.pg_url = pg_url(databases.pg_db("old"))
+        (tmp_path / "dw.yaml").write_text("stores: {}\n")
+        yield setup
     finally:
         w.close()
 
@@ -197,11 +209,6 @@ def test_while_sql_is_authoritative_the_outbox_is_the_sql_table(kv: Setup) -> No
 def test_an_abort_removes_the_outbox_stream_and_the_sql_outbox_entries(kv: Setup) -> None:
     """The abort's store cleanup with a Redis new store: the SQL outbox's entries and the Redis stream go
     (authority is back on PostgreSQL by then: what the stream still named was caught up before)."""
-    from temporalio.testing import ActivityEnvironment
-
-    from activities.abort import AbortActivities
-    from workflows.models import AbortCleanupInput
-
     kv.writer.insert(kv.table, {"id": 1, "name": "one"})
     assert kv.r.xlen(kv.stream) == 1
     cache = StoreCache(kv.writer_resolver, pool_size=1)
@@ -209,3 +216,43 @@ def test_an_abort_removes_the_outbox_stream_and_the_sql_outbox_entries(kv: Setup
                                     AbortCleanupInput(spec=kv.spec, remove_state=False))
     assert out.log_entries_deleted == 1, out
     assert not kv.r.exists(kv.stream)
+
+
+RELAY_SCRIPT = """
+import json, sys
+from activities.stores import StoreCache
+from dualwrite.capture.store_side import store_side
+from dualwrite.config import StoreResolver
+from dualwrite.spec import MigrationSpec
+
+spec = MigrationSpec.model_validate_json(sys.argv[1])
+resolver = StoreResolver(config_file=sys.argv[2], environ=json.loads(sys.argv[3]))
+rs = StoreCache(resolver, pool_size=1).relay_stores(spec)
+side = store_side(spec)
+side.consumer = "relay-killed"
+side.drain_round(rs, "CUTOVER_WRITES", limit=100, max_seconds=5, stats=None, should_stop=lambda: False)
+print("not killed")
+"""
+
+
+def test_a_relay_killed_by_sigkill_after_reading_loses_nothing(kv: Setup, tmp_path: Path) -> None:
+    """A real relay process reads the stream and is SIGKILLed before it mirrors anything: its entries stay
+    pending under its name, and the next relay reclaims them after the lease and applies them."""
+    for k in range(1, 4):
+        kv.writer.insert(kv.table, {"id": k, "name": f"n{k}"})
+    control_file = tmp_path / "hooks.json"
+    control_file.write_text(json.dumps({"relay.stream_after_read": {"action": "kill"}}))
+    env = {**os.environ, "DUALWRITE_CHAOS_HOOKS": str(control_file),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    stores = {env_var_for("pgold"): kv.pg_url, env_var_for("kv"): kv.url}
+    proc = subprocess.run([sys.executable, "-c", RELAY_SCRIPT, kv.spec.model_dump_json(), str(tmp_path / "dw.yaml"),
+                           json.dumps(stores)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    pending = kv.r.xpending(kv.stream, so.GROUP)
+    assert pending["pending"] == 3 and kv.pg() == {}  # read by the dead relay, nothing mirrored
+    time.sleep(0.35)
+    res = kv.relay(lease=0.3).drain_round(kv.rs, "CUTOVER_WRITES", limit=100, max_seconds=1, stats=None,
+                                          should_stop=lambda: False)
+    assert res.entries == 3, res
+    assert kv.pg() == {1: "n1", 2: "n2", 3: "n3"}
+    assert kv.r.xlen(kv.stream) == 0
