@@ -5,7 +5,8 @@ While the old store is authoritative the adapter notes keys in its ``dualwrite_o
 between two SQL stores (:class:`~dualwrite.capture.keylog_side.KeyLogSide` drains it, old -> new). After write
 cutover Redis is authoritative and the adapter appends each key to the stream
 ``__dualwrite__:<migration>:outbox`` in the script that writes the row (:mod:`dualwrite.keyvalue.stream_outbox`).
-The relay reads the stream through its consumer group: first entries a dead relay left pending longer than
+The relay reads the stream through its consumer group: first what it read itself and did not acknowledge (a
+batch whose mirror failed), then entries a dead relay left pending longer than
 :attr:`StreamOutboxSide.lease_seconds` (``XAUTOCLAIM``), then new ones (``XREADGROUP``); it mirrors their
 keys Redis -> SQL with the reversed mapping, and only then acknowledges and removes them. A relay killed at
 any point redoes at most its batch, after the lease: harmless, a mirror copies the row as it is now.
@@ -93,17 +94,21 @@ class StreamOutboxSide(KeyLogSide):
 
     def _stream_batch(self, rs: RelayStores, *, limit: int, discard: bool, lease: float | None = None
                       ) -> RelayResult:
-        """One batch of the stream: reclaimed entries first, then new ones; mirrored, then acknowledged."""
+        """One batch of the stream: its own unacknowledged entries, reclaimed ones, then new ones; mirrored,
+        then acknowledged."""
         out = RelayResult()
         stream = so.stream_key(rs.spec.name)
         client = self._client(rs.new)
         try:
             if not so.ensure_group(client, stream, create=False):
                 return out  # no stream: nothing was noted yet (or CLEANUP removed it)
-            entries = so.claim(client, stream, self.consumer, limit=limit,
-                               lease_seconds=self.lease_seconds if lease is None else lease)
+            entries = so.read_new(client, stream, self.consumer, limit=limit, own=True)
+            if len(entries) < limit:
+                entries += so.claim(client, stream, self.consumer, limit=limit - len(entries),
+                                    lease_seconds=self.lease_seconds if lease is None else lease)
             if len(entries) < limit:
                 entries += so.read_new(client, stream, self.consumer, limit=limit - len(entries))
+            entries = list({e.id: e for e in entries}.values())  # an own entry may be claimed again
             if not entries:
                 return out
             hooks.point("relay.stream_after_read")  # read, pending under this relay, nothing mirrored yet

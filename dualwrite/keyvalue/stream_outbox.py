@@ -71,10 +71,11 @@ def age_of(entry_id: str, now_ms: int) -> float:
 def _entries(raw: Sequence[Any], now_ms: int) -> list[StreamEntry]:
     out: list[StreamEntry] = []
     for entry_id, fields in raw:
-        if not fields:
-            continue  # deleted while pending (XAUTOCLAIM reports those): nothing to mirror
-        f = {_text(k): _text(v) for k, v in fields.items()}
         eid = _text(entry_id)
+        if not fields:  # deleted while pending: nothing to mirror, only to acknowledge
+            out.append(StreamEntry(eid, "", [], 0.0))
+            continue
+        f = {_text(k): _text(v) for k, v in fields.items()}
         try:
             key = list(json.loads(f["key"]))
         except (KeyError, ValueError, TypeError):
@@ -113,9 +114,12 @@ def claim(client: redis.Redis, stream: str, consumer: str, *, limit: int, lease_
     return _entries(out, _now_ms(client))
 
 
-def read_new(client: redis.Redis, stream: str, consumer: str, *, limit: int) -> list[StreamEntry]:
-    """Entries no relay has read yet (they stay pending under ``consumer`` until acknowledged)."""
-    reply: Any = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=limit)
+def read_new(client: redis.Redis, stream: str, consumer: str, *, limit: int, own: bool = False
+             ) -> list[StreamEntry]:
+    """Entries no relay has read yet (they stay pending under ``consumer`` until acknowledged); ``own``:
+    instead the entries ``consumer`` itself read and has not acknowledged (a batch whose mirror failed, say,
+    with the SQL store unreachable: retried at once, not after the lease)."""
+    reply: Any = client.xreadgroup(GROUP, consumer, {stream: "0" if own else ">"}, count=limit)
     if isinstance(reply, dict):  # RESP3: {stream: [entries]}
         found: Any = next(iter(reply.values()), [[]])
         raw = found[0] if found and isinstance(found[0], list) else found

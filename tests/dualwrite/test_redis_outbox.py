@@ -256,3 +256,19 @@ def test_a_relay_killed_by_sigkill_after_reading_loses_nothing(kv: Setup, tmp_pa
     assert res.entries == 3, res
     assert kv.pg() == {1: "n1", 2: "n2", 3: "n3"}
     assert kv.r.xlen(kv.stream) == 0
+
+
+def test_a_batch_whose_mirror_failed_is_retried_at_once_by_the_same_relay(kv: Setup, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in range(1, 4):
+        kv.writer.insert(kv.table, {"id": k, "name": f"n{k}"})
+    control_file = tmp_path / "hooks.json"
+    control_file.write_text(json.dumps({"relay.stream_after_read": {"action": "fail", "times": 1}}))
+    monkeypatch.setenv("DUALWRITE_CHAOS_HOOKS", str(control_file))
+    side = kv.relay()  # the full 60 s lease: a retry must not wait for it
+    with pytest.raises(Exception, match="chaos"):
+        side.drain_round(kv.rs, "CUTOVER_WRITES", limit=100, max_seconds=1, stats=None, should_stop=lambda: False)
+    assert kv.r.xpending(kv.stream, so.GROUP)["pending"] == 3 and kv.pg() == {}
+    res = side.drain_round(kv.rs, "CUTOVER_WRITES", limit=100, max_seconds=1, stats=None, should_stop=lambda: False)
+    assert res.entries == 3, res
+    assert kv.pg() == {1: "n1", 2: "n2", 3: "n3"} and kv.r.xlen(kv.stream) == 0
