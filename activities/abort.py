@@ -2,9 +2,9 @@
 with the old store and every live application instance has seen it.
 
 What goes: the method's capture on both stores (the capture triggers and denied writes of ``triggers``), this
-migration's key-log entries (the log tables stay, other migrations may share them), its queued repairs,
-backfill checkpoints, statistics, its bookkeeping keys in a Redis new store (``__dualwrite__:<migration>:*``)
-and, when ``remove_state``, its published state and instance rows. What
+migration's key-log entries (the log tables stay, other migrations may share them; a Redis new store's outbox
+stream goes), its queued repairs, backfill checkpoints, statistics, its bookkeeping keys in a Redis new store
+(``__dualwrite__:<migration>:*``) and, when ``remove_state``, its published state and instance rows. What
 stays: every row of the old store (nothing here writes to the migrated tables) and the new store's tables and
 data, left for the operator to drop or keep.
 """
@@ -24,6 +24,7 @@ from dualwrite import stats as st
 from dualwrite.capture.store_side import store_side
 from dualwrite.cdc.capture import ENDED_SCOPE
 from dualwrite.keyvalue.intact import remove_markers
+from dualwrite.keyvalue.stream_outbox import drop_stream
 from dualwrite.retire import delete_migration_rows, table_exists
 from dualwrite.stores import is_redis
 from workflows.models import AbortCleanupInput, AbortCleanupResult, ActivityNames
@@ -51,9 +52,10 @@ class AbortActivities:
             old, new, ctl = rs.old, rs.new, rs.control
             out = AbortCleanupResult()
             out.triggers_removed = store_side(spec).abort(rs, table_exists)
-            # a Redis new store has no capture, bypass records or key logs: only its bookkeeping keys
+            # a Redis new store has no capture, bypass records or SQL key logs: its outbox stream and its
+            # bookkeeping keys go
             sql_stores = [s for s in {id(s): s for s in (old, new)}.values() if not is_redis(s)]
-            if bypass.applies(spec):  # bypass capture: gone from both stores, with its records
+            if bypass.applies(spec):  # bypass capture: gone from both stores, with its records (none on Redis)
                 for t in spec.tables:
                     for store, table in ((old, t.source), (new, t.target_table)):
                         if not is_redis(store) and table_exists(store, table):
@@ -63,6 +65,9 @@ class AbortActivities:
                 if not is_redis(old):  # after write cutover the old store refused raw writes: no more
                     bypass.allow_old(old, spec.name, [t.source for t in spec.tables if table_exists(old, t.source)],
                                      final=True)
+            for store in (old, new):
+                if is_redis(store):  # no SQL key logs there: the outbox stream goes whole
+                    out.log_entries_deleted += drop_stream(store, spec.name)
             for store in sql_stores:
                 for log_table in outbox.LOGS:
                     out.log_entries_deleted += delete_migration_rows(store, log_table, spec.name)

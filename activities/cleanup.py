@@ -8,6 +8,7 @@ from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating, stopping
 from activities.stores import StoreCache
 from dualwrite import outbox, relay, retire, triggers
+from dualwrite.keyvalue import stream_outbox
 from dualwrite.keyvalue.intact import remove_markers
 from dualwrite.stores import is_redis
 from workflows.models import ActivityNames, RetiredTable, RetireInput, RetireResult
@@ -52,6 +53,11 @@ class CleanupActivities:
                 for log_table in outbox.LOGS:
                     if retire.drop_log_if_unused(store, spec.name, log_table):
                         out.logs_dropped.append(f"{store.name}/{log_table}")
+            if not sql_new:  # the Redis outbox stream: what it still holds is towards the retired old store
+                n = stream_outbox.drop_stream(rs.new, spec.name)
+                if n:
+                    out.log_entries_discarded += n
+                out.logs_dropped.append(f"{rs.new.name}/{stream_outbox.stream_key(spec.name)}")
             out.repair_entries_discarded = retire.discard_repairs(ctl, spec.name)
             if not sql_new:  # the intact marker and the rest of this migration's keys (keyvalue.intact)
                 remove_markers(rs.new, spec.name)

@@ -35,6 +35,7 @@ from dualwrite import stats as st
 from dualwrite.capture.store_side import RelayStores, allow_new_store, store_side
 from dualwrite.relay import RelayResult
 from dualwrite.spec import MigrationSpec
+from dualwrite.stores import is_redis
 from workflows.relay import (
     RELAY_CATCH_UP,
     RELAY_DENY,
@@ -74,7 +75,8 @@ class RelayActivities:
     def _stores(self, spec: MigrationSpec, digest: str | None = None) -> RelayStores:
         rs = self.stores.relay_stores(spec, digest)
         for s in (rs.old, rs.new):
-            triggers.mark_replica(s)  # our own mirror writes must not be captured again
+            if not is_redis(s):  # Redis has no triggers to capture the relay's writes
+                triggers.mark_replica(s)  # our own mirror writes must not be captured again
         if spec.control not in self._ready:
             control.ensure_schema(rs.control)
             st.ensure_schema(rs.control)

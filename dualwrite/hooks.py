@@ -41,6 +41,7 @@ POINTS = (
     "prepare.before_preflight",
     "relay.before_batch",
     "relay.after_batch",
+    "relay.stream_after_read",
     "phase.before_flip",
     "phase.after_flip",
     "mirror.after_read",

@@ -126,40 +126,51 @@ def drain_log_batch(log_store: Store, other: Store, migration: str, mapping_for:
             by_table: dict[str, list[Key]] = defaultdict(list)
             for e in entries:
                 by_table[e.table].append(tuple(e.key))
-            for table, wire_keys in by_table.items():
-                try:
-                    mapping = mapping_for(table, reverse)
-                except Exception as exc:
-                    if not _unmappable(exc):
-                        raise  # the mapping could not be built now (a store unreachable): keep the entries
-                    log.warning("relay %s: dropping %d entries of table %s: %s", migration, len(wire_keys), table,
-                                _short(exc))
-                    out.discarded += len(wire_keys)
-                    continue
-                keys = [k for k in (decode_key(list(w), mapping.key_kinds) for w in wire_keys) if k is not None]
-                try:
-                    res = mirror_keys(log_store, other, mapping, keys)
-                    out.mirrored += res.keys
-                except StoreUnavailableError:
-                    raise
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise  # a deadlock: the whole batch is retried, nothing was deleted
-                    done, failed, errors = _mirror_isolated(log_store, other, mapping, keys)
-                    out.mirrored += done
-                    if failed:
-                        if control_store is None:
-                            raise
-                        control.enqueue_repair(control_store, migration, table, failed,
-                                               reason=f"relay: {errors[0] if errors else _short(exc)}",
-                                               authoritative="new" if reverse else "old")
-                        out.failed += len(failed)
-                        out.errors += [e for e in errors if e not in out.errors][:5 - len(out.errors)]
+            mirror_logged(log_store, other, migration, mapping_for, by_table, reverse=reverse,
+                          control_store=control_store, out=out)
         else:
             out.discarded += len(entries)
         delete_entries(conn, log_store, [e.id for e in entries], log=log_table)
         conn.commit()
     return out
+
+
+def mirror_logged(log_store: Store, other: Store, migration: str, mapping_for: MappingFor,
+                  by_table: dict[str, list[Key]], *, reverse: bool, control_store: Store | None,
+                  out: RelayResult) -> None:
+    """Mirror the keys of a batch of key-log entries (wire keys by spec table) from ``log_store`` to ``other``,
+    counting into ``out``. A table with no mapping is dropped; keys the target rejects go to the repair queue
+    one by one; an unreachable store or a transient error raises (the caller keeps the entries). Shared by
+    the SQL key logs here and the Redis stream outbox (:mod:`dualwrite.capture.stream_side`)."""
+    for table, wire_keys in by_table.items():
+        try:
+            mapping = mapping_for(table, reverse)
+        except Exception as exc:
+            if not _unmappable(exc):
+                raise  # the mapping could not be built now (a store unreachable): keep the entries
+            log.warning("relay %s: dropping %d entries of table %s: %s", migration, len(wire_keys), table,
+                        _short(exc))
+            out.discarded += len(wire_keys)
+            continue
+        keys = [k for k in (decode_key(list(w), mapping.key_kinds) for w in wire_keys) if k is not None]
+        try:
+            res = mirror_keys(log_store, other, mapping, keys)
+            out.mirrored += res.keys
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # a deadlock: the whole batch is retried, nothing was deleted
+            done, failed, errors = _mirror_isolated(log_store, other, mapping, keys)
+            out.mirrored += done
+            if failed:
+                if control_store is None:
+                    raise
+                control.enqueue_repair(control_store, migration, table, failed,
+                                       reason=f"relay: {errors[0] if errors else _short(exc)}",
+                                       authoritative="new" if reverse else "old")
+                out.failed += len(failed)
+                out.errors += [e for e in errors if e not in out.errors][:5 - len(out.errors)]
 
 
 def drain(old: Store, new: Store, migration: str, mapping_for: MappingFor, *,

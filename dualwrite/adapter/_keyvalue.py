@@ -5,6 +5,8 @@ through its store kind (:func:`dualwrite.mirror.mirror_keys`), and shadow reads 
 cutover on, Redis is authoritative: :meth:`DualWriter.insert` / ``update`` / ``upsert`` / ``delete`` write
 it here (a SQL unit of work cannot run on Redis) and the inline mirror copies each key back into the old
 store with the reversed mapping (Redis as the mirror's source, :mod:`dualwrite.stores.redis._source`).
+Under ``outbox`` nothing is mirrored in the call: the key is appended to the migration's Redis stream by
+the same script that writes the row (:mod:`dualwrite.keyvalue.stream_outbox`), and the relay mirrors it.
 
 What Redis cannot do and SQL does, stated rather than pretended (README, "Redis as the new store"):
 
@@ -21,10 +23,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dualwrite import outbox
 from dualwrite.adapter._errors import RoutingError
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.errors import RowRejectedError
 from dualwrite.keyvalue.encoding import native_value
+from dualwrite.keyvalue.stream_outbox import stream_key
 from dualwrite.mapping import SourceKind, TableMapping
 from dualwrite.store import Kind
 from dualwrite.stores import Role, kind_for, normal_key
@@ -52,9 +56,11 @@ def _apply(mapping: TableMapping, image: Mapping[str, Any]) -> dict[str, Any]:
 class KeyValueSide:
     """The Redis new store of a :class:`DualWriter`: reads by key, and writes while it is authoritative."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, migration: str) -> None:
         self.store = store
         self.kind = kind_for(store)
+        self.stream = stream_key(migration)
+        """The outbox while Redis is authoritative (``outbox`` tables: :mod:`dualwrite.keyvalue.stream_outbox`)."""
 
     def _table(self, rt: TableRuntime) -> Any:
         return self.kind.table(self.store, rt.forward, Role.TARGET)
@@ -85,12 +91,16 @@ class KeyValueSide:
         found = self.read(rt, key)
         return None if found is None else found[1]
 
-    def _put(self, rt: TableRuntime, app: Mapping[str, Any], *, insert_only: bool) -> bool:
-        """Write one row given in application names; False when ``insert_only`` found the key taken."""
+    def _put(self, rt: TableRuntime, key: Key, app: Mapping[str, Any], *, insert_only: bool, note: bool) -> bool:
+        """Write one row given in application names; False when ``insert_only`` found the key taken. ``note``
+        (the old store follows): an ``outbox`` table's entry is appended to the stream by the same script."""
         target = _apply(rt.forward, app)
         row = tuple(target.get(c) for c in rt.forward.target_columns)
         table = self._table(rt)
         with self.kind.connect(self.store) as conn:
+            if note and rt.method.notes_keys:
+                return bool(table.put_noted(conn, row, insert_only=insert_only, stream=self.stream, table=rt.name,
+                                            key_json=outbox.key_json(normal_key(key))))
             return bool(table.put(conn, [row], insert_only=insert_only)[0])
 
     def _versioned(self, rt: TableRuntime, app: dict[str, Any], before: Mapping[str, Any] | None,
@@ -106,17 +116,18 @@ class KeyValueSide:
         app[v] = 1 if before is None or before.get(v) is None else int(before[v]) + 1
         return app
 
-    def insert(self, rt: TableRuntime, values: Mapping[str, Any]) -> tuple[Key, list[Touched]]:
+    def insert(self, rt: TableRuntime, values: Mapping[str, Any], *, note: bool = False) -> tuple[Key, list[Touched]]:
         key = rt.key_from_values(values)
         if key is None:
             raise RoutingError(f"table {rt.name}: Redis generates no keys: give every key column "
                                f"({', '.join(rt.key)}) to insert while Redis is authoritative")
         app = self._versioned(rt, {c: values.get(c) for c in rt.forward.source_info.columns}, None, values)
-        if not self._put(rt, app, insert_only=True):
+        if not self._put(rt, key, app, insert_only=True, note=note):
             raise RowRejectedError(f"table {rt.name}: a row with this key exists already (insert)")
         return key, [Touched(rt, key)]
 
-    def update(self, rt: TableRuntime, key: Key, values: Mapping[str, Any]) -> tuple[int, list[Touched]]:
+    def update(self, rt: TableRuntime, key: Key, values: Mapping[str, Any], *, note: bool = False
+               ) -> tuple[int, list[Touched]]:
         before = self._current(rt, key)
         if before is None:
             return 0, []
@@ -125,20 +136,24 @@ class KeyValueSide:
         if new_key is not None and normal_key(new_key) != normal_key(key):
             raise RoutingError(f"table {rt.name}: an update cannot change the key while Redis is authoritative "
                                "(delete and insert instead)")
-        self._put(rt, app, insert_only=False)
+        self._put(rt, key, app, insert_only=False, note=note)
         return 1, [Touched(rt, key)]
 
-    def upsert(self, rt: TableRuntime, values: Mapping[str, Any]) -> tuple[Key, list[Touched]]:
+    def upsert(self, rt: TableRuntime, values: Mapping[str, Any], *, note: bool = False) -> tuple[Key, list[Touched]]:
         key = rt.key_from_values(values)
         if key is None:
             raise RoutingError(f"table {rt.name}: an upsert needs every key column ({', '.join(rt.key)})")
         before = self._current(rt, key)
         base = before if before is not None else {c: None for c in rt.forward.source_info.columns}
-        self._put(rt, self._versioned(rt, {**base, **values}, before, values), insert_only=False)
+        self._put(rt, key, self._versioned(rt, {**base, **values}, before, values), insert_only=False, note=note)
         return key, [Touched(rt, key)]
 
-    def delete(self, rt: TableRuntime, key: Key) -> tuple[int, list[Touched]]:
+    def delete(self, rt: TableRuntime, key: Key, *, note: bool = False) -> tuple[int, list[Touched]]:
         table = self._table(rt)
         with self.kind.connect(self.store) as conn:
-            n = table.delete(conn, [normal_key(key)])
+            if note and rt.method.notes_keys:
+                n = table.delete_noted(conn, key, stream=self.stream, table=rt.name,
+                                       key_json=outbox.key_json(normal_key(key)))
+            else:
+                n = table.delete(conn, [normal_key(key)])
         return n, [Touched(rt, key, None, deleted=True)]

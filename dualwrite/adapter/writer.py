@@ -109,7 +109,7 @@ class DualWriter:
         self.instance_id = instance_id or default_instance_id()
         self.old_store, self.new_store = old, new
         self.control = control_store or old
-        self.kv = KeyValueSide(new) if is_redis(new) else None
+        self.kv = KeyValueSide(new, spec.name) if is_redis(new) else None
         """The Redis new store's reads and writes ([T2-6]); None when the new store is SQL."""
         self.engines: dict[Side, Engine] = {Side.OLD: old_engine or old.engine}
         if self.kv is None:
@@ -159,7 +159,8 @@ class DualWriter:
         st.ensure_schema(self.control)
         if self.method.notes_keys:
             outbox.ensure_log(self.old_store, outbox.OUTBOX)
-            outbox.ensure_log(self.new_store, outbox.OUTBOX)
+            if self.kv is None:  # a Redis new store's outbox is a stream, created by its first entry
+                outbox.ensure_log(self.new_store, outbox.OUTBOX)
 
     def _shadow_reader(self) -> ShadowReader:
         opts = self.options
@@ -302,9 +303,10 @@ class DualWriter:
         record_unit(self.stats, route, started, committed)
 
     def _one_write(self, tenant: str | None, entity: str | None, sql: Callable[[UnitOfWork], Any],
-                   kv: Callable[[KeyValueSide], tuple[Any, list[Touched]]]) -> Any:
+                   kv: Callable[[KeyValueSide, bool], tuple[Any, list[Touched]]]) -> Any:
         """One write by key: a SQL unit of work on the authoritative store, or (a Redis new store that is
-        authoritative) the write on Redis, then the same mirror back as after a SQL commit."""
+        authoritative) the write on Redis, then the same mirror back as after a SQL commit. ``kv``'s flag:
+        the other store follows (an ``outbox`` table notes the key in Redis' stream with the write)."""
         if self.kv is None:
             with self.unit_of_work(tenant=tenant, entity=entity) as uow:
                 return sql(uow)
@@ -315,7 +317,7 @@ class DualWriter:
                     return sql(uow)
             started = time.perf_counter()
             try:
-                result, touched = kv(self.kv)
+                result, touched = kv(self.kv, route.mirror_to is not None)
             except BaseException as exc:
                 count_primary_failure(self.stats, exc)
                 raise
@@ -328,7 +330,8 @@ class DualWriter:
         """Insert one row; returns its key (also when the database generated it)."""
         rt = self.table(table)
         key: Key = self._one_write(rt.tenant_of(values, tenant), rt.entity_from(values),
-                                   lambda uow: uow.insert(table, values), lambda kv: kv.insert(rt, values))
+                                   lambda uow: uow.insert(table, values),
+                                   lambda kv, note: kv.insert(rt, values, note=note))
         return key
 
     def update(self, table: str, key: KeyLike, values: Mapping[str, Any], *, tenant: str | None = None) -> int:
@@ -336,20 +339,22 @@ class DualWriter:
         rt = self.table(table)
         k = rt.key_of(key)
         n: int = self._one_write(rt.tenant_of(values, tenant), entity_of(rt, k),
-                                 lambda uow: uow.update(table, k, values), lambda kv: kv.update(rt, k, values))
+                                 lambda uow: uow.update(table, k, values),
+                                 lambda kv, note: kv.update(rt, k, values, note=note))
         return n
 
     def upsert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         rt = self.table(table)
         key: Key = self._one_write(rt.tenant_of(values, tenant), rt.entity_from(values),
-                                   lambda uow: uow.upsert(table, values), lambda kv: kv.upsert(rt, values))
+                                   lambda uow: uow.upsert(table, values),
+                                   lambda kv, note: kv.upsert(rt, values, note=note))
         return key
 
     def delete(self, table: str, key: KeyLike, *, tenant: str | None = None) -> int:
         rt = self.table(table)
         k = rt.key_of(key)
         n: int = self._one_write(tenant, entity_of(rt, k), lambda uow: uow.delete(table, k),
-                                 lambda kv: kv.delete(rt, k))
+                                 lambda kv, note: kv.delete(rt, k, note=note))
         return n
 
     # -- reads --------------------------------------------------------------------------------------------

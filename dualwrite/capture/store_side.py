@@ -6,7 +6,8 @@ one round, report the backlog, catch up to a point, name the keys still in fligh
 methods:
 
 - :class:`~dualwrite.capture.keylog_side.KeyLogSide`: a key log on each store (``outbox``; ``triggers`` with
-  the capture triggers that fill it);
+  the capture triggers that fill it); ``outbox`` through its subclass
+  :class:`~dualwrite.capture.stream_side.StreamOutboxSide`, whose Redis new store's log is a stream;
 - :class:`~dualwrite.capture.cdc_side.CdcSide`: the database's own log (``cdc``: a replication slot, the
   binlog);
 - :class:`InlineSide`: nothing to relay (``strict``, ``sync``, ``async``: the adapter writes both stores).
@@ -165,10 +166,14 @@ def store_side_for(method: CaptureMethod) -> StoreSide:
         from dualwrite.capture.cdc_side import CdcSide  # noqa: PLC0415 - the CDC drivers load only for cdc
 
         return CdcSide()
-    if method.key_log is not None:
+    if method.key_log is not None and method.database_capture:
         from dualwrite.capture.keylog_side import KeyLogSide  # noqa: PLC0415 - it imports this module
 
-        return KeyLogSide(method.key_log, capture_triggers=method.database_capture)
+        return KeyLogSide(method.key_log, capture_triggers=True)
+    if method.key_log is not None:  # outbox: KeyLogSide, with a stream for a Redis new store
+        from dualwrite.capture.stream_side import StreamOutboxSide  # noqa: PLC0415 - it imports this module
+
+        return StreamOutboxSide(method.key_log)
     return InlineSide()
 
 
@@ -179,7 +184,11 @@ def store_side(spec: MigrationSpec) -> StoreSide:
 
 def allow_new_store(rs: RelayStores) -> None:
     """The new store serves the tables now: nothing of the denied writes stays there (the retired old tables
-    keep refusing writes that bypass dualwrite, with their counters)."""
+    keep refusing writes that bypass dualwrite, with their counters). A Redis new store denied nothing."""
+    from dualwrite.stores import is_redis  # noqa: PLC0415 - keeps this module's imports light
+
+    if is_redis(rs.new):
+        return
     tables = rs.tables("new")
     triggers.allow_writes(rs.new, rs.spec.name, tables)
     triggers.drop_refusal_counters(rs.new, rs.spec.name, tables)

@@ -4,8 +4,8 @@ become authoritative.
 A Redis store has no catalog and no privileges to look up: what can be checked before anything is written
 is that the server answers, that every table says how it is kept (key template naming every key column
 once, value ``hash`` or ``json``), that the spec asks nothing of Redis it cannot do (SQL reverse rules, a
-strategy that needs triggers, a log or a key log in the new store, the control tables), and - because after
-write cutover Redis holds the only copy of new writes - whether it keeps its data on disk and never evicts
+strategy that needs triggers, a change log or a SQL transaction in the new store, the control tables), and -
+because after write cutover Redis holds the only copy of new writes - whether it keeps its data on disk and never evicts
 (:func:`dualwrite.keyvalue.authority_problems`), with the memory the tables need against ``maxmemory``.
 """
 
@@ -22,9 +22,10 @@ from dualwrite.store import Kind, TableInfo
 
 __all__ = ["REDIS_STRATEGIES", "RedisLook", "estimate_bytes", "memory_note", "strategy_problems", "table_problems"]
 
-#: strategies whose secondary write the adapter does itself, in the call or queued (no trigger, log or key
-#: log in the new store)
-REDIS_STRATEGIES = frozenset({Strategy.SYNC, Strategy.ASYNC})
+#: strategies a Redis new store can serve: the adapter writes the other store itself, in the call or queued,
+#: or notes the key in the authoritative store's outbox (after write cutover a Redis stream appended by the
+#: script that writes the row: dualwrite.keyvalue.stream_outbox)
+REDIS_STRATEGIES = frozenset({Strategy.SYNC, Strategy.ASYNC, Strategy.OUTBOX})
 
 #: bytes per value of each kind, as text in a hash field (a guess; the estimate says it is one)
 _WIDTH = {Kind.INT: 8, Kind.BOOL: 5, Kind.DECIMAL: 12, Kind.FLOAT: 18, Kind.TEXT: 32, Kind.BYTES: 44,
@@ -56,16 +57,14 @@ def strategy_problems(spec: MigrationSpec) -> list[str]:
     wanted = {spec.strategy, *(spec.strategy_of(t.source) for t in spec.tables)}
     out: list[str] = []
     for s in sorted(wanted - REDIS_STRATEGIES):
-        if s is Strategy.OUTBOX:
-            why = ("the outbox is a table written in the authoritative store's transaction, and Redis has no "
-                   "transaction with the application's SQL writes after write cutover (a Redis outbox is not "
-                   "built yet)")
-        elif s in (Strategy.TRIGGERS, Strategy.CDC):
-            why = "Redis has no triggers and no change log for the relay to read after write cutover"
+        if s is Strategy.TRIGGERS:
+            why = "Redis has no triggers to capture the writes of every writer after write cutover"
+        elif s is Strategy.CDC:
+            why = "Redis has no change log (replication slot, binlog) for the relay to read after write cutover"
         else:
             why = "strict commits both stores in one transaction, and Redis cannot join a SQL transaction"
-        out.append(f"strategy {s.value} cannot be used with a Redis new store: {why}; use strategy sync "
-                   "(or async)")
+        out.append(f"strategy {s.value} cannot be used with a Redis new store: {why}; use strategy sync, "
+                   "outbox or async")
     return out
 
 

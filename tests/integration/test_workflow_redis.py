@@ -316,3 +316,97 @@ def test_the_intact_gate_applies_from_cutover_reads_through_cleanup(
     finally:
         old.dispose()
         acts.close()
+
+
+# -- outbox with Redis: the SQL outbox table while PostgreSQL is authoritative, a Redis stream after ---------
+# (a block of its own; the sync case is the test above)
+
+
+def outbox_waiting(old: Store, url: str, name: str) -> int:
+    """Entries still waiting in the migration's outboxes: PostgreSQL's table and Redis' stream."""
+    sql = fetch_all(old, f"SELECT COUNT(*) FROM dualwrite_outbox WHERE migration = '{name}'")[0][0]
+    r = redis.Redis.from_url(url)
+    stream = f"__dualwrite__:{name}:outbox"
+    return int(str(sql)) + (int(r.xlen(stream)) if r.exists(stream) else 0)
+
+
+async def drained(old: Store, url: str, name: str, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while outbox_waiting(old, url, name):
+        assert asyncio.get_running_loop().time() < deadline, "the relay did not drain the outboxes"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("strategy", ["outbox"])
+async def test_postgresql_to_redis_through_every_phase_by_strategy(
+        dw: MigrationDriver, kv_worker: StoreResolver, kv_queue: str, databases: Databases,
+        private_redis: RedisServer, strategy: str) -> None:
+    name = f"kvo-{secrets.token_hex(3)}"
+    table = f"kv_ob_{secrets.token_hex(3)}"
+    old = Store(StoreRef("pgold", pg_url(databases.pg_db("old"))))
+    create_pg(old, table, ROWS)
+    spec = redis_spec(name, table, strategy)
+    writer = DualWriter.from_resolver(spec, kv_worker, options=AdapterOptions(phase_ttl=0.05, pool_size=2,
+                                                                              shadow_after_write_cutover=True))
+    app = App(writer, table)
+    thread = threading.Thread(target=app.run, daemon=True)
+    prefix = f"{name}:"
+    stream = f"__dualwrite__:{name}:outbox"
+    r = redis.Redis.from_url(private_redis.url)
+    handle = await dw.start(spec, task_queue=kv_queue, tuning=fast_tuning())
+    try:
+        thread.start()
+        await dw.advance_to(handle, "BACKFILL", timeout=120)
+        await dw.wait(handle, lambda s: bool(s.tables) and all(t.done for t in s.tables), "backfill done", 120)
+        await dw.advance_to(handle, "SHADOW_READ")
+        v = await verify(dw, handle, "before cutover")
+        assert v.ok and v.direction == "old->new", v
+        assert not r.exists(stream) or r.xlen(stream) == 0  # PostgreSQL authoritative: its outbox table
+        await dw.advance_to(handle, "CUTOVER_READS")
+        await dw.advance_to(handle, "CUTOVER_WRITES")
+        await asyncio.sleep(1.5)  # Redis first now: each write's key in the stream, mirrored by the relay
+        assert writer.route().authoritative.value == "new"
+        assert r.exists(stream), "no write after write cutover reached the Redis outbox"
+        v = await verify(dw, handle, "after write cutover")
+        assert v.ok and v.direction == "new->old", v
+
+        # rollback from CUTOVER_WRITES: the stream is caught up under the fence, PostgreSQL holds every write
+        res = await dw.update(handle, "rollback", to="CUTOVER_READS", by="pytest", reason="drill")
+        assert res.ok, res.message
+        await dw.settled(handle, "CUTOVER_READS")
+        await asyncio.sleep(1.0)
+        app.stop.set()
+        await asyncio.to_thread(thread.join)
+        assert_acknowledged(app, pg_rows(old, table), "PostgreSQL after the rollback")
+        await drained(old, private_redis.url, name)
+        assert_acknowledged(app, redis_rows(private_redis.url, prefix), "Redis after the rollback")
+        v = await verify(dw, handle, "after rollback")
+        assert v.ok and v.repaired == 0, v
+
+        # forward again, to the end
+        app.stop.clear()
+        thread = threading.Thread(target=app.run, daemon=True)
+        thread.start()
+        await dw.advance_to(handle, "CUTOVER_WRITES")
+        await asyncio.sleep(1.0)
+        app.stop.set()
+        await asyncio.to_thread(thread.join)
+        await drained(old, private_redis.url, name)
+        v = await verify(dw, handle, "final")
+        assert v.ok and v.repaired == 0 and v.rows_compared > 0, v
+        assert pg_rows(old, table) == redis_rows(private_redis.url, prefix)
+        assert_acknowledged(app, redis_rows(private_redis.url, prefix), "Redis")
+        assert_acknowledged(app, pg_rows(old, table), "PostgreSQL (the relay's mirror from the stream)")
+        assert not app.failed, app.failed[:3]
+        assert app.count > 100
+        st = await dw.advance_to(handle, "DONE", timeout=120)
+        assert st.phase == "DONE"
+        assert not r.exists(stream), "CLEANUP leaves no outbox stream behind"
+    finally:
+        app.stop.set()
+        if thread.is_alive():
+            await asyncio.to_thread(thread.join)
+        writer.close()
+        old.dispose()
+        if (await dw.status(handle)).phase != "DONE":
+            await handle.terminate("test over")

@@ -60,7 +60,7 @@ def test_every_redis_problem_is_reported_at_once_with_its_line(tmp_path: Path, p
         name: to-redis
         old: pgold
         new: kv
-        strategy: outbox
+        strategy: triggers
         tables:
           - source: {customers}
             redis: {{key: "customer:{{email}}:{{email}}", value: hash}}
@@ -86,7 +86,49 @@ def test_every_redis_problem_is_reported_at_once_with_its_line(tmp_path: Path, p
     line_with("spec.yaml:7 tables[0].redis.key", "used more than once")
     line_with("spec.yaml:11 tables[1].reverse.email", "Redis runs no SQL")
     line_with("spec.yaml:13 tables[2].redis", "the new store is Redis")
-    line_with("strategy outbox cannot be used with a Redis new store")
+    line_with("strategy triggers cannot be used with a Redis new store")
+
+
+def test_outbox_is_accepted_with_a_redis_new_store(tmp_path: Path, pg_old: Store, customers: str,
+                                                   durable_redis: str) -> None:
+    spec = write_spec(tmp_path, f"""
+        name: to-redis
+        old: pgold
+        new: kv
+        strategy: outbox
+        tables:
+          - source: {customers}
+            version_column: version
+            redis: {{key: "customer:{{id}}"}}
+        """)
+    code, out = check(spec, store_env(pgold=pg_old, kv=durable_redis))
+    assert code == 0, out
+    assert "cannot be used with a Redis new store" not in out
+
+
+@pytest.mark.parametrize(("strategy", "why"), [
+    ("strict", "Redis cannot join a SQL transaction"),
+    ("triggers", "Redis has no triggers"),
+    ("cdc", "no change log"),
+])
+def test_strategies_redis_cannot_serve_are_refused_with_their_reason(tmp_path: Path, pg_old: Store, customers: str,
+                                                                     durable_redis: str, strategy: str,
+                                                                     why: str) -> None:
+    spec = write_spec(tmp_path, f"""
+        name: to-redis
+        old: pgold
+        new: kv
+        strategy: {strategy}
+        tables:
+          - source: {customers}
+            version_column: version
+            redis: {{key: "customer:{{id}}"}}
+        """)
+    code, out = check(spec, store_env(pgold=pg_old, kv=durable_redis))
+    assert code == 2, out
+    refusal = next((ln for ln in out.splitlines()
+                    if f"strategy {strategy} cannot be used with a Redis new store" in ln), None)
+    assert refusal is not None and why in refusal and "outbox" in refusal, out
 
 
 def test_a_redis_that_keeps_nothing_on_disk_is_refused_as_authoritative(tmp_path: Path, pg_old: Store,

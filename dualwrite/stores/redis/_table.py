@@ -38,9 +38,12 @@ __all__ = ["RedisTable"]
 PIPELINE = 1_000
 SCAN_COUNT = 1_000
 
-#: ARGV: mode (insert | newer | always), version field, incoming version text, shape (hash | json), then
-#: the JSON document or the hash's field/value pairs. Returns 1 written (new key), 2 overwritten, 0 left.
-WRITE_ROW = """
+def _row_script(*, noted: bool) -> str:
+    """The row write's script; ``noted``: its outbox entry is appended first (KEYS[2] the stream, ARGV[5] the
+    spec table, ARGV[6] the key JSON, the value from ARGV[7]), and only when the row is written."""
+    v = 7 if noted else 5
+    note = "redis.call('XADD', KEYS[2], '*', 'table', ARGV[5], 'key', ARGV[6])\n" if noted else ""
+    return f"""
 local key = KEYS[1]
 local mode, vfield, vnew, shape = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local existed = redis.call('EXISTS', key) == 1
@@ -64,15 +67,23 @@ if existed then
     end
   end
 end
-if shape == 'hash' then
+{note}if shape == 'hash' then
   redis.call('DEL', key)
-  redis.call('HSET', key, unpack(ARGV, 5))
+  redis.call('HSET', key, unpack(ARGV, {v}))
 else
-  redis.call('SET', key, ARGV[5])
+  redis.call('SET', key, ARGV[{v}])
 end
 if existed then return 2 end
 return 1
 """
+
+
+#: ARGV: mode (insert | newer | always), version field, incoming version text, shape (hash | json), then
+#: the JSON document or the hash's field/value pairs. Returns 1 written (new key), 2 overwritten, 0 left.
+WRITE_ROW = _row_script(noted=False)
+NOTED_WRITE_ROW = _row_script(noted=True)
+"""The adapter's write while Redis is authoritative under ``outbox``: the row and its stream entry in one
+script (:mod:`dualwrite.keyvalue.stream_outbox`)."""
 WRITE_ROW_SHA = hashlib.sha1(WRITE_ROW.encode()).hexdigest()  # Redis names a script by its SHA-1
 
 
@@ -238,6 +249,26 @@ class RedisTable:
         """Write whole rows (the adapter's writes while Redis is authoritative); for each, whether it was
         written (False: ``insert_only`` found its key taken)."""
         return [r != 0 for r in self._write(conn, rows, "insert" if insert_only else "always")]
+
+    def put_noted(self, conn: Any, row: Row, *, insert_only: bool, stream: str, table: str, key_json: str) -> bool:
+        """One row written with its outbox entry appended to ``stream`` in the same script (both or
+        neither); False: ``insert_only`` found the key taken (then no entry is appended either)."""
+        args = ["insert" if insert_only else "always", self.version[1] if self.version else "",
+                self._version_text(row) or "", "json" if self.layout.json else "hash", table, key_json]
+        if self.layout.json:
+            args.append(json.dumps(self.layout.codec.fields(row), sort_keys=True, ensure_ascii=False,
+                                   separators=(",", ":")))
+        else:
+            args += self.layout.codec.pairs(row)
+        script = conn.client.register_script(NOTED_WRITE_ROW)  # EVALSHA, loading the script when missing
+        return int(script(keys=[self._row_redis_key(row), stream], args=args)) != 0
+
+    def delete_noted(self, conn: Any, key: Key, *, stream: str, table: str, key_json: str) -> int:
+        """Delete one key with its outbox entry appended in the same script (entry first: both or neither)."""
+        from dualwrite.keyvalue.stream_outbox import NOTED_DELETE  # noqa: PLC0415 - only the adapter's path
+
+        script = conn.client.register_script(NOTED_DELETE)
+        return int(script(keys=[self.redis_key(normal_key(tuple(key))), stream], args=[table, key_json]))
 
     def upsert(self, conn: Any, rows: list[Row], *, insert_only: bool, only_if_newer: bool) -> None:
         mode = "insert" if insert_only else "newer" if only_if_newer and self.version is not None else "always"

@@ -129,3 +129,48 @@ def test_writes_before_and_after_write_cutover(writer: tuple[DualWriter, str, st
     with pytest.raises(RoutingError, match="asyncio adapter serves SQL stores only"):
         AsyncDualWriter(w)
     assert w.pending_repairs == 0  # no secondary write failed
+
+
+def test_outbox_notes_keys_in_sql_then_in_the_redis_stream_with_the_write(pg_old: Store, table_name: str,
+                                                                           server: RedisServer) -> None:
+    """``outbox``: nothing is mirrored inside the call; the key is noted in the authoritative store's outbox,
+    the SQL table while PostgreSQL is authoritative, the migration's Redis stream after write cutover."""
+    t = f"{table_name}_o"
+    with pg_old.connect() as conn:
+        conn.cursor().execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL, "
+                              "balance numeric(10,2), seen timestamptz, version bigint NOT NULL)")
+        conn.commit()
+    spec = MigrationSpec.model_validate({
+        "name": f"kvo-{t}", "old": pg_old.name, "new": "kv", "strategy": "outbox",
+        "tables": [{"source": t, "version_column": "version", "redis": {"key": "acct:{id}", "prefix": f"{t}:"}}]})
+    control.ensure_schema(pg_old)
+    control.publish_state(pg_old, spec.name, "DUAL_WRITE", 1)
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    stream = f"__dualwrite__:{spec.name}:outbox"
+    w = DualWriter(spec, pg_old, RedisStore("kv", server.url), options=AdapterOptions(background=False,
+                                                                                        phase_ttl=0.01))
+    try:
+        w.insert(t, {"id": 1, "name": "Ada"})
+        assert pg_row(pg_old, t, 1) == ("Ada", None, 1) and not r.exists(f"{t}:acct:1")
+        with pg_old.connect() as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT table_name, key_json FROM dualwrite_outbox WHERE migration = %s", (spec.name,))
+            assert cur.fetchall() == [(t, "[1]")]
+            conn.rollback()
+        assert not r.exists(stream)
+
+        control.publish_state(pg_old, spec.name, "CUTOVER_WRITES", 2)
+        w.phase.refresh(force=True)
+        w.insert(t, {"id": 2, "name": "Grace", "balance": Decimal("1.50")})
+        w.update(t, 2, {"balance": Decimal("2.00")})
+        assert w.delete(t, 2) == 1
+        assert pg_row(pg_old, t, 2) is None  # the relay mirrors it, not the call
+        entries = r.xrange(stream)
+        assert [(e[1]["table"], e[1]["key"]) for e in entries] == [(t, "[2]")] * 3
+
+        control.publish_state(pg_old, spec.name, "CLEANUP", 3)  # the old store retired: nothing to note
+        w.phase.refresh(force=True)
+        w.insert(t, {"id": 3, "name": "Alan"})
+        assert r.hget(f"{t}:acct:3", "name") == "Alan" and r.xlen(stream) == 3
+    finally:
+        w.close()
