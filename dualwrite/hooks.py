@@ -43,6 +43,7 @@ POINTS = (
     "relay.after_batch",
     "phase.before_flip",
     "phase.after_flip",
+    "verify.before_repair",
 )
 """The named points (documentation; any name is accepted)."""
 
