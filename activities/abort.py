@@ -18,7 +18,7 @@ from temporalio import activity
 from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating
 from activities.stores import StoreCache
-from dualwrite import bypass, control, outbox
+from dualwrite import bypass, control, outbox, watermark
 from dualwrite import stats as st
 from dualwrite.capture.store_side import store_side
 from dualwrite.retire import delete_migration_rows, table_exists
@@ -60,7 +60,7 @@ class AbortActivities:
             out.repair_entries_deleted = delete_migration_rows(ctl, control.REPAIR_QUEUE, spec.name)
             tables = [control.CHECKPOINTS, st.STATS]
             if inp.remove_state:
-                tables += [control.STATE, control.INSTANCES, control.SPECS]
+                tables += [control.STATE, control.INSTANCES, control.SPECS, watermark.WATERMARKS]
             for table in tables:
                 out.control_rows_deleted += delete_migration_rows(ctl, table, spec.name)
             log.info("migration %s aborted: %d triggers removed, %d key-log entries, %d repairs and %d control rows "
