@@ -47,7 +47,7 @@ class VerifyActivities:
             spec, src, dst, mapping = self.stores.table(inp.table)
             lagged = spec.strategy_of(inp.table.source) is Strategy.ASYNC
             if lagged:  # keys still queued in live async writers are late, not lost: let them land first
-                settled = wait_for_writers(self.stores.control_store(spec.control), spec.name)
+                settled = wait_for_writers(self.stores.control_store(spec.control), spec.name, sleep=_sleep_or_stop)
                 activity.heartbeat({"async_writers": settled.live, "settled": settled.settled})
             chunks = [0]
 
@@ -74,7 +74,7 @@ class VerifyActivities:
                 settle = self._in_flight_filter(spec, inp.table, src, dst, mapping)
                 if lagged:
                     settle = settle_async(self.stores.control_store(spec.control), spec.name, src, dst, mapping,
-                                          settle)
+                                          settle, sleep=_sleep_or_stop)
                 if inp.repair:
                     guard = RepairGuard(self.stores.control_store(spec.control), spec.name,
                                         "new" if inp.table.reverse else "old", inp.tenant)
@@ -100,6 +100,12 @@ class VerifyActivities:
                     | side.pending_keys(dst, ctl, spec.name, source, other))
 
         return settle_in_flight(src, dst, mapping, pending)
+
+
+def _sleep_or_stop(seconds: float) -> None:
+    """Sleep between polls of the async watermarks; a cancelled activity or a stopping worker ends the wait."""
+    sleep(seconds)
+    raise_if_stopping()
 
 
 def _recheck(out: TableVerification, report: Any, src: Store, dst: Store, mapping: TableMapping,
