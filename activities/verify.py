@@ -77,7 +77,7 @@ class VerifyActivities:
                                           settle, sleep=_sleep_or_stop)
                 if inp.repair:
                     guard = RepairGuard(self.stores.control_store(spec.control), spec.name,
-                                        "new" if inp.table.reverse else "old", inp.tenant)
+                                        "new" if inp.table.reverse else "old", inp.tenant, any_tenant_fence=True)
                     _repair(out, report, src, dst, mapping, settle, guard)
                 else:
                     _recheck(out, report, src, dst, mapping, settle)

@@ -1,5 +1,6 @@
-"""The repair guard: a verification's repair is applied only while the store it copies from is still the
-authority and no write fence is up, for every strategy.
+"""The repair guard: a verification's repair, and a batch of the repair queue's drain, is applied only while the
+store it copies from is still the authority and no write fence is up (the workflow's own drain under the
+fence excepted), for every strategy.
 
 A verification is a long activity: it starts under one phase, and by the time it repairs, the workflow may
 have fenced writes (authority is about to move) or flipped authority. Copying then in the direction the
@@ -29,11 +30,16 @@ class RepairGuard:
     """Refuses a repair from ``authoritative`` (``old`` or ``new``) once that store is no longer authoritative for
     ``tenant`` (None: the migration's phase) or while a write fence is up for it."""
 
-    def __init__(self, store: Store, migration: str, authoritative: str, tenant: str | None = None) -> None:
+    def __init__(self, store: Store, migration: str, authoritative: str, tenant: str | None = None, *,
+                 under_fence: bool = False, any_tenant_fence: bool = False) -> None:
         self.store = store
         self.migration = migration
         self.authoritative = authoritative
         self.tenant = tenant
+        self.under_fence = under_fence
+        """The workflow's own drain under the fence: it runs *because* the fence is up (authority still holds)."""
+        self.any_tenant_fence = any_tenant_fence
+        """A migration-wide verification: a tenant's fence refuses it too (it may hold that tenant's rows)."""
 
     def _select(self) -> str:
         p = self.store.paramstyle
@@ -50,8 +56,8 @@ class RepairGuard:
 
         fence = overrides.get("fence") if isinstance(overrides, dict) else None
         fenced = control.is_fenced(overrides, self.tenant) or (
-            self.tenant is None and isinstance(fence, dict) and bool(fence.get("tenants")))
-        if fenced:
+            self.any_tenant_fence and self.tenant is None and isinstance(fence, dict) and bool(fence.get("tenants")))
+        if fenced and not self.under_fence:
             return "a write fence is up (authority is moving between the stores)"
         effective = phase
         tenants = overrides.get("tenants") if isinstance(overrides, dict) else None

@@ -26,7 +26,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.stores import StoreCache
 from activities.verify import VerifyActivities
-from dualwrite import hooks, watermark
+from dualwrite import control, hooks, relay, watermark
 from dualwrite.adapter import AdapterOptions
 from dualwrite.config import StoreResolver, env_var_for
 from dualwrite.store import Store
@@ -78,6 +78,7 @@ def test_verification_during_a_live_async_writer_finds_nothing(pg_old: Store, pg
             m.writer.insert(m.models.customers, _row(i))
         assert m.writer.lagged is not None and m.writer.lagged.flush(10)
         chaos_file.write_text(json.dumps({"mirror.before_commit": {"action": "delay", "seconds": 1.5}}))
+        time.sleep(0.3)  # hook rules are re-read at most every 0.2 s
         t = threading.Thread(target=write)
         t.start()
         time.sleep(0.5)
@@ -172,6 +173,7 @@ def test_repair_is_refused_when_authority_moves_while_it_waits(pg_old: Store, pg
         m.writer.insert(m.models.customers, _row(0))
         k = _unmirrored_row(m)
         chaos_file.write_text(json.dumps({"verify.before_repair": {"action": "pause", "seconds": 2}}))
+        time.sleep(0.3)  # hook rules are re-read at most every 0.2 s
         flip = threading.Timer(0.5, m.publish, ("CUTOVER_WRITES",))
         flip.start()
         try:
@@ -180,5 +182,28 @@ def test_repair_is_refused_when_authority_moves_while_it_waits(pg_old: Store, pg
             flip.join()
         assert not out.ok and out.repaired == 0 and out.error is not None and "authority moved" in out.error, out
         assert m.row("new", m.models.customers, k) is None
+    finally:
+        m.close()
+
+
+def test_repair_queue_batch_is_refused_when_authority_moved_since_it_was_read(pg_old: Store, pg_new: Store) -> None:
+    """The drain reads the authority, then mirrors a batch that may take seconds (a store that hangs): a batch
+    whose authority is stale by then must not land in the old direction; its keys stay queued."""
+    m = make_migration(pg_old, pg_new, "async", options=AdapterOptions(background=False, phase_ttl=0.05))
+    try:
+        m.publish("DUAL_WRITE")
+        k = _unmirrored_row(m)
+        control.enqueue_repair(m.control, m.name, m.models.customers, [(k,)], reason="test", authoritative="old")
+        authority = relay.repair_authority(m.control, m.spec)
+        assert authority == "old"
+        m.publish("CUTOVER_WRITES")  # the flip lands between the read and the batch
+        entries = control.due_repairs(m.control, m.name)
+        res = relay.repair_batch(m.control, m.old, m.new, m.name, m.writer.mapping_for, entries, authority=authority)
+        assert res.mirrored == 0 and m.row("new", m.models.customers, k) is None
+        assert control.repair_queue_depth(m.control, m.name) == 1  # kept for the drain in the new direction
+        res = relay.repair_batch(m.control, m.old, m.new, m.name, m.writer.mapping_for, entries,
+                                 authority=relay.repair_authority(m.control, m.spec))
+        assert res.mirrored == 1 and control.repair_queue_depth(m.control, m.name) == 0
+        assert m.row("old", m.models.customers, k) is None  # levelled from the authority now: the new store
     finally:
         m.close()
