@@ -19,7 +19,7 @@ from temporalio import activity
 from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating
 from activities.stores import StoreCache
-from dualwrite import bypass, control, outbox
+from dualwrite import bypass, control, outbox, watermark
 from dualwrite import stats as st
 from dualwrite.capture.store_side import store_side
 from dualwrite.cdc.capture import ENDED_SCOPE
@@ -76,7 +76,7 @@ class AbortActivities:
             out.repair_entries_deleted = delete_migration_rows(ctl, control.REPAIR_QUEUE, spec.name)
             tables = [st.STATS]
             if inp.remove_state:
-                tables += [control.STATE, control.INSTANCES, control.SPECS]
+                tables += [control.STATE, control.INSTANCES, control.SPECS, watermark.WATERMARKS]
             for table in tables:
                 out.control_rows_deleted += delete_migration_rows(ctl, table, spec.name)
             if table_exists(ctl, control.CHECKPOINTS):

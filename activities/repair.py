@@ -45,7 +45,7 @@ class RepairActivities:
                     worked = True
                     res = repair_batch(ctl, rs.old, rs.new, spec.name, rs.mapping_for, entries, authority=authority,
                                        base_backoff_seconds=inp.base_backoff_seconds,
-                                       max_backoff_seconds=inp.max_backoff_seconds)
+                                       max_backoff_seconds=inp.max_backoff_seconds, under_fence=inp.under_fence)
                     out.mirrored += res.mirrored
                     out.failed += res.failed
                     for e in res.errors:

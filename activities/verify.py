@@ -9,11 +9,15 @@ from temporalio import activity
 from activities.errors import mapped_errors
 from activities.heartbeat import heartbeating, raise_if_stopping, sleep, stopping
 from activities.stores import StoreCache
+from dualwrite import hooks
+from dualwrite.async_settle import settle_async, wait_for_writers
 from dualwrite.capture import method_for
 from dualwrite.capture.store_side import store_side
+from dualwrite.errors import RepairRefusedError
 from dualwrite.inflight import Key, Settle, settle_in_flight
 from dualwrite.mapping import TableMapping
-from dualwrite.spec import MigrationSpec
+from dualwrite.repair_guard import RepairGuard
+from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.store import Store
 from workflows.models import ActivityNames, TableRef, TableVerification, VerifyTableInput
 
@@ -41,6 +45,10 @@ class VerifyActivities:
             from dualwrite.verify import verify_range  # noqa: PLC0415
 
             spec, src, dst, mapping = self.stores.table(inp.table)
+            lagged = spec.strategy_of(inp.table.source) is Strategy.ASYNC
+            if lagged:  # keys still queued in live async writers are late, not lost: let them land first
+                settled = wait_for_writers(self.stores.control_store(spec.control), spec.name, sleep=_sleep_or_stop)
+                activity.heartbeat({"async_writers": settled.live, "settled": settled.settled})
             chunks = [0]
 
             def on_chunk(*_args: Any, **_kwargs: Any) -> None:
@@ -64,8 +72,13 @@ class VerifyActivities:
                 fields=sorted(report.field_counts), ok=report.ok)
             if not report.ok:
                 settle = self._in_flight_filter(spec, inp.table, src, dst, mapping)
+                if lagged:
+                    settle = settle_async(self.stores.control_store(spec.control), spec.name, src, dst, mapping,
+                                          settle, sleep=_sleep_or_stop)
                 if inp.repair:
-                    _repair(out, report, src, dst, mapping, settle)
+                    guard = RepairGuard(self.stores.control_store(spec.control), spec.name,
+                                        "new" if inp.table.reverse else "old", inp.tenant, any_tenant_fence=True)
+                    _repair(out, report, src, dst, mapping, settle, guard)
                 else:
                     _recheck(out, report, src, dst, mapping, settle)
             return out
@@ -89,6 +102,12 @@ class VerifyActivities:
         return settle_in_flight(src, dst, mapping, pending)
 
 
+def _sleep_or_stop(seconds: float) -> None:
+    """Sleep between polls of the async watermarks; a cancelled activity or a stopping worker ends the wait."""
+    sleep(seconds)
+    raise_if_stopping()
+
+
 def _recheck(out: TableVerification, report: Any, src: Store, dst: Store, mapping: TableMapping,
              settle: Settle) -> None:
     """Compare only (a gate's evidence): a write caught between its two commits settles within moments, so
@@ -110,27 +129,35 @@ def _recheck(out: TableVerification, report: Any, src: Store, dst: Store, mappin
 
 
 def _repair(out: TableVerification, report: Any, src: Store, dst: Store, mapping: TableMapping,
-            settle: Settle) -> None:
+            settle: Settle, guard: RepairGuard) -> None:
     """Repair, then verify again, a few times: under live traffic a re-verification can catch a write between
     its authoritative commit and its mirror. Keys whose change the capture still holds are in flight: the
     relay mirrors them in the direction of the write, and a repair must not overwrite one logged by the
-    other side."""
+    other side. Each round runs under the repair guard: once authority has moved (or while the write fence
+    is up) nothing is copied in the direction this verification started with."""
     from dualwrite import tenancy  # noqa: PLC0415 - heavy, and only here
     from dualwrite.repair import repair  # noqa: PLC0415
 
     after, out.in_flight = settle(report)
+    refused = ""
     for attempt in range(REPAIR_ROUNDS):
         if after.ok or stopping():
             break
         if attempt:
             sleep(0.5 * attempt)
             activity.heartbeat({"repair_round": attempt + 1})
-        fixed = repair(src, dst, mapping, after)
+        hooks.point("verify.before_repair", table=mapping.target_table)
+        try:
+            with guard.holding():
+                fixed = repair(src, dst, mapping, after)
+        except RepairRefusedError as exc:
+            refused = str(exc)
+            break
         out.repaired += fixed.repaired_keys
         after, out.in_flight = settle(fixed.after)
     out.ok = after.ok
     out.unresolved = after.total_differences
     if not out.ok:
         out.sample_keys = tenancy.describe_keys(after.keys())
-        out.error = (f"still different after repair: missing {after.missing}, extra {after.extra}, "
-                     f"field-different {after.field_different}")
+        out.error = refused or (f"still different after repair: missing {after.missing}, extra {after.extra}, "
+                                f"field-different {after.field_different}")

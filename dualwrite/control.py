@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from dualwrite import bookkeeping as bk
-from dualwrite import hooks
+from dualwrite import hooks, watermark
 from dualwrite.fence import FENCE
 from dualwrite.keys import Key, encode_key
 from dualwrite.store import Dialect, Store
@@ -151,7 +151,7 @@ def _upsert(store: Store, table: str, cols: Sequence[str], keys: Sequence[str], 
 
 def ensure_schema(store: Store) -> None:
     """Create the control tables if missing. Safe to call from several processes at once."""
-    bk.create_all(store, _ddl(store))
+    bk.create_all(store, _ddl(store) + watermark.ddl(store))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -162,6 +162,12 @@ class RetireError(DualwriteError):
     """CLEANUP found an old table gone that this migration did not retire: only an operator can tell why."""
 
 
+class RepairRefusedError(DualwriteError):
+    """A verification's repair was not applied: authority moved away from the store it copies from, or a
+    write fence is up (authority is moving). Copying in the old direction then would overwrite acknowledged
+    writes of the new authority; the next verification repairs in the right direction."""
+
+
 class VerificationError(DualwriteError):
     """A verification could not prove anything: it compared zero rows or skipped a chunk."""
 

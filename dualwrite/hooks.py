@@ -45,6 +45,7 @@ POINTS = (
     "phase.before_flip",
     "phase.after_flip",
     "mirror.after_read",
+    "verify.before_repair",
 )
 """The named points (documentation; any name is accepted)."""
 

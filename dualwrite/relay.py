@@ -16,6 +16,7 @@ around these functions, reached through the capture methods' store side (:mod:`d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -26,11 +27,12 @@ from typing import TYPE_CHECKING
 
 from dualwrite import bookkeeping as bk
 from dualwrite import control
-from dualwrite.errors import DualwriteError, StoreError, StoreUnavailableError
+from dualwrite.errors import DualwriteError, RepairRefusedError, StoreError, StoreUnavailableError
 from dualwrite.keys import Key, decode_key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys
 from dualwrite.outbox import CHANGELOG, OUTBOX, delete_entries, read_batch
+from dualwrite.repair_guard import RepairGuard
 from dualwrite.stats import RELAY, RELAY_LAG, Stats
 from dualwrite.store import Dialect, Store, is_transient, without_row_values
 from dualwrite.triggers import authoritative_side
@@ -267,7 +269,8 @@ def expedite_repairs(control_store: Store, migration: str) -> int:
 
 def repair_batch(control_store: Store, old: Store, new: Store, migration: str, mapping_for: MappingFor,
                  entries: Sequence[control.RepairEntry], *, authority: str | None = None,
-                 base_backoff_seconds: float = 2.0, max_backoff_seconds: float = 300.0) -> RepairDrainResult:
+                 base_backoff_seconds: float = 2.0, max_backoff_seconds: float = 300.0,
+                 under_fence: bool = False) -> RepairDrainResult:
     """Mirror one batch of due repair-queue entries; a group that fails is deferred with exponential backoff
     and jitter, and never stops the others.
 
@@ -277,7 +280,13 @@ def repair_batch(control_store: Store, old: Store, new: Store, migration: str, m
     recorded sides: a repair writes only into the store that is not authoritative (rule 4, docs/architecture.md).
 
     The mirror runs with ``force=False`` (its default) and under the key's lock, which already makes the
-    image written the newest committed one: the version guard is off under the lock either way."""
+    image written the newest committed one: the version guard is off under the lock either way.
+
+    With ``authority`` known, each group runs under the repair guard (:mod:`dualwrite.repair_guard`): the
+    authority read before the batch may be stale by the time a slow group commits (a store that hangs for
+    seconds), and a group must never land in the old direction after a flip. A refused group stays queued,
+    untouched, and the batch stops: the caller reads the authority again. ``under_fence``: the workflow's
+    own drain under the write fence."""
     out = RepairDrainResult()
     latest: dict[tuple[str, str], control.RepairEntry] = {}
     ids: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -296,7 +305,13 @@ def repair_batch(control_store: Store, old: Store, new: Store, migration: str, m
             mapping = mapping_for(table, reverse)
             source, target = (new, old) if reverse else (old, new)
             decoded = [decode_key(latest[k].key, mapping.key_kinds) for k in keys]
-            mirror_keys(source, target, mapping, [d for d in decoded if d is not None], force=False)
+            held = (RepairGuard(control_store, migration, side, under_fence=under_fence).holding()
+                    if authority is not None else contextlib.nullcontext())
+            with held:
+                mirror_keys(source, target, mapping, [d for d in decoded if d is not None], force=False)
+        except RepairRefusedError as exc:
+            log.warning("%s; %d repair key(s) of %s stay queued", exc, len(keys), table)
+            break
         except Exception as exc:  # noqa: BLE001 - one bad group must not stop the drain
             attempts = max(latest[k].attempts for k in keys)
             delay = min(max_backoff_seconds, base_backoff_seconds * 2 ** attempts)

@@ -18,7 +18,11 @@ queue has drained what was routed before it: write cutover drains the queue behi
 
 After a crash the queue is lost. That tail is found by the verification the gate requires before any
 cutover (a full comparison younger than the gate window; see the README's strategy guide for the measured
-choice against noting every key durably, which is what ``outbox`` does).
+choice against noting every key durably, which is what ``outbox`` does). So that verification does not
+count keys that are only late, each instance records its watermark (:mod:`dualwrite.watermark`) about once a
+second: the database time up to which its queue has flushed. A verification waits for every live instance's
+watermark to pass its start (:mod:`dualwrite.async_settle`); a killed instance's row goes stale and is not
+waited for: its lost tail is what the verification then finds and repairs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dualwrite import stats as st
+from dualwrite import watermark
 from dualwrite.adapter._errors import error_class, short_error
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.adapter._timing import record_secondary
@@ -43,6 +48,9 @@ if TYPE_CHECKING:
     from dualwrite.adapter.writer import DualWriter
 
 log = logging.getLogger("dualwrite.adapter")
+
+WATERMARK_SECONDS = 1.0
+"""How often an instance records its async watermark (a verification waits about this long for a live one)."""
 
 
 @dataclass
@@ -109,12 +117,31 @@ class AsyncMirror:
             return len(self._q) + len(self._busy), (now - min(oldest)) if oldest else 0.0
 
     def _gauges(self) -> None:
+        next_mark = 0.0
         while True:
             with self._cond:
                 if self._stop and not self._q and not self._busy:
                     break
             self.publish_gauges()
+            if time.monotonic() >= next_mark:
+                self.record_watermark()
+                next_mark = time.monotonic() + WATERMARK_SECONDS
             time.sleep(0.25)
+
+    def record_watermark(self) -> bool:
+        """Record in the control store how far this queue has flushed (False when the store refused: the
+        heartbeat then ages, and a verification stops waiting for this instance after the liveness window)."""
+        w = self.writer
+        with self._cond:
+            if self._stop:
+                return False
+            _, age = self.depth()
+        try:
+            watermark.record(w.control, w.migration, w.instance_id, age)
+        except Exception as exc:  # noqa: BLE001 - a missed heartbeat only makes verification wait less
+            log.debug("migration %s: cannot record the async watermark (%s)", w.migration, error_class(exc))
+            return False
+        return True
 
     def publish_gauges(self) -> None:
         """Put the queue depth and the age of its oldest key into the statistics window (every 0.25 s)."""
@@ -208,6 +235,10 @@ class AsyncMirror:
         for (name, a), keys in by_table.items():
             self.writer.enqueue_repair(name, keys, reason="async queue at close", authoritative=a)
         self.writer.stats.count(st.ASYNC, "closed")  # the gate tells a clean exit from a crash by this
+        try:  # nothing queued any more: no verification needs to wait for this instance
+            watermark.forget(self.writer.control, self.writer.migration, self.writer.instance_id)
+        except Exception as exc:  # noqa: BLE001 - the row goes stale instead
+            log.debug("migration %s: cannot remove the async watermark (%s)", self.writer.migration, error_class(exc))
         for t in self._threads:
             t.join(timeout=5)
         self._gauge_thread.join(timeout=1)

@@ -1,0 +1,90 @@
+"""The repair guard: a verification's repair, and a batch of the repair queue's drain, is applied only while the
+store it copies from is still the authority and no write fence is up (the workflow's own drain under the
+fence excepted), for every strategy.
+
+A verification is a long activity: it starts under one phase, and by the time it repairs, the workflow may
+have fenced writes (authority is about to move) or flipped authority. Copying then in the direction the
+verification started with overwrites acknowledged writes of the new authority with the old rows. So before
+each repair round the guard reads the published state in a control-store transaction that stays open until
+the round's writes have committed, with a shared lock on the migration's state row (PostgreSQL ``FOR SHARE``,
+MariaDB/MySQL ``LOCK IN SHARE MODE``; SQLite has one writer at a time anyway): a fence or flip published
+before is seen and refuses the repair (:class:`~dualwrite.errors.RepairRefusedError`), and one published
+meanwhile waits for the round to commit. The next verification repairs in the right direction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from dualwrite import control
+from dualwrite.errors import RepairRefusedError
+from dualwrite.store import Dialect, Store
+
+__all__ = ["RepairGuard"]
+
+
+class RepairGuard:
+    """Refuses a repair from ``authoritative`` (``old`` or ``new``) once that store is no longer authoritative for
+    ``tenant`` (None: the migration's phase) or while a write fence is up for it."""
+
+    def __init__(self, store: Store, migration: str, authoritative: str, tenant: str | None = None, *,
+                 under_fence: bool = False, any_tenant_fence: bool = False) -> None:
+        self.store = store
+        self.migration = migration
+        self.authoritative = authoritative
+        self.tenant = tenant
+        self.under_fence = under_fence
+        """The workflow's own drain under the fence: it runs *because* the fence is up (authority still holds)."""
+        self.any_tenant_fence = any_tenant_fence
+        """A migration-wide verification: a tenant's fence refuses it too (it may hold that tenant's rows)."""
+
+    def _select(self) -> str:
+        p = self.store.paramstyle
+        sql = f"SELECT phase, overrides FROM {control.STATE} WHERE migration = {p}"
+        if self.store.dialect is Dialect.POSTGRESQL:
+            return sql + " FOR SHARE"
+        if self.store.dialect is Dialect.MYSQL:
+            return sql + " LOCK IN SHARE MODE"
+        return sql
+
+    def refusal(self, phase: str, overrides: Any) -> str:
+        """Why a repair must not run under this published state ('' when it may)."""
+        from dualwrite.adapter.phase import rules_for  # noqa: PLC0415 - the adapter package is heavy
+
+        fence = overrides.get("fence") if isinstance(overrides, dict) else None
+        fenced = control.is_fenced(overrides, self.tenant) or (
+            self.any_tenant_fence and self.tenant is None and isinstance(fence, dict) and bool(fence.get("tenants")))
+        if fenced and not self.under_fence:
+            return "a write fence is up (authority is moving between the stores)"
+        effective = phase
+        tenants = overrides.get("tenants") if isinstance(overrides, dict) else None
+        if self.tenant is not None and isinstance(tenants, dict) and isinstance(tenants.get(self.tenant), str):
+            effective = tenants[self.tenant]
+        now = rules_for(effective).authoritative.value
+        if now != self.authoritative:
+            return (f"authority moved to the {now} store ({effective}) since the verification started "
+                    f"copying from the {self.authoritative} store")
+        return ""
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Check the published state and keep it from changing until the block (the repair) has committed.
+
+        Raises :class:`RepairRefusedError` (the block does not run) when the repair must not be applied."""
+        with self.store.connect() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(self._select(), (self.migration,))
+                row = cur.fetchone()
+                if row is not None:
+                    overrides = json.loads(row[1]) if isinstance(row[1], str) else (row[1] or {})
+                    why = self.refusal(str(row[0]), overrides)
+                    if why:
+                        raise RepairRefusedError(f"migration {self.migration}: repair refused: {why}")
+                yield
+            finally:
+                cur.close()
+                conn.rollback()
