@@ -52,8 +52,9 @@ acknowledged write put it there); for the others the line is informative.
 ``--pair pg-redis`` moves the tables from PostgreSQL into a private ``redis-server`` with persistence on (started
 for the run like the tests do, :func:`dualwrite.keyvalue.start_redis`; one hash per row, key
 ``<table>:<key values>``), behind the same fault proxy; the harness reads Redis itself for the checks
-(:func:`redis_rows`). Redis takes ``sync`` and ``async`` only, written through the adapter (no ``raw`` writer:
-nothing captures a write that bypasses the adapter), with Temporal.
+(:func:`redis_rows`). Redis takes ``sync``, ``async`` and ``outbox`` (its stream drained by the RelayWorkflow),
+written through the adapter (no ``raw`` writer: nothing captures a write that bypasses the adapter), with
+Temporal.
 
 ``cdc`` needs servers that write a logical WAL (PostgreSQL ``wal_level=logical``) and a ROW binlog
 (MariaDB), which the machine's servers lack: such a run starts private instances on free ports
@@ -1387,6 +1388,21 @@ def _harness_repair(auth: Store, other: Store, mapping_for: Callable[[str, bool]
     return fixed
 
 
+def _await_stream_drained(url: str, migration: str, seconds: float) -> None:
+    """pg-redis outbox: wait until the relay has mirrored (and deleted) every entry of the Redis outbox stream."""
+    import redis
+
+    from dualwrite.keyvalue import stream_outbox
+
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + seconds
+        while stream_outbox.depth(client, stream_outbox.stream_key(migration))[0] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        client.close()
+
+
 def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter", clients: int = 4,
         seed_rows: int = 1000, temporal: bool = True, adapter_kills: int = 2, worker_kills: int = 4,
         keep: bool = False, rng_seed: int | None = None, verbose: bool = True, ack_log: Path | None = None,
@@ -1403,9 +1419,9 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
                  temporal=temporal, all_or_nothing=method.all_or_nothing)
     tag = f"{pair.replace('-', '')}_{strategy}_{secrets.token_hex(2)}"
     redis_new = pair == "pg-redis"
-    if redis_new and (writer_kind != "adapter" or not temporal or method.key_log is not None
+    if redis_new and (writer_kind != "adapter" or not temporal or method.key_log not in (None, outbox.OUTBOX)
                       or method.reads_database_log or method.all_or_nothing):
-        raise SystemExit("--pair pg-redis runs --strategy sync or async, --writer adapter, with Temporal")
+        raise SystemExit("--pair pg-redis runs --strategy sync, async or outbox, --writer adapter, with Temporal")
     # log capture needs servers that write a logical WAL / a ROW binlog: the run starts its own
     srv = capture_servers(pair, servers_dir) if method.reads_database_log else machine_servers()
     try:
@@ -1656,8 +1672,11 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
         drain_until = time.monotonic() + 120  # a capture that cannot catch up is reported, not waited for
         for _ in range(5):
             if method.key_log is not None:
-                res.relayed += drain(relay_old, relay_new, name, mapping_for, control_store=old,
-                                     max_seconds=60).mirrored
+                # a Redis new store's outbox is a stream, not a SQL log: the running RelayWorkflow drains it
+                res.relayed += drain(relay_old, relay_new, name, mapping_for, control_store=old, max_seconds=60,
+                                     directions=("old",) if redis_new else ("old", "new")).mirrored
+                if redis_new:
+                    _await_stream_drained(new_url, name, 120)
             elif method.reads_database_log:  # the relay (or the harness) applies the log up to its end now
                 res.relayed += chaos_cdc.drain(relay_old, relay_new, old, name, mapping_for,
                                                state.phase if state is not None else "PREPARE",
