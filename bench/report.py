@@ -61,7 +61,8 @@ class Outcome:
 
 
 PY = sys.executable
-CHAOS = [(p, s) for p in ("pg-pg", "mariadb-pg") for s in ("strict", "sync", "async", "outbox", "triggers", "cdc")]
+CHAOS = [*[(p, s) for p in ("pg-pg", "mariadb-pg") for s in ("strict", "sync", "async", "outbox", "triggers", "cdc")],
+         ("pg-redis", "sync"), ("pg-redis", "outbox")]
 
 BENCHES: list[Bench] = [
     Bench("backfill", [PY, "bench/backfill.py"], [PY, "bench/backfill.py", "--rows", "100000", "--rounds", "1"], [
