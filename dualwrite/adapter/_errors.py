@@ -31,6 +31,11 @@ def error_class(exc: BaseException) -> str:
             return "unavailable"
     if type(exc).__module__.startswith("psycopg") and type(exc).__name__ == "OperationalError" and not sqlstate:
         return "unavailable"  # the connection broke (no SQLSTATE: the server never answered)
+    if type(exc).__module__.startswith("redis"):  # redis-py: a socket timeout, a refused or broken connection
+        if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":
+            return "timeout"
+        if type(exc).__name__ == "ConnectionError":
+            return "unavailable"
     orig = getattr(exc, "orig", None)
     if orig is not None and orig is not exc:
         return error_class(orig)

@@ -20,12 +20,13 @@ What Redis cannot do and SQL does, stated rather than pretended (README, "Redis 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dualwrite import outbox
 from dualwrite.adapter._errors import RoutingError
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
+from dualwrite.adapter.phase import Side
 from dualwrite.errors import RowRejectedError
 from dualwrite.keyvalue.encoding import native_value
 from dualwrite.keyvalue.stream_outbox import stream_key
@@ -51,6 +52,19 @@ def _apply(mapping: TableMapping, image: Mapping[str, Any]) -> dict[str, Any]:
             raise RoutingError(f"table {mapping.source_table}: column {plan.target!r} is an SQL expression, "
                                "which Redis cannot compute: use a transform")
     return out
+
+
+def row_as_source(rt: TableRuntime, row: Sequence[Any]) -> tuple[Any, ...]:
+    """A Redis row (the forward mapping's target order) as the old SQL table's row (the reversed mapping's
+    target order): what the mirror back would write for it (strict writes it before Redis commits)."""
+    back = rt.mapping_from(Side.NEW)
+    sql = _apply(back, dict(zip(rt.forward.target_columns, row, strict=True)))
+    return tuple(sql.get(c) for c in back.target_columns)
+
+
+Via = Callable[[TableRuntime, Key, tuple[Any, ...] | None, bool], int]
+"""How a row is written instead of directly (strict: :meth:`dualwrite.adapter._strict_kv.RedisStrict.put`):
+(table, key, row in the Redis column order or None to delete, insert only) -> 1 written / deleted, 0 not."""
 
 
 class KeyValueSide:
@@ -91,11 +105,15 @@ class KeyValueSide:
         found = self.read(rt, key)
         return None if found is None else found[1]
 
-    def _put(self, rt: TableRuntime, key: Key, app: Mapping[str, Any], *, insert_only: bool, note: bool) -> bool:
+    def _put(self, rt: TableRuntime, key: Key, app: Mapping[str, Any], *, insert_only: bool, note: bool,
+             via: Via | None = None) -> bool:
         """Write one row given in application names; False when ``insert_only`` found the key taken. ``note``
-        (the old store follows): an ``outbox`` table's entry is appended to the stream by the same script."""
+        (the old store follows): an ``outbox`` table's entry is appended to the stream by the same script;
+        ``via``: the row is written by it (strict) instead."""
         target = _apply(rt.forward, app)
         row = tuple(target.get(c) for c in rt.forward.target_columns)
+        if via is not None:
+            return bool(via(rt, key, row, insert_only))
         table = self._table(rt)
         with self.kind.connect(self.store) as conn:
             if note and rt.method.notes_keys:
@@ -116,18 +134,19 @@ class KeyValueSide:
         app[v] = 1 if before is None or before.get(v) is None else int(before[v]) + 1
         return app
 
-    def insert(self, rt: TableRuntime, values: Mapping[str, Any], *, note: bool = False) -> tuple[Key, list[Touched]]:
+    def insert(self, rt: TableRuntime, values: Mapping[str, Any], *, note: bool = False, via: Via | None = None
+               ) -> tuple[Key, list[Touched]]:
         key = rt.key_from_values(values)
         if key is None:
             raise RoutingError(f"table {rt.name}: Redis generates no keys: give every key column "
                                f"({', '.join(rt.key)}) to insert while Redis is authoritative")
         app = self._versioned(rt, {c: values.get(c) for c in rt.forward.source_info.columns}, None, values)
-        if not self._put(rt, key, app, insert_only=True, note=note):
+        if not self._put(rt, key, app, insert_only=True, note=note, via=via):
             raise RowRejectedError(f"table {rt.name}: a row with this key exists already (insert)")
         return key, [Touched(rt, key)]
 
-    def update(self, rt: TableRuntime, key: Key, values: Mapping[str, Any], *, note: bool = False
-               ) -> tuple[int, list[Touched]]:
+    def update(self, rt: TableRuntime, key: Key, values: Mapping[str, Any], *, note: bool = False,
+               via: Via | None = None) -> tuple[int, list[Touched]]:
         before = self._current(rt, key)
         if before is None:
             return 0, []
@@ -136,19 +155,24 @@ class KeyValueSide:
         if new_key is not None and normal_key(new_key) != normal_key(key):
             raise RoutingError(f"table {rt.name}: an update cannot change the key while Redis is authoritative "
                                "(delete and insert instead)")
-        self._put(rt, key, app, insert_only=False, note=note)
+        self._put(rt, key, app, insert_only=False, note=note, via=via)
         return 1, [Touched(rt, key)]
 
-    def upsert(self, rt: TableRuntime, values: Mapping[str, Any], *, note: bool = False) -> tuple[Key, list[Touched]]:
+    def upsert(self, rt: TableRuntime, values: Mapping[str, Any], *, note: bool = False, via: Via | None = None
+               ) -> tuple[Key, list[Touched]]:
         key = rt.key_from_values(values)
         if key is None:
             raise RoutingError(f"table {rt.name}: an upsert needs every key column ({', '.join(rt.key)})")
         before = self._current(rt, key)
         base = before if before is not None else {c: None for c in rt.forward.source_info.columns}
-        self._put(rt, key, self._versioned(rt, {**base, **values}, before, values), insert_only=False, note=note)
+        self._put(rt, key, self._versioned(rt, {**base, **values}, before, values), insert_only=False, note=note,
+                  via=via)
         return key, [Touched(rt, key)]
 
-    def delete(self, rt: TableRuntime, key: Key, *, note: bool = False) -> tuple[int, list[Touched]]:
+    def delete(self, rt: TableRuntime, key: Key, *, note: bool = False, via: Via | None = None
+               ) -> tuple[int, list[Touched]]:
+        if via is not None:
+            return via(rt, key, None, False), [Touched(rt, key, None, deleted=True)]
         table = self._table(rt)
         with self.kind.connect(self.store) as conn:
             if note and rt.method.notes_keys:

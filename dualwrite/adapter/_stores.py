@@ -32,8 +32,9 @@ def data_store(store: Store, timeout: float, pool_size: int) -> Store:
     Private, so timeouts never touch the application's own connections, and so the secondary path has a
     pool of its own that a slow secondary cannot starve the primary of.
     """
-    if is_redis(store):
-        return store  # a Redis store pools nothing between calls (each connect has its own client)
+    if is_redis(store):  # pools nothing between calls (each connect has its own client); timeouts as SQL's
+        with_timeouts: Callable[[float], Store] = store.with_timeouts  # type: ignore[attr-defined]
+        return with_timeouts(timeout)
     # no pre-ping: a round trip per checkout is a third of a secondary write; after a restart of the store the
     # first write on a stale connection fails, is queued for repair, and the pool is refreshed
     clone = Store(StoreRef(store.name, store.ref.url), pool_size=pool_size, pre_ping=False)

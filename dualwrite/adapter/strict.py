@@ -57,6 +57,7 @@ from dualwrite.adapter._commit_outcome import (
     take_marker_async,
 )
 from dualwrite.adapter._errors import error_class, short_error
+from dualwrite.adapter._strict_kv import RedisStrict
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.adapter._timing import record_secondary
 from dualwrite.adapter.phase import Side
@@ -121,6 +122,8 @@ class StrictStrategy:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.kv = RedisStrict(self) if writer.kv is not None else None
+        """The Redis new store's half ([T2-6]): its notes, and the writes while Redis is authoritative."""
 
     # -- the protocol ------------------------------------------------------------------------------------
 
@@ -265,6 +268,9 @@ class StrictStrategy:
         w = self.writer
         target = w.data[b]
         plans = self._plan(groups, a, b, dbapi_conn, rows, touched)
+        if self.kv is not None and b is Side.NEW:  # Redis: the rows and their note in one script
+            self.kv.write_secondary(plans, a, token)
+            return
         notes = [(w.migration, rt.name, json.dumps(encode_key(tuple(k))), token)
                  for rt, keys in groups.values() for k in keys]
         p = target.paramstyle
@@ -301,7 +307,8 @@ class StrictStrategy:
         plans: list[tuple[TableRuntime, Any, list[Any], list[Key]]] = []
         for rt, keys in groups.values():
             mapping = rt.mapping_from(a)
-            src, dst = source_side(mapping, w.data[a]), target_side(mapping, w.data[b])
+            src = source_side(mapping, w.data[a])
+            dst = None if self.kv is not None and b is Side.NEW else target_side(mapping, w.data[b])
             fast = rt.fast[a]
             found: list[Any] = []
             absent: list[Key] = []
@@ -411,7 +418,18 @@ class StrictStrategy:
             by_side: dict[Side, list[str]] = {}
             for side, token in done:
                 by_side.setdefault(side, []).append(token)
-            for side, tokens in by_side.items():
+            # a Redis note goes before the SQL note row of the same write (RedisStrict.sweep reads that row)
+            for side, tokens in sorted(by_side.items(), key=lambda item: item[0] is not self._redis_side):
+                if side is self._redis_side:
+                    assert self.kv is not None
+                    try:
+                        self.kv.forget(tokens)
+                    except Exception as exc:  # noqa: BLE001 - a note left behind is swept and settled
+                        log.warning("migration %s: cannot clear %d strict note(s) in Redis (%s)",
+                                    self.writer.migration, len(tokens), error_class(exc))
+                        by_side.pop(Side.OLD, None)  # keep their SQL note rows: the sweep needs them
+                        break
+                    continue
                 store = self.writer.data[side]
                 p = store.paramstyle
                 try:
@@ -429,13 +447,17 @@ class StrictStrategy:
         w = self.writer
         grace = w.options.strict_note_grace if older_than is None else older_than
         moved = 0
+        if self.kv is not None:  # Redis first: its sweep reads the SQL note rows the SQL sweep deletes
+            moved += self.kv.sweep(grace)
         for side in (Side.OLD, Side.NEW):
+            if side is self._redis_side:
+                continue
             store = w.data[side]
             p = store.paramstyle
             before, param = bk.now_plus(store, -grace)
             try:
-                found = bk.query(store, f"SELECT id, table_name, key_json FROM {NOTES} WHERE migration = {p} AND "
-                                        f"created_at <= {before} AND table_name <> '{MARKER_TABLE}' "
+                found = bk.query(store, f"SELECT id, table_name, key_json, token FROM {NOTES} WHERE migration = {p} "
+                                        f"AND created_at <= {before} AND table_name <> '{MARKER_TABLE}' "
                                         "ORDER BY id LIMIT 1000",
                                  [w.migration, param])
                 # markers of committed writes whose clean-up failed: nothing to repair, only to delete
@@ -444,23 +466,42 @@ class StrictStrategy:
             except Exception as exc:  # noqa: BLE001 - no notes table there (yet): nothing to sweep
                 log.debug("no strict notes on the %s store: %s", side.value, error_class(exc))
                 continue
+            if self.kv is not None and found:  # a write whose Redis note is still there is the Redis sweep's
+                pending = self.kv.noted([str(tok) for *_, tok in found])
+                found = [f for f in found if str(f[3]) not in pending]
             if not found:
                 continue
-            c = w.control.paramstyle
-            with w.control.connect() as conn:
-                cur = conn.cursor()
-                cur.executemany(f"INSERT INTO {control.REPAIR_QUEUE} (migration, table_name, key_json, reason, "
-                                f"authoritative, attempts) VALUES ({c}, {c}, {c}, {c}, {c}, 0)",
-                                [(w.migration, str(t), str(k), "strict: interrupted between the commits",
-                                  side.other.value) for _, t, k in found])
-                cur.close()
-                conn.commit()
-            ids = [int(i) for i, _, _ in found]
+            self.queue_repairs([(str(t), str(k), side.other.value) for _, t, k, _ in found],
+                               "strict: interrupted between the commits")
+            ids = [int(i) for i, *_ in found]
             bk.execute(store, f"DELETE FROM {NOTES} WHERE id IN ({', '.join([p] * len(ids))})", ids)
             moved += len(ids)
             log.warning("migration %s: %d strict write(s) interrupted between their commits; queued for repair",
                         w.migration, len(ids))
         return moved
+
+    def queue_repairs(self, entries: Sequence[tuple[str, str, str]], reason: str) -> None:
+        """Durably queue (table, key JSON, authoritative side) entries for the repair drain, one transaction."""
+        if not entries:
+            return
+        w = self.writer
+        c = w.control.paramstyle
+        with w.control.connect() as conn:
+            cur = conn.cursor()
+            cur.executemany(f"INSERT INTO {control.REPAIR_QUEUE} (migration, table_name, key_json, reason, "
+                            f"authoritative, attempts) VALUES ({c}, {c}, {c}, {c}, {c}, 0)",
+                            [(w.migration, t, k, reason, a) for t, k, a in entries])
+            cur.close()
+            conn.commit()
+
+    @property
+    def _redis_side(self) -> Side | None:
+        return Side.NEW if self.kv is not None else None
+
+    def forget_pair(self, token: str) -> None:
+        """A strict write while Redis is authoritative is over: its Redis note, then its SQL note row, go."""
+        self._forget(Side.NEW, token)
+        self._forget(Side.OLD, token)
 
     def close(self) -> None:
         self._stop.set()

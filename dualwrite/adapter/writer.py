@@ -55,7 +55,7 @@ from dualwrite import stats as st
 from dualwrite.adapter._errors import RoutingError, error_class, is_disconnect
 from dualwrite.adapter._fast_path import FastPath
 from dualwrite.adapter._inline import InlineMirror
-from dualwrite.adapter._keyvalue import KeyValueSide
+from dualwrite.adapter._keyvalue import KeyValueSide, Via
 from dualwrite.adapter._options import AdapterOptions, log_values
 from dualwrite.adapter._reads import DirectReads
 from dualwrite.adapter._repairs import CloseReport, RepairQueue
@@ -181,7 +181,8 @@ class DualWriter:
         if strict is not None:
             if opts.ensure_schema:
                 ensure_notes(self.old_store)
-                ensure_notes(self.new_store)
+                if self.kv is None:  # Redis keeps its strict notes in keys of its own (keyvalue.strict_notes)
+                    ensure_notes(self.new_store)
             if opts.background:
                 strict.start()
         lagged = (AsyncMirror(self, capacity=opts.async_queue_size, workers=opts.async_workers,
@@ -303,7 +304,8 @@ class DualWriter:
         record_unit(self.stats, route, started, committed)
 
     def _one_write(self, tenant: str | None, entity: str | None, sql: Callable[[UnitOfWork], Any],
-                   kv: Callable[[KeyValueSide, bool], tuple[Any, list[Touched]]]) -> Any:
+                   kv: Callable[[KeyValueSide, bool, Via | None], tuple[Any, list[Touched]]],
+                   rt: TableRuntime | None = None) -> Any:
         """One write by key: a SQL unit of work on the authoritative store, or (a Redis new store that is
         authoritative) the write on Redis, then the same mirror back as after a SQL commit. ``kv``'s flag:
         the other store follows (an ``outbox`` table notes the key in Redis' stream with the write)."""
@@ -316,8 +318,19 @@ class DualWriter:
                 with self.unit_of_work(tenant=tenant, entity=entity, routing=route) as uow:
                     return sql(uow)
             started = time.perf_counter()
+            strict = (self.strict.kv if self.strict is not None and route.mirror_to is not None and rt is not None
+                      and rt.method.writes_before_commit else None)
             try:
-                result, touched = kv(self.kv, route.mirror_to is not None)
+                try:
+                    result, touched = kv(self.kv, route.mirror_to is not None,
+                                         strict.put if strict is not None else None)
+                except Exception as exc:
+                    if strict is None:
+                        raise
+                    guarded = strict.guard(exc)  # strict: Redis's own failures name Redis
+                    if guarded is exc:
+                        raise
+                    raise guarded from exc
             except BaseException as exc:
                 count_primary_failure(self.stats, exc)
                 raise
@@ -331,7 +344,7 @@ class DualWriter:
         rt = self.table(table)
         key: Key = self._one_write(rt.tenant_of(values, tenant), rt.entity_from(values),
                                    lambda uow: uow.insert(table, values),
-                                   lambda kv, note: kv.insert(rt, values, note=note))
+                                   lambda kv, note, via: kv.insert(rt, values, note=note, via=via), rt)
         return key
 
     def update(self, table: str, key: KeyLike, values: Mapping[str, Any], *, tenant: str | None = None) -> int:
@@ -340,21 +353,21 @@ class DualWriter:
         k = rt.key_of(key)
         n: int = self._one_write(rt.tenant_of(values, tenant), entity_of(rt, k),
                                  lambda uow: uow.update(table, k, values),
-                                 lambda kv, note: kv.update(rt, k, values, note=note))
+                                 lambda kv, note, via: kv.update(rt, k, values, note=note, via=via), rt)
         return n
 
     def upsert(self, table: str, values: Mapping[str, Any], *, tenant: str | None = None) -> Key:
         rt = self.table(table)
         key: Key = self._one_write(rt.tenant_of(values, tenant), rt.entity_from(values),
                                    lambda uow: uow.upsert(table, values),
-                                   lambda kv, note: kv.upsert(rt, values, note=note))
+                                   lambda kv, note, via: kv.upsert(rt, values, note=note, via=via), rt)
         return key
 
     def delete(self, table: str, key: KeyLike, *, tenant: str | None = None) -> int:
         rt = self.table(table)
         k = rt.key_of(key)
         n: int = self._one_write(tenant, entity_of(rt, k), lambda uow: uow.delete(table, k),
-                                 lambda kv, note: kv.delete(rt, k, note=note))
+                                 lambda kv, note, via: kv.delete(rt, k, note=note, via=via), rt)
         return n
 
     # -- reads --------------------------------------------------------------------------------------------

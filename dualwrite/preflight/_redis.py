@@ -24,8 +24,9 @@ __all__ = ["REDIS_STRATEGIES", "RedisLook", "estimate_bytes", "memory_note", "st
 
 #: strategies a Redis new store can serve: the adapter writes the other store itself, in the call or queued,
 #: or notes the key in the authoritative store's outbox (after write cutover a Redis stream appended by the
-#: script that writes the row: dualwrite.keyvalue.stream_outbox)
-REDIS_STRATEGIES = frozenset({Strategy.SYNC, Strategy.ASYNC, Strategy.OUTBOX})
+#: script that writes the row: dualwrite.keyvalue.stream_outbox), or (strict) writes Redis by one script with
+#: a note of the keys while the SQL transaction stays open (dualwrite.adapter._strict_kv)
+REDIS_STRATEGIES = frozenset({Strategy.SYNC, Strategy.ASYNC, Strategy.OUTBOX, Strategy.STRICT})
 
 #: bytes per value of each kind, as text in a hash field (a guess; the estimate says it is one)
 _WIDTH = {Kind.INT: 8, Kind.BOOL: 5, Kind.DECIMAL: 12, Kind.FLOAT: 18, Kind.TEXT: 32, Kind.BYTES: 44,
@@ -59,12 +60,10 @@ def strategy_problems(spec: MigrationSpec) -> list[str]:
     for s in sorted(wanted - REDIS_STRATEGIES):
         if s is Strategy.TRIGGERS:
             why = "Redis has no triggers to capture the writes of every writer after write cutover"
-        elif s is Strategy.CDC:
-            why = "Redis has no change log (replication slot, binlog) for the relay to read after write cutover"
         else:
-            why = "strict commits both stores in one transaction, and Redis cannot join a SQL transaction"
+            why = "Redis has no change log (replication slot, binlog) for the relay to read after write cutover"
         out.append(f"strategy {s.value} cannot be used with a Redis new store: {why}; use strategy sync, "
-                   "outbox or async")
+                   "outbox, async or strict")
     return out
 
 

@@ -89,13 +89,14 @@ def test_every_redis_problem_is_reported_at_once_with_its_line(tmp_path: Path, p
     line_with("strategy triggers cannot be used with a Redis new store")
 
 
-def test_outbox_is_accepted_with_a_redis_new_store(tmp_path: Path, pg_old: Store, customers: str,
-                                                   durable_redis: str) -> None:
+@pytest.mark.parametrize("strategy", ["outbox", "strict"])
+def test_outbox_and_strict_are_accepted_with_a_redis_new_store(tmp_path: Path, pg_old: Store, customers: str,
+                                                               durable_redis: str, strategy: str) -> None:
     spec = write_spec(tmp_path, f"""
         name: to-redis
         old: pgold
         new: kv
-        strategy: outbox
+        strategy: {strategy}
         tables:
           - source: {customers}
             version_column: version
@@ -107,7 +108,6 @@ def test_outbox_is_accepted_with_a_redis_new_store(tmp_path: Path, pg_old: Store
 
 
 @pytest.mark.parametrize(("strategy", "why"), [
-    ("strict", "Redis cannot join a SQL transaction"),
     ("triggers", "Redis has no triggers"),
     ("cdc", "no change log"),
 ])

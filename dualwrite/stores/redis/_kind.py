@@ -10,6 +10,8 @@ data path plans by the source instead. Each write of a row is atomic (one script
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -51,6 +53,11 @@ class RedisStore:
     name: str
     url: str
     tables: dict[str, RedisMap] = field(default_factory=dict)
+    socket_timeout: float = 10.0
+    """Seconds a command may wait for its reply (a hung server fails the call instead of hanging it); the
+    URL's ``?socket_timeout=`` wins."""
+    connect_timeout: float = 5.0
+    """Seconds a connection may take; the URL's ``?socket_connect_timeout=`` wins."""
 
     def __post_init__(self) -> None:
         if not self.url.lower().startswith(("redis://", "rediss://")):
@@ -78,9 +85,28 @@ class RedisStore:
                                                                    '(redis: {key: "name:{id}"})')])
         self.tables[spec.target_table] = spec.redis
 
+    def timeouts(self) -> tuple[float, float]:
+        """(socket, connect) timeouts in seconds: the URL's query options, else the store's."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.url).query)
+
+        def given(name: str, default: float) -> float:
+            try:
+                return float(query[name][0])
+            except (KeyError, IndexError, ValueError):
+                return default
+
+        return given("socket_timeout", self.socket_timeout), given("socket_connect_timeout", self.connect_timeout)
+
+    def with_timeouts(self, seconds: float) -> RedisStore:
+        """The same store (and table layouts) with both timeouts ``seconds`` unless the URL sets them (the
+        adapter's secondary path: :func:`dualwrite.adapter._stores.data_store`)."""
+        return dataclasses.replace(self, socket_timeout=seconds, connect_timeout=seconds)
+
     def client(self, *, timeout: float | None = None) -> redis.Redis:
-        """A client of its own (a pool of one connection per thread that uses it)."""
-        return redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        """A client of its own (a pool of one connection per thread that uses it), with socket and connect
+        timeouts (``timeout`` for both, else :meth:`timeouts`; redis-py lets the URL's options win)."""
+        sock, conn = (timeout, timeout) if timeout is not None else self.timeouts()
+        return redis.Redis.from_url(self.url, socket_timeout=sock, socket_connect_timeout=conn)
 
     def ping(self, timeout: float = 5.0) -> None:
         """Raise :class:`StoreUnavailableError` (retried) unless the server answers."""

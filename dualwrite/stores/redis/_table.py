@@ -26,6 +26,7 @@ import redis
 from dualwrite.canonical import canonical_value
 from dualwrite.errors import RowRejectedError
 from dualwrite.keyvalue.intact import MARKER_PREFIX
+from dualwrite.keyvalue.strict_notes import StrictOp
 from dualwrite.mapping import TableMapping
 from dualwrite.store import Kind
 from dualwrite.stores._kind import Key, Role, Row, normal_key
@@ -269,6 +270,18 @@ class RedisTable:
 
         script = conn.client.register_script(NOTED_DELETE)
         return int(script(keys=[self.redis_key(normal_key(tuple(key))), stream], args=[table, key_json]))
+
+    def strict_op(self, key: Key, row: Row | None, *, insert_only: bool = False) -> StrictOp:
+        """One row of a strict write as the strict script's op (:mod:`dualwrite.keyvalue.strict_notes`):
+        ``row`` None deletes ``key``; ``insert_only`` refuses the whole script when the key exists."""
+        if row is None:
+            return StrictOp(self.redis_key(normal_key(tuple(key))), "del", [], None)
+        name = self._row_redis_key(row)
+        if self.layout.json:
+            doc = json.dumps(self.layout.codec.fields(row), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            return StrictOp(name, "jins" if insert_only else "json", [doc], doc)
+        pairs = self.layout.codec.pairs(row)
+        return StrictOp(name, "hins" if insert_only else "hash", pairs, pairs)
 
     def upsert(self, conn: Any, rows: list[Row], *, insert_only: bool, only_if_newer: bool) -> None:
         mode = "insert" if insert_only else "newer" if only_if_newer and self.version is not None else "always"

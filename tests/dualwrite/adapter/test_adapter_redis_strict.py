@@ -1,0 +1,339 @@
+"""``strict`` between PostgreSQL and a Redis new store ([T2-6]), both directions, faults injected at each point.
+
+Before write cutover PostgreSQL is authoritative: its transaction stays open while Redis is written (rows and
+a note of their keys in one script), then commits. After write cutover Redis is authoritative: the SQL
+secondary's transaction writes the row and a note, Redis is written (rows and a note with their before
+images), then SQL commits. Faults: Redis down (a TCP proxy cut), Redis hung (``CLIENT PAUSE WRITE`` past the
+socket timeout), the SQL commit failing after Redis was written (a deferred constraint), and the process
+SIGKILLed between the two. After each: every acknowledged write is in both stores (after repair), every
+failed request in neither, and the error names the store that failed. Real PostgreSQL, a private
+redis-server (``CLIENT PAUSE`` must not stall the machine's shared Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from app.harness import TcpProxy
+from app.strict_redis_child import redis_strict_spec
+from conftest import execute
+
+from dualwrite import control, hooks
+from dualwrite.adapter import AdapterOptions, DualWriter
+from dualwrite.errors import StrictWriteError
+from dualwrite.keyvalue import RedisServer, start_redis
+from dualwrite.keyvalue.strict_notes import notes_keys
+from dualwrite.store import Store
+from dualwrite.stores.redis import RedisStore
+
+TESTS = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with start_redis(tmp_path_factory.mktemp("redis-strict")) as s:
+        yield s
+
+
+@pytest.fixture
+def proxy(server: RedisServer) -> Iterator[TcpProxy]:
+    p = TcpProxy("127.0.0.1", server.port)
+    p.start()
+    yield p
+    p.stop()
+
+
+class Case:
+    """One migration of one table: the writer, and both stores read directly."""
+
+    def __init__(self, pg: Store, table: str, server: RedisServer, redis_url: str | None = None,
+                 **options: Any) -> None:
+        execute(pg, f"CREATE TABLE {table} (id bigint PRIMARY KEY, name text NOT NULL, balance numeric(10,2), "
+                    "version bigint NOT NULL DEFAULT 1)")
+        self.pg, self.table, self.server = pg, table, server
+        self.spec = redis_strict_spec(table)
+        control.ensure_schema(pg)
+        control.publish_state(pg, self.spec.name, "DUAL_WRITE", 1)
+        base: dict[str, Any] = {"background": False, "phase_ttl": 0.01, "strict_note_grace": 60.0,
+                                "secondary_timeout": 0.5}
+        self.w = DualWriter(self.spec, pg, RedisStore("kv", redis_url or server.url),
+                            options=AdapterOptions(**{**base, **options}))
+        self.r = redis.Redis.from_url(server.url, decode_responses=True)
+
+    def cut_over(self) -> None:
+        control.publish_state(self.pg, self.spec.name, "CUTOVER_WRITES", 2)
+        self.w.phase.refresh(force=True)
+
+    def sql(self, key: int) -> tuple[Any, ...] | None:
+        with self.pg.connect() as conn:
+            cur = conn.cursor()
+            cur.execute(f"SELECT name, balance FROM {self.table} WHERE id = %s", (key,))
+            row = cur.fetchone()
+            conn.rollback()
+        return None if row is None else tuple(row)
+
+    def kv(self, key: int) -> tuple[Any, ...] | None:
+        h = self.r.hgetall(f"{self.table}:acct:{key}")
+        return (h["name"], Decimal(h["balance"]) if "balance" in h else None) if h else None
+
+    def both(self, key: int) -> tuple[Any, ...] | None:
+        """The row, asserting both stores agree."""
+        assert self.sql(key) == self.kv(key), (self.sql(key), self.kv(key))
+        return self.sql(key)
+
+    def repair(self, older_than: float = 60.0) -> None:
+        assert self.w.strict is not None
+        self.w.strict.flush()
+        self.w.strict.sweep(older_than)
+        self.w.retry_pending_repairs()
+        self.w.drain_repairs()
+        assert control.repair_queue_depth(self.pg, self.spec.name) == 0
+
+    def notes(self) -> int:
+        zset, _ = notes_keys(self.spec.name)
+        return int(self.r.zcard(zset))
+
+    def close(self) -> None:
+        self.w.close()
+
+
+@pytest.fixture
+def case(pg_old: Store, table_name: str, server: RedisServer) -> Iterator[Case]:
+    c = Case(pg_old, table_name, server)
+    yield c
+    c.close()
+
+
+def reject_at_commit(c: Case) -> None:
+    """A deferred constraint on PostgreSQL: a row named 'reject-at-commit' fails at COMMIT, not before."""
+    execute(c.pg, f"CREATE FUNCTION {c.table}_reject() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                  "IF NEW.name = 'reject-at-commit' THEN RAISE EXCEPTION 'rejected at commit'; END IF; "
+                  "RETURN NULL; END $$",
+            f"CREATE CONSTRAINT TRIGGER {c.table}_reject AFTER INSERT OR UPDATE ON {c.table} DEFERRABLE "
+            f"INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {c.table}_reject()")
+
+
+def pause_writes(server: RedisServer, seconds: float) -> None:
+    """Every write command on the server waits ``seconds`` (reads go on): a hung Redis, for writes."""
+    redis.Redis.from_url(server.url).execute_command("CLIENT", "PAUSE", int(seconds * 1000), "WRITE")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PostgreSQL authoritative, Redis the secondary
+
+
+def test_sql_authoritative_writes_both_and_redis_down_fails_the_request_in_neither(
+        pg_old: Store, table_name: str, server: RedisServer, proxy: TcpProxy) -> None:
+    c = Case(pg_old, table_name, server, redis_url=proxy.url_for(server.url))
+    try:
+        w, t = c.w, c.table
+        w.insert(t, {"id": 1, "name": "both", "balance": Decimal("1.00")})
+        assert c.both(1) == ("both", Decimal("1.00"))
+        with proxy.down():
+            with pytest.raises(StrictWriteError) as failed:
+                w.insert(t, {"id": 2, "name": "never"})
+            assert failed.value.store == "new" and failed.value.role == "secondary"
+            assert "failed on the new store" in str(failed.value)
+            with pytest.raises(StrictWriteError, match="new store"):
+                w.update(t, 1, {"name": "changed"})
+            with pytest.raises(StrictWriteError, match="new store"):
+                w.delete(t, 1)
+            assert c.sql(2) is None and c.sql(1) == ("both", Decimal("1.00"))  # PostgreSQL rolled back
+        c.repair()
+        assert c.both(2) is None and c.both(1) == ("both", Decimal("1.00"))
+        w.update(t, 1, {"name": "after"})  # Redis is back: strict writes succeed again
+        assert c.both(1) == ("after", Decimal("1.00"))
+        w.delete(t, 1)
+        assert c.both(1) is None
+        w.strict.flush()  # type: ignore[union-attr]
+        assert c.notes() == 0
+    finally:
+        c.close()
+
+
+def test_sql_authoritative_redis_hung_times_out_naming_redis_and_is_in_neither(case: Case) -> None:
+    w, t = case.w, case.table
+    w.insert(t, {"id": 1, "name": "before", "balance": Decimal("1.00")})
+    pause_writes(case.server, 2.0)
+    started = time.monotonic()
+    with pytest.raises(StrictWriteError) as failed:
+        w.update(t, 1, {"name": "too slow"})
+    assert time.monotonic() - started < 1.8  # the socket timeout (0.5 s), not the pause
+    assert failed.value.store == "new" and "timeout" in str(failed.value).lower()
+    assert case.sql(1) == ("before", Decimal("1.00"))
+    time.sleep(2.2)  # the pause ends: the write Redis held is refused then (its deadline passed)
+    assert case.kv(1) == ("before", Decimal("1.00"))
+    case.repair()
+    assert case.both(1) == ("before", Decimal("1.00"))
+
+
+def test_sql_authoritative_commit_failure_restores_redis(case: Case) -> None:
+    reject_at_commit(case)
+    w, t = case.w, case.table
+    w.insert(t, {"id": 1, "name": "kept", "balance": Decimal("1.00")})
+    with pytest.raises(StrictWriteError) as failed:
+        w.insert(t, {"id": 2, "name": "reject-at-commit"})
+    assert failed.value.store == "old" and failed.value.role == "authoritative"
+    assert "restored" in str(failed.value)
+    assert case.sql(2) is None and case.kv(2) is None
+    with pytest.raises(StrictWriteError, match="old store"):
+        w.update(t, 1, {"name": "reject-at-commit"})
+    assert case.both(1) == ("kept", Decimal("1.00"))
+    w.strict.flush()  # type: ignore[union-attr]
+    assert control.repair_queue_depth(case.pg, case.spec.name) == 0 and case.notes() == 0
+
+
+def _crash_child(c: Case, tmp_path: Path, ack: int, doomed: int) -> None:
+    hook_file = tmp_path / "hooks.json"
+    hook_file.write_text(json.dumps({"strict.between_commits": {"action": "kill"}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env.pop(hooks.ENV, None)
+    child = subprocess.run([sys.executable, str(TESTS / "app" / "strict_redis_child.py"), c.table,
+                            c.pg.ref.url, c.server.url, str(hook_file), str(ack), str(doomed)],
+                           capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.splitlines() == [f"ACK {ack}"]
+    assert "strict.between_commits kill" in (tmp_path / "hooks.json.fired").read_text()
+
+
+def test_sql_authoritative_killed_between_the_commits_is_repaired(case: Case, tmp_path: Path) -> None:
+    _crash_child(case, tmp_path, 11, 12)
+    # the half state: Redis has the row and the note of it, PostgreSQL never committed
+    assert case.kv(12) == ("doomed", Decimal("2.00")) and case.sql(12) is None and case.notes() >= 1
+    case.repair(older_than=0.0)
+    assert case.both(12) is None  # the failed request is in neither store
+    assert case.both(11) == ("acknowledged", Decimal("1.00")) and case.notes() == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Redis authoritative (after write cutover), PostgreSQL the secondary
+
+
+def test_redis_authoritative_writes_both(case: Case) -> None:
+    case.cut_over()
+    w, t = case.w, case.table
+    w.insert(t, {"id": 1, "name": "first", "balance": Decimal("1.50")})
+    assert case.both(1) == ("first", Decimal("1.50"))
+    assert w.update(t, 1, {"balance": Decimal("2.00")}) == 1
+    assert case.both(1) == ("first", Decimal("2.00"))
+    w.upsert(t, {"id": 2, "name": "second"})
+    assert case.both(2) == ("second", None)
+    assert w.delete(t, 2) == 1 and case.both(2) is None
+    assert w.delete(t, 2) == 0
+    w.strict.flush()  # type: ignore[union-attr]
+    assert case.notes() == 0 and control.repair_queue_depth(case.pg, case.spec.name) == 0
+
+
+def test_redis_authoritative_concurrent_writers_leave_both_stores_equal(case: Case) -> None:
+    case.cut_over()
+    w, t = case.w, case.table
+    w.insert(t, {"id": 1, "name": "start", "balance": Decimal("0.00")})
+    errors: list[BaseException] = []
+
+    def hammer(n: int) -> None:
+        try:
+            for i in range(15):
+                w.upsert(t, {"id": 1, "name": f"w{n}-{i}", "balance": Decimal(i)})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert case.both(1) is not None
+
+
+def test_redis_authoritative_down_fails_naming_redis_and_is_in_neither(
+        pg_old: Store, table_name: str, server: RedisServer, proxy: TcpProxy) -> None:
+    c = Case(pg_old, table_name, server, redis_url=proxy.url_for(server.url))
+    try:
+        c.cut_over()
+        w, t = c.w, c.table
+        w.insert(t, {"id": 1, "name": "both", "balance": Decimal("1.00")})
+        with proxy.down():
+            with pytest.raises(StrictWriteError) as failed:
+                w.insert(t, {"id": 2, "name": "never"})
+            assert failed.value.store == "new" and failed.value.role == "authoritative"
+            with pytest.raises(StrictWriteError, match="new store"):
+                w.update(t, 1, {"name": "changed"})
+        assert c.both(2) is None and c.both(1) == ("both", Decimal("1.00"))
+        c.repair()
+        assert c.both(2) is None and c.both(1) == ("both", Decimal("1.00"))
+    finally:
+        c.close()
+
+
+def test_redis_authoritative_hung_times_out_naming_redis_and_is_in_neither(
+        pg_old: Store, table_name: str, server: RedisServer) -> None:
+    c = Case(pg_old, table_name, server, redis_url=f"{server.url}?socket_timeout=0.5")
+    try:
+        c.cut_over()
+        w, t = c.w, c.table
+        w.insert(t, {"id": 1, "name": "before", "balance": Decimal("1.00")})
+        pause_writes(server, 2.0)
+        started = time.monotonic()
+        with pytest.raises(StrictWriteError) as failed:
+            w.update(t, 1, {"name": "too slow"})
+        assert time.monotonic() - started < 1.8
+        assert failed.value.store == "new" and "timeout" in str(failed.value).lower()
+        assert c.sql(1) == ("before", Decimal("1.00"))  # the SQL secondary rolled back
+        time.sleep(2.2)  # the pause ends: the held script finds its deadline passed and writes nothing
+        assert c.kv(1) == ("before", Decimal("1.00"))
+        c.repair()
+        assert c.both(1) == ("before", Decimal("1.00"))
+    finally:
+        c.close()
+
+
+def test_redis_authoritative_sql_commit_failure_restores_redis(case: Case) -> None:
+    case.cut_over()
+    reject_at_commit(case)
+    w, t = case.w, case.table
+    w.insert(t, {"id": 1, "name": "kept", "balance": Decimal("1.00")})
+    with pytest.raises(StrictWriteError) as failed:
+        w.insert(t, {"id": 2, "name": "reject-at-commit"})
+    assert failed.value.store == "old" and failed.value.role == "secondary"
+    assert "restored" in str(failed.value)
+    assert case.both(2) is None
+    with pytest.raises(StrictWriteError, match="old store"):
+        w.update(t, 1, {"name": "reject-at-commit"})
+    assert case.both(1) == ("kept", Decimal("1.00"))
+    case.repair(older_than=0.0)
+    assert case.both(1) == ("kept", Decimal("1.00")) and case.both(2) is None and case.notes() == 0
+
+
+def test_redis_authoritative_killed_between_the_commits_is_repaired(case: Case, tmp_path: Path) -> None:
+    case.cut_over()
+    _crash_child(case, tmp_path, 21, 22)
+    # the half state: Redis (authoritative) has the row and a note with its before image; PostgreSQL rolled back
+    assert case.kv(22) == ("doomed", Decimal("2.00")) and case.sql(22) is None and case.notes() >= 1
+    case.repair(older_than=0.0)
+    assert case.both(22) is None  # the request never acknowledged is in neither store
+    assert case.both(21) == ("acknowledged", Decimal("1.00")) and case.notes() == 0
+
+
+def test_a_note_of_a_committed_write_is_never_undone(case: Case) -> None:
+    """A crash after both commits but before the notes are cleared: the sweep keeps the write."""
+    case.cut_over()
+    w, t = case.w, case.table
+    assert w.strict is not None
+    w.insert(t, {"id": 5, "name": "committed", "balance": Decimal("5.00")})
+    w.strict._done.clear()  # the clean-up never ran
+    assert case.notes() == 1
+    case.repair(older_than=0.0)
+    assert case.both(5) == ("committed", Decimal("5.00")) and case.notes() == 0
