@@ -107,6 +107,13 @@ class RepairQueue:
         _released([on_durable])
         return True
 
+    def hold(self, table: str, keys: Sequence[Key], *, reason: str, authoritative: str) -> None:
+        """Keep keys in memory for the next :meth:`retry_pending` without trying the control store now (it
+        would wait for a lock the caller holds: a SQLite control store whose file has a transaction open)."""
+        with self._lock:
+            self._pending.append(_Pending(table, list(keys), reason, authoritative, None))
+        self.stats.count(st.REPAIR, "buffered", len(keys))
+
     def retry_pending(self) -> int:
         """Queue the keys held in memory; returns how many the control store took."""
         with self._lock:

@@ -184,8 +184,14 @@ class StrictStrategy:
         except Exception as exc:
             cls = error_class(exc)
             record_secondary(w.stats, b, nkeys, started, cls)
-            for rt, keys in groups.values():  # it may have committed before the error reached us: level it
-                w.enqueue_repair(rt.name, keys, reason=f"strict {cls}", authoritative=a.value)
+            # it may have committed before the error reached us: level it. A SQLite control store in the
+            # authoritative file waits for the transaction still open here: hold the keys until it rolled back
+            hold = w.data[a].dialect is Dialect.SQLITE and w.control.ref.url == w.data[a].ref.url
+            for rt, keys in groups.values():
+                if hold:
+                    w.repairs.hold(rt.name, keys, reason=f"strict {cls}", authoritative=a.value)
+                else:
+                    w.enqueue_repair(rt.name, keys, reason=f"strict {cls}", authoritative=a.value)
             raise StrictWriteError(f"migration {w.migration}: strict write failed on the {b.value} store "
                                    f"(secondary, {cls}: {short_error(exc)}); the {a.value} store rolled back, "
                                    "nothing was written", store=b.value, role="secondary") from exc

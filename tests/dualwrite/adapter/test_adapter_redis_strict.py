@@ -33,7 +33,7 @@ from conftest import execute
 from dualwrite import control, hooks
 from dualwrite.adapter import AdapterOptions, DualWriter
 from dualwrite.errors import StrictWriteError
-from dualwrite.keyvalue import RedisServer, start_redis
+from dualwrite.keyvalue import RedisServer, start_redis, strict_notes
 from dualwrite.keyvalue.strict_notes import notes_keys
 from dualwrite.store import Store
 from dualwrite.stores.redis import RedisStore
@@ -79,7 +79,7 @@ class Case:
     def sql(self, key: int) -> tuple[Any, ...] | None:
         with self.pg.connect() as conn:
             cur = conn.cursor()
-            cur.execute(f"SELECT name, balance FROM {self.table} WHERE id = %s", (key,))
+            cur.execute(f"SELECT name, balance FROM {self.table} WHERE id = {self.pg.paramstyle}", (key,))
             row = cur.fetchone()
             conn.rollback()
         return None if row is None else tuple(row)
@@ -130,6 +130,45 @@ def pause_writes(server: RedisServer, seconds: float) -> None:
     redis.Redis.from_url(server.url).execute_command("CLIENT", "PAUSE", int(seconds * 1000), "WRITE")
 
 
+BUSY = """local t0 = redis.call('TIME') local s0 = tonumber(t0[1]) * 1000 + math.floor(tonumber(t0[2]) / 1000)
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - s0 >= tonumber(ARGV[1]) then return 1 end
+end"""
+
+
+def busy(server: RedisServer, seconds: float) -> threading.Thread:
+    """The whole server stalls ``seconds`` (a long script): commands sent meanwhile wait in their sockets and
+    run afterwards - also those of clients that gave up (the case a deadline in the strict script is for)."""
+    th = threading.Thread(target=lambda: redis.Redis.from_url(server.url).eval(BUSY, 0, int(seconds * 1000)))
+    th.start()
+    time.sleep(0.1)
+    return th
+
+
+def hung_write_is_refused_later(c: Case, key: int, role: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis stalls right after the strict script's connection is up: the insert fails naming Redis, and the
+    script Redis runs after the stall (still in its socket) writes nothing."""
+    real = strict_notes.write
+    stalls: list[threading.Thread] = []
+
+    def stalled(client: Any, *args: Any, **kw: Any) -> Any:
+        client.ping()  # connected (and the client's handshake done) before the stall
+        stalls.append(busy(c.server, 2.0))
+        return real(client, *args, **kw)
+
+    monkeypatch.setattr(strict_notes, "write", stalled)
+    started = time.monotonic()
+    with pytest.raises(StrictWriteError) as failed:
+        c.w.insert(c.table, {"id": key, "name": "stalled", "balance": Decimal("3.00")})
+    assert time.monotonic() - started < 1.9
+    monkeypatch.setattr(strict_notes, "write", real)
+    assert failed.value.store == "new" and failed.value.role == role and "timeout" in str(failed.value).lower()
+    stalls[0].join()
+    time.sleep(0.2)
+    assert c.kv(key) is None and c.sql(key) is None  # the late script found its deadline passed
+
+
 # ---------------------------------------------------------------------------------------------------------
 # PostgreSQL authoritative, Redis the secondary
 
@@ -163,7 +202,9 @@ def test_sql_authoritative_writes_both_and_redis_down_fails_the_request_in_neith
         c.close()
 
 
-def test_sql_authoritative_redis_hung_times_out_naming_redis_and_is_in_neither(case: Case) -> None:
+def test_sql_authoritative_redis_hung_times_out_naming_redis_and_is_in_neither(case: Case,
+                                                                               monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
     w, t = case.w, case.table
     w.insert(t, {"id": 1, "name": "before", "balance": Decimal("1.00")})
     pause_writes(case.server, 2.0)
@@ -175,8 +216,9 @@ def test_sql_authoritative_redis_hung_times_out_naming_redis_and_is_in_neither(c
     assert case.sql(1) == ("before", Decimal("1.00"))
     time.sleep(2.2)  # the pause ends: the write Redis held is refused then (its deadline passed)
     assert case.kv(1) == ("before", Decimal("1.00"))
+    hung_write_is_refused_later(case, 2, "secondary", monkeypatch)
     case.repair()
-    assert case.both(1) == ("before", Decimal("1.00"))
+    assert case.both(1) == ("before", Decimal("1.00")) and case.both(2) is None
 
 
 def test_sql_authoritative_commit_failure_restores_redis(case: Case) -> None:
@@ -215,6 +257,58 @@ def test_sql_authoritative_killed_between_the_commits_is_repaired(case: Case, tm
     case.repair(older_than=0.0)
     assert case.both(12) is None  # the failed request is in neither store
     assert case.both(11) == ("acknowledged", Decimal("1.00")) and case.notes() == 0
+
+
+@pytest.mark.parametrize("old", ["my_old", "sqlite_old"])
+def test_mariadb_and_sqlite_both_directions_and_redis_down(request: pytest.FixtureRequest, old: str,
+                                                           table_name: str, server: RedisServer,
+                                                           proxy: TcpProxy) -> None:
+    """The same contract with MariaDB and SQLite as the SQL store: written to both, or (Redis cut) to neither,
+    with SQL authoritative and with Redis authoritative."""
+    store: Store = request.getfixturevalue(old)
+    c = Case(store, table_name, server, redis_url=proxy.url_for(server.url))
+
+    def names(key: int) -> tuple[str | None, str | None]:
+        s, k = c.sql(key), c.kv(key)
+        return (None if s is None else s[0]), (None if k is None else k[0])
+
+    try:
+        w, t = c.w, c.table
+        for phase, base in (("DUAL_WRITE", 1), ("CUTOVER_WRITES", 101)):
+            if phase == "CUTOVER_WRITES":
+                c.cut_over()
+            w.insert(t, {"id": base, "name": "both"})
+            w.update(t, base, {"name": "updated"})
+            assert names(base) == ("updated", "updated")
+            with proxy.down():
+                with pytest.raises(StrictWriteError) as failed:
+                    w.insert(t, {"id": base + 1, "name": "never"})
+                assert failed.value.store == "new"
+                with pytest.raises(StrictWriteError, match="new store"):
+                    w.delete(t, base)
+            c.repair()
+            assert names(base + 1) == (None, None) and names(base) == ("updated", "updated")
+            assert w.delete(t, base) == 1 and names(base) == (None, None)
+    finally:
+        c.close()
+
+
+def test_a_hung_redis_fails_a_call_after_the_socket_timeout(server: RedisServer) -> None:
+    """Every data-path client has connect and socket timeouts (defaults, the URL's options, the adapter's)."""
+    store = RedisStore("kv", server.url)
+    assert store.timeouts() == (10.0, 5.0)
+    assert RedisStore("kv", f"{server.url}?socket_timeout=0.3&socket_connect_timeout=0.2").timeouts() == (0.3, 0.2)
+    fast = store.with_timeouts(0.3)
+    client = fast.client()
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.3, 0.3)
+    redis.Redis.from_url(server.url).execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        client.get("anything")
+    assert time.monotonic() - started < 1.2
+    client.close()
+    time.sleep(1.6)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -279,7 +373,7 @@ def test_redis_authoritative_down_fails_naming_redis_and_is_in_neither(
 
 
 def test_redis_authoritative_hung_times_out_naming_redis_and_is_in_neither(
-        pg_old: Store, table_name: str, server: RedisServer) -> None:
+        pg_old: Store, table_name: str, server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     c = Case(pg_old, table_name, server, redis_url=f"{server.url}?socket_timeout=0.5")
     try:
         c.cut_over()
@@ -294,8 +388,9 @@ def test_redis_authoritative_hung_times_out_naming_redis_and_is_in_neither(
         assert c.sql(1) == ("before", Decimal("1.00"))  # the SQL secondary rolled back
         time.sleep(2.2)  # the pause ends: the held script finds its deadline passed and writes nothing
         assert c.kv(1) == ("before", Decimal("1.00"))
+        hung_write_is_refused_later(c, 2, "authoritative", monkeypatch)
         c.repair()
-        assert c.both(1) == ("before", Decimal("1.00"))
+        assert c.both(1) == ("before", Decimal("1.00")) and c.both(2) is None
     finally:
         c.close()
 
