@@ -7,6 +7,8 @@ it here (a SQL unit of work cannot run on Redis) and the inline mirror copies ea
 store with the reversed mapping (Redis as the mirror's source, :mod:`dualwrite.stores.redis._source`).
 Under ``outbox`` nothing is mirrored in the call: the key is appended to the migration's Redis stream by
 the same script that writes the row (:mod:`dualwrite.keyvalue.stream_outbox`), and the relay mirrors it.
+Under ``strict`` the row is handed to :meth:`dualwrite.adapter._strict_kv.RedisStrict.put` (``via``), which
+writes SQL and Redis both or neither.
 
 What Redis cannot do and SQL does, stated rather than pretended (README, "Redis as the new store"):
 

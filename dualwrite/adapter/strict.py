@@ -29,6 +29,10 @@ authoritative store.
 What this does not give: between steps 2 and 3 (one commit round trip) a read of the other store sees the
 new row before the authoritative store does; a compensated write was visible there for that long.
 
+With a Redis new store the same contract holds with Redis's one atomic script in place of its transaction
+(:mod:`dualwrite.adapter._strict_kv`: the notes live in Redis, and while Redis is authoritative the SQL
+secondary's transaction is held open around the script).
+
 The module is a capture method on its own (the later seam refactor lifts it into a plug-in): the writer
 calls :meth:`StrictStrategy.commit` instead of committing.
 """
