@@ -52,9 +52,9 @@ acknowledged write put it there); for the others the line is informative.
 ``--pair pg-redis`` moves the tables from PostgreSQL into a private ``redis-server`` with persistence on (started
 for the run like the tests do, :func:`dualwrite.keyvalue.start_redis`; one hash per row, key
 ``<table>:<key values>``), behind the same fault proxy; the harness reads Redis itself for the checks
-(:func:`redis_rows`). Redis takes ``sync``, ``async`` and ``outbox`` (its stream drained by the RelayWorkflow),
-written through the adapter (no ``raw`` writer: nothing captures a write that bypasses the adapter), with
-Temporal.
+(:func:`redis_rows`). Redis takes ``sync``, ``async``, ``strict`` and ``outbox`` (its stream drained by the
+RelayWorkflow), written through the adapter (no ``raw`` writer: nothing captures a write that bypasses the
+adapter), with Temporal.
 
 ``cdc`` needs servers that write a logical WAL (PostgreSQL ``wal_level=logical``) and a ROW binlog
 (MariaDB), which the machine's servers lack: such a run starts private instances on free ports
@@ -1420,8 +1420,9 @@ def run(*, seconds: float, pair: str, strategy: str, writer_kind: str = "adapter
     tag = f"{pair.replace('-', '')}_{strategy}_{secrets.token_hex(2)}"
     redis_new = pair == "pg-redis"
     if redis_new and (writer_kind != "adapter" or not temporal or method.key_log not in (None, outbox.OUTBOX)
-                      or method.reads_database_log or method.all_or_nothing):
-        raise SystemExit("--pair pg-redis runs --strategy sync, async or outbox, --writer adapter, with Temporal")
+                      or method.reads_database_log):
+        raise SystemExit("--pair pg-redis runs --strategy sync, async, outbox or strict, --writer adapter, with "
+                         "Temporal")
     # log capture needs servers that write a logical WAL / a ROW binlog: the run starts its own
     srv = capture_servers(pair, servers_dir) if method.reads_database_log else machine_servers()
     try:
