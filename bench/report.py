@@ -62,7 +62,7 @@ class Outcome:
 
 PY = sys.executable
 CHAOS = [*[(p, s) for p in ("pg-pg", "mariadb-pg") for s in ("strict", "sync", "async", "outbox", "triggers", "cdc")],
-         ("pg-redis", "sync"), ("pg-redis", "outbox")]
+         ("pg-redis", "sync"), ("pg-redis", "outbox"), ("pg-redis", "strict")]
 
 BENCHES: list[Bench] = [
     Bench("backfill", [PY, "bench/backfill.py"], [PY, "bench/backfill.py", "--rows", "100000", "--rounds", "1"], [
