@@ -190,8 +190,17 @@ def test_sql_authoritative_writes_both_and_redis_down_fails_the_request_in_neith
             with pytest.raises(StrictWriteError, match="new store"):
                 w.delete(t, 1)
             assert c.sql(2) is None and c.sql(1) == ("both", Decimal("1.00"))  # PostgreSQL rolled back
+            with pytest.raises(StrictWriteError, match="new store"), w.unit_of_work() as uow:
+                uow.insert(t, {"id": 3, "name": "never either"})
+                uow.update(t, 1, {"name": "nor this"})
+            assert c.sql(3) is None and c.sql(1) == ("both", Decimal("1.00"))
         c.repair()
-        assert c.both(2) is None and c.both(1) == ("both", Decimal("1.00"))
+        assert c.both(2) is None and c.both(3) is None and c.both(1) == ("both", Decimal("1.00"))
+        with w.unit_of_work() as uow:  # several keys: one script writes them all, with one note
+            uow.insert(t, {"id": 4, "name": "four"})
+            uow.insert(t, {"id": 5, "name": "five"})
+            uow.delete(t, 4)
+        assert c.both(4) is None and c.both(5) == ("five", None)
         w.update(t, 1, {"name": "after"})  # Redis is back: strict writes succeed again
         assert c.both(1) == ("after", Decimal("1.00"))
         w.delete(t, 1)
