@@ -34,6 +34,7 @@ from dualwrite.errors import (
     CaptureLostError,
     CaptureTruncatedError,
     StoreUnavailableError,
+    is_unavailable,
 )
 from dualwrite.keys import Key
 from dualwrite.mapping import TableMapping
@@ -269,8 +270,8 @@ def _mirror(store: Store, other: Store, control_store: Store, migration: str, ma
     except (StoreUnavailableError, AuthorityMovedError):
         raise
     except Exception as exc:
-        if is_transient(exc):
-            raise  # a deadlock: the batch is read again, nothing was advanced
+        if is_transient(exc) or is_unavailable(exc):
+            raise  # a deadlock, a cut connection: the batch is read again, nothing was advanced
         if commit_if is not None:  # key by key, each under the same check
             done, failed, errors = _isolated_guarded(store, other, mapping, list(dict.fromkeys(keys)), commit_if)
         else:
@@ -293,7 +294,9 @@ def _isolated_guarded(store: Store, other: Store, mapping: TableMapping, keys: l
             done += 1
         except (StoreUnavailableError, AuthorityMovedError):
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+        except Exception as exc:  # one bad row must not block the rest
+            if is_unavailable(exc):
+                raise  # a cut connection is no bad row: the batch is read again
             failed.append(key)
             if _short(exc) not in errors:
                 errors.append(_short(exc))
