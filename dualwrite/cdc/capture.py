@@ -235,7 +235,7 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
             raise _lost(control_store, migration, store, purged)
         bbatch = binlog.read_batch(control_store, migration, store, tables, limit)
         keys, changes, lag, done = bbatch.keys, bbatch.changes, bbatch.lag_seconds, bbatch.end is not None
-        truncated = []
+        truncated = bbatch.truncated
     if not done:
         return out
     out.entries, out.batches, out.lag_seconds = changes, 1, lag
