@@ -34,17 +34,20 @@ from activities.stores import StoreCache
 from dualwrite import control, triggers
 from dualwrite import stats as st
 from dualwrite.capture.store_side import RelayStores, allow_new_store, store_side
+from dualwrite.cdc import capture as cdc_capture
 from dualwrite.relay import RelayResult
-from dualwrite.spec import MigrationSpec
+from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.stores import is_redis
 from workflows.relay import (
     RELAY_CATCH_UP,
+    RELAY_CLEAR_LOSSES,
     RELAY_DENY,
     RELAY_DRAIN,
     RELAY_SETUP,
     RELAY_TEARDOWN,
     CatchUpInput,
     CatchUpResult,
+    ClearLossesInput,
     DenyWritesInput,
     RelayCounters,
     RelayDrainInput,
@@ -80,7 +83,7 @@ class RelayActivities:
         self._ready: set[str] = set()
 
     def all(self) -> list[Any]:
-        return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes]
+        return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes, self.clear_losses]
 
     def _stores(self, spec: MigrationSpec, digest: str | None = None) -> RelayStores:
         rs = self.stores.relay_stores(spec, digest)
@@ -136,6 +139,22 @@ class RelayActivities:
                 triggers.deny_writes(rs.store(side), spec.name, rs.tables(side), getattr(spec, inp.authoritative))
             for side in inp.allow:
                 triggers.allow_writes(rs.store(side), spec.name, rs.tables(side))
+
+    @activity.defn(name=RELAY_CLEAR_LOSSES, no_thread_cancel_exception=True)
+    def clear_losses(self, inp: ClearLossesInput) -> int:
+        """A clean verification with repair of the whole migration levelled what log capture had missed:
+        forget the loss marks noted before it started, so the relay's status stops listing them (the cutover
+        gate already counts them as levelled). The number of marks cleared."""
+        with mapped_errors():
+            spec, digest = self.stores.spec_of(inp)
+            if spec.strategy is not Strategy.CDC:
+                return 0
+            rs = self._stores(spec, digest)
+            cleared = cdc_capture.clear_losses(rs.control, spec.name, [rs.old, rs.new],
+                                               before=inp.before.timestamp())
+            for what in cleared:
+                log.info("relay %s: capture loss levelled by a verification with repair: %s", spec.name, what)
+            return len(cleared)
 
     @activity.defn(name=RELAY_DRAIN, no_thread_cancel_exception=True)
     def drain(self, inp: RelayDrainInput) -> RelayDrainResult:

@@ -22,7 +22,7 @@ contract; the activities import them from this module.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +40,7 @@ RELAY_SETUP = "relay_setup"
 RELAY_DRAIN = "relay_drain"
 RELAY_TEARDOWN = "relay_teardown"
 RELAY_CATCH_UP = "relay_catch_up"
+RELAY_CLEAR_LOSSES = "relay_clear_losses"
 RELAY_DENY = "relay_deny_writes"
 FINISH_SIGNAL = "finish"
 RELAY_SPEC_REF_PATCH = "relay-spec-ref"
@@ -154,6 +155,14 @@ class CatchUpInput(SpecCarrier):
     batch: int = Field(default=500, ge=1, le=10_000)
     authoritative: str = Field(default="", description="'old' or 'new': only that store's key log is mirrored "
                                "(writes to the other store are denied); '' mirrors both (tenants, outbox)")
+
+
+class ClearLossesInput(SpecCarrier):
+    """Forget the capture-loss marks a clean verification with repair levelled (called by
+    ``VerificationWorkflow``): only marks noted before ``before`` (the verification's start) go; a loss noted
+    since is not levelled by it and stays."""
+
+    before: datetime = Field(description="the start of the verification that levelled the stores")
 
 
 class CatchUpResult(_Model):

@@ -176,10 +176,20 @@ def losses_at(control_store: Store, migration: str, stores: Sequence[Store]) -> 
     return out
 
 
-def clear_losses(control_store: Store, migration: str, stores: Sequence[Store]) -> None:
-    """After a verification with repair levelled the stores."""
+def clear_losses(control_store: Store, migration: str, stores: Sequence[Store], before: float | None = None
+                 ) -> list[str]:
+    """After a verification with repair levelled the stores: forget their loss marks (``before``: only a
+    mark whose latest loss was noted before that unix time, i.e. before the verification started; a later
+    loss is not levelled by it). What was cleared."""
+    cleared: list[str] = []
     for store in stores:
+        if before is not None:
+            marks = losses_at(control_store, migration, [store])
+            if not marks or marks[0][1] >= before:
+                continue
+            cleared.append(marks[0][0])
         control.clear_checkpoints(control_store, migration, _lost_scope(store))
+    return cleared
 
 
 def _lost(control_store: Store, migration: str, store: Store, why: str) -> CaptureLostError:
