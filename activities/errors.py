@@ -21,15 +21,17 @@ from dualwrite.errors import (
     ConfigError,
     DualwriteError,
     RowRejectedError,
+    SlotBusyError,
     StorePermissionError,
     StoreUnavailableError,
     is_permanent,
     is_permission_denied,
     is_row_rejected,
+    is_unavailable,
 )
-from dualwrite.store import without_row_values
+from dualwrite.store import is_transient, without_row_values
 
-__all__ = ["classify", "mapped_errors", "safe_message", "to_application_error"]
+__all__ = ["classify", "mapped_errors", "safe_message", "to_application_error", "transient"]
 
 log = logging.getLogger("dualwrite.activities")
 
@@ -39,6 +41,24 @@ def safe_message(exc: BaseException, limit: int = 400) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = redact(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth retrying the same round within the same activity attempt, after a short pause: a store that is
+    down, refuses or lost connections (:func:`dualwrite.errors.is_unavailable`: :class:`StoreUnavailableError`
+    and driver connection errors, raw or wrapped), a conflict between concurrent transactions (a deadlock),
+    or a replication slot another session reads right now.
+
+    A chaos proxy (or a failover) cuts a store for a second or two at a time; an activity that failed its
+    attempt on each cut would wait out Temporal's growing backoff (tens of seconds) and, under repeated
+    cuts, never finish. Constraint, data, permission and capture errors are never transient: they fail the
+    attempt (permanent ones for good) at once."""
+    if is_permanent(exc) or is_row_rejected(exc) or is_permission_denied(exc):
+        return False
+    if isinstance(exc, SlotBusyError) or is_unavailable(exc):
+        return True
+    orig = getattr(exc, "orig", None)
+    return is_transient(exc) or (isinstance(orig, BaseException) and is_transient(orig))
 
 
 def classify(exc: BaseException) -> BaseException:

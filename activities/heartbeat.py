@@ -11,8 +11,9 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
@@ -23,12 +24,13 @@ log = logging.getLogger("dualwrite.activities")
 
 
 @contextmanager
-def heartbeating(every: float | None = None) -> Iterator[None]:
+def heartbeating(every: float | None = None, details: Callable[[], Any] | None = None) -> Iterator[None]:
     """Heartbeat from a background thread while the activity's thread is busy in one long call (a
     preflight, a planning query, a rename waiting for a lock), so the server learns within its short
     heartbeat timeout that the worker died, not after the start-to-close timeout.
 
-    Only for activities whose heartbeat details carry nothing to resume from (they send none)."""
+    Only for activities whose heartbeat details carry nothing to resume from: they send none, or
+    ``details()`` (progress to show, read at each beat)."""
     info = activity.info()
     timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 0.0
     period = every if every is not None else max(0.5, min(5.0, timeout / 4)) if timeout else 5.0
@@ -38,7 +40,10 @@ def heartbeating(every: float | None = None) -> Iterator[None]:
     def beat() -> None:
         while not stop.wait(period):
             try:
-                activity.heartbeat()
+                if details is None:
+                    activity.heartbeat()
+                else:
+                    activity.heartbeat(details())
             except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the work
                 log.debug("background heartbeat failed: %s", exc)
 

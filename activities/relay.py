@@ -23,27 +23,31 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from temporalio import activity
 
-from activities.errors import mapped_errors, safe_message
+from activities.errors import mapped_errors, safe_message, transient
 from activities.heartbeat import heartbeating, sleep, stopping
 from activities.stores import StoreCache
 from dualwrite import control, triggers
 from dualwrite import stats as st
 from dualwrite.capture.store_side import RelayStores, allow_new_store, store_side
+from dualwrite.cdc import capture as cdc_capture
 from dualwrite.relay import RelayResult
-from dualwrite.spec import MigrationSpec
+from dualwrite.spec import MigrationSpec, Strategy
 from dualwrite.stores import is_redis
 from workflows.relay import (
     RELAY_CATCH_UP,
+    RELAY_CLEAR_LOSSES,
     RELAY_DENY,
     RELAY_DRAIN,
     RELAY_SETUP,
     RELAY_TEARDOWN,
     CatchUpInput,
     CatchUpResult,
+    ClearLossesInput,
     DenyWritesInput,
     RelayCounters,
     RelayDrainInput,
@@ -58,6 +62,15 @@ log = logging.getLogger("dualwrite.activities.relay")
 
 STATS_FLUSH_SECONDS = 10.0
 
+RETRY_PAUSE_SECONDS = 1.0
+"""Pause before a round that failed on a transient error is tried again within the same attempt."""
+
+OUTAGE_GRACE_SECONDS = 30.0
+"""A drain whose budget is over in the middle of an outage keeps trying this long before its attempt fails:
+a failed attempt waits out the retry policy's backoff (up to 30 s) and a short cut should not cost that."""
+
+_T = TypeVar("_T")
+
 
 class RelayActivities:
     """The relay's activities, sharing the worker's :class:`StoreCache`."""
@@ -70,7 +83,7 @@ class RelayActivities:
         self._ready: set[str] = set()
 
     def all(self) -> list[Any]:
-        return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes]
+        return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes, self.clear_losses]
 
     def _stores(self, spec: MigrationSpec, digest: str | None = None) -> RelayStores:
         rs = self.stores.relay_stores(spec, digest)
@@ -127,24 +140,51 @@ class RelayActivities:
             for side in inp.allow:
                 triggers.allow_writes(rs.store(side), spec.name, rs.tables(side))
 
-    @activity.defn(name=RELAY_DRAIN, no_thread_cancel_exception=True)
-    def drain(self, inp: RelayDrainInput) -> RelayDrainResult:
-        """Drain the captured changes continuously for ``max_seconds`` (see the module docstring)."""
+    @activity.defn(name=RELAY_CLEAR_LOSSES, no_thread_cancel_exception=True)
+    def clear_losses(self, inp: ClearLossesInput) -> int:
+        """A clean verification with repair of the whole migration levelled what log capture had missed:
+        forget the loss marks noted before it started, so the relay's status stops listing them (the cutover
+        gate already counts them as levelled). The number of marks cleared."""
         with mapped_errors():
             spec, digest = self.stores.spec_of(inp)
+            if spec.strategy is not Strategy.CDC:
+                return 0
             rs = self._stores(spec, digest)
+            cleared = cdc_capture.clear_losses(rs.control, spec.name, [rs.old, rs.new],
+                                               before=inp.before.timestamp())
+            for what in cleared:
+                log.info("relay %s: capture loss levelled by a verification with repair: %s", spec.name, what)
+            return len(cleared)
+
+    @activity.defn(name=RELAY_DRAIN, no_thread_cancel_exception=True)
+    def drain(self, inp: RelayDrainInput) -> RelayDrainResult:
+        """Drain the captured changes continuously for ``max_seconds`` (see the module docstring).
+
+        A round that fails on a transient error (a store refusing or cutting connections, a deadlock) is
+        retried within this attempt after a short pause; the attempt fails (retryably) only once the budget
+        is over and the outage has lasted :data:`OUTAGE_GRACE_SECONDS`."""
+        out = RelayDrainResult()
+        with mapped_errors(), heartbeating(details=lambda: out):
+            retry = _Retry("drain", time.monotonic() + inp.max_seconds, grace=OUTAGE_GRACE_SECONDS)
+            spec, digest = retry.call(lambda: self.stores.spec_of(inp), "reading the spec")
+            retry.migration = spec.name
+            rs = retry.call(lambda: self._stores(spec, digest), "opening the stores")
             side = store_side(spec)
             stats = self._stats_for(spec)
-            out = RelayDrainResult()
             started = time.monotonic()
             next_flush = started + STATS_FLUSH_SECONDS
             phase = ""
             while not stopping():
-                # the published state before every round: a round never starts under an authority that has
-                # just moved
-                phase = _published_phase(rs)
-                res = side.drain_round(rs, phase, limit=inp.batch, max_seconds=max(0.5, inp.poll_seconds * 5),
-                                       stats=stats, should_stop=stopping)
+                try:
+                    # the published state before every round: a round never starts under an authority that has
+                    # just moved
+                    phase = _published_phase(rs)
+                    res = side.drain_round(rs, phase, limit=inp.batch, max_seconds=max(0.5, inp.poll_seconds * 5),
+                                           stats=stats, should_stop=stopping)
+                except Exception as exc:  # noqa: BLE001 - transient ones are retried, the rest re-raised
+                    retry.failed(exc, "a drain round")  # raises unless transient and within the budget
+                    continue
+                retry.succeeded("a drain round")
                 _absorb(out, res)
                 activity.heartbeat(out)
                 if time.monotonic() >= next_flush:
@@ -156,6 +196,7 @@ class RelayActivities:
                     break
                 sleep(inp.poll_seconds)
             out.phase = phase
+            out.errors = _errors(out.errors, RelayResult(errors=retry.errors))
             backlog = side.backlog(rs)
             for warning in backlog.warnings:
                 log.warning("relay %s: %s", spec.name, warning)
@@ -181,33 +222,108 @@ class RelayActivities:
         database log's position); it is reached once nothing at or before it is left, whoever mirrored it
         (this activity, or the relay: they share the work). Changes captured meanwhile are mirrored too when
         there is time, but are not waited for: under constant writes a log is never empty, while a point is
-        always reached. Used before a repairing verification that must not race a lagging relay."""
-        with mapped_errors():
-            spec, digest = self.stores.spec_of(inp)
-            rs = self._stores(spec, digest)
-            side = store_side(spec)
+        always reached. Used before a repairing verification that must not race a lagging relay.
+
+        A store that refuses or cuts connections for a while does not fail the attempt: the round is retried
+        after a short pause, towards the same points (taken once, at the start). When ``max_seconds`` is over
+        the result says not reached, with the outage among its errors; the caller refuses what needed the
+        catch-up, with that reason. Only when the points themselves could not be read does the attempt fail
+        (retryably)."""
+        out = CatchUpResult()
+        relayed = RelayResult()
+        with mapped_errors(), heartbeating(details=lambda: {"behind": out.behind, "mirrored": relayed.mirrored}):
             started = time.monotonic()
+            retry = _Retry("catch-up", started + inp.max_seconds)
+            spec, digest = retry.call(lambda: self.stores.spec_of(inp), "reading the spec")
+            retry.migration = spec.name
+            rs = retry.call(lambda: self._stores(spec, digest), "opening the stores")
+            side = store_side(spec)
             sides = (inp.authoritative,) if inp.authoritative in ("old", "new") else ("old", "new")
-            points = side.catch_up_points(rs, sides)
-            phase = _published_phase(rs)
-            out = CatchUpResult()
-            relayed = RelayResult()
-            while True:
-                out.behind, waiting = side.behind(rs, points)
-                if not out.behind or stopping() or time.monotonic() - started >= inp.max_seconds:
-                    break
-                res = side.catch_up_round(rs, waiting, phase, limit=inp.batch, should_stop=stopping)
+            points = retry.call(lambda: side.catch_up_points(rs, sides), "reading the catch-up points")
+            phase = retry.call(lambda: _published_phase(rs), "reading the published phase")
+            out.behind = len(points)  # until the first look says otherwise
+            while not stopping():
+                try:
+                    out.behind, waiting = side.behind(rs, points)
+                    if not out.behind or time.monotonic() - started >= inp.max_seconds:
+                        break
+                    res = side.catch_up_round(rs, waiting, phase, limit=inp.batch, should_stop=stopping)
+                except Exception as exc:  # noqa: BLE001 - transient ones are retried, the rest re-raised
+                    if not retry.failed(exc, "a catch-up round", give_up=True):
+                        break  # the budget is over in an outage: not reached, with the reason in errors
+                    continue
+                retry.succeeded("a catch-up round")
                 relayed += res
                 activity.heartbeat({"behind": out.behind, "mirrored": relayed.mirrored})
                 if not res.entries:
                     time.sleep(0.05)  # the relay holds the rest: let it commit
             out.reached = out.behind == 0
             out.counters = _counters(relayed)
-            out.errors = _errors([], relayed)
+            out.errors = _errors(list(retry.errors), relayed)
             out.seconds = time.monotonic() - started
             if not out.reached:
                 log.warning("relay catch-up of %s: %d still behind after %.1fs", spec.name, out.behind, out.seconds)
             return out
+
+
+class _Retry:
+    """Transient failures of one activity attempt, retried in place until its budget is over.
+
+    ``failed`` is called with the error of a step (a round, a look-up): a transient one (activities.errors.
+    :func:`~activities.errors.transient`: a refused or cut connection, a deadlock, a busy slot) is logged
+    (type and first line, redacted: never row data), the activity heartbeats, and the step is retried
+    after :data:`RETRY_PAUSE_SECONDS`; anything else is raised at once. Once the deadline has passed and the
+    current outage has lasted ``grace`` seconds, the error is raised (mapped to a retryable failure), or,
+    with ``give_up``, ``failed`` returns False so the caller can report what it has."""
+
+    def __init__(self, what: str, deadline: float, *, grace: float = 0.0) -> None:
+        self.what = what
+        self.migration = "?"
+        self.deadline = deadline
+        self.grace = grace
+        self.errors: list[str] = []
+        self._outage_started: float | None = None
+        self._failures = 0
+
+    def call(self, fn: Callable[[], _T], step: str) -> _T:
+        while True:
+            try:
+                value = fn()
+            except Exception as exc:  # noqa: BLE001 - transient ones are retried, the rest re-raised
+                self.failed(exc, step)
+                continue
+            self.succeeded(step)
+            return value
+
+    def failed(self, exc: Exception, step: str, *, give_up: bool = False) -> bool:
+        if not transient(exc):
+            raise exc
+        now = time.monotonic()
+        if self._outage_started is None:
+            self._outage_started = now
+        self._failures += 1
+        message = f"{step} failed: {safe_message(exc, 300)}"
+        if message not in self.errors and len(self.errors) < 3:
+            self.errors.append(message)
+        if stopping() or (now >= self.deadline and now - self._outage_started >= self.grace):
+            log.warning("relay %s of %s: %s; giving up after %d transient failures in %.1fs", self.what,
+                        self.migration, message, self._failures, now - self._outage_started)
+            if give_up:
+                return False
+            raise exc
+        if self._failures == 1 or self._failures % 10 == 0:
+            log.warning("relay %s of %s: %s (transient, %d so far); retrying in %.0fs within this attempt",
+                        self.what, self.migration, message, self._failures, RETRY_PAUSE_SECONDS)
+        activity.heartbeat()
+        sleep(RETRY_PAUSE_SECONDS)
+        return True
+
+    def succeeded(self, step: str) -> None:
+        if self._outage_started is not None:
+            log.info("relay %s of %s: %s succeeded again after %d transient failures in %.1fs", self.what,
+                     self.migration, step, self._failures, time.monotonic() - self._outage_started)
+        self._outage_started = None
+        self._failures = 0
 
 
 def _published_phase(rs: RelayStores) -> str:

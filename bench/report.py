@@ -211,6 +211,20 @@ def machine() -> list[str]:
     ]
 
 
+def run_note(o: Outcome) -> str:
+    """When a run was written and, for a chaos run, what reproduces and judges it: seed, schedule, losses."""
+    v = o.values
+    parts = [o.written] if o.written else []
+    seed = re.search(r"seed=(\d+)", v.get("chaos run", ""))
+    if seed:
+        parts.append(f"seed {seed.group(1)}")
+    for key, label in (("schedule", "schedule"), ("lost acknowledged writes", "lost"),
+                       ("temporal server restarts", "Temporal restarts")):
+        if key in v:
+            parts.append(f"{label} {v[key]}")
+    return "; ".join(parts).replace("|", "\\|")
+
+
 def write(outcomes: list[Outcome], path: Path, quick: bool) -> None:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     md = ["# dualwrite benchmark results", "",
@@ -236,8 +250,8 @@ def write(outcomes: list[Outcome], path: Path, quick: bool) -> None:
         for k, v in o.values.items():
             if k.startswith("p99 phase "):
                 md.append(f"| {o.bench.name} | p99 write latency in {k[10:]}, ms | {v} | (informative) | - | - |")
-    md += ["", "## Runs", "", "| benchmark | exit | seconds |", "|---|---|---|"]
-    md += [f"| {o.bench.name} | {'ok' if o.ok else 'FAILED'} | {o.seconds:.0f} |" for o in outcomes]
+    md += ["", "## Runs", "", "| benchmark | exit | seconds | run |", "|---|---|---|---|"]
+    md += [f"| {o.bench.name} | {'ok' if o.ok else 'FAILED'} | {o.seconds:.0f} | {run_note(o)} |" for o in outcomes]
     failed = [o for o in outcomes if not o.ok]
     if failed:
         md += ["", "## Failures", ""]

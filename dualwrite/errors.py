@@ -8,7 +8,7 @@ with the place it was found, because fixing a spec one error per run is a misera
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -239,6 +239,71 @@ def is_row_rejected(exc: BaseException) -> bool:
         return True
     return (type(exc).__module__ == "sqlite3" and type(exc).__name__ == "IntegrityError"
             and "FOREIGN KEY" not in str(exc))
+
+
+#: MySQL / MariaDB client and server codes of a connection that failed or was lost (never a statement's
+#: fault): can't connect, server gone away, lost connection (during a query, at handshake), too many
+#: connections, server shutting down, connection killed, idle disconnect
+_MYSQL_CONNECTION = {2002, 2003, 2005, 2006, 2013, 2014, 2055, 1040, 1053, 1927, 4031}
+#: PostgreSQL SQLSTATE classes / codes of a connection or server problem that passes: 08 connection
+#: exception, 53 insufficient resources (too many connections), 57 operator intervention (admin shutdown,
+#: cannot connect now, a statement timeout under load)
+_PG_CONNECTION_CLASSES = ("08", "53", "57")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the driver error under a SQLAlchemy wrapper (``.orig``), and every cause / context below."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        orig = getattr(e, "orig", None)
+        todo += [orig if isinstance(orig, BaseException) else None, e.__cause__, e.__context__]
+
+
+def _is_named(exc: BaseException, module: str, *names: str) -> bool:
+    """An instance of a class called one of ``names`` from ``module`` (by name: no driver is imported here,
+    this module is loaded in the workflow sandbox too)."""
+    return any(cls.__module__.split(".")[0] == module and cls.__name__ in names for cls in type(exc).__mro__)
+
+
+def _unavailable_one(exc: BaseException) -> bool:
+    if isinstance(exc, StoreUnavailableError):
+        return True
+    if isinstance(exc, DualwriteError):
+        return False  # any other error of ours says what it is
+    if _is_named(exc, "sqlalchemy", "DisconnectionError") or getattr(exc, "connection_invalidated", False):
+        return True
+    if _is_named(exc, "redis", "ConnectionError", "TimeoutError"):
+        return True
+    if _is_named(exc, "pymysql", "OperationalError", "InterfaceError") or _is_named(
+            exc, "MySQLdb", "OperationalError", "InterfaceError"):
+        code = _mysql_code(exc)
+        # InterfaceError: the connection object is closed or broken; OperationalError: only a connection code,
+        # because PyMySQL raises OperationalError for any unmapped server error too (unknown column, denied)
+        return _is_named(exc, type(exc).__module__.split(".")[0], "InterfaceError") or code in _MYSQL_CONNECTION
+    if _is_named(exc, "psycopg", "OperationalError", "InterfaceError") or _is_named(
+            exc, "psycopg2", "OperationalError", "InterfaceError"):
+        sqlstate = str(getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or "")
+        # no SQLSTATE: the client failed (refused, reset, closed); with one, only the passing classes
+        return not sqlstate or sqlstate[:2] in _PG_CONNECTION_CLASSES
+    return isinstance(exc, ConnectionError | TimeoutError)  # a socket refused, reset or timed out
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """A store that is down, refuses connections or lost the connection: retrying the same work shortly can
+    succeed. True for :class:`StoreUnavailableError` and for driver-level connection errors (SQLAlchemy's
+    ``DisconnectionError`` / invalidated connections, psycopg and PyMySQL connection failures, Redis
+    ``ConnectionError`` / ``TimeoutError``, socket errors), raw or anywhere in the ``__cause__`` /
+    ``__context__`` chain. Never for a rejected row, a refused privilege or a statement's own error: those
+    are decided on the error itself, before its chain is looked at."""
+    if is_row_rejected(exc) or is_permission_denied(exc) or isinstance(exc, PERMANENT):
+        return False
+    return any(_unavailable_one(e) for e in _chain(exc))
 
 
 def raise_if(problems: Sequence[Problem], kind: type[ConfigError], headline: str) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from dualwrite import bookkeeping as bk
 from dualwrite import control
-from dualwrite.errors import DualwriteError, RepairRefusedError, StoreError, StoreUnavailableError
+from dualwrite.errors import DualwriteError, RepairRefusedError, StoreError, StoreUnavailableError, is_unavailable
 from dualwrite.keys import Key, decode_key
 from dualwrite.mapping import TableMapping
 from dualwrite.mirror import mirror_keys
@@ -86,7 +86,9 @@ def _mirror_isolated(source: Store, target: Store, mapping: TableMapping, keys: 
             done += 1
         except StoreUnavailableError:
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+        except Exception as exc:  # one bad row must not block the rest
+            if is_unavailable(exc):
+                raise  # a cut connection is no bad row: the batch is read again
             failed.append(key)
             msg = _short(exc)
             if msg not in errors:
@@ -161,8 +163,8 @@ def mirror_logged(log_store: Store, other: Store, migration: str, mapping_for: M
         except StoreUnavailableError:
             raise
         except Exception as exc:
-            if is_transient(exc):
-                raise  # a deadlock: the whole batch is retried, nothing was deleted
+            if is_transient(exc) or is_unavailable(exc):
+                raise  # a deadlock, a cut connection: the whole batch is retried, nothing was deleted
             done, failed, errors = _mirror_isolated(log_store, other, mapping, keys)
             out.mirrored += done
             if failed:

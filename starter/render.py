@@ -330,6 +330,14 @@ def unchanged_application_note(status: MigrationStatus) -> str:
     return "application (no adapter): writes to the OLD store; the new store refuses its writes until write cutover"
 
 
+def _warning_lines(status: MigrationStatus) -> list[Text]:
+    """What capture missed (a verification with repair must level it) and signals dropped for bad input."""
+    out = [Text(f"capture lost changes: {lost}", style="bold red") for lost in status.capture_lost]
+    if status.signals_dropped:
+        out.append(Text("signals dropped for bad input: " + "; ".join(status.signals_dropped[-3:]), style="yellow"))
+    return out
+
+
 def render_status(status: MigrationStatus, *, workflow_status: str | None = None, history: int = 8,
                   console: Console | None = None, compact: bool = False) -> RenderableType:
     """The whole ``dualwrite status`` screen for one migration.
@@ -362,9 +370,7 @@ def render_status(status: MigrationStatus, *, workflow_status: str | None = None
         parts.append(Text(f"ABORTED in {a.from_phase.value} by {a.by or '?'}: {a.reason}", style="bold red"))
         if a.message:
             parts.append(Text(a.message))
-    if status.signals_dropped:
-        parts.append(Text("signals dropped for bad input: " + "; ".join(status.signals_dropped[-3:]),
-                          style="yellow"))
+    parts += _warning_lines(status)
     if status.hold is not None:
         parts.append(Text(f"HELD by {status.hold.by or '?'}: {status.hold.reason}", style="bold yellow"))
     parts.append(Text(""))

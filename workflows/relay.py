@@ -22,7 +22,7 @@ contract; the activities import them from this module.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,13 +33,17 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from dualwrite.capture import method_for
     from dualwrite.spec import MigrationSpec
-    from workflows.models import SpecCarrier, SpecRef
+    from workflows.models import SpecCarrier, SpecRef, workflow_id
     from workflows.retry import RELAY_RETRY
 
 RELAY_SETUP = "relay_setup"
 RELAY_DRAIN = "relay_drain"
 RELAY_TEARDOWN = "relay_teardown"
 RELAY_CATCH_UP = "relay_catch_up"
+RELAY_CLEAR_LOSSES = "relay_clear_losses"
+CAPTURE_LOST_SIGNAL = "capture_lost_signal"
+"""Signal from the relay to its migration: what log capture missed, whenever that changes."""
+RELAY_LOSS_SIGNAL_PATCH = "relay-signals-capture-loss"
 RELAY_DENY = "relay_deny_writes"
 FINISH_SIGNAL = "finish"
 RELAY_SPEC_REF_PATCH = "relay-spec-ref"
@@ -156,6 +160,20 @@ class CatchUpInput(SpecCarrier):
                                "(writes to the other store are denied); '' mirrors both (tenants, outbox)")
 
 
+class CaptureLostNote(_Model):
+    """What the relay tells its migration (``capture_lost_signal``): the capture-loss marks now (empty: none)."""
+
+    lost: list[str] = Field(default_factory=list)
+
+
+class ClearLossesInput(SpecCarrier):
+    """Forget the capture-loss marks a clean verification with repair levelled (called by
+    ``VerificationWorkflow``): only marks noted before ``before`` (the verification's start) go; a loss noted
+    since is not levelled by it and stays."""
+
+    before: datetime = Field(description="the start of the verification that levelled the stores")
+
+
 class CatchUpResult(_Model):
     reached: bool = Field(default=False, description="every entry logged before the start was mirrored")
     behind: int = Field(default=0, description="entries logged before the start still waiting at the end")
@@ -187,6 +205,7 @@ class RelayWorkflow:
         self._remaining = 0
         self._migration = ""
         self._drain: asyncio.Task[Any] | None = None
+        self._reported: list[str] | None = None
 
     @workflow.signal(name=FINISH_SIGNAL, description="Drain what is left, remove the triggers, and complete. "
                                                     "Takes no input (any input is ignored).")
@@ -241,6 +260,7 @@ class RelayWorkflow:
             finally:
                 self._drain = None
             self._absorb(res)
+            await self._report_losses()
             if workflow.info().is_continue_as_new_suggested() and not self._carry.finishing:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self._carry.runs += 1
@@ -252,6 +272,7 @@ class RelayWorkflow:
             start_to_close_timeout=timedelta(seconds=inp.max_activity_seconds + 300), heartbeat_timeout=hb,
             retry_policy=RELAY_RETRY, result_type=RelayDrainResult, summary="final drain")
         self._absorb(res)
+        await self._report_losses()
         if inp.remove_triggers_on_finish and method_for(inp.spec.strategy).database_capture:
             await workflow.execute_activity(
                 RELAY_TEARDOWN, RelaySetupInput(**setup_spec), start_to_close_timeout=timedelta(minutes=10),
@@ -266,6 +287,21 @@ class RelayWorkflow:
         self._carry.capture_lost = res.capture_lost
         self._remaining = res.remaining
         self._details()
+
+    async def _report_losses(self) -> None:
+        """Tell the migration what capture missed when that changed, so its status shows it (a run after
+        continue-as-new reports a non-empty list once more: harmless, the signal sets, never adds)."""
+        lost = list(self._carry.capture_lost)
+        if lost == (self._reported if self._reported is not None else []):
+            return
+        if not workflow.patched(RELAY_LOSS_SIGNAL_PATCH):
+            return
+        self._reported = lost
+        try:
+            await workflow.get_external_workflow_handle(workflow_id(self._migration)).signal(
+                CAPTURE_LOST_SIGNAL, CaptureLostNote(lost=lost))
+        except Exception as exc:  # noqa: BLE001 - a relay started by hand, a migration that ended
+            workflow.logger.info("relay %s: capture loss not reported to the migration: %s", self._migration, exc)
 
     def _details(self) -> None:
         t = self._carry.totals

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
 __all__ = [
     "ACTIVITY_RETRY",
     "BYPASS_COLLECT_RETRY",
+    "CLEAR_LOSSES_RETRY",
     "PERMANENT_ERRORS",
     "RELAY_PERMANENT_ERRORS",
     "RELAY_RETRY",
@@ -50,3 +51,7 @@ BYPASS_COLLECT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximu
 
 SHADOW_SAMPLE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
 """The worker's shadow sample before a gate: a failed one only leaves the gate with fewer samples."""
+
+CLEAR_LOSSES_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3,
+                                 non_retryable_error_types=PERMANENT_ERRORS)
+"""Clearing levelled capture-loss marks after a verification: a failed clearing only leaves the marks."""

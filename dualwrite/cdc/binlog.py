@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -159,6 +160,8 @@ class Batch:
     end: Position | None = None
     unknown: set[str] = field(default_factory=set)
     lag_seconds: float = 0.0
+    truncated: list[str] = field(default_factory=list)
+    """Captured tables a TRUNCATE emptied in the batch's transactions (logged as a statement, no rows)."""
 
 
 def read_batch(control_store: Store, migration: str, store: Store, tables: Sequence[TableKeys],
@@ -211,6 +214,8 @@ def read_batch(control_store: Store, migration: str, store: Store, tables: Seque
                 r.complete(stream)
                 if r.out.changes >= limit:
                     break
+            elif isinstance(ev, QueryEvent):
+                r.statement(ev)
         else:
             # the end of what the server sent: only a standalone statement (DDL, no COMMIT event) is known to be
             # whole there; a transaction whose COMMIT was not seen yet is read again next time, never half
@@ -242,6 +247,7 @@ class _Reading:
     by_name: dict[str, TableKeys]
     pending: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     pending_changes: int = 0
+    pending_truncated: list[str] = field(default_factory=list)
     first_ts: float | None = None
     txn_gtid: str | None = None
     """MariaDB: the transaction being read."""
@@ -256,7 +262,7 @@ class _Reading:
         completed = self.txn_gtid is not None and not self.seen
         if completed:
             self.complete(stream)
-        self.pending, self.pending_changes = {}, 0
+        self.pending, self.pending_changes, self.pending_truncated = {}, 0, []
         self.txn_gtid, self.standalone = gtid, bool(flags & FL_STANDALONE)
         self.seen = gtid_reached(self.state, gtid)
         return completed
@@ -265,7 +271,7 @@ class _Reading:
         """The library opened a new dump connection (at the position after the last whole transaction): the
         transaction read in part on the old one comes again from its start."""
         self.connections = connections
-        self.pending, self.pending_changes = {}, 0
+        self.pending, self.pending_changes, self.pending_truncated = {}, 0, []
         self.txn_gtid, self.standalone, self.seen = None, False, False
 
     def complete(self, stream: Any) -> None:
@@ -276,7 +282,8 @@ class _Reading:
         for table, keys in self.pending.items():
             self.out.keys.setdefault(table, []).extend(keys)
         self.out.changes += self.pending_changes
-        self.pending, self.pending_changes = {}, 0
+        self.out.truncated += self.pending_truncated
+        self.pending, self.pending_changes, self.pending_truncated = {}, 0, []
         self.out.transactions += 1
         if self.mariadb:
             if self.txn_gtid is not None:
@@ -302,6 +309,47 @@ class _Reading:
                 self.pending.setdefault(t.table, []).append(
                     tuple(_value(img.get(k), kind) for k, kind in zip(t.key, t.kinds, strict=True)))
             self.pending_changes += 1
+
+
+    def statement(self, ev: Any) -> None:
+        """A statement logged as such (DDL): a TRUNCATE of a captured table empties it without rows events,
+        so it is kept with its transaction and reported once that is whole (like PostgreSQL's Truncate)."""
+        if self.seen:
+            return
+        raw = ev.schema
+        current = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else str(raw or "")
+        for table in truncated_tables(str(ev.query), current):
+            schema, _, name = table.rpartition(".")
+            if name in self.by_name and (not self.schema or (schema or current) == self.schema):
+                self.pending_truncated.append(self.by_name[name].table)
+
+
+_TRUNCATE = re.compile(r"^\s*(?:/\*.*?\*/\s*)*TRUNCATE\s+(?:TABLE\s+)?(.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+_IDENT = re.compile(r"`((?:[^`]|``)+)`|([A-Za-z0-9_$]+)")
+
+
+def truncated_tables(query: str, schema: str = "") -> list[str]:
+    """The table a ``TRUNCATE [TABLE] [db.]t`` statement empties, as ``db.t`` or ``t`` (none for any other
+    statement). Backquoted names may hold dots and doubled backquotes."""
+    m = _TRUNCATE.match(query)
+    if m is None:
+        return []
+    parts: list[str] = []
+    rest = m.group(1)
+    pos = 0
+    while pos < len(rest):
+        ident = _IDENT.match(rest, pos)
+        if ident is None:
+            return []
+        parts.append(ident.group(1).replace("``", "`") if ident.group(1) is not None else ident.group(2))
+        pos = ident.end()
+        if pos < len(rest):
+            if rest[pos] != ".":
+                break  # e.g. a trailing comment: the name is read
+            pos += 1
+    if not parts or len(parts) > 2:
+        return []
+    return [".".join(parts)] if len(parts) == 2 else [parts[0]]
 
 
 def _captured_table(store: Store, schema: str, by_name: dict[str, TableKeys], ev: Any, out: Batch

@@ -34,6 +34,7 @@ from dualwrite.errors import (
     CaptureLostError,
     CaptureTruncatedError,
     StoreUnavailableError,
+    is_unavailable,
 )
 from dualwrite.keys import Key
 from dualwrite.mapping import TableMapping
@@ -175,10 +176,20 @@ def losses_at(control_store: Store, migration: str, stores: Sequence[Store]) -> 
     return out
 
 
-def clear_losses(control_store: Store, migration: str, stores: Sequence[Store]) -> None:
-    """After a verification with repair levelled the stores."""
+def clear_losses(control_store: Store, migration: str, stores: Sequence[Store], before: float | None = None
+                 ) -> list[str]:
+    """After a verification with repair levelled the stores: forget their loss marks (``before``: only a
+    mark whose latest loss was noted before that unix time, i.e. before the verification started; a later
+    loss is not levelled by it). What was cleared."""
+    cleared: list[str] = []
     for store in stores:
+        if before is not None:
+            marks = losses_at(control_store, migration, [store])
+            if not marks or marks[0][1] >= before:
+                continue
+            cleared.append(marks[0][0])
         control.clear_checkpoints(control_store, migration, _lost_scope(store))
+    return cleared
 
 
 def _lost(control_store: Store, migration: str, store: Store, why: str) -> CaptureLostError:
@@ -234,7 +245,7 @@ def drain_batch(store: Store, other: Store, control_store: Store, migration: str
             raise _lost(control_store, migration, store, purged)
         bbatch = binlog.read_batch(control_store, migration, store, tables, limit)
         keys, changes, lag, done = bbatch.keys, bbatch.changes, bbatch.lag_seconds, bbatch.end is not None
-        truncated = []
+        truncated = bbatch.truncated
     if not done:
         return out
     out.entries, out.batches, out.lag_seconds = changes, 1, lag
@@ -269,8 +280,8 @@ def _mirror(store: Store, other: Store, control_store: Store, migration: str, ma
     except (StoreUnavailableError, AuthorityMovedError):
         raise
     except Exception as exc:
-        if is_transient(exc):
-            raise  # a deadlock: the batch is read again, nothing was advanced
+        if is_transient(exc) or is_unavailable(exc):
+            raise  # a deadlock, a cut connection: the batch is read again, nothing was advanced
         if commit_if is not None:  # key by key, each under the same check
             done, failed, errors = _isolated_guarded(store, other, mapping, list(dict.fromkeys(keys)), commit_if)
         else:
@@ -293,7 +304,9 @@ def _isolated_guarded(store: Store, other: Store, mapping: TableMapping, keys: l
             done += 1
         except (StoreUnavailableError, AuthorityMovedError):
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+        except Exception as exc:  # one bad row must not block the rest
+            if is_unavailable(exc):
+                raise  # a cut connection is no bad row: the batch is read again
             failed.append(key)
             if _short(exc) not in errors:
                 errors.append(_short(exc))

@@ -30,7 +30,8 @@ class Rendering:
             transitions=list(s.transitions), repair_queue_depth=s.repair_queue_depth,
             waiting_for=self._waiting_for(), hold=s.holds.get(phases.GLOBAL), tenants=self.tenant_rows(),
             rolling_back=s.rolling_back, triggers=s.triggers, retirement=s.retirement, aborted=s.aborted,
-            signals_dropped=list(self._st.dropped), bypass=s.bypass)
+            signals_dropped=list(self._st.dropped), bypass=s.bypass,
+            capture_lost=list(s.capture_lost))
 
     def tenant_rows(self) -> list[TenantStatus]:
         if self._st.spec.tenants is None:
@@ -102,6 +103,7 @@ class Rendering:
                           f"missing {v.missing}, extra {v.extra}, field-different {v.field_different}, "
                           f"repaired {v.repaired}"]
         lines += ["", f"repair queue: {s.repair_queue_depth}"]
+        lines += [f"\n**capture lost changes:** {m}" for m in s.capture_lost]
         if s.gate and s.gate.get("metrics"):
             lines += ["", f"**gate → {s.gate.get('to')}: {'PASSED' if s.gate.get('passed') else 'not passed'}**",
                       "", "| metric | value | threshold | samples | verdict |", "|---|---:|---:|---:|:-:|"]

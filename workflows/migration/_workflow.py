@@ -296,6 +296,16 @@ class MigrationWorkflow:
             return False
         return True
 
+    @workflow.signal(name="capture_lost_signal", description="From the migration's relay (not for operators): "
+                                                              "what log capture missed, shown by status.")
+    def capture_lost_signal(self, *args: Any) -> None:
+        lost = args[0].get("lost") if len(args) == 1 and isinstance(args[0], dict) else None
+        if not isinstance(lost, list) or not all(isinstance(m, str) for m in lost):
+            self._drop_signal("capture_lost_signal", "expected {\"lost\": [text, ...]}")
+            return
+        self._st.s.capture_lost = [m[:500] for m in lost[:10]]
+        self._st.wake += 1
+
     @workflow.signal(name="advance_signal", description="Same as the advance update (for the Web UI); give "
                                                         "from_phase so that a double click moves one phase.")
     async def advance_signal(self, *args: Any) -> None:

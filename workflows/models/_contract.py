@@ -250,6 +250,9 @@ class MigrationStatus(_Model):
                                        "input (name and why), newest last")
     bypass: BypassSummary | None = Field(default=None, description="writes that bypassed the adapter "
                                          "(counts per table and writer identity; no keys)")
+    capture_lost: list[str] = Field(default_factory=list, description="what log capture missed (strategy cdc: "
+                                    "a vanished slot, a purged binlog, a TRUNCATE), as the relay last reported it; "
+                                    "a clean verification with repair levels and clears it")
 
 
 class MigrationCarry(_Model):
@@ -275,6 +278,7 @@ class MigrationCarry(_Model):
     cleanup_drop: bool = False
     retirement: RetireResult | None = None
     bypass: BypassSummary | None = None
+    capture_lost: list[str] = Field(default_factory=list, description="the relay's last capture-loss report")
     triggers: TriggerEvaluation | None = None
     next_verify_at: datetime | None = None
     verify_requested: bool = False
