@@ -55,6 +55,8 @@ class RepairActivities:
                     activity.heartbeat(out)
                     if time.monotonic() - started > inp.max_seconds:
                         break
+                    if res.refused and not res.mirrored and not res.failed:
+                        sleep(inp.poll_seconds)  # a tenant's fence holds its keys: read the authority again soon
                     continue
                 if worked or time.monotonic() - started > inp.max_idle_seconds:
                     break

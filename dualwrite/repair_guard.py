@@ -23,7 +23,19 @@ from dualwrite import control
 from dualwrite.errors import RepairRefusedError
 from dualwrite.store import Dialect, Store
 
-__all__ = ["RepairGuard"]
+__all__ = ["RepairGuard", "authority_for"]
+
+
+def authority_for(phase: str, overrides: Any, tenant: str | None) -> str:
+    """'old' or 'new': the store authoritative for ``tenant`` (None: the migration) under a published state;
+    a tenant that moved on its own (``overrides["tenants"]``) follows its own phase."""
+    from dualwrite.adapter.phase import rules_for  # noqa: PLC0415 - the adapter package is heavy
+
+    effective = phase
+    tenants = overrides.get("tenants") if isinstance(overrides, dict) else None
+    if tenant is not None and isinstance(tenants, dict) and isinstance(tenants.get(tenant), str):
+        effective = tenants[tenant]
+    return str(rules_for(effective).authoritative.value)
 
 
 class RepairGuard:
@@ -52,21 +64,16 @@ class RepairGuard:
 
     def refusal(self, phase: str, overrides: Any) -> str:
         """Why a repair must not run under this published state ('' when it may)."""
-        from dualwrite.adapter.phase import rules_for  # noqa: PLC0415 - the adapter package is heavy
-
         fence = overrides.get("fence") if isinstance(overrides, dict) else None
         fenced = control.is_fenced(overrides, self.tenant) or (
             self.any_tenant_fence and self.tenant is None and isinstance(fence, dict) and bool(fence.get("tenants")))
         if fenced and not self.under_fence:
             return "a write fence is up (authority is moving between the stores)"
-        effective = phase
-        tenants = overrides.get("tenants") if isinstance(overrides, dict) else None
-        if self.tenant is not None and isinstance(tenants, dict) and isinstance(tenants.get(self.tenant), str):
-            effective = tenants[self.tenant]
-        now = rules_for(effective).authoritative.value
+        now = authority_for(phase, overrides, self.tenant)
         if now != self.authoritative:
-            return (f"authority moved to the {now} store ({effective}) since the verification started "
-                    f"copying from the {self.authoritative} store")
+            scope = f" for tenant {self.tenant}" if self.tenant is not None else ""
+            return (f"authority moved to the {now} store{scope} since the repair started copying from the "
+                    f"{self.authoritative} store")
         return ""
 
     @contextlib.contextmanager
