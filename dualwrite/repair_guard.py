@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from dualwrite import control
@@ -43,7 +43,8 @@ class RepairGuard:
     ``tenant`` (None: the migration's phase) or while a write fence is up for it."""
 
     def __init__(self, store: Store, migration: str, authoritative: str, tenant: str | None = None, *,
-                 under_fence: bool = False, any_tenant_fence: bool = False) -> None:
+                 under_fence: bool = False, any_tenant_fence: bool = False,
+                 other_tenants: Collection[str] | None = None) -> None:
         self.store = store
         self.migration = migration
         self.authoritative = authoritative
@@ -52,6 +53,10 @@ class RepairGuard:
         """The workflow's own drain under the fence: it runs *because* the fence is up (authority still holds)."""
         self.any_tenant_fence = any_tenant_fence
         """A migration-wide verification: a tenant's fence refuses it too (it may hold that tenant's rows)."""
+        self.other_tenants = None if other_tenants is None else frozenset(other_tenants)
+        """A migration-wide repair of a table with a tenant column (``tenant`` None), planned leaving out these
+        tenants: it holds every other tenant's rows, so a tenant that has moved on its own to the other
+        authority since (not in this set) refuses it too. None: the rows follow the migration's phase only."""
 
     def _select(self) -> str:
         p = self.store.paramstyle
@@ -70,6 +75,14 @@ class RepairGuard:
         if fenced and not self.under_fence:
             return "a write fence is up (authority is moving between the stores)"
         now = authority_for(phase, overrides, self.tenant)
+        tenants = overrides.get("tenants") if isinstance(overrides, dict) else None
+        if now == self.authoritative and self.tenant is None and self.other_tenants is not None and isinstance(
+                tenants, dict):
+            for other in sorted(t for t in tenants if t not in self.other_tenants):
+                moved = authority_for(phase, overrides, other)
+                if moved != self.authoritative:
+                    return (f"authority moved to the {moved} store for tenant {other} since the repair started "
+                            f"copying from the {self.authoritative} store")
         if now != self.authoritative:
             scope = f" for tenant {self.tenant}" if self.tenant is not None else ""
             return (f"authority moved to the {now} store{scope} since the repair started copying from the "

@@ -13,17 +13,21 @@ import secrets
 from decimal import Decimal
 
 from app.endpoints import NOW
-from app.harness import make_migration
+from app.harness import Migration, make_migration
 from conftest import execute, fetch_all, spec_for
+from temporalio.testing import ActivityEnvironment
 
 from activities.core import repair_authority
-from activities.stores import compile_mapping
+from activities.stores import StoreCache, compile_mapping
+from activities.verify import VerifyActivities
 from dualwrite import control
 from dualwrite.adapter import AdapterOptions
+from dualwrite.config import StoreResolver, env_var_for
 from dualwrite.mapping import TableMapping
 from dualwrite.relay import drain_repairs
 from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
+from workflows.models import TableRef, TableVerification, VerifyTableInput
 
 DDL = "CREATE TABLE {t} (id bigint PRIMARY KEY, tenant text NOT NULL, name text NOT NULL, version bigint)"
 
@@ -129,5 +133,39 @@ def test_the_writers_own_drain_repairs_towards_the_store_that_is_not_authoritati
         assert w.drain_repairs() == 1
         for store, table in ((pg_new, m.spec.table(t).target_table), (pg_old, t)):
             assert fetch_all(store, f"SELECT name FROM {table} WHERE id = {k}") == [("acknowledged on new",)]
+    finally:
+        m.close()
+
+
+def _verify(m: Migration, *, exclude_tenants: list[str]) -> TableVerification:
+    env = {env_var_for(s.name): s.ref.url for s in (m.old, m.new)}
+    stores = StoreCache(StoreResolver(environ=env))
+    inp = VerifyTableInput(table=TableRef(spec=m.spec, source=m.models.customers), repair=True,
+                           exclude_tenants=exclude_tenants)
+    out: TableVerification = ActivityEnvironment().run(VerifyActivities(stores).verify_table, inp)
+    return out
+
+
+def test_a_migration_wide_repair_is_refused_once_a_tenant_it_covers_moved(pg_old: Store, pg_new: Store) -> None:
+    """A migration-wide verification leaves out the tenants whose authority runs the other way *when it
+    starts*; a tenant that flips while it runs must not have its new store's rows repaired from the old."""
+    m = make_migration(pg_old, pg_new, "sync", options=AdapterOptions(background=False, phase_ttl=0.05))
+    try:
+        m.publish("CUTOVER_READS")
+        t = m.models.customers
+        (k,) = m.writer.insert(t, {**_row("acme's row"), "tenant": "acme"})
+        m.writer.insert(t, {**_row("beta's row"), "tenant": "beta"})
+        # acme alone moves to CUTOVER_WRITES, and acme's application writes on the new store; the old store's
+        # copy is behind (its mirror is still due)
+        m.publish("CUTOVER_READS", overrides={"tenants": {"acme": "CUTOVER_WRITES"}})
+        execute(pg_new, f"UPDATE {m.spec.table(t).target_table} SET name = 'acme acknowledged on new' "
+                        f"WHERE id = {k}")
+        out = _verify(m, exclude_tenants=[])  # planned before acme moved: acme is not left out
+        assert fetch_all(pg_new, f"SELECT name FROM {m.spec.table(t).target_table} WHERE id = {k}") == [
+            ("acme acknowledged on new",)]
+        assert not out.ok and out.repaired == 0
+        assert out.error is not None and "authority moved to the new store for tenant acme" in out.error, out
+        # planned with acme left out, the same verification has nothing to repair
+        assert _verify(m, exclude_tenants=["acme"]).ok
     finally:
         m.close()
