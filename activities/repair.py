@@ -91,11 +91,16 @@ class RepairActivities:
             return LostTails(writers=[])
         state = control.read_state(ctl, spec.name)
         losing = authority_for(state.phase, state.overrides, tenant) if state is not None else "old"
+        overrides = state.overrides if state is not None else {}
+        own = overrides.get("tenants") if isinstance(overrides, dict) else None
+        other_way = sorted(t for t in (own if isinstance(own, dict) else {})
+                           if state is not None and authority_for(state.phase, overrides, t) != losing)
         tables: list[TableSides] = []
         for source in lagged:
             _, src, dst, mapping = self.stores.table(TableRef(spec=spec, source=source, reverse=losing == "new"))
             tables.append((source, src, dst, mapping))
-        return level_lost_tails(ctl, spec.name, tables, losing=losing, tenant=tenant, sleep=_sleep_or_stop)
+        return level_lost_tails(ctl, spec.name, tables, losing=losing, tenant=tenant,
+                                exclude_tenants=other_way if tenant is None else (), sleep=_sleep_or_stop)
 
 
 def _sleep_or_stop(seconds: float) -> None:

@@ -52,12 +52,14 @@ class LostTails:
 
 
 def level_lost_tails(control: Store, migration: str, tables: Sequence[TableSides], *, losing: str,
-                     tenant: str | None = None, settle_timeout: float = 20.0,
+                     tenant: str | None = None, exclude_tenants: Sequence[str] = (), settle_timeout: float = 20.0,
                      sleep: Callable[[float], None] = time.sleep,
                      on_table: Callable[[str], None] | None = None) -> LostTails:
     """Level the gaining store with the losing one for ``tables`` (the async ones) when a writer died with its
     queue; ``losing``: 'old' / 'new', the store still authoritative under the fence. Raises
-    :class:`VerificationError` when a table stays different after the repair (authority must not move then)."""
+    :class:`VerificationError` when a table stays different after the repair (authority must not move then).
+    ``exclude_tenants``: for the whole migration's flip, the tenants whose own authority runs the other way (their
+    rows are left alone, as a migration-wide verification leaves them)."""
     since = watermark.db_now(control)
     # a live writer's queue is empty behind the fence: its watermark passes within a heartbeat
     wait_for_writers(control, migration, since, timeout=settle_timeout, sleep=sleep)
@@ -69,12 +71,16 @@ def level_lost_tails(control: Store, migration: str, tables: Sequence[TableSides
     log.warning("migration %s: %d async writer(s) stopped with keys queued (%s); comparing %d table(s) %s -> "
                 "gaining store under the write fence", migration, len(behind), ", ".join(behind[:5]), len(tables),
                 losing)
-    guard = RepairGuard(control, migration, losing, tenant, under_fence=True)
     for name, src, dst, mapping in tables:
         if on_table is not None:
             on_table(name)
+        by_tenant = tenant is None and bool(mapping.tenant_column)
+        guard = RepairGuard(control, migration, losing, tenant, under_fence=True,
+                            other_tenants=exclude_tenants if by_tenant else None)
         report: VerifyReport = (tenancy.verify_tenant(src, dst, mapping, tenant) if tenant is not None
                                 else verify_range(src, dst, mapping, allow_empty=True))
+        if by_tenant and exclude_tenants:
+            report = tenancy.without_tenants(report, src, dst, mapping, exclude_tenants)
         out.compared += report.rows_source
         if report.ok:
             continue

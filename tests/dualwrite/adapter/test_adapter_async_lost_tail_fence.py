@@ -18,12 +18,14 @@ from pathlib import Path
 
 from app.endpoints import NOW
 from app.harness import make_migration
+from conftest import execute, fetch_all, spec_for
 from temporalio.testing import ActivityEnvironment
 
 from activities.repair import RepairActivities
-from activities.stores import StoreCache
+from activities.stores import StoreCache, compile_mapping
 from dualwrite import control, hooks, watermark
 from dualwrite.adapter import AdapterOptions
+from dualwrite.async_tails import level_lost_tails
 from dualwrite.config import StoreResolver, env_var_for
 from dualwrite.store import Store
 from workflows.models import RepairDrainInput, RepairDrainResult
@@ -73,3 +75,33 @@ def test_the_fences_drain_levels_a_killed_async_writers_tail(pg_old: Store, pg_n
                 if not mk.live] == []
     finally:
         m.close()
+
+
+def test_the_migrations_flip_levels_a_lost_tail_but_not_the_tenants_ahead(pg_old: Store, pg_new: Store,
+                                                                          table_name: str) -> None:
+    """The whole migration flips to the new store while tenant acme already writes there on its own: the
+    lost tail's comparison (old -> new) must leave acme's rows alone, as a migration-wide verification does."""
+    ddl = f"CREATE TABLE {table_name} (id bigint PRIMARY KEY, tenant text NOT NULL, name text NOT NULL, version bigint)"
+    for store in (pg_old, pg_new):
+        execute(store, ddl, f"INSERT INTO {table_name} VALUES (1, 'acme', 'a0', 1)")
+    execute(pg_old, f"INSERT INTO {table_name} VALUES (2, 'beta', 'beta acknowledged, queue lost', 1)")
+    execute(pg_new, f"UPDATE {table_name} SET name = 'acme acknowledged on new' WHERE id = 1")
+    name = f"tail-{table_name[-6:]}"
+    spec = spec_for(name, "pgold", "pgnew", table_name, strategy="async",
+                    tenants={"column": "tenant", "ids": ["acme", "beta"]})
+    control.ensure_schema(pg_old)
+    overrides = control.fence_overrides({"tenants": {"acme": "CUTOVER_WRITES"}}, None)
+    control.publish_state(pg_old, name, "CUTOVER_READS", 9, overrides=overrides)
+    # a writer that died a minute ago with keys queued
+    watermark.record(pg_old, name, "killed-writer", 0.0)
+    execute(pg_old, f"UPDATE {watermark.WATERMARKS} SET heartbeat_at = heartbeat_at - interval '1 minute', "
+                    f"flushed_to = flushed_to - interval '1 minute' WHERE migration = '{name}'")
+    mapping = compile_mapping(spec, table_name, pg_old, pg_new)
+
+    out = level_lost_tails(pg_old, name, [(table_name, pg_old, pg_new, mapping)], losing="old",
+                           exclude_tenants=["acme"])
+
+    assert out.writers == ["killed-writer"] and out.repaired == 1, out
+    assert fetch_all(pg_new, f"SELECT id, name FROM {table_name} ORDER BY id") == [
+        (1, "acme acknowledged on new"), (2, "beta acknowledged, queue lost")]
+    assert watermark.marks(pg_old, name, watermark.db_now(pg_old), live_seconds=5) == []
