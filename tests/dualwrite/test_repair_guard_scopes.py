@@ -142,7 +142,10 @@ def _verify(m: Migration, *, exclude_tenants: list[str]) -> TableVerification:
     stores = StoreCache(StoreResolver(environ=env))
     inp = VerifyTableInput(table=TableRef(spec=m.spec, source=m.models.customers), repair=True,
                            exclude_tenants=exclude_tenants)
-    out: TableVerification = ActivityEnvironment().run(VerifyActivities(stores).verify_table, inp)
+    try:
+        out: TableVerification = ActivityEnvironment().run(VerifyActivities(stores).verify_table, inp)
+    finally:
+        stores.close()  # its pools: the server's connection slots are shared with other tests
     return out
 
 

@@ -63,9 +63,13 @@ def test_the_fences_drain_levels_a_killed_async_writers_tail(pg_old: Store, pg_n
         m.publish("CUTOVER_READS", overrides=control.fence_overrides({}, None))
         env_urls = {env_var_for(s.name): s.ref.url for s in (m.old, m.new)}
         stores = StoreCache(StoreResolver(environ=env_urls))
-        res: RepairDrainResult = ActivityEnvironment().run(
-            RepairActivities(stores).drain_repairs,
-            RepairDrainInput(spec=m.spec, under_fence=True, max_idle_seconds=0, max_seconds=10, poll_seconds=0.1))
+        try:
+            res: RepairDrainResult = ActivityEnvironment().run(
+                RepairActivities(stores).drain_repairs,
+                RepairDrainInput(spec=m.spec, under_fence=True, max_idle_seconds=0, max_seconds=10,
+                                 poll_seconds=0.1))
+        finally:
+            stores.close()
 
         assert all(m.row("new", t, k) is not None for k in lost)  # the gaining store holds every one
         assert m.diffs(t, lost) == []
