@@ -76,8 +76,10 @@ class VerifyActivities:
                     settle = settle_async(self.stores.control_store(spec.control), spec.name, src, dst, mapping,
                                           settle, sleep=_sleep_or_stop)
                 if inp.repair:
+                    others = inp.exclude_tenants if inp.tenant is None and mapping.tenant_column else None
                     guard = RepairGuard(self.stores.control_store(spec.control), spec.name,
-                                        "new" if inp.table.reverse else "old", inp.tenant, any_tenant_fence=True)
+                                        "new" if inp.table.reverse else "old", inp.tenant, any_tenant_fence=True,
+                                        other_tenants=others)
                     _repair(out, report, src, dst, mapping, settle, guard)
                 else:
                     _recheck(out, report, src, dst, mapping, settle)

@@ -7,7 +7,14 @@ that key waits a few milliseconds rather than being overwritten by an older imag
 
 Because the image is read under the key's lock, commit order on the source decides, not the application's
 version column: a key deleted and re-inserted with its version restarting at 1, or updated without a version
-bump, still arrives (rule 1, docs/architecture.md). The version guard ("only if newer") is used only for an unlocked
+bump, still arrives (rule 1, docs/architecture.md). A key the source does not hold has no row to lock,
+though: the mirror of a delete that read "absent" could commit its delete on the target *after* the mirror
+of the re-insert that followed it, which read the new row and committed first (two queue workers, or a
+repair beside the queue): the target lost an acknowledged row ([T2-5], found by the async chaos run). So keys
+read absent are read again (locked) after the target's write, which holds the target's row locks, and
+written again if they appeared; the last mirror to commit re-read last, as below.
+
+The version guard ("only if newer") is used only for an unlocked
 read (``lock=False``), where no lock orders the images; ``force`` drops it there too.
 
 A source without row locks (Redis, the source of the reverse mirror after write cutover) has no lock to read
@@ -85,8 +92,9 @@ def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Seque
     src, dst = skind.table(source, mapping, Role.SOURCE), tkind.table(target, mapping, Role.TARGET)
     guarded = not (force or lock) and mapping.version is not None
     # a source without row locks (Redis after write cutover) cannot hold its image still: re-read it once the
-    # target's write holds the row locks, and write again while it changed (module docstring)
-    reread = lock and not skind.capabilities(source).row_locks
+    # target's write holds the row locks, and write again while it changed (module docstring); on a source
+    # with row locks the same holds for the keys it found absent (no row, no lock)
+    row_locks = skind.capabilities(source).row_locks
     with skind.connect(source) as sconn, tkind.connect(target) as tconn:
         for start in range(0, len(unique), batch_size):
             batch = unique[start:start + batch_size]
@@ -99,11 +107,22 @@ def mirror_keys(source: Store, target: Store, mapping: TableMapping, keys: Seque
                                           f"store {target.name!r} is no longer denied (authority moved); nothing "
                                           "was written")
             deleted = _write(tkind, dst, tconn, mapping, batch, found, {src.row_key(r) for r in found}, guarded)
-            for _round in range(REREAD_ROUNDS if reread else 0):
-                again = src.read_keys(sconn, batch, lock=lock)  # under the target's row locks
-                if _by_key(src, again) == _by_key(src, found):
-                    break
-                found = again  # a concurrent write overtook this image: write the newer one, still locked
+            for _round in range(REREAD_ROUNDS if lock else 0):
+                if row_locks:  # the rows found are locked and cannot change: only the absent keys can
+                    present = {src.row_key(r) for r in found}
+                    absent = [k for k in batch if k not in present]
+                    if not absent:
+                        break
+                    appeared = src.read_keys(sconn, absent, lock=lock)  # under the target's locks
+                    if not appeared:
+                        break
+                    found = [*found, *appeared]
+                else:
+                    again = src.read_keys(sconn, batch, lock=lock)  # under the target's row locks
+                    if _by_key(src, again) == _by_key(src, found):
+                        break
+                    found = again
+                # a concurrent write overtook this image: write the newer one, still locked
                 deleted = _write(tkind, dst, tconn, mapping, batch, found, {src.row_key(r) for r in found}, guarded)
             hooks.point("mirror.before_commit")
             tconn.commit()

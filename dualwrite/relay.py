@@ -30,9 +30,9 @@ from dualwrite import control
 from dualwrite.errors import DualwriteError, RepairRefusedError, StoreError, StoreUnavailableError, is_unavailable
 from dualwrite.keys import Key, decode_key
 from dualwrite.mapping import TableMapping
-from dualwrite.mirror import mirror_keys
+from dualwrite.mirror import mirror_keys, normal_key
 from dualwrite.outbox import CHANGELOG, OUTBOX, delete_entries, read_batch
-from dualwrite.repair_guard import RepairGuard
+from dualwrite.repair_guard import RepairGuard, authority_for
 from dualwrite.stats import RELAY, RELAY_LAG, Stats
 from dualwrite.store import Dialect, Store, is_transient, without_row_values
 from dualwrite.triggers import authoritative_side
@@ -239,6 +239,8 @@ def _is_missing_table(exc: BaseException) -> bool:
 class RepairDrainResult:
     mirrored: int = 0
     failed: int = 0
+    refused: int = 0
+    """keys the repair guard kept queued (authority moved, or a write fence is up for their scope)"""
     errors: list[str] = field(default_factory=list)
 
 
@@ -276,19 +278,21 @@ def repair_batch(control_store: Store, old: Store, new: Store, migration: str, m
     """Mirror one batch of due repair-queue entries; a group that fails is deferred with exponential backoff
     and jitter, and never stops the others.
 
-    Per key only the newest entry decides the direction: it names the side that was authoritative when the
-    latest write failed, so a key queued before and after a rollback is mirrored the right way.
-    ``authority`` ('old' / 'new'), when the caller knows which store is authoritative now, overrides the
-    recorded sides: a repair writes only into the store that is not authoritative (rule 4, docs/architecture.md).
+    A repair writes only into the store that is not authoritative *now* (rule 4, docs/architecture.md), from
+    the authoritative store's current row. ``authority`` ('old' / 'new'), when the caller knows which store is
+    authoritative for the whole migration, decides the direction of every key. Without it (authority is per
+    tenant, or the caller did not read it) the published state decides key by key: a key of a tenant table
+    follows the authority of the tenant that owns its row (:func:`_current_sides`), any other key the
+    migration's. The side recorded with the entry decides only when nothing is published.
 
     The mirror runs with ``force=False`` (its default) and under the key's lock, which already makes the
     image written the newest committed one: the version guard is off under the lock either way.
 
-    With ``authority`` known, each group runs under the repair guard (:mod:`dualwrite.repair_guard`): the
-    authority read before the batch may be stale by the time a slow group commits (a store that hangs for
-    seconds), and a group must never land in the old direction after a flip. A refused group stays queued,
-    untouched, and the batch stops: the caller reads the authority again. ``under_fence``: the workflow's
-    own drain under the write fence."""
+    Every group (table, direction, tenant) runs under the repair guard (:mod:`dualwrite.repair_guard`) for its
+    scope: the authority read before the batch may be stale by the time a slow group commits (a store that
+    hangs for seconds), and a group must never land in the old direction after a flip, nor while its scope's
+    write fence is up. A refused group stays queued, untouched (counted in ``refused``); the caller reads the
+    authority again. ``under_fence``: the workflow's own drain under the write fence."""
     out = RepairDrainResult()
     latest: dict[tuple[str, str], control.RepairEntry] = {}
     ids: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -297,23 +301,28 @@ def repair_batch(control_store: Store, old: Store, new: Store, migration: str, m
         ids[k].append(e.id)
         if k not in latest or e.id > latest[k].id:
             latest[k] = e
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for k, e in latest.items():
-        groups[(e.table, authority or e.authoritative)].append(k)
-    for (table, side), keys in groups.items():
+    state = control.read_state(control_store, migration) if authority is None else None
+    groups: dict[tuple[str, str, str | None], list[tuple[str, str]]] = defaultdict(list)
+    if authority is not None or state is None:
+        for k, e in latest.items():
+            groups[(e.table, authority or e.authoritative, None)].append(k)
+    else:
+        groups = _current_sides(state, old, new, mapping_for, latest)
+    for (table, side, tenant), keys in groups.items():
         all_ids = [i for k in keys for i in ids[k]]
         try:
             reverse = side == "new"
             mapping = mapping_for(table, reverse)
             source, target = (new, old) if reverse else (old, new)
             decoded = [decode_key(latest[k].key, mapping.key_kinds) for k in keys]
-            held = (RepairGuard(control_store, migration, side, under_fence=under_fence).holding()
-                    if authority is not None else contextlib.nullcontext())
+            held = (RepairGuard(control_store, migration, side, tenant, under_fence=under_fence).holding()
+                    if authority is not None or state is not None else contextlib.nullcontext())
             with held:
                 mirror_keys(source, target, mapping, [d for d in decoded if d is not None], force=False)
         except RepairRefusedError as exc:
             log.warning("%s; %d repair key(s) of %s stay queued", exc, len(keys), table)
-            break
+            out.refused += len(keys)
+            continue
         except Exception as exc:  # noqa: BLE001 - one bad group must not stop the drain
             attempts = max(latest[k].attempts for k in keys)
             delay = min(max_backoff_seconds, base_backoff_seconds * 2 ** attempts)
@@ -329,6 +338,41 @@ def repair_batch(control_store: Store, old: Store, new: Store, migration: str, m
             continue
         control.complete_repairs(control_store, all_ids)
         out.mirrored += len(keys)
+    return out
+
+
+def _current_sides(state: control.ControlState, old: Store, new: Store, mapping_for: MappingFor,
+                   latest: dict[tuple[str, str], control.RepairEntry]
+                   ) -> dict[tuple[str, str, str | None], list[tuple[str, str]]]:
+    """Group queued keys by (table, side authoritative now, tenant) under the published ``state``.
+
+    A key of a table with a tenant column belongs to the tenant that owns its row on the old store (or, gone
+    there, on the new one); a tenant that moved on its own has its own authority. Other keys (and keys whose
+    row is on neither store: mirroring them is a no-op either way) follow the migration's phase."""
+    from dualwrite import tenancy  # noqa: PLC0415 - verification machinery, only for per-tenant authority
+    from dualwrite.sqlgen import source_side, target_side  # noqa: PLC0415
+
+    overrides = state.overrides or {}
+    per_tenant = isinstance(overrides.get("tenants"), dict) and bool(overrides["tenants"])
+    by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for k, e in latest.items():
+        by_table[e.table].append(k)
+    out: dict[tuple[str, str, str | None], list[tuple[str, str]]] = defaultdict(list)
+    for table, keys in by_table.items():
+        owner: dict[tuple[str, str], str | None] = {}
+        mapping = mapping_for(table, False)
+        if per_tenant and mapping.tenant_column:
+            decoded = {k: decode_key(latest[k].key, mapping.key_kinds) for k in keys}
+            wanted = [d for d in decoded.values() if d is not None]
+            old_col, new_col = tenancy.tenant_columns(mapping)
+            on_old = tenancy.tenants_of(source_side(mapping, old), old_col, wanted)
+            on_new = tenancy.tenants_of(target_side(mapping, new), new_col, wanted)
+            for k, d in decoded.items():
+                nk = normal_key(tuple(d)) if d is not None else None
+                owner[k] = on_old.get(nk) if nk in on_old else on_new.get(nk) if nk is not None else None
+        for k in keys:
+            tenant = owner.get(k)
+            out[(table, authority_for(state.phase, overrides, tenant), tenant)].append(k)
     return out
 
 
@@ -348,6 +392,9 @@ def drain_repairs(control_store: Store, old: Store, new: Store, migration: str, 
                            base_backoff_seconds=base_backoff_seconds, max_backoff_seconds=max_backoff_seconds)
         out.mirrored += res.mirrored
         out.failed += res.failed
+        out.refused += res.refused
         out.errors += [e for e in res.errors if e not in out.errors][:max(0, 5 - len(out.errors))]
         if max_rounds and rounds >= max_rounds:
             return out
+        if res.refused and not res.mirrored and not res.failed:
+            return out  # what is due is held by the guard: the next drain reads the authority again

@@ -16,14 +16,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from dualwrite import control
 from dualwrite.errors import RepairRefusedError
 from dualwrite.store import Dialect, Store
 
-__all__ = ["RepairGuard"]
+__all__ = ["RepairGuard", "authority_for"]
+
+
+def authority_for(phase: str, overrides: Any, tenant: str | None) -> str:
+    """'old' or 'new': the store authoritative for ``tenant`` (None: the migration) under a published state;
+    a tenant that moved on its own (``overrides["tenants"]``) follows its own phase."""
+    from dualwrite.adapter.phase import rules_for  # noqa: PLC0415 - the adapter package is heavy
+
+    effective = phase
+    tenants = overrides.get("tenants") if isinstance(overrides, dict) else None
+    if tenant is not None and isinstance(tenants, dict) and isinstance(tenants.get(tenant), str):
+        effective = tenants[tenant]
+    return str(rules_for(effective).authoritative.value)
 
 
 class RepairGuard:
@@ -31,7 +43,8 @@ class RepairGuard:
     ``tenant`` (None: the migration's phase) or while a write fence is up for it."""
 
     def __init__(self, store: Store, migration: str, authoritative: str, tenant: str | None = None, *,
-                 under_fence: bool = False, any_tenant_fence: bool = False) -> None:
+                 under_fence: bool = False, any_tenant_fence: bool = False,
+                 other_tenants: Collection[str] | None = None) -> None:
         self.store = store
         self.migration = migration
         self.authoritative = authoritative
@@ -40,6 +53,10 @@ class RepairGuard:
         """The workflow's own drain under the fence: it runs *because* the fence is up (authority still holds)."""
         self.any_tenant_fence = any_tenant_fence
         """A migration-wide verification: a tenant's fence refuses it too (it may hold that tenant's rows)."""
+        self.other_tenants = None if other_tenants is None else frozenset(other_tenants)
+        """A migration-wide repair of a table with a tenant column (``tenant`` None), planned leaving out these
+        tenants: it holds every other tenant's rows, so a tenant that has moved on its own to the other
+        authority since (not in this set) refuses it too. None: the rows follow the migration's phase only."""
 
     def _select(self) -> str:
         p = self.store.paramstyle
@@ -52,21 +69,24 @@ class RepairGuard:
 
     def refusal(self, phase: str, overrides: Any) -> str:
         """Why a repair must not run under this published state ('' when it may)."""
-        from dualwrite.adapter.phase import rules_for  # noqa: PLC0415 - the adapter package is heavy
-
         fence = overrides.get("fence") if isinstance(overrides, dict) else None
         fenced = control.is_fenced(overrides, self.tenant) or (
             self.any_tenant_fence and self.tenant is None and isinstance(fence, dict) and bool(fence.get("tenants")))
         if fenced and not self.under_fence:
             return "a write fence is up (authority is moving between the stores)"
-        effective = phase
+        now = authority_for(phase, overrides, self.tenant)
         tenants = overrides.get("tenants") if isinstance(overrides, dict) else None
-        if self.tenant is not None and isinstance(tenants, dict) and isinstance(tenants.get(self.tenant), str):
-            effective = tenants[self.tenant]
-        now = rules_for(effective).authoritative.value
+        if now == self.authoritative and self.tenant is None and self.other_tenants is not None and isinstance(
+                tenants, dict):
+            for other in sorted(t for t in tenants if t not in self.other_tenants):
+                moved = authority_for(phase, overrides, other)
+                if moved != self.authoritative:
+                    return (f"authority moved to the {moved} store for tenant {other} since the repair started "
+                            f"copying from the {self.authoritative} store")
         if now != self.authoritative:
-            return (f"authority moved to the {now} store ({effective}) since the verification started "
-                    f"copying from the {self.authoritative} store")
+            scope = f" for tenant {self.tenant}" if self.tenant is not None else ""
+            return (f"authority moved to the {now} store{scope} since the repair started copying from the "
+                    f"{self.authoritative} store")
         return ""
 
     @contextlib.contextmanager

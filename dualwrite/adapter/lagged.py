@@ -22,7 +22,9 @@ choice against noting every key durably, which is what ``outbox`` does). So that
 count keys that are only late, each instance records its watermark (:mod:`dualwrite.watermark`) about once a
 second: the database time up to which its queue has flushed. A verification waits for every live instance's
 watermark to pass its start (:mod:`dualwrite.async_settle`); a killed instance's row goes stale and is not
-waited for: its lost tail is what the verification then finds and repairs.
+waited for: its lost tail is what the verification then finds and repairs. Under a write fence the stale row
+itself says a tail was lost: the fence's drain levels the gaining store before authority moves
+(:mod:`dualwrite.async_tails`).
 """
 
 from __future__ import annotations

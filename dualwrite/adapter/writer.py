@@ -446,10 +446,16 @@ class DualWriter:
         return rt.mapping_from(Side.NEW if reverse else Side.OLD)
 
     def drain_repairs(self) -> int:
-        """Mirror every due key of this migration's repair queue now (the core drain; returns keys mirrored)."""
+        """Mirror every due key of this migration's repair queue now (the core drain; returns keys mirrored).
+
+        Like the workflow's drain: into the store that is not authoritative now (per tenant where tenants
+        moved on their own), under the repair guard, and nothing while a write fence is up."""
         self.retry_pending_repairs()
+        authority = relay.repair_authority(self.control, self.spec)
+        if authority == "fenced":
+            return 0
         res = relay.drain_repairs(self.control, self.data[Side.OLD], self.data[Side.NEW], self.migration,
-                                  self.mapping_for, base_backoff_seconds=0.5)
+                                  self.mapping_for, base_backoff_seconds=0.5, authority=authority)
         return res.mirrored
 
     def flush_stats(self) -> bool:

@@ -97,6 +97,9 @@ class RepairDrainResult(_Model):
     blocking: int | None = Field(default=None, description="under a fence: the keys left that hold the flip "
                                  "(see stuck); None from workers that do not count them")
     stuck: list[StuckRepairs] = Field(default_factory=list, description="under a fence: what is left, per table")
+    lost_tail_writers: int = Field(default=0, description="under a fence: async writers found dead with keys "
+                                   "queued (their tables were compared and repaired into the gaining store)")
+    lost_tail_repaired: int = Field(default=0, description="under a fence: keys of those tails repaired")
 
 
 class ActivityNames:

@@ -59,6 +59,7 @@ def test_async_key_held_in_memory_holds_the_write_fence(pg_old: Store, pg_new: S
         w.phase.refresh(force=True)
         assert control.barrier(m.control, m.name, m.epoch).passed
         assert control.repair_queue_depth(m.control, m.name) == 1  # where the fence's drain finds it
+        m.publish("CUTOVER_READS")  # (the writer's own drain, like the background one, waits out a fence)
         w.drain_repairs()
         assert m.diffs(t, [k]) == []
     finally:
@@ -87,6 +88,7 @@ def test_sync_key_held_in_memory_holds_the_write_fence(pg_old: Store, pg_new: St
         assert w.retry_pending_repairs() == 1
         w.phase.refresh(force=True)
         assert control.barrier(m.control, m.name, m.epoch).passed
+        m.publish("CUTOVER_READS")
         w.drain_repairs()
         assert m.diffs(t, [k]) == []
     finally:
