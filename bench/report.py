@@ -257,7 +257,23 @@ def write(outcomes: list[Outcome], path: Path, quick: bool) -> None:
         md += ["", "## Failures", ""]
         for o in failed:
             md += [f"### {o.bench.name}", "", "```", o.tail, "```", ""]
+    md += kept_by_hand(path)
     path.write_text("\n".join(md) + "\n")
+
+
+HAND_RUNS = "## Runs by hand"
+
+
+def kept_by_hand(path: Path) -> list[str]:
+    """The file's ``## Runs by hand`` section and everything after it, as it was: investigations (many seeds
+    of one chaos run, runs of code before a fix) that no benchmark of this report reproduces, so a re-run with
+    ``--only`` must not erase them."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    if HAND_RUNS not in lines:
+        return []
+    return ["", *lines[lines.index(HAND_RUNS):]]
 
 
 def load_saved(path: Path) -> dict[str, Outcome]:

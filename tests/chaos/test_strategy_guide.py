@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench import guide
 
 HEAD = "| strategy | consistency | latency impact p50 / p99 | what fails the request |"
@@ -26,3 +28,17 @@ def test_a_hand_edited_figure_is_replaced_by_the_report_and_a_missing_one_says_h
     assert "2026-12-05 19:00 UTC; n = 3000" in out
     assert OTHER in out, "a row of another table named after a strategy was rewritten"
     assert "not measured" in guide.render(text, {}, "-")
+
+
+def test_a_report_rerun_keeps_the_runs_recorded_by_hand(tmp_path: Path) -> None:
+    from bench import report
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# old\n\n## Figures\n\nold figures\n\n## Runs by hand\n\n### chaos seed 1\n\nlost 0\n")
+    report.write([], out, quick=False)
+    text = out.read_text()
+    assert "old figures" not in text, "the report's own part was not rewritten"
+    assert text.rstrip().endswith("## Runs by hand\n\n### chaos seed 1\n\nlost 0")
+    out.write_text("# old\n")
+    report.write([], out, quick=False)
+    assert "Runs by hand" not in out.read_text()
