@@ -441,3 +441,22 @@ def test_a_note_of_a_committed_write_is_never_undone(case: Case) -> None:
     assert case.notes() == 1
     case.repair(older_than=0.0)
     assert case.both(5) == ("committed", Decimal("5.00")) and case.notes() == 0
+
+
+def test_a_unit_of_work_of_more_keys_than_lua_can_unpack_succeeds_in_both(
+        pg_old: Store, table_name: str, server: RedisServer) -> None:
+    """Lua's C stack (8000 slots) once capped the script's reply: a unit of work of more keys wrote every row
+    and its note into Redis, then failed - the request refused for good and its rows left in Redis."""
+    c = Case(pg_old, table_name, server, secondary_timeout=10.0)
+    try:
+        w, t = c.w, c.table
+        n = 8200
+        with w.unit_of_work() as uow:
+            for i in range(1, n + 1):
+                uow.insert(t, {"id": i, "name": f"row {i}"})
+        assert c.both(1) == ("row 1", None) and c.both(n) == (f"row {n}", None)
+        assert int(c.r.eval(f"return #redis.call('KEYS', '{t}:acct:*')", 0)) == n
+        w.strict.flush()  # type: ignore[union-attr]
+        assert c.notes() == 0 and control.repair_queue_depth(c.pg, c.spec.name) == 0
+    finally:
+        c.close()
