@@ -52,7 +52,7 @@ from dualwrite.errors import DualwriteError, StrictWriteError
 from dualwrite.keys import encode_key
 from dualwrite.keyvalue import strict_notes
 from dualwrite.sqlgen import target_side
-from dualwrite.store import without_row_values
+from dualwrite.store import Dialect, without_row_values
 from dualwrite.stores import Role, kind_for, normal_key
 
 if TYPE_CHECKING:
@@ -177,10 +177,19 @@ class RedisStrict:
         dst = target_side(mapping, w.data[Side.OLD])
         dialect = dst.store.dialect
         p = dst.store.paramstyle
+        note = (w.migration, rt.name, key_json(key), token)
         cur = tconn.cursor()
         try:
-            cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES ({p}, {p}, {p}, {p})",
-                        (w.migration, rt.name, key_json(key), token))
+            if dialect is Dialect.POSTGRESQL:
+                # a key absent here takes no row lock (no gap locks, unlike InnoDB; SQLite locks the file), so a
+                # delete of a key being inserted would not wait for the insert's commit and Redis would get the
+                # two in the other order: a transaction-scoped lock on the key, taken in the note's statement
+                cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) SELECT {p}, {p}, {p}, {p} "
+                            f"FROM (SELECT pg_advisory_xact_lock(hashtextextended({p}, 0))) AS dw_key_lock",
+                            (*note, json.dumps(note[:3])))
+            else:
+                cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES ({p}, {p}, {p}, "
+                            f"{p})", note)
             if row is None:
                 sql, params = sqlgen.delete_keys_sql(dst, [rowio.adapt_key(key, dst.key_kinds, dialect)])
                 cur.execute(sql, tuple(params))
