@@ -15,8 +15,9 @@ Crash between -> the note is swept into the repair queue: Redis follows SQL, the
 
 Redis authoritative (from CUTOVER_WRITES): the SQL *secondary's* transaction is opened and writes the row and
 a note of the token (``dualwrite_strict_notes``; the row lock it takes orders two writers of a key, in SQL
-and in Redis alike); Redis is written with its note (``a = new``, with each key's **before image**, read by
-the script); SQL commits. Which store is the truth for undoing? Redis is authoritative, so undoing a write
+and in Redis alike; on PostgreSQL a transaction lock on the key too, as an absent row locks nothing there);
+Redis is written with its note (``a = new``, with each key's **before image**, read by the script); SQL
+commits. Which store is the truth for undoing? Redis is authoritative, so undoing a write
 there must never come from SQL (repairs flow into the non-authoritative store only): it comes from Redis's
 own before image in the note, and only while the key still holds the image this write put there (a later
 write is never undone). So: SQL fails before Redis is written -> SQL rolls back, nothing anywhere. Redis
