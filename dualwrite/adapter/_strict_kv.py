@@ -71,6 +71,19 @@ def key_json(key: Key) -> str:
     return json.dumps(encode_key(tuple(key)))
 
 
+def lock_text(migration: str, table: str, key: str) -> str:
+    """What a PostgreSQL transaction lock of a strict write's key is taken on (``key``: its key JSON)."""
+    return json.dumps([migration, table, key])
+
+
+PG_KEY_LOCKS = ("SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+                "FROM unnest({p}::text[]) AS k ORDER BY 1) AS dw_key_locks")
+"""Transaction locks on keys, in one order (two writers of several keys never wait for each other in a cycle).
+A row lock orders two strict writers of a key, but PostgreSQL has none for a row another transaction is
+inserting: a DELETE or UPDATE of it neither waits nor finds it, and its strict write would reach the other
+store before the insert's commit while committing after it."""
+
+
 class RedisStrict:
     """The Redis half of a :class:`~dualwrite.adapter.strict.StrictStrategy` (a Redis new store)."""
 
@@ -187,7 +200,7 @@ class RedisStrict:
                 # two in the other order: a transaction-scoped lock on the key, taken in the note's statement
                 cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) SELECT {p}, {p}, {p}, {p} "
                             f"FROM (SELECT pg_advisory_xact_lock(hashtextextended({p}, 0))) AS dw_key_lock",
-                            (*note, json.dumps(note[:3])))
+                            (*note, lock_text(*note[:3])))
             else:
                 cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES ({p}, {p}, {p}, "
                             f"{p})", note)

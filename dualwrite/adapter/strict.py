@@ -61,7 +61,7 @@ from dualwrite.adapter._commit_outcome import (
     take_marker_async,
 )
 from dualwrite.adapter._errors import error_class, short_error
-from dualwrite.adapter._strict_kv import RedisStrict
+from dualwrite.adapter._strict_kv import PG_KEY_LOCKS, RedisStrict, key_json, lock_text
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.adapter._timing import record_secondary
 from dualwrite.adapter.phase import Side
@@ -314,6 +314,17 @@ class StrictStrategy:
         """Per table: (table, the other store's side of it, source rows to write, keys to delete there)."""
         w = self.writer
         last = {(t.table.name, normal_key(t.key)): t for t in touched}
+        # PostgreSQL: the keys locked before their rows are read, and deleted keys read too (a delete of a row
+        # another transaction was inserting deleted nothing: once that committed, the row is there)
+        locked = rows is None and w.data[a].dialect is Dialect.POSTGRESQL
+        if locked:
+            texts = [lock_text(w.migration, rt.name, key_json(k)) for rt, keys in groups.values() for k in keys]
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (texts,))
+                cur.fetchall()
+            finally:
+                cur.close()
         plans: list[tuple[TableRuntime, Any, list[Any], list[Key]]] = []
         for rt, keys in groups.values():
             mapping = rt.mapping_from(a)
@@ -325,7 +336,7 @@ class StrictStrategy:
             unknown: list[Key] = []
             for k in keys:
                 t = last.get((rt.name, k))
-                if t is not None and t.deleted:
+                if t is not None and t.deleted and not locked:
                     absent.append(k)
                 elif t is not None and t.image is not None and fast is not None:
                     found.append(fast.row(t.image))
