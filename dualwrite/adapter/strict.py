@@ -10,7 +10,10 @@ Order, inside one unit of work (the authoritative transaction is still open thro
    trip), which commits. The note exists exactly when the other store has the write, so it is the durable
    record of the window below. Because the authoritative row locks are held until step 3, two strict writers
    of one key reach the other store in the authoritative store's commit order: no version guard is needed
-   (rule 1 of docs/architecture.md rests on the lock, not on a column);
+   (rule 1 of docs/architecture.md rests on the lock, not on a column). PostgreSQL has no lock on a row
+   another transaction is inserting (a DELETE or UPDATE of it neither waits nor finds it), so there the keys
+   are also locked with transaction advisory locks (``_strict_kv.PG_KEY_LOCKS``, one statement) before their
+   rows are read, and deleted keys are read too: one round trip more per write;
 3. the authoritative transaction commits;
 4. the note is deleted off the request path, in batches.
 
