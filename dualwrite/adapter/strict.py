@@ -261,7 +261,10 @@ class StrictStrategy:
         w = self.writer
         a = route.authoritative
         out: dict[str, list[Any]] = {}
-        for name, (rt, keys) in _groups(touched).items():
+        groups = _groups(touched)
+        if w.data[a].dialect is Dialect.POSTGRESQL:  # the keys locked before their rows are read (see _plan)
+            await conn.exec_driver_sql(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (self._lock_texts(groups),))
+        for name, (rt, keys) in groups.items():
             mapping = rt.mapping_from(a)
             src = source_side(mapping, w.data[a])
             src_keys = [rowio.adapt_key(k, src.key_kinds, src.store.dialect) for k in keys]
@@ -269,6 +272,9 @@ class StrictStrategy:
             res = await conn.exec_driver_sql(sql, tuple(params))
             out[name] = rowio.finish_rows(mapping, [tuple(r) for r in res.fetchall()])
         return out
+
+    def _lock_texts(self, groups: dict[str, tuple[TableRuntime, list[Key]]]) -> list[str]:
+        return [lock_text(self.writer.migration, rt.name, key_json(k)) for rt, keys in groups.values() for k in keys]
 
     def _write_secondary(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Side, b: Side,
                          dbapi_conn: Any, rows: dict[str, list[Any]] | None,
@@ -319,12 +325,12 @@ class StrictStrategy:
         last = {(t.table.name, normal_key(t.key)): t for t in touched}
         # PostgreSQL: the keys locked before their rows are read, and deleted keys read too (a delete of a row
         # another transaction was inserting deleted nothing: once that committed, the row is there)
-        locked = rows is None and w.data[a].dialect is Dialect.POSTGRESQL
-        if locked:
-            texts = [lock_text(w.migration, rt.name, key_json(k)) for rt, keys in groups.values() for k in keys]
+        # (the asyncio adapter took the locks in read_async, which read every key, deleted ones too)
+        locked = w.data[a].dialect is Dialect.POSTGRESQL
+        if locked and rows is None:
             cur = dbapi_conn.cursor()
             try:
-                cur.execute(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (texts,))
+                cur.execute(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (self._lock_texts(groups),))
                 cur.fetchall()
             finally:
                 cur.close()
