@@ -15,8 +15,9 @@ Crash between -> the note is swept into the repair queue: Redis follows SQL, the
 
 Redis authoritative (from CUTOVER_WRITES): the SQL *secondary's* transaction is opened and writes the row and
 a note of the token (``dualwrite_strict_notes``; the row lock it takes orders two writers of a key, in SQL
-and in Redis alike); Redis is written with its note (``a = new``, with each key's **before image**, read by
-the script); SQL commits. Which store is the truth for undoing? Redis is authoritative, so undoing a write
+and in Redis alike; on PostgreSQL a transaction lock on the key too, as an absent row locks nothing there);
+Redis is written with its note (``a = new``, with each key's **before image**, read by the script); SQL
+commits. Which store is the truth for undoing? Redis is authoritative, so undoing a write
 there must never come from SQL (repairs flow into the non-authoritative store only): it comes from Redis's
 own before image in the note, and only while the key still holds the image this write put there (a later
 write is never undone). So: SQL fails before Redis is written -> SQL rolls back, nothing anywhere. Redis
@@ -52,7 +53,7 @@ from dualwrite.errors import DualwriteError, StrictWriteError
 from dualwrite.keys import encode_key
 from dualwrite.keyvalue import strict_notes
 from dualwrite.sqlgen import target_side
-from dualwrite.store import without_row_values
+from dualwrite.store import Dialect, without_row_values
 from dualwrite.stores import Role, kind_for, normal_key
 
 if TYPE_CHECKING:
@@ -68,6 +69,19 @@ __all__ = ["RedisStrict"]
 def key_json(key: Key) -> str:
     """A key as the strict notes and the repair queue write it."""
     return json.dumps(encode_key(tuple(key)))
+
+
+def lock_text(migration: str, table: str, key: str) -> str:
+    """What a PostgreSQL transaction lock of a strict write's key is taken on (``key``: its key JSON)."""
+    return json.dumps([migration, table, key])
+
+
+PG_KEY_LOCKS = ("SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+                "FROM unnest({p}::text[]) AS k ORDER BY 1) AS dw_key_locks")
+"""Transaction locks on keys, in one order (two writers of several keys never wait for each other in a cycle).
+A row lock orders two strict writers of a key, but PostgreSQL has none for a row another transaction is
+inserting: a DELETE or UPDATE of it neither waits nor finds it, and its strict write would reach the other
+store before the insert's commit while committing after it."""
 
 
 class RedisStrict:
@@ -177,10 +191,19 @@ class RedisStrict:
         dst = target_side(mapping, w.data[Side.OLD])
         dialect = dst.store.dialect
         p = dst.store.paramstyle
+        note = (w.migration, rt.name, key_json(key), token)
         cur = tconn.cursor()
         try:
-            cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES ({p}, {p}, {p}, {p})",
-                        (w.migration, rt.name, key_json(key), token))
+            if dialect is Dialect.POSTGRESQL:
+                # a key absent here takes no row lock (no gap locks, unlike InnoDB; SQLite locks the file), so a
+                # delete of a key being inserted would not wait for the insert's commit and Redis would get the
+                # two in the other order: a transaction-scoped lock on the key, taken in the note's statement
+                cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) SELECT {p}, {p}, {p}, {p} "
+                            f"FROM (SELECT pg_advisory_xact_lock(hashtextextended({p}, 0))) AS dw_key_lock",
+                            (*note, lock_text(*note[:3])))
+            else:
+                cur.execute(f"INSERT INTO {NOTES} (migration, table_name, key_json, token) VALUES ({p}, {p}, {p}, "
+                            f"{p})", note)
             if row is None:
                 sql, params = sqlgen.delete_keys_sql(dst, [rowio.adapt_key(key, dst.key_kinds, dialect)])
                 cur.execute(sql, tuple(params))

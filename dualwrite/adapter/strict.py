@@ -10,7 +10,10 @@ Order, inside one unit of work (the authoritative transaction is still open thro
    trip), which commits. The note exists exactly when the other store has the write, so it is the durable
    record of the window below. Because the authoritative row locks are held until step 3, two strict writers
    of one key reach the other store in the authoritative store's commit order: no version guard is needed
-   (rule 1 of docs/architecture.md rests on the lock, not on a column);
+   (rule 1 of docs/architecture.md rests on the lock, not on a column). PostgreSQL has no lock on a row
+   another transaction is inserting (a DELETE or UPDATE of it neither waits nor finds it), so there the keys
+   are also locked with transaction advisory locks (``_strict_kv.PG_KEY_LOCKS``, one statement) before their
+   rows are read, and deleted keys are read too: one round trip more per write;
 3. the authoritative transaction commits;
 4. the note is deleted off the request path, in batches.
 
@@ -61,7 +64,7 @@ from dualwrite.adapter._commit_outcome import (
     take_marker_async,
 )
 from dualwrite.adapter._errors import error_class, short_error
-from dualwrite.adapter._strict_kv import RedisStrict
+from dualwrite.adapter._strict_kv import PG_KEY_LOCKS, RedisStrict, key_json, lock_text
 from dualwrite.adapter._tables import Key, TableRuntime, Touched
 from dualwrite.adapter._timing import record_secondary
 from dualwrite.adapter.phase import Side
@@ -258,7 +261,10 @@ class StrictStrategy:
         w = self.writer
         a = route.authoritative
         out: dict[str, list[Any]] = {}
-        for name, (rt, keys) in _groups(touched).items():
+        groups = _groups(touched)
+        if w.data[a].dialect is Dialect.POSTGRESQL:  # the keys locked before their rows are read (see _plan)
+            await conn.exec_driver_sql(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (self._lock_texts(groups),))
+        for name, (rt, keys) in groups.items():
             mapping = rt.mapping_from(a)
             src = source_side(mapping, w.data[a])
             src_keys = [rowio.adapt_key(k, src.key_kinds, src.store.dialect) for k in keys]
@@ -266,6 +272,9 @@ class StrictStrategy:
             res = await conn.exec_driver_sql(sql, tuple(params))
             out[name] = rowio.finish_rows(mapping, [tuple(r) for r in res.fetchall()])
         return out
+
+    def _lock_texts(self, groups: dict[str, tuple[TableRuntime, list[Key]]]) -> list[str]:
+        return [lock_text(self.writer.migration, rt.name, key_json(k)) for rt, keys in groups.values() for k in keys]
 
     def _write_secondary(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Side, b: Side,
                          dbapi_conn: Any, rows: dict[str, list[Any]] | None,
@@ -314,6 +323,17 @@ class StrictStrategy:
         """Per table: (table, the other store's side of it, source rows to write, keys to delete there)."""
         w = self.writer
         last = {(t.table.name, normal_key(t.key)): t for t in touched}
+        # PostgreSQL: the keys locked before their rows are read, and deleted keys read too (a delete of a row
+        # another transaction was inserting deleted nothing: once that committed, the row is there)
+        # (the asyncio adapter took the locks in read_async, which read every key, deleted ones too)
+        locked = w.data[a].dialect is Dialect.POSTGRESQL
+        if locked and rows is None:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (self._lock_texts(groups),))
+                cur.fetchall()
+            finally:
+                cur.close()
         plans: list[tuple[TableRuntime, Any, list[Any], list[Key]]] = []
         for rt, keys in groups.values():
             mapping = rt.mapping_from(a)
@@ -325,7 +345,7 @@ class StrictStrategy:
             unknown: list[Key] = []
             for k in keys:
                 t = last.get((rt.name, k))
-                if t is not None and t.deleted:
+                if t is not None and t.deleted and not locked:
                     absent.append(k)
                 elif t is not None and t.image is not None and fast is not None:
                     found.append(fast.row(t.image))

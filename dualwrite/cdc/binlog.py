@@ -325,31 +325,52 @@ class _Reading:
 
 
 _TRUNCATE = re.compile(r"^\s*(?:/\*.*?\*/\s*)*TRUNCATE\s+(?:TABLE\s+)?(.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+_ALTER = re.compile(r"^\s*(?:/\*.*?\*/\s*)*ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+(?:IF\s+EXISTS\s+)?",
+                    re.IGNORECASE | re.DOTALL)
+_EMPTIES_PARTITION = re.compile(r"\b(?:TRUNCATE|DROP|EXCHANGE)\s+PARTITION\b", re.IGNORECASE)
+_EXCHANGED_WITH = re.compile(r"\bWITH\s+TABLE\s+", re.IGNORECASE)
 _IDENT = re.compile(r"`((?:[^`]|``)+)`|([A-Za-z0-9_$]+)")
 
 
-def truncated_tables(query: str, schema: str = "") -> list[str]:
-    """The table a ``TRUNCATE [TABLE] [db.]t`` statement empties, as ``db.t`` or ``t`` (none for any other
-    statement). Backquoted names may hold dots and doubled backquotes."""
-    m = _TRUNCATE.match(query)
-    if m is None:
-        return []
+def _name_at(text: str, pos: int) -> tuple[str | None, int]:
+    """The ``[db.]t`` name starting at ``pos`` (backquoted parts may hold dots and doubled backquotes), as
+    ``db.t`` or ``t``, and where it ends; None when there is none."""
     parts: list[str] = []
-    rest = m.group(1)
-    pos = 0
-    while pos < len(rest):
-        ident = _IDENT.match(rest, pos)
+    while pos < len(text):
+        ident = _IDENT.match(text, pos)
         if ident is None:
-            return []
+            return None, pos
         parts.append(ident.group(1).replace("``", "`") if ident.group(1) is not None else ident.group(2))
         pos = ident.end()
-        if pos < len(rest):
-            if rest[pos] != ".":
-                break  # e.g. a trailing comment: the name is read
-            pos += 1
+        if pos >= len(text) or text[pos] != ".":
+            break  # e.g. a trailing comment or the rest of the statement: the name is read
+        pos += 1
     if not parts or len(parts) > 2:
+        return None, pos
+    return ".".join(parts), pos
+
+
+def truncated_tables(query: str, schema: str = "") -> list[str]:
+    """The tables a statement empties without row events, as ``db.t`` or ``t``: ``TRUNCATE [TABLE] [db.]t``,
+    and ``ALTER TABLE [db.]t ... TRUNCATE / DROP / EXCHANGE PARTITION`` (rows of a partition gone or swapped;
+    an exchange changes the ``WITH TABLE`` too). None for any other statement."""
+    m = _TRUNCATE.match(query)
+    if m is not None:
+        name, _ = _name_at(m.group(1), 0)
+        return [] if name is None else [name]
+    m = _ALTER.match(query)
+    if m is None:
         return []
-    return [".".join(parts)] if len(parts) == 2 else [parts[0]]
+    name, end = _name_at(query, m.end())
+    if name is None or _EMPTIES_PARTITION.search(query, end) is None:
+        return []
+    out = [name]
+    other = _EXCHANGED_WITH.search(query, end)
+    if other is not None:
+        exchanged, _ = _name_at(query, other.end())
+        if exchanged is not None:
+            out.append(exchanged)
+    return out
 
 
 def _captured_table(store: Store, schema: str, by_name: dict[str, TableKeys], ev: Any, out: Batch

@@ -42,7 +42,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = tonumber(ARGV[1])
 if deadline > 0 and now > deadline then return {-1} end
-local befores, existed, groups = {}, {}, {}
+local befores, existed, groups = {}, {1}, {}
 local i = 4
 for k = 3, #KEYS do
   local op, n = ARGV[i], tonumber(ARGV[i + 1])
@@ -65,11 +65,13 @@ local note = cjson.decode(ARGV[3])
 note['b'] = befores
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(note))
-return {1, unpack(existed)}
+return existed
 """
 """KEYS: the note set, the note hash, then the rows' keys. ARGV: deadline (ms, 0: none), token, the note (JSON),
 then per row ``op, n, n arguments`` (op: ``hash`` / ``hins`` with field-value pairs, ``json`` / ``jins`` with the
-document, ``del``). Returns ``{-1}`` (deadline passed), ``{0}`` (an insert found its key) or ``{1, existed...}``."""
+document, ``del``). Returns ``{-1}`` (deadline passed), ``{0}`` (an insert found its key) or ``{1, existed...}``
+(built as one table, never with ``unpack``: Lua's C stack holds 8000 values, and a script that fails after its
+writes keeps them)."""
 
 
 class DeadlinePassedError(TimeoutError):

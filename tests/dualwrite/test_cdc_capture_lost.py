@@ -105,6 +105,38 @@ def test_a_truncate_in_the_binlog_is_reported_after_the_rest_was_applied(
         capture.teardown(cdc_my_old, cdc_pg_new, migration)
 
 
+@pytest.mark.parametrize("statement", ["ALTER TABLE {t} TRUNCATE PARTITION p0", "alter table `{t}` drop partition p0"])
+def test_a_partition_emptied_in_the_binlog_is_reported(cdc_my_old: Store, cdc_pg_new: Store, table_name: str,
+                                                       statement: str) -> None:
+    """``ALTER TABLE ... TRUNCATE / DROP PARTITION`` empties rows of a partitioned table as one logged
+    statement, like TRUNCATE: capture that only knew TRUNCATE saw nothing, and the new store kept the rows."""
+    control.ensure_schema(cdc_pg_new)
+    execute(cdc_my_old, f"CREATE TABLE {table_name} (id BIGINT PRIMARY KEY, name VARCHAR(20)) PARTITION BY RANGE (id) "
+                        "(PARTITION p0 VALUES LESS THAN (100), PARTITION p1 VALUES LESS THAN MAXVALUE)")
+    execute(cdc_pg_new, f"CREATE TABLE {table_name} (id bigint PRIMARY KEY, name text)")
+    migration = f"bpart-{table_name[-4:]}"
+    capture.setup(cdc_my_old, cdc_pg_new, migration, [table_name])
+    try:
+        mapping = identity_mapping(cdc_my_old.describe(table_name, refresh=True),
+                                   cdc_pg_new.describe(table_name, refresh=True))
+        tk = [TableKeys(table_name, ["id"], list(mapping.key_kinds))]
+
+        def drain() -> int:
+            return capture.drain_batch(cdc_my_old, cdc_pg_new, cdc_pg_new, migration, tk, lambda _t: mapping,
+                                       reverse=False).entries
+
+        execute(cdc_my_old, f"INSERT INTO {table_name} VALUES (1, 'a'), (200, 'b')")
+        while drain():
+            pass
+        execute(cdc_my_old, statement.format(t=table_name))
+        with pytest.raises(CaptureTruncatedError, match=table_name):
+            for _ in range(10):
+                drain()
+        assert [m for m in capture.losses(cdc_pg_new, migration, [cdc_my_old]) if table_name in m]
+    finally:
+        capture.teardown(cdc_my_old, cdc_pg_new, migration)
+
+
 def test_a_binlog_purged_past_the_stored_position_is_reported_as_lost_changes(
         cdc_my_old: Store, cdc_pg_new: Store, table_name: str) -> None:
     control.ensure_schema(cdc_pg_new)
@@ -187,7 +219,11 @@ def test_cutover_gates_want_a_repairing_verification_after_the_loss() -> None:
 @pytest.mark.parametrize("query, expected", [
     ("TRUNCATE t1", ["t1"]), ("truncate table `t1`", ["t1"]), ("TRUNCATE TABLE db.t1;", ["db.t1"]),
     ("/* app */ TRUNCATE `d``b`.`t.1`", ["d`b.t.1"]), ("TRUNCATE TABLE t1 /* why */", ["t1"]),
-    ("DELETE FROM t1", []), ("CREATE TABLE truncate_log (id int)", []), ("COMMIT", [])])
+    ("DELETE FROM t1", []), ("CREATE TABLE truncate_log (id int)", []), ("COMMIT", []),
+    ("ALTER TABLE t1 TRUNCATE PARTITION p0, p1", ["t1"]), ("alter online table `db`.`t1` drop partition p0", ["db.t1"]),
+    ("ALTER TABLE t1 EXCHANGE PARTITION p0 WITH TABLE db.t2", ["t1", "db.t2"]),
+    ("ALTER TABLE t1 REORGANIZE PARTITION p0 INTO (PARTITION p1 VALUES LESS THAN (5))", []),
+    ("ALTER TABLE t1 REMOVE PARTITIONING", []), ("ALTER TABLE t1 ADD COLUMN c int", [])])
 def test_binlog_truncate_statements_are_recognised(query: str, expected: list[str]) -> None:
     from dualwrite.cdc.binlog import truncated_tables
 

@@ -169,6 +169,48 @@ def hung_write_is_refused_later(c: Case, key: int, role: str, monkeypatch: pytes
     assert c.kv(key) is None and c.sql(key) is None  # the late script found its deadline passed
 
 
+def race_delete_with_insert(case: Case, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Insert key 7 and hold it between its two commits; delete key 7 meanwhile; let the insert go.
+    Returns what the delete returned; asserts neither failed."""
+    w, t = case.w, case.table
+    held, release = threading.Event(), threading.Event()
+    real = hooks.point
+
+    def point(name: str, **context: Any) -> None:
+        if name == "strict.between_commits" and threading.current_thread().name == "inserter":
+            held.set()
+            release.wait(10)
+        real(name, **context)
+
+    monkeypatch.setattr(hooks, "point", point)
+    errors: list[BaseException] = []
+    deleted: list[int] = []
+
+    def insert() -> None:
+        try:
+            w.insert(t, {"id": 7, "name": "inserted", "balance": Decimal("7.00")})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def delete() -> None:
+        try:
+            deleted.append(w.delete(t, 7))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    inserter = threading.Thread(target=insert, name="inserter")
+    inserter.start()
+    assert held.wait(10)  # the insert is in the store written first, the other's transaction still open
+    deleter = threading.Thread(target=delete, name="deleter")
+    deleter.start()
+    deleter.join(0.25)  # within the statement timeout (0.5 s): it must wait for the insert's transaction
+    release.set()
+    inserter.join(10)
+    deleter.join(10)
+    assert errors == [] and not inserter.is_alive() and not deleter.is_alive()
+    return deleted
+
+
 # ---------------------------------------------------------------------------------------------------------
 # PostgreSQL authoritative, Redis the secondary
 
@@ -441,3 +483,78 @@ def test_a_note_of_a_committed_write_is_never_undone(case: Case) -> None:
     assert case.notes() == 1
     case.repair(older_than=0.0)
     assert case.both(5) == ("committed", Decimal("5.00")) and case.notes() == 0
+
+
+def test_a_unit_of_work_of_more_keys_than_lua_can_unpack_succeeds_in_both(
+        pg_old: Store, table_name: str, server: RedisServer) -> None:
+    """Lua's C stack (8000 slots) once capped the script's reply: a unit of work of more keys wrote every row
+    and its note into Redis, then failed - the request refused for good and its rows left in Redis."""
+    c = Case(pg_old, table_name, server, secondary_timeout=10.0)
+    try:
+        w, t = c.w, c.table
+        n = 8200
+        with w.unit_of_work() as uow:
+            for i in range(1, n + 1):
+                uow.insert(t, {"id": i, "name": f"row {i}"})
+        assert c.both(1) == ("row 1", None) and c.both(n) == (f"row {n}", None)
+        assert int(c.r.eval(f"return #redis.call('KEYS', '{t}:acct:*')", 0)) == n
+        w.strict.flush()  # type: ignore[union-attr]
+        assert c.notes() == 0 and control.repair_queue_depth(c.pg, c.spec.name) == 0
+    finally:
+        c.close()
+
+
+def test_redis_authoritative_delete_of_a_key_being_inserted_waits_for_it(case: Case,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete of a key absent in PostgreSQL takes no row lock there: it once ran its Redis script between the
+    script and the commit of an insert of that key, so Redis applied insert then delete and PostgreSQL delete
+    then insert - both acknowledged, the stores different for good (no note left to repair it)."""
+    case.cut_over()
+    w, t = case.w, case.table
+    held, release = threading.Event(), threading.Event()
+    real = hooks.point
+
+    def point(name: str, **context: Any) -> None:
+        if name == "strict.between_commits" and threading.current_thread().name == "inserter":
+            held.set()
+            release.wait(10)
+        real(name, **context)
+
+    monkeypatch.setattr(hooks, "point", point)
+    errors: list[BaseException] = []
+
+    def insert() -> None:
+        try:
+            w.insert(t, {"id": 7, "name": "inserted", "balance": Decimal("7.00")})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    inserter = threading.Thread(target=insert, name="inserter")
+    inserter.start()
+    assert held.wait(10)  # the insert is in Redis, its PostgreSQL transaction still open
+    deleted: list[int] = []
+
+    def delete() -> None:
+        try:
+            deleted.append(w.delete(t, 7))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    deleter = threading.Thread(target=delete, name="deleter")
+    deleter.start()
+    deleter.join(0.25)  # within the statement timeout (0.5 s): it must wait for the insert's transaction
+    release.set()
+    inserter.join(10)
+    deleter.join(10)
+    assert errors == [] and not inserter.is_alive() and not deleter.is_alive()
+    assert case.sql(7) == case.kv(7), (case.sql(7), case.kv(7))  # both stores: one order of the two writes
+    assert deleted == [1] and case.both(7) is None  # the delete waited, so it came second in both
+
+
+def test_sql_authoritative_delete_of_a_key_being_inserted_leaves_both_stores_equal(
+        case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL's DELETE of a key another transaction is inserting neither waits nor deletes: its strict write
+    once deleted the key in Redis after the insert's script, and the insert committed - in PostgreSQL, not in
+    Redis, both acknowledged and no note left to repair it."""
+    race_delete_with_insert(case, monkeypatch)
+    assert case.sql(7) == case.kv(7), (case.sql(7), case.kv(7))

@@ -606,3 +606,89 @@ def test_strict_write_on_postgresql_takes_its_commit_marker_without_a_round_trip
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
         m.close()
+
+
+def test_strict_delete_of_a_key_being_inserted_leaves_both_stores_equal(pg_old: Store, pg_new: Store,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL's DELETE of a row another transaction is inserting neither waits nor deletes: its strict
+    write once deleted the row in the secondary after the insert's secondary commit, and the insert then
+    committed - kept by the authoritative store, not the secondary, both acknowledged, no note to repair it."""
+    import threading
+
+    m = make_migration(pg_old, pg_new, "strict", options=_opts(strict_note_grace=60.0))
+    held, release = threading.Event(), threading.Event()
+    real = hooks.point
+
+    def point(name: str, **context: Any) -> None:
+        if name == "strict.between_commits" and threading.current_thread().name == "inserter":
+            held.set()
+            release.wait(10)
+        real(name, **context)
+
+    try:
+        m.publish("DUAL_WRITE")
+        t, w = m.models.customers, m.writer
+        monkeypatch.setattr(hooks, "point", point)
+        errors: list[BaseException] = []
+        done: list[Any] = []
+
+        def run(fn: Any) -> None:
+            try:
+                done.append(fn())
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        inserter = threading.Thread(target=run, args=(lambda: w.insert(t, _row("raced", id=9_000_077)),),
+                                    name="inserter")
+        inserter.start()
+        assert held.wait(10)  # in the secondary, the authoritative transaction still open
+        deleter = threading.Thread(target=run, args=(lambda: w.delete(t, 9_000_077),), name="deleter")
+        deleter.start()
+        deleter.join(0.3)
+        release.set()
+        inserter.join(10)
+        deleter.join(10)
+        assert errors == [] and len(done) == 2
+        assert m.diffs(t, [9_000_077]) == []
+    finally:
+        m.close()
+
+
+async def test_aio_strict_delete_of_a_key_being_inserted_leaves_both_stores_equal(pg_old: Store,
+                                                                                  pg_new: Store) -> None:
+    """The asyncio adapter's strict commit: a delete of a row another transaction is inserting (PostgreSQL's
+    DELETE neither waits nor deletes) must reach the secondary after that insert, as it commits after it."""
+    import asyncio
+    import threading
+
+    from dualwrite.adapter import AsyncDualWriter
+
+    m = make_migration(pg_old, pg_new, "strict", options=_opts(strict_note_grace=60.0))
+    aw = AsyncDualWriter(m.writer)
+    t = m.models.customers
+    assert m.writer.strict is not None
+    real = m.writer.strict.prepare
+    held, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def prepare(*args: Any, **kwargs: Any) -> Any:
+        ticket = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the insert: in the secondary, its authoritative transaction still open
+            held.set()
+            release.wait(10)
+        return ticket
+
+    try:
+        m.publish("DUAL_WRITE")
+        m.writer.strict.prepare = prepare  # type: ignore[method-assign]
+        inserting = asyncio.create_task(aw.insert(t, _row("raced", id=9_000_078)))
+        assert await asyncio.to_thread(held.wait, 10)
+        deleting = asyncio.create_task(aw.delete(t, 9_000_078))
+        await asyncio.sleep(0.3)
+        release.set()
+        await asyncio.gather(inserting, deleting)
+        assert m.diffs(t, [9_000_078]) == []
+    finally:
+        release.set()
+        m.close()
