@@ -269,6 +269,9 @@ class Touched:
     key: Key
     image: dict[str, Any] | None = None
     deleted: bool = False
+    row_locked: bool = False
+    """An UPDATE changed this key's row: a row every other transaction sees, now locked by this one until it
+    commits, so that lock orders every other writer of the key (strict needs no lock of its own for it)."""
 
 
 

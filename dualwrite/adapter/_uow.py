@@ -43,6 +43,8 @@ class Statement:
     """An update that changed the key: the row left this key."""
     txid: bool = False
     """The RETURNING list ends with ``txid_current()`` (a strict write's commit marker, no extra round trip)."""
+    row_locked: bool = False
+    """An UPDATE: the rows it returns existed for every transaction and are now locked by this one."""
 
 
 class UnitOfWorkBase:
@@ -113,7 +115,7 @@ class UnitOfWorkBase:
             raise RoutingError(f"table {rt.name}: an update needs values")
         new_key = rt.key_from_values({**dict(zip(rt.key, k, strict=True)), **values})
         sql = f"UPDATE {s.qtable} SET {', '.join(sets)} WHERE {s.where_key}"
-        st_ = Statement(rt, s, sql, [*params, *k], k)
+        st_ = Statement(rt, s, sql, [*params, *k], k, row_locked=True)
         if new_key is not None and new_key != k:
             st_.key, st_.moved_from = new_key, k
         return self._finish_plan(st_)
@@ -183,7 +185,7 @@ class UnitOfWorkBase:
                 image = dict(zip(s.columns, r, strict=True))
                 k = tuple(image[c] for c in s.key)
                 first = first or k
-                self._record(rt, k, image if st_.want_image else None, deleted=False)
+                self._record(rt, k, image if st_.want_image else None, deleted=False, row_locked=st_.row_locked)
             if first is None and st_.key is None:
                 raise RoutingError(f"table {rt.name}: the insert returned no key")
             if not rows and st_.key is not None:
@@ -200,8 +202,8 @@ class UnitOfWorkBase:
             self._record(rt, rt.key_of(key), None, deleted=False)
 
     def _record(self, rt: TableRuntime, key: Key, image: dict[str, Any] | None, *, deleted: bool,
-                logged: bool = False) -> None:
-        self.touched.append(Touched(rt, key, image, deleted))
+                logged: bool = False, row_locked: bool = False) -> None:
+        self.touched.append(Touched(rt, key, image, deleted, row_locked))
         if self._outbox and not logged:
             self._log.append((rt.name, key))
 

@@ -273,8 +273,15 @@ class StrictStrategy:
             out[name] = rowio.finish_rows(mapping, [tuple(r) for r in res.fetchall()])
         return out
 
-    def _lock_texts(self, groups: dict[str, tuple[TableRuntime, list[Key]]]) -> list[str]:
-        return [lock_text(self.writer.migration, rt.name, key_json(k)) for rt, keys in groups.values() for k in keys]
+    def _lock_texts(self, groups: dict[str, tuple[TableRuntime, list[Key]]],
+                    touched: Sequence[Touched] = ()) -> list[str]:
+        """The advisory lock names of the keys no row lock orders: every key, except those whose every write
+        in this unit of work was an UPDATE that returned its row (a row all transactions see, locked by this
+        one: a concurrent insert of it cannot exist, and its deleters and updaters wait for this commit)."""
+        locked_by_row = {(t.table.name, normal_key(t.key)) for t in touched if t.row_locked}
+        locked_by_row -= {(t.table.name, normal_key(t.key)) for t in touched if not t.row_locked}
+        return [lock_text(self.writer.migration, rt.name, key_json(k)) for rt, keys in groups.values() for k in keys
+                if (rt.name, k) not in locked_by_row]
 
     def _write_secondary(self, groups: dict[str, tuple[TableRuntime, list[Key]]], a: Side, b: Side,
                          dbapi_conn: Any, rows: dict[str, list[Any]] | None,
@@ -327,10 +334,11 @@ class StrictStrategy:
         # another transaction was inserting deleted nothing: once that committed, the row is there)
         # (the asyncio adapter took the locks in read_async, which read every key, deleted ones too)
         locked = w.data[a].dialect is Dialect.POSTGRESQL
-        if locked and rows is None:
+        texts = self._lock_texts(groups, touched) if locked and rows is None else []
+        if texts:  # none for a unit of work of updates that returned their rows: no round trip then
             cur = dbapi_conn.cursor()
             try:
-                cur.execute(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (self._lock_texts(groups),))
+                cur.execute(PG_KEY_LOCKS.format(p=w.data[a].paramstyle), (texts,))
                 cur.fetchall()
             finally:
                 cur.close()
