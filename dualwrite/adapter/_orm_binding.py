@@ -71,9 +71,10 @@ class MapperInfo:
 class OrmBinding:
     """What an installed sessionmaker knows: the writer, the engine of each store, the mapped tables."""
 
-    def __init__(self, writer: DualWriter, old: Engine, new: Engine, *, async_mode: bool = False) -> None:
+    def __init__(self, writer: DualWriter, old: Engine, new: Engine | None, *, async_mode: bool = False) -> None:
         self.writer = writer
-        self.engines = {Side.OLD: old, Side.NEW: new}
+        self.engines = {Side.OLD: old} if new is None else {Side.OLD: old, Side.NEW: new}
+        """No NEW engine: the new store is Redis, which the ORM reaches only through the writer's mirror."""
         self.async_mode = async_mode
         self.async_engines: dict[Side, Any] = {}
         """install_async: the application's ``AsyncEngine`` of each store."""

@@ -52,7 +52,7 @@ def before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
             info[Info.ROUTE] = begin_write(session, binding, [info.get(TENANT)])[0]
     route = route_of(session, binding)
     for _obj, mi, _kind in objs:
-        write_side(mi.rt, route)
+        write_side(mi.rt, route, binding)
     mark_write(session, binding, route, sa.inspect(objs[0][0]).mapper)
     for obj, mi, kind in objs:
         if mi.version_attr is None or mi.version_managed or kind == "deleted":
@@ -190,7 +190,7 @@ def do_orm_execute(state: ORMExecuteState) -> None:
     if Info.INFLIGHT not in info:
         info[Info.ROUTE] = begin_write(session, binding, [info.get(TENANT)])[0]
     route = route_of(session, binding)
-    write_side(mi.rt, route)
+    write_side(mi.rt, route, binding)
     mark_write(session, binding, route, state.bind_mapper)
     info[Info.WROTE] = True
     if route.mirror_to is None:

@@ -50,8 +50,15 @@ def is_dml(clause: Any) -> bool:
     return isinstance(clause, sa.sql.dml.UpdateBase)
 
 
-def write_side(rt: TableRuntime, route: Routing) -> Side:
+NO_ORM_ON_REDIS = ("table {name}: the new store is Redis and authoritative since write cutover; the ORM cannot "
+                   "write Redis (it has no SQL engine): write this table with the Core API, DualWriter.insert / "
+                   "update / upsert / delete, which writes Redis first and mirrors SQL")
+
+
+def write_side(rt: TableRuntime, route: Routing, binding: OrmBinding | None = None) -> Side:
     side = route.authoritative
+    if side is Side.NEW and binding is not None and Side.NEW not in binding.engines:
+        raise RoutingError(NO_ORM_ON_REDIS.format(name=rt.name))
     if side is Side.NEW and not rt.orm_compatible:
         raise RoutingError(f"table {rt.name}: the ORM model cannot write the new store (its table or columns "
                            "are renamed there); move this code to the new schema before write cutover")
@@ -60,8 +67,11 @@ def write_side(rt: TableRuntime, route: Routing) -> Side:
 
 def read_side(session: Session, binding: OrmBinding, rt: TableRuntime, route: Routing) -> Side:
     if session.info.get(Info.WROTE):
-        return write_side(rt, route)
+        return write_side(rt, route, binding)
     side = binding.writer.read_side(rt, route)
+    if side is Side.NEW and Side.NEW not in binding.engines:  # Redis: no SQL to run there
+        binding.warn_once(f"table {rt.name}: ORM reads stay on the SQL store (the new store is Redis)")
+        return Side.OLD
     if side is Side.NEW and not rt.orm_compatible:
         binding.warn_once(f"table {rt.name}: ORM reads stay on the old store (the new table renames columns)")
         return route.authoritative if route.authoritative is Side.OLD else side
@@ -86,7 +96,7 @@ def routed_engine(session: Session, mapper: Any, clause: Any) -> Engine | None:
         return None
     route = route_of(session, binding)
     if session.info.get(Info.FLUSHING) or is_dml(clause):
-        side = write_side(rt, route)
+        side = write_side(rt, route, binding)
     else:
         side = read_side(session, binding, rt, route)
     return binding.engines[side]

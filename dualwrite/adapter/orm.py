@@ -20,7 +20,10 @@
 The ORM addresses one schema, so routing a table to the new store needs the new table to carry the same
 table and column names (checked: :attr:`TableRuntime.orm_compatible`). A renamed schema can still be
 migrated through the ORM up to CUTOVER_READS (reads stay on the old store, with a warning); writing it
-after write cutover raises :class:`RoutingError`.
+after write cutover raises :class:`RoutingError`. A Redis new store has no SQL engine: the ORM writes the SQL
+store while it is authoritative (each strategy mirrors into Redis as the Core API does) and its reads stay on
+SQL; from write cutover on, a flush of a Redis-served table raises :class:`RoutingError` (write it with the
+Core API, ``DualWriter.insert`` / ``update`` / ``delete``, which writes Redis first).
 
 :func:`install_async` does the same for an ``async_sessionmaker``; the sync mirror then runs on a worker
 thread and ``await session.commit()`` returns once it is done.
@@ -81,7 +84,7 @@ def install(maker: sessionmaker[Any], writer: DualWriter, *, old_bind: Engine | 
     defaults to the writer's engine on the new store.
     """
     old = old_bind or maker.kw.get("bind") or writer.engine(Side.OLD)
-    new = new_bind or writer.engine(Side.NEW)
+    new = new_bind or writer.engines.get(Side.NEW)  # None: a Redis new store (no SQL engine to route to)
     binding = OrmBinding(writer, old, new)
     _guard_commits(binding)
     maker.class_ = _session_class(maker.class_, binding)
@@ -97,9 +100,11 @@ def install_async(maker: Any, writer: DualWriter, *, old_bind: Any = None, new_b
     old_async = old_bind or maker.kw.get("bind")
     if old_async is None:
         raise RoutingError("install_async needs the AsyncEngine of the old store (old_bind or the maker's bind)")
-    new_async = new_bind or create_async_engine(writer.new_store.ref.url)
-    binding = OrmBinding(writer, old_async.sync_engine, new_async.sync_engine, async_mode=True)
-    binding.async_engines = {Side.OLD: old_async, Side.NEW: new_async}
+    # a Redis new store has no SQL engine: the ORM writes SQL only (see the module docstring)
+    new_async = new_bind or (None if writer.kv is not None else create_async_engine(writer.new_store.ref.url))
+    binding = OrmBinding(writer, old_async.sync_engine, None if new_async is None else new_async.sync_engine,
+                         async_mode=True)
+    binding.async_engines = {Side.OLD: old_async} if new_async is None else {Side.OLD: old_async, Side.NEW: new_async}
     _guard_commits(binding)
     base_sync = maker.kw.get("sync_session_class") or Session
     maker.kw["sync_session_class"] = _session_class(base_sync, binding)

@@ -85,9 +85,9 @@ __all__ = [
 log = logging.getLogger("dualwrite.adapter")
 
 
-_NO_SQL_ON_REDIS = ("the new store is Redis: it has no SQLAlchemy engine, so the ORM integration, the asyncio "
-                    "adapter and units of work of SQL statements cannot use it; write with DualWriter.insert / "
-                    "update / upsert / delete and read with DualWriter.read")
+_NO_SQL_ON_REDIS = ("the new store is Redis: it has no SQLAlchemy engine, so the asyncio adapter and units of "
+                    "work of SQL statements cannot use it (the ORM hook writes the SQL store only, before write "
+                    "cutover); write with DualWriter.insert / update / upsert / delete and read with DualWriter.read")
 
 
 class DualWriter:
