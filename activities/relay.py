@@ -43,12 +43,14 @@ from workflows.relay import (
     RELAY_CLEAR_LOSSES,
     RELAY_DENY,
     RELAY_DRAIN,
+    RELAY_LOSS_MARKS,
     RELAY_SETUP,
     RELAY_TEARDOWN,
     CatchUpInput,
     CatchUpResult,
     ClearLossesInput,
     DenyWritesInput,
+    LossMarksInput,
     RelayCounters,
     RelayDrainInput,
     RelayDrainResult,
@@ -83,7 +85,8 @@ class RelayActivities:
         self._ready: set[str] = set()
 
     def all(self) -> list[Any]:
-        return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes, self.clear_losses]
+        return [self.setup, self.drain, self.teardown, self.catch_up, self.deny_writes, self.clear_losses,
+                self.loss_marks]
 
     def _stores(self, spec: MigrationSpec, digest: str | None = None) -> RelayStores:
         rs = self.stores.relay_stores(spec, digest)
@@ -151,10 +154,21 @@ class RelayActivities:
                 return 0
             rs = self._stores(spec, digest)
             cleared = cdc_capture.clear_losses(rs.control, spec.name, [rs.old, rs.new],
-                                               before=inp.before.timestamp())
+                                               before=inp.before.timestamp(), upto=inp.upto)
             for what in cleared:
                 log.info("relay %s: capture loss levelled by a verification with repair: %s", spec.name, what)
             return len(cleared)
+
+    @activity.defn(name=RELAY_LOSS_MARKS, no_thread_cancel_exception=True)
+    def loss_marks(self, inp: LossMarksInput) -> dict[str, int]:
+        """The capture-loss sequence of each store as a verification starts (store name -> number): its
+        :meth:`clear_losses` then forgets only losses up to these, one counter, no clock compared."""
+        with mapped_errors():
+            spec, digest = self.stores.spec_of(inp)
+            if spec.strategy is not Strategy.CDC:
+                return {}
+            rs = self._stores(spec, digest)
+            return cdc_capture.loss_marks(rs.control, spec.name, [rs.old, rs.new])
 
     @activity.defn(name=RELAY_DRAIN, no_thread_cancel_exception=True)
     def drain(self, inp: RelayDrainInput) -> RelayDrainResult:

@@ -41,6 +41,7 @@ RELAY_DRAIN = "relay_drain"
 RELAY_TEARDOWN = "relay_teardown"
 RELAY_CATCH_UP = "relay_catch_up"
 RELAY_CLEAR_LOSSES = "relay_clear_losses"
+RELAY_LOSS_MARKS = "relay_loss_marks"
 CAPTURE_LOST_SIGNAL = "capture_lost_signal"
 """Signal from the relay to its migration: what log capture missed, whenever that changes."""
 RELAY_LOSS_SIGNAL_PATCH = "relay-signals-capture-loss"
@@ -166,12 +167,18 @@ class CaptureLostNote(_Model):
     lost: list[str] = Field(default_factory=list)
 
 
+class LossMarksInput(SpecCarrier):
+    """Read each store's capture-loss sequence as a verification with repair starts (``relay_loss_marks``)."""
+
+
 class ClearLossesInput(SpecCarrier):
     """Forget the capture-loss marks a clean verification with repair levelled (called by
-    ``VerificationWorkflow``): only marks noted before ``before`` (the verification's start) go; a loss noted
-    since is not levelled by it and stays."""
+    ``VerificationWorkflow``): only losses numbered up to ``upto`` (the sequences read as it started) go; a loss
+    noted since is not levelled by it and stays. Histories from before ``upto`` carry ``before`` alone."""
 
     before: datetime = Field(description="the start of the verification that levelled the stores")
+    upto: dict[str, int] | None = Field(default=None, description="store name -> the capture-loss sequence when "
+                                        "the verification started (relay_loss_marks)")
 
 
 class CatchUpResult(_Model):

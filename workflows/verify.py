@@ -23,12 +23,15 @@ with workflow.unsafe.imports_passed_through():
         VerifyInput,
         VerifyTableInput,
     )
-    from workflows.relay import RELAY_CLEAR_LOSSES, ClearLossesInput
+    from workflows.relay import RELAY_CLEAR_LOSSES, RELAY_LOSS_MARKS, ClearLossesInput, LossMarksInput
     from workflows.retry import CLEAR_LOSSES_RETRY, VERIFY_TABLE_RETRY
 
 CLEAR_LOSSES_PATCH = "verify-clears-capture-losses"
 """A clean verification with repair of a whole ``cdc`` migration clears the capture-loss marks noted before it
 (an activity added to histories from before this patch)."""
+LOSS_MARKS_PATCH = "verify-reads-capture-loss-sequence"
+"""The verification reads each store's capture-loss sequence as it starts (an activity) and clears only losses
+up to it; histories from before compared the loss's worker clock with the workflow's start."""
 
 
 def failure_message(exc: BaseException) -> str:
@@ -63,6 +66,11 @@ class VerificationWorkflow:
         direction = "new->old" if inp.reverse else "old->new"
         direction_note = f" for tenant {inp.tenant}" if inp.tenant is not None else ""
         workflow.set_current_details(f"verifying {len(tables)} tables ({direction}{direction_note})")
+        marks: dict[str, int] | None = None
+        by_sequence = (inp.repair and self._levels_everything(inp, tables)
+                       and workflow.patched(LOSS_MARKS_PATCH))
+        if by_sequence:
+            marks = await self._capture_loss_marks(inp)
         limit = asyncio.Semaphore(max(1, inp.spec.backfill_concurrency))
         # the activity also heartbeats from a background thread between chunks (a tenant's verification,
         # a repair round are single long calls): a dead worker is noticed within 30 s whatever the tuning
@@ -109,8 +117,10 @@ class VerificationWorkflow:
                 "verification %s repaired %d rows in the %s store (missing %d, extra %d, field-different %d); "
                 "the repaired keys are in the worker log", direction, summary.repaired, summary.repaired_into,
                 summary.missing, summary.extra, summary.field_different)
-        if ok and inp.repair and self._levels_everything(inp, tables) and workflow.patched(CLEAR_LOSSES_PATCH):
-            await self._clear_capture_losses(inp, started)
+        # the sequence unread (by_sequence, marks None): the marks stay; the gate counts them levelled anyway
+        if (ok and inp.repair and self._levels_everything(inp, tables) and workflow.patched(CLEAR_LOSSES_PATCH)
+                and (not by_sequence or marks is not None)):
+            await self._clear_capture_losses(inp, started, marks)
         if not ok:
             workflow.logger.warning(
                 "verification %s is NOT clean: compared %d rows, missing %d, extra %d, field-different %d; %s",
@@ -124,14 +134,29 @@ class VerificationWorkflow:
         return (inp.spec.strategy.value == "cdc" and inp.tenant is None and not inp.exclude_tenants
                 and set(tables) >= {t.source for t in inp.spec.tables})
 
-    async def _clear_capture_losses(self, inp: VerifyInput, started: Any) -> None:
+    async def _capture_loss_marks(self, inp: VerifyInput) -> dict[str, int] | None:
+        """Each store's capture-loss sequence now (None when it cannot be read: then nothing is cleared)."""
+        spec: dict[str, Any] = {"spec_ref": inp.spec_ref} if inp.spec_ref is not None else {"spec": inp.spec}
+        try:
+            marks: dict[str, int] = await workflow.execute_activity(
+                RELAY_LOSS_MARKS, LossMarksInput(**spec), start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=CLEAR_LOSSES_RETRY, result_type=dict[str, int],
+                summary="read the capture-loss sequence")
+        except ActivityError as exc:
+            workflow.logger.warning("capture-loss sequence not read (marks will not be cleared): %s",
+                                    failure_message(exc))
+            return None
+        return marks
+
+    async def _clear_capture_losses(self, inp: VerifyInput, started: Any,
+                                    marks: dict[str, int] | None = None) -> None:
         """The stores are level: what capture missed before this verification started is repaired, so the
         relay's status stops listing it. A failure here leaves the marks (the gate counts them levelled
         anyway) and never fails the verification."""
         spec: dict[str, Any] = {"spec_ref": inp.spec_ref} if inp.spec_ref is not None else {"spec": inp.spec}
         try:
             await workflow.execute_activity(
-                RELAY_CLEAR_LOSSES, ClearLossesInput(**spec, before=started),
+                RELAY_CLEAR_LOSSES, ClearLossesInput(**spec, before=started, upto=marks),
                 start_to_close_timeout=timedelta(minutes=2), retry_policy=CLEAR_LOSSES_RETRY,
                 result_type=int, summary="clear levelled capture losses")
         except ActivityError as exc:

@@ -20,11 +20,13 @@ One interface over both engines, used by the relay activities:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dualwrite import bookkeeping as bk
 from dualwrite import control, triggers
 from dualwrite.cdc import binlog, pg
 from dualwrite.cdc.pg import CaptureError, SchemaChangedError, TableKeys
@@ -176,20 +178,63 @@ def losses_at(control_store: Store, migration: str, stores: Sequence[Store]) -> 
     return out
 
 
-def clear_losses(control_store: Store, migration: str, stores: Sequence[Store], before: float | None = None
-                 ) -> list[str]:
-    """After a verification with repair levelled the stores: forget their loss marks (``before``: only a
-    mark whose latest loss was noted before that unix time, i.e. before the verification started; a later
-    loss is not levelled by it). What was cleared."""
+def loss_marks(control_store: Store, migration: str, stores: Sequence[Store]) -> dict[str, int]:
+    """The loss sequence of each store now (store name -> how many losses were ever noted on it; 0: none).
+
+    A verification records it when it starts and hands it to :func:`clear_losses` when it ends: a loss noted
+    in between has a higher number, so it is kept. One counter in the control store, never a clock: the
+    worker's and the workflow's clocks need not agree."""
+    out: dict[str, int] = {}
+    for store in stores:
+        try:
+            cp = control.load_checkpoint(control_store, migration, _lost_scope(store), 0)
+        except Exception as exc:
+            if control_tables_missing(exc):
+                out[store.name] = 0
+                continue
+            raise
+        out[store.name] = cp.batches if cp is not None else 0
+    return out
+
+
+def clear_losses(control_store: Store, migration: str, stores: Sequence[Store], before: float | None = None,
+                 upto: dict[str, int] | None = None) -> list[str]:
+    """After a verification with repair levelled the stores: forget their loss marks. What was cleared.
+
+    ``upto`` (:func:`loss_marks` when the verification started): only losses numbered up to it go, in one
+    statement, so a loss noted since (a higher number) stays. The mark's row is kept with its number and no
+    text: the sequence never restarts, so an older verification's ``upto`` cannot reach a newer loss.
+    ``before`` (histories from before ``upto``): only a mark whose latest loss was noted before that unix time;
+    the clear is conditional on the number read, so a loss noted between the read and the clear stays.
+    Neither: every mark goes (a test's, or an operator's, deliberate reset)."""
     cleared: list[str] = []
     for store in stores:
+        marks = losses_at(control_store, migration, [store])
+        if not marks:
+            continue
+        if upto is not None:
+            if _blank_mark(control_store, migration, store, int(upto.get(store.name, 0))):
+                cleared.append(marks[0][0])
+            continue
         if before is not None:
-            marks = losses_at(control_store, migration, [store])
-            if not marks or marks[0][1] >= before:
+            cp = control.load_checkpoint(control_store, migration, _lost_scope(store), 0)
+            if cp is None or marks[0][1] >= before:
                 continue
-            cleared.append(marks[0][0])
+            if _blank_mark(control_store, migration, store, cp.batches):
+                cleared.append(marks[0][0])
+            continue
         control.clear_checkpoints(control_store, migration, _lost_scope(store))
+        cleared.append(marks[0][0])
     return cleared
+
+
+def _blank_mark(control_store: Store, migration: str, store: Store, upto: int) -> bool:
+    """Blank ``store``'s loss mark if its number is at most ``upto`` (one statement); whether it was."""
+    p = control_store.paramstyle
+    return bk.execute(control_store, f"UPDATE {control.CHECKPOINTS} SET cursor_json = {p} WHERE migration = {p} "
+                                     f"AND scope = {p} AND range_index = 0 AND batches <= {p} AND cursor_json "
+                                     f"IS NOT NULL AND cursor_json <> {p}",
+                      [json.dumps(None), migration, _lost_scope(store), int(upto), json.dumps(None)]) > 0
 
 
 def _lost(control_store: Store, migration: str, store: Store, why: str) -> CaptureLostError:

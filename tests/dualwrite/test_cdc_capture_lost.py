@@ -228,3 +228,23 @@ def test_binlog_truncate_statements_are_recognised(query: str, expected: list[st
     from dualwrite.cdc.binlog import truncated_tables
 
     assert truncated_tables(query) == expected
+
+
+def test_clearing_up_to_the_sequence_at_the_start_keeps_every_loss_noted_since(cdc_pg_old: Store,
+                                                                              table_name: str) -> None:
+    """One counter in the control store, no clock: a loss noted after the verification read the sequence is
+    kept, also by a later clear with that older reading (the sequence never restarts after a clear)."""
+    control.ensure_schema(cdc_pg_old)
+    migration = f"seq-{table_name[-4:]}"
+    capture.note_loss(cdc_pg_old, migration, cdc_pg_old, "first")
+    started = capture.loss_marks(cdc_pg_old, migration, [cdc_pg_old])
+    capture.note_loss(cdc_pg_old, migration, cdc_pg_old, "noted while verifying")
+    assert capture.clear_losses(cdc_pg_old, migration, [cdc_pg_old], upto=started) == []
+    assert capture.losses(cdc_pg_old, migration, [cdc_pg_old]) == ["noted while verifying"]
+    later = capture.loss_marks(cdc_pg_old, migration, [cdc_pg_old])
+    assert capture.clear_losses(cdc_pg_old, migration, [cdc_pg_old], upto=later) == ["noted while verifying"]
+    assert capture.losses(cdc_pg_old, migration, [cdc_pg_old]) == []
+    capture.note_loss(cdc_pg_old, migration, cdc_pg_old, "after the clear")
+    assert capture.clear_losses(cdc_pg_old, migration, [cdc_pg_old], upto=later) == []  # an older reading
+    assert capture.losses(cdc_pg_old, migration, [cdc_pg_old]) == ["after the clear"]
+    capture.teardown(cdc_pg_old, cdc_pg_old, migration)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from types import SimpleNamespace
 from typing import Any
 
-from conftest import MigrationDriver, create_pg, spec_for
+import pytest
+from conftest import MigrationDriver, create_pg, execute, spec_for
 
-from dualwrite import control
+from dualwrite import control, hooks
 from dualwrite.cdc import capture
 from dualwrite.store import Store
 from workflows.models import TASK_QUEUE, VerificationSummary, VerifyInput
@@ -34,9 +36,7 @@ async def test_a_repairing_verification_clears_the_losses_noted_before_it(
     create_pg(cdc_pg_new, table_name, 20)
     spec = spec_for(f"clr-{table_name[-4:]}", "cdcpgold", "cdcpgnew", table_name, strategy="cdc")
     capture.note_loss(cdc_pg_old, spec.name, cdc_pg_old, "store 'cdcpgold': TRUNCATE of t captured")
-    # a loss noted while the verification runs (after its start) is not levelled by it
-    control.save_checkpoint(cdc_pg_old, spec.name, capture._lost_scope(cdc_pg_new), 0,
-                            ["store 'cdcpgnew': slot vanished", time.time() + 3600], 0, 1)
+    capture.note_loss(cdc_pg_old, spec.name, cdc_pg_new, "store 'cdcpgnew': slot vanished")
     assert len(capture.losses(cdc_pg_old, spec.name, [cdc_pg_old, cdc_pg_new])) == 2
 
     summary = await _verify(dw, spec, repair=False)
@@ -45,5 +45,33 @@ async def test_a_repairing_verification_clears_the_losses_noted_before_it(
 
     summary = await _verify(dw, spec, repair=True)
     assert summary.ok and summary.repair
+    assert capture.losses(cdc_pg_old, spec.name, [cdc_pg_old, cdc_pg_new]) == []
+
+
+async def test_a_loss_noted_while_the_verification_runs_is_kept_whatever_the_worker_clock_says(
+        dw: MigrationDriver, cdc_pg_old: Store, cdc_pg_new: Store, table_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss is noted during the verification's repair, by a worker whose clock is an hour behind the
+    workflow's: compared by clock it looked older than the verification's start and was dropped, unlevelled."""
+    control.ensure_schema(cdc_pg_old)
+    create_pg(cdc_pg_old, table_name, 20)
+    create_pg(cdc_pg_new, table_name, 20)
+    execute(cdc_pg_new, f"DELETE FROM {table_name} WHERE id = 3")  # something to repair
+    spec = spec_for(f"clk-{table_name[-4:]}", "cdcpgold", "cdcpgnew", table_name, strategy="cdc")
+    capture.note_loss(cdc_pg_old, spec.name, cdc_pg_old, "store 'cdcpgold': TRUNCATE of t captured")
+    real_point, real_time = hooks.point, time.time
+
+    def point(name: str, **context: Any) -> None:
+        if name == "verify.before_repair" and not capture.losses(cdc_pg_old, spec.name, [cdc_pg_new]):
+            monkeypatch.setattr(capture, "time", SimpleNamespace(time=lambda: real_time() - 3600))
+            try:
+                capture.note_loss(cdc_pg_old, spec.name, cdc_pg_new, "store 'cdcpgnew': slot vanished")
+            finally:
+                monkeypatch.setattr(capture, "time", time)
+        real_point(name, **context)
+
+    monkeypatch.setattr(hooks, "point", point)
+    summary = await _verify(dw, spec, repair=True)
+    assert summary.ok and summary.repaired == 1
     assert capture.losses(cdc_pg_old, spec.name, [cdc_pg_old]) == []
     assert capture.losses(cdc_pg_old, spec.name, [cdc_pg_new]) == ["store 'cdcpgnew': slot vanished"]
