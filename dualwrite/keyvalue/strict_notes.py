@@ -170,12 +170,27 @@ def _pairs_sorted(pairs: list[str]) -> list[str]:
     return [x for k, v in sorted(zip(pairs[::2], pairs[1::2], strict=True)) for x in (k, v)]
 
 
-def restore(client: Any, key: str, before: list[str] | str | bool | None, after: list[str] | str | None) -> bool:
+def _image(value: Any) -> list[str] | str | None:
+    """A key's image as a note holds it, in the form :func:`_current` reads: a hash's field-value pairs, a
+    string, or None for an absent key. The note went through the script's cjson, which gives an empty Lua
+    table back as ``{}`` and a missing before image as ``false``: a hash with no fields is no key at all in
+    Redis (the script's ``DEL`` then no ``HSET``), so both are None - exactly what the key holds."""
+    if isinstance(value, dict | list) and not value:
+        return None
+    if isinstance(value, list):
+        return _pairs_sorted([str(x) for x in value])
+    if isinstance(value, str):
+        return value
+    return None
+
+
+def restore(client: Any, key: str, before: Any, after: Any) -> bool:
     """Put ``key`` back as it was before a strict write whose other store never committed - only while it
-    still holds that write's image (a later write is never undone). Returns whether it was put back."""
+    still holds that write's image (a later write is never undone). Returns whether it was put back.
+    ``before`` / ``after``: the note's images (see :func:`_image`)."""
     import redis  # noqa: PLC0415 - only where Redis is used
 
-    want = _pairs_sorted(after) if isinstance(after, list) else after
+    want, before = _image(after), _image(before)
     with client.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(key)
@@ -184,7 +199,7 @@ def restore(client: Any, key: str, before: list[str] | str | bool | None, after:
                 return False
             pipe.multi()
             pipe.delete(key)
-            if isinstance(before, list) and before:
+            if isinstance(before, list):
                 pipe.hset(key, mapping=dict(zip(before[::2], before[1::2], strict=True)))
             elif isinstance(before, str):
                 pipe.set(key, before)

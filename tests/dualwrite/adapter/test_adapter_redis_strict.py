@@ -35,6 +35,7 @@ from dualwrite.adapter import AdapterOptions, DualWriter
 from dualwrite.errors import StrictWriteError
 from dualwrite.keyvalue import RedisServer, start_redis, strict_notes
 from dualwrite.keyvalue.strict_notes import notes_keys
+from dualwrite.spec import MigrationSpec
 from dualwrite.store import Store
 from dualwrite.stores.redis import RedisStore
 
@@ -558,3 +559,88 @@ def test_sql_authoritative_delete_of_a_key_being_inserted_leaves_both_stores_equ
     Redis, both acknowledged and no note left to repair it."""
     race_delete_with_insert(case, monkeypatch)
     assert case.sql(7) == case.kv(7), (case.sql(7), case.kv(7))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a row whose every non-key column is NULL: its undo must still be applied (review of [T2-6])
+
+
+class NullRowCase:
+    """A table whose non-key columns may all be NULL, rejected at COMMIT when they all are; both stores read
+    as the raw Redis hash and the SQL row."""
+
+    def __init__(self, pg: Store, table: str, server: RedisServer) -> None:
+        execute(pg, f"CREATE TABLE {table} (id bigint PRIMARY KEY, note text, amount numeric(10,2))",
+                f"CREATE FUNCTION {table}_reject() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.note IS NULL AND NEW.amount IS NULL THEN RAISE EXCEPTION 'all null'; END IF; "
+                "RETURN NULL; END $$",
+                f"CREATE CONSTRAINT TRIGGER {table}_reject AFTER INSERT OR UPDATE ON {table} DEFERRABLE "
+                f"INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_reject()")
+        self.pg, self.table = pg, table
+        self.spec = MigrationSpec.model_validate({
+            "name": f"kvn-{table}", "old": "pgold", "new": "kv", "strategy": "strict",
+            "tables": [{"source": table, "redis": {"key": "n:{id}", "prefix": f"{table}:"}}]})
+        control.ensure_schema(pg)
+        control.publish_state(pg, self.spec.name, "DUAL_WRITE", 1)
+        self.w = DualWriter(self.spec, pg, RedisStore("kv", server.url),
+                            options=AdapterOptions(background=False, phase_ttl=0.01, strict_note_grace=60.0,
+                                                   secondary_timeout=0.5))
+        self.r = redis.Redis.from_url(server.url, decode_responses=True)
+
+    def sql(self, key: int) -> tuple[Any, ...] | None:
+        with self.pg.connect() as conn:
+            cur = conn.cursor()
+            cur.execute(f"SELECT note, amount FROM {self.table} WHERE id = {self.pg.paramstyle}", (key,))
+            row = cur.fetchone()
+            conn.rollback()
+        return None if row is None else tuple(row)
+
+    def kv(self, key: int) -> dict[str, str] | None:
+        name = f"{self.table}:n:{key}"
+        return dict(self.r.hgetall(name)) if self.r.exists(name) else None
+
+
+@pytest.mark.parametrize("cut_over", [False, True], ids=["sql-authoritative", "redis-authoritative"])
+def test_a_failed_strict_write_of_an_all_null_row_is_undone_in_both_stores(
+        pg_old: Store, table_name: str, server: RedisServer, cut_over: bool) -> None:
+    c = NullRowCase(pg_old, table_name, server)
+    try:
+        if cut_over:
+            control.publish_state(c.pg, c.spec.name, "CUTOVER_WRITES", 2)
+            c.w.phase.refresh(force=True)
+        w, t = c.w, c.table
+        with pytest.raises(StrictWriteError, match="old store") as failed:
+            w.insert(t, {"id": 1})  # every non-key column NULL: rejected at COMMIT, after Redis was written
+        assert "restored" in str(failed.value)
+        assert c.sql(1) is None and c.kv(1) is None  # the failed insert is in neither store
+        w.insert(t, {"id": 2, "note": "kept"})
+        with pytest.raises(StrictWriteError, match="old store"):
+            w.update(t, 2, {"note": None})  # to all NULL: rejected at COMMIT
+        assert c.sql(2) == ("kept", None) and c.kv(2) == {"id": "2", "note": "kept"}
+        assert w.strict is not None
+        w.strict.flush()
+        w.strict.sweep(0.0)
+        assert c.sql(1) is None and c.kv(1) is None and c.kv(2) == {"id": "2", "note": "kept"}
+        assert int(c.r.zcard(notes_keys(c.spec.name)[0])) == 0
+    finally:
+        c.w.close()
+
+
+@pytest.mark.parametrize("before", [None, {"id": "5", "note": "kept"}], ids=["absent", "hash"])
+def test_the_undo_of_a_write_of_no_fields_is_applied(server: RedisServer, before: dict[str, str] | None) -> None:
+    """The note's image of a hash written with no fields is an empty Lua table, which cjson gives back as
+    ``{}``: taken for another image than the key's (absent), the undo was refused and the write stood. The
+    Redis kind always writes the key's fields (an all-NULL row is ``{id: ...}``), so only a direct op has none."""
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    migration, key = f"nf-{time.time_ns()}", f"nf:{time.time_ns()}"
+    if before is not None:
+        r.hset(key, mapping=before)
+    op = strict_notes.StrictOp(key, "hash", [], [])
+    assert strict_notes.write(r, migration, "tok", "new", [("t", "[5]", op)], 5.0) == [before is not None]
+    assert not r.exists(key)  # DEL, then no fields to HSET
+    note = strict_notes.read_note(r, migration, "tok")
+    assert note is not None
+    (_t, _k, redis_key), = note["k"]
+    assert strict_notes.restore(r, redis_key, note["b"][0], note["w"][0])
+    assert (r.hgetall(key) if r.exists(key) else None) == before
+    strict_notes.forget(r, migration, ["tok"])
