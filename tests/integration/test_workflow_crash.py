@@ -96,7 +96,8 @@ async def test_worker_killed_mid_backfill_resumes(dw: MigrationDriver, temporal_
         assert all(r.redone_batches <= 1 for r in backfill.range_results), backfill.range_results
         assert ROWS <= backfill.rows <= ROWS + 2_000 * len(resumed)
         assert final.counters["backfill_resumed_ranges"] == len(resumed)
-        assert final.counters["backfill_redone_batches"] <= len(resumed)
+        # a zero adds no counter key: a kill between two batches redoes none
+        assert final.counters.get("backfill_redone_batches", 0) <= len(resumed)
 
         await save_histories(temporal_client, handle.id, "worker-crash")
         # the worker serves the Temporal runtime's metrics for Prometheus
